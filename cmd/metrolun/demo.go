@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/metrolun/metrolun/conf"
+)
+
+const demoTarget = "iqn.2026-11.io.metrolun:demo"
+
+// DemoFile is DIR/demo.json: what scripts and tests need to reach and
+// disturb a demo cluster.
+type DemoFile struct {
+	Members []DemoMember `json:"members"`
+}
+
+// DemoMember is one member process of a demo cluster.
+type DemoMember struct {
+	Name  string `json:"name"`
+	Role  string `json:"role"`
+	PID   int    `json:"pid"`
+	ISCSI string `json:"iscsi,omitempty"`
+}
+
+type demoOptions struct {
+	dir      string
+	addr     string
+	port     int
+	size     string
+	sites    int
+	logLevel string
+}
+
+func demoCmd() *cobra.Command {
+	var o demoOptions
+	cmd := &cobra.Command{
+		Use:   "demo --dir DIR",
+		Short: "Run a local cluster on loopback with no config to write",
+		Long: `demo creates a sparse LUN under DIR, writes a config file per member,
+starts each member as its own process on loopback, prints the iSCSI URLs and
+writes DIR/demo.json once every member serves. It runs until interrupted,
+then stops everything it started.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dir, "dir", "", "directory for configs, LUN images and demo.json (required)")
+	f.StringVar(&o.addr, "addr", "127.0.0.1", "address of the first site; later sites use the next addresses")
+	f.IntVar(&o.port, "port", 3260, "iSCSI port of every site")
+	f.StringVar(&o.size, "size", "1GiB", "LUN size")
+	f.IntVar(&o.sites, "sites", 1, "number of data sites")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
+	return cmd
+}
+
+func runDemo(o demoOptions) error {
+	if o.dir == "" {
+		return errors.New("--dir DIR is required")
+	}
+	if o.sites != 1 {
+		return fmt.Errorf("--sites %d: only 1 is supported until mirroring lands", o.sites)
+	}
+	size, err := conf.ParseSize(o.size)
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	ip := net.ParseIP(o.addr)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("--addr %q: the demo runs on loopback only", o.addr)
+	}
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(dir, "demo.json"))
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+
+	type member struct {
+		DemoMember
+		cmd    *exec.Cmd
+		portal string
+		exited chan error
+	}
+	var members []*member
+	stopAll := func() {
+		for _, m := range members {
+			if m.cmd.Process != nil {
+				m.cmd.Process.Signal(syscall.SIGTERM)
+			}
+		}
+		for _, m := range members {
+			select {
+			case <-m.exited:
+			case <-time.After(25 * time.Second):
+				m.cmd.Process.Kill()
+				<-m.exited
+			}
+		}
+	}
+	for i := 0; i < o.sites; i++ {
+		name := fmt.Sprintf("site-%c", 'a'+i)
+		portal := net.JoinHostPort(o.addr, strconv.Itoa(o.port))
+		cfg := conf.Default(dir)
+		cfg.Name = name
+		cfg.DataDir = filepath.Join(dir, name)
+		cfg.LogLevel = o.logLevel
+		cfg.ISCSI.Listen = []string{portal}
+		cfg.Targets[0].LUNs[0].Path = filepath.Join(dir, name, "lun0.img")
+		cfg.Targets[0].LUNs[0].Size = size
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+			return err
+		}
+		path := filepath.Join(cfg.DataDir, "metrolun.hcl")
+		if err := os.WriteFile(path, []byte(renderConfig(cfg)), 0o644); err != nil {
+			return err
+		}
+		cmd := exec.Command(self, "serve", "--config", path)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		// Members get their own process group so that a test can kill one
+		// without touching the others.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			stopAll()
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		m := &member{
+			DemoMember: DemoMember{Name: name, Role: "data", PID: cmd.Process.Pid,
+				ISCSI: fmt.Sprintf("iscsi://%s/%s/0", portal, demoTarget)},
+			cmd: cmd, portal: portal, exited: make(chan error, 1),
+		}
+		go func() { m.exited <- cmd.Wait() }()
+		members = append(members, m)
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, m := range members {
+		if err := waitListening(ctx, m.portal, m.exited); err != nil {
+			stopAll()
+			return fmt.Errorf("%s did not start: %w", m.Name, err)
+		}
+	}
+	var df DemoFile
+	for _, m := range members {
+		df.Members = append(df.Members, m.DemoMember)
+	}
+	b, _ := json.MarshalIndent(df, "", "  ")
+	tmp := filepath.Join(dir, ".demo.json.tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		stopAll()
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "demo.json")); err != nil {
+		stopAll()
+		return err
+	}
+	fmt.Println("metrolun demo is ready. iSCSI URLs:")
+	for _, m := range members {
+		fmt.Printf("  %s  %s\n", m.Name, m.ISCSI)
+	}
+	fmt.Printf("Try: qemu-img info %s\nStop with Ctrl-C.\n", members[0].ISCSI)
+
+	cases := make(chan string, len(members))
+	for _, m := range members {
+		go func() {
+			err := <-m.exited
+			m.exited <- err // keep it readable for stopAll
+			cases <- fmt.Sprintf("%s (pid %d) exited: %v", m.Name, m.PID, err)
+		}()
+	}
+	for alive := len(members); alive > 0; {
+		select {
+		case s := <-sig:
+			fmt.Printf("received %s, stopping members\n", s)
+			stopAll()
+			os.Remove(filepath.Join(dir, "demo.json"))
+			return nil
+		case msg := <-cases:
+			// A member that dies is reported; the demo keeps running so
+			// that a test or an operator can restart it.
+			fmt.Fprintln(os.Stderr, "metrolun demo:", msg)
+			alive--
+		}
+	}
+	os.Remove(filepath.Join(dir, "demo.json"))
+	return errors.New("every member has exited")
+}
+
+// waitListening polls until addr accepts TCP connections.
+func waitListening(ctx context.Context, addr string, exited chan error) error {
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			return fmt.Errorf("process exited: %v", err)
+		case <-ctx.Done():
+			return fmt.Errorf("%s not listening: %w", addr, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// renderConfig writes cfg as an HCL file that conf.Load reads back.
+func renderConfig(c *conf.Config) string {
+	var b strings.Builder
+	q := func(s string) string { return strconv.Quote(strings.ReplaceAll(s, "${", "$${")) }
+	fmt.Fprintf(&b, "# written by metrolun demo\nname = %s\nrole = %s\ndata_dir = %s\nlog_level = %s\n\n", q(c.Name), q(c.Role), q(c.DataDir), q(c.LogLevel))
+	fmt.Fprintf(&b, "iscsi {\n  listen = [")
+	for i, l := range c.ISCSI.Listen {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(q(l))
+	}
+	fmt.Fprintf(&b, "]\n  portal_group = %d\n}\n", c.ISCSI.PortalGroup)
+	for _, t := range c.Targets {
+		fmt.Fprintf(&b, "\ntarget %s {\n", q(t.Name))
+		for _, l := range t.LUNs {
+			fmt.Fprintf(&b, "  lun \"%d\" {\n    path = %s\n    size = %d\n    block_size = %d\n    thin = %t\n  }\n", l.ID, q(l.Path), l.Size, l.BlockSize, l.Thin)
+		}
+		b.WriteString("}\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,25 @@
+// Command metrolun runs and operates an iSCSI target that keeps one LUN
+// mirrored across sites. This package only wires: configuration to
+// target, replica and raftlog.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "metrolun",
+		Short:         "An iSCSI target that keeps a LUN synchronously mirrored across sites",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(), demoCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "metrolun:", err)
+		os.Exit(1)
+	}
+}

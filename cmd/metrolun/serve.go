@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/replica"
+	"github.com/metrolun/metrolun/target"
+)
+
+func serveCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run one member from a config file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return fmt.Errorf("--config FILE is required")
+			}
+			cfg, err := conf.Load(path)
+			if err != nil {
+				return err
+			}
+			return serve(cfg)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "config file (HCL)")
+	return cmd
+}
+
+func newLogger(cfg *conf.Config) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "metrolun." + cfg.Name,
+		Level:      hclog.LevelFromString(cfg.LogLevel),
+		JSONFormat: cfg.LogFormat == "json",
+		Output:     os.Stderr,
+	})
+}
+
+// serve runs a member until SIGINT or SIGTERM, then stops it cleanly:
+// in-flight commands finish and are answered before the volumes close.
+func serve(cfg *conf.Config) error {
+	log := newLogger(cfg)
+	srv, err := buildServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	var listeners []net.Listener
+	for _, addr := range cfg.ISCSI.Listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, o := range listeners {
+				o.Close()
+			}
+			srv.Shutdown(context.Background())
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		listeners = append(listeners, l)
+	}
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { errc <- srv.Serve(l) }()
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	log.Info("serving", "name", cfg.Name, "portals", cfg.ISCSI.Listen)
+	var serveErr error
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+	case serveErr = <-errc:
+		log.Error("listener failed", "error", serveErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Error("shutdown", "error", err)
+		return err
+	}
+	log.Info("stopped")
+	return serveErr
+}
+
+// buildServer turns the config into a target server with its LUs.
+func buildServer(cfg *conf.Config, log hclog.Logger) (*target.Server, error) {
+	ic := cfg.ISCSI
+	tcfg := target.Config{
+		Limits: target.Limits{
+			MaxRecvDataSegmentLength: ic.MaxRecvDataSegmentLength,
+			MaxBurstLength:           ic.MaxBurstLength,
+			FirstBurstLength:         ic.FirstBurstLength,
+			MaxOutstandingR2T:        ic.MaxOutstandingR2T,
+			ImmediateData:            ic.ImmediateData,
+			InitialR2T:               ic.InitialR2T,
+			HeaderDigest:             ic.HeaderDigest,
+			DataDigest:               ic.DataDigest,
+			QueueDepth:               ic.QueueDepth,
+		},
+		PortalGroup:   uint16(ic.PortalGroup),
+		Portals:       ic.Listen,
+		NOPInterval:   ic.NOPInterval,
+		NOPTimeout:    ic.NOPTimeout,
+		DiscoveryCHAP: chapConfig(ic.DiscoveryCHAP),
+		Logger:        log.Named("iscsi"),
+	}
+	srv := target.NewServer(tcfg)
+	for _, t := range cfg.Targets {
+		tc := target.TargetConfig{
+			Name:            t.Name,
+			Alias:           t.Alias,
+			AllowInitiators: t.AllowInitiators,
+			CHAP:            chapConfig(t.CHAP),
+		}
+		for _, l := range t.LUNs {
+			if dir := filepath.Dir(l.Path); l.Size > 0 {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
+				}
+			}
+			vol, err := replica.OpenLocal(l.Path, l.Size)
+			if err != nil {
+				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
+			}
+			tc.LUNs = append(tc.LUNs, target.LUNConfig{
+				ID:         uint64(l.ID),
+				Volume:     vol,
+				BlockSize:  l.BlockSize,
+				ReadOnly:   l.ReadOnly,
+				Serial:     l.Serial,
+				Product:    l.Product,
+				Thin:       l.Thin,
+				WriteCache: l.WriteCache,
+			})
+			log.Info("LUN ready", "target", t.Name, "lun", l.ID, "path", l.Path, "bytes", vol.Size())
+		}
+		if err := srv.AddTarget(tc); err != nil {
+			return nil, err
+		}
+	}
+	return srv, nil
+}
+
+func chapConfig(c *conf.CHAP) *target.CHAPConfig {
+	if c == nil {
+		return nil
+	}
+	return &target.CHAPConfig{
+		Username:       c.Username,
+		Secret:         string(c.Secret),
+		MutualUsername: c.MutualUsername,
+		MutualSecret:   string(c.MutualSecret),
+	}
+}

@@ -1,0 +1,181 @@
+package target
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// LUNConfig describes one logical unit.
+type LUNConfig struct {
+	ID         uint64
+	Volume     Volume
+	BlockSize  int // 512 or 4096
+	ReadOnly   bool
+	Serial     string // unit serial number; derived from target and LUN when empty
+	Product    string // INQUIRY product identification, at most 16 bytes
+	Thin       bool   // thin provisioned: UNMAP and WRITE SAME with UNMAP deallocate
+	WriteCache bool   // WCE in the caching mode page
+}
+
+// Nexus identifies an I_T nexus: initiator port (name + ISID) and the
+// target port group it came in through.
+type Nexus struct {
+	Initiator string
+	ISID      [6]byte
+	TPGT      uint16
+	id        string // initiator port name, SPC-4 "iqn...,i,0xISID"
+	isidVal   uint64
+}
+
+// TransportID returns the iSCSI TransportID (SPC-4 section 7.6.4.6) of the
+// initiator port, format 01b: name,i,0xISID.
+func (n *Nexus) TransportID() []byte {
+	s := n.id
+	l := len(s) + 1
+	l = (l + 3) &^ 3
+	if l < 20 {
+		l = 20
+	}
+	b := make([]byte, 4+l)
+	b[0] = 0x40 | 0x05 // format 01b, protocol iSCSI
+	binary.BigEndian.PutUint16(b[2:4], uint16(l))
+	copy(b[4:], s)
+	return b
+}
+
+// LU is a SCSI logical unit (SBC-3 direct access block device) over a
+// Volume. Its SCSI state (unit attentions, mode pages, reservations) lives
+// here; the data lives in the Volume.
+type LU struct {
+	target     *Target
+	id         uint64
+	vol        Volume
+	blockSize  int
+	blockShift uint
+	readOnly   bool
+	thin       bool
+	serial     string
+	naa        [8]byte
+	product    string
+	portGroup  uint16
+	relPort    uint16
+
+	mu       sync.Mutex
+	nblocks  uint64
+	wce      bool
+	dsense   bool
+	swp      bool // software write protect (control mode page)
+	stopped  bool
+	uas      map[string][]uint16 // pending unit attentions by nexus id
+	reserved *Nexus              // RESERVE(6) holder
+	pr       prState
+	nexuses  map[string]*Nexus // nexuses that have sent commands
+
+	cawMu sync.Mutex
+}
+
+func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
+	if c.Volume == nil {
+		return nil, errors.New("no volume")
+	}
+	bs := c.BlockSize
+	if bs == 0 {
+		bs = 512
+	}
+	if bs != 512 && bs != 4096 {
+		return nil, fmt.Errorf("block size %d: must be 512 or 4096", bs)
+	}
+	size := c.Volume.Size()
+	if size < int64(bs) || size%int64(bs) != 0 {
+		return nil, fmt.Errorf("volume size %d is not a positive multiple of the block size %d", size, bs)
+	}
+	lu := &LU{
+		target: t, id: c.ID, vol: c.Volume, blockSize: bs, readOnly: c.ReadOnly,
+		thin: c.Thin, serial: c.Serial, product: c.Product,
+		nblocks: uint64(size) / uint64(bs), wce: c.WriteCache,
+		portGroup: tpgt, relPort: tpgt,
+		uas:     map[string][]uint16{},
+		nexuses: map[string]*Nexus{},
+	}
+	for s := uint(0); 1<<s < bs; s++ {
+		lu.blockShift = s + 1
+	}
+	// The identity derives from names every site shares, so that every
+	// site presents the same device (DESIGN.md I5).
+	sum := sha256.Sum256([]byte(t.Name + "\x00" + fmt.Sprint(c.ID) + "\x00" + c.Serial))
+	if lu.serial == "" {
+		lu.serial = hex.EncodeToString(sum[:8])
+	}
+	if lu.product == "" {
+		lu.product = "metrolun"
+	}
+	// NAA 3: locally assigned (SPC-4 section 7.8.6.6.3), 60 bits from the hash.
+	copy(lu.naa[:], sum[8:16])
+	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
+	return lu, nil
+}
+
+func (lu *LU) close() error { return lu.vol.Close() }
+
+// queueUA adds a unit attention for every known nexus except skip.
+func (lu *LU) queueUA(asc uint16, skip *Nexus) {
+	for id := range lu.nexuses {
+		if skip != nil && id == skip.id {
+			continue
+		}
+		lu.addUA(id, asc)
+	}
+}
+
+// addUA queues asc for one nexus; caller holds lu.mu. SAM-5 section 5.14:
+// a unit attention already pending is not queued twice.
+func (lu *LU) addUA(id string, asc uint16) {
+	for _, a := range lu.uas[id] {
+		if a == asc {
+			return
+		}
+	}
+	if len(lu.uas[id]) >= 8 {
+		return
+	}
+	lu.uas[id] = append(lu.uas[id], asc)
+}
+
+// takeUA pops the oldest unit attention for n; caller holds lu.mu.
+func (lu *LU) takeUA(n *Nexus) (uint16, bool) {
+	q := lu.uas[n.id]
+	if len(q) == 0 {
+		return 0, false
+	}
+	lu.uas[n.id] = q[1:]
+	if len(q) == 1 {
+		delete(lu.uas, n.id)
+	}
+	return q[0], true
+}
+
+// nexusGone runs when a session ends: RESERVE(6) reservations are released
+// (SPC-2 section 7.21.1), persistent ones survive.
+func (lu *LU) nexusGone(n *Nexus) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if lu.reserved != nil && lu.reserved.id == n.id {
+		lu.reserved = nil
+	}
+	delete(lu.nexuses, n.id)
+	delete(lu.uas, n.id)
+}
+
+// reset implements LOGICAL UNIT RESET's effect on LU state (SAM-5 section
+// 6.6): RESERVE(6) is released, and every nexus gets a unit attention.
+func (lu *LU) reset(by *Nexus) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	lu.reserved = nil
+	// The nexus that asked knows about the reset (SAM-5 section 6.6).
+	lu.queueUA(ascBusDeviceReset, by)
+}

@@ -1,0 +1,249 @@
+package target
+
+import (
+	"encoding/binary"
+)
+
+// maxTransferBytes bounds one command's data (reported in the Block Limits
+// VPD page); with the CmdSN window it bounds a connection's memory.
+const maxTransferBytes = 8 << 20
+
+type opFlags uint16
+
+const (
+	// fNoUA: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor
+	// clear a unit attention (SAM-5 section 5.14).
+	fNoUA opFlags = 1 << iota
+	// fWrite: modifies the medium; refused on a read-only LU.
+	fWrite
+	// fMedia: needs the medium (refused while the unit is stopped or the
+	// path cannot serve).
+	fMedia
+	// fPRAllowed: allowed whatever the persistent reservation (SPC-4 table 43).
+	fPRAllowed
+	// fPRRead: allowed under Write Exclusive reservations, conflicts under
+	// Exclusive Access ones.
+	fPRRead
+	// fRes6Allowed: allowed while another nexus holds a RESERVE(6).
+	fRes6Allowed
+	// fNoLUN: works on a LUN that does not exist (INQUIRY, REPORT LUNS,
+	// REQUEST SENSE).
+	fNoLUN
+)
+
+// opInfo describes one command: how to parse its CDB and how to execute it.
+// The table below (sbcOps) shows the whole command set at a glance.
+type opInfo struct {
+	name   string
+	cdbLen int
+	flags  opFlags
+	// parse validates the CDB and fills the command's LBA range and data
+	// lengths; nil means the command may proceed.
+	parse func(c *scsiCmd) *scsiResult
+	exec  func(c *scsiCmd, data []byte) *scsiResult
+	// usage is the CDB usage data for REPORT SUPPORTED OPERATION CODES:
+	// which bits of each CDB byte the command looks at.
+	usage []byte
+	sa    uint16 // service action, when part of a service action group
+}
+
+// scsiCmd is a parsed CDB: everything execution needs, checked once.
+type scsiCmd struct {
+	lu     *LU
+	target *Target
+	nexus  *Nexus
+	cdb    []byte
+	op     *opInfo
+	attr   byte
+
+	lba     uint64
+	blocks  uint64
+	fua     bool
+	dataOut int  // bytes of Data-Out the command needs
+	dataIn  bool // the command returns data
+	alloc   int  // allocation length for Data-In commands
+}
+
+// saGroups lists the opcodes whose commands are told apart by a service
+// action in CDB byte 1, bits 4-0.
+var saGroups = map[byte]map[uint16]*opInfo{}
+
+var sbcOps [256]*opInfo
+
+// opList is commandTable in table order, for REPORT SUPPORTED OPERATION CODES.
+var opList []*opInfo
+
+func init() {
+	opList = commandTable
+	for _, o := range commandTable {
+		op := o.usage[0]
+		if o.sa != 0 || saOpcode(op) {
+			if saGroups[op] == nil {
+				saGroups[op] = map[uint16]*opInfo{}
+			}
+			saGroups[op][o.sa] = o
+			continue
+		}
+		sbcOps[op] = o
+	}
+}
+
+func saOpcode(op byte) bool {
+	switch op {
+	case 0x9e, 0xa3:
+		return true
+	}
+	return false
+}
+
+// lookup finds the command for a CDB.
+func lookup(cdb []byte) (*opInfo, *scsiResult) {
+	op := cdb[0]
+	if g := saGroups[op]; g != nil {
+		if len(cdb) < 2 {
+			return nil, invalidOpcode()
+		}
+		if o := g[uint16(cdb[1]&0x1f)]; o != nil {
+			return o, nil
+		}
+		return nil, invalidCDB(1, 4)
+	}
+	if o := sbcOps[op]; o != nil {
+		return o, nil
+	}
+	return nil, invalidOpcode()
+}
+
+// prepare parses a CDB and applies the checks that come before any data
+// moves, in SAM-5 order: LUN, opcode, unit attention, reservations, CDB
+// fields, access state.
+func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte) (*scsiCmd, *scsiResult) {
+	o, res := lookup(cdb)
+	if lu == nil {
+		if o == nil || o.flags&fNoLUN == 0 {
+			return nil, checkCondition(senseIllegalRequest, ascLUNotSupported, 0)
+		}
+	} else if res != nil {
+		return nil, res
+	}
+	c := &scsiCmd{lu: lu, target: t, nexus: n, cdb: cdb, op: o, attr: attr}
+	if len(cdb) < o.cdbLen {
+		return nil, invalidOpcode()
+	}
+	if lu != nil {
+		lu.mu.Lock()
+		if _, ok := lu.nexuses[n.id]; !ok {
+			lu.nexuses[n.id] = n
+		}
+		if o.flags&fNoUA == 0 {
+			if asc, ok := lu.takeUA(n); ok {
+				lu.mu.Unlock()
+				return nil, checkCondition(senseUnitAttention, asc, 0)
+			}
+		}
+		if conflict := lu.conflicts(n, o); conflict {
+			lu.mu.Unlock()
+			return nil, reservationConflict()
+		}
+		stopped := lu.stopped
+		lu.mu.Unlock()
+		if res := o.parse(c); res != nil {
+			return nil, res
+		}
+		if o.flags&fWrite != 0 && (lu.readOnly || lu.swp) {
+			return nil, checkCondition(senseDataProtect, ascWriteProtected, 0)
+		}
+		if o.flags&fMedia != 0 {
+			if stopped {
+				return nil, checkCondition(senseNotReady, ascNotReadyInitCmdRequired, 0)
+			}
+			switch lu.vol.State() {
+			case PathTransitioning:
+				return nil, checkCondition(senseNotReady, ascNotReadyTransition, 0)
+			case PathStandby:
+				return nil, checkCondition(senseNotReady, ascNotReadyStandby, 0)
+			case PathUnavailable:
+				return nil, checkCondition(senseNotReady, ascNotReadyUnavailable, 0)
+			}
+		}
+		return c, nil
+	}
+	if res := o.parse(c); res != nil {
+		return nil, res
+	}
+	return c, nil
+}
+
+func (c *scsiCmd) exec(data []byte) *scsiResult {
+	if c.dataOut > 0 && len(data) < c.dataOut {
+		// The initiator sent less than the CDB asks for (its expected
+		// transfer length was too short): nothing is written.
+		return checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0)
+	}
+	return c.op.exec(c, data)
+}
+
+// Helpers for parse functions.
+
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
+func be64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+// checkRange validates an LBA range against the capacity (SBC-3 section 4.5).
+func (c *scsiCmd) checkRange() *scsiResult {
+	c.lu.mu.Lock()
+	n := c.lu.nblocks
+	c.lu.mu.Unlock()
+	if c.lba > n || c.blocks > n-c.lba {
+		return lbaOutOfRange()
+	}
+	return nil
+}
+
+// allocIn sets up a Data-In command with the given allocation length.
+func (c *scsiCmd) allocIn(n int) {
+	c.dataIn = true
+	c.alloc = n
+}
+
+// trim cuts generated data to the allocation length.
+func (c *scsiCmd) trim(b []byte) *scsiResult {
+	if len(b) > c.alloc {
+		b = b[:c.alloc]
+	}
+	return good(b)
+}
+
+func parseNone(c *scsiCmd) *scsiResult { return nil }
+
+// decodeLUN decodes a SAM-5 single-level LUN (peripheral or flat space
+// addressing); anything else maps to noLUN.
+func decodeLUN(b [8]byte) uint64 {
+	for _, x := range b[2:] {
+		if x != 0 {
+			return noLUN
+		}
+	}
+	switch b[0] >> 6 {
+	case 0:
+		if b[0]&0x3f != 0 {
+			return noLUN
+		}
+		return uint64(b[1])
+	case 1:
+		return uint64(b[0]&0x3f)<<8 | uint64(b[1])
+	}
+	return noLUN
+}
+
+// encodeLUN is decodeLUN's inverse, used by REPORT LUNS.
+func encodeLUN(l uint64) [8]byte {
+	var b [8]byte
+	if l < 256 {
+		b[1] = byte(l)
+	} else {
+		b[0] = 0x40 | byte(l>>8)&0x3f
+		b[1] = byte(l)
+	}
+	return b
+}

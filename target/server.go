@@ -1,0 +1,290 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config is what a Server needs besides its targets.
+type Config struct {
+	Limits      Limits
+	PortalGroup uint16 // target portal group tag of this site's portals
+	// Portals are the addresses SendTargets reports for this site, as
+	// host:port. When empty the listener's address is used.
+	Portals       []string
+	NOPInterval   time.Duration // 0: no target keepalive
+	NOPTimeout    time.Duration
+	DiscoveryCHAP *CHAPConfig
+	Logger        hclog.Logger
+}
+
+// TargetConfig describes one iSCSI target and its logical units.
+type TargetConfig struct {
+	Name            string
+	Alias           string
+	AllowInitiators []string // empty: any
+	CHAP            *CHAPConfig
+	LUNs            []LUNConfig
+}
+
+// Server is an iSCSI target portal: it accepts connections, logs them in
+// and runs their sessions. It reaches storage only through Volume.
+type Server struct {
+	cfg Config
+	log hclog.Logger
+
+	mu        sync.Mutex
+	targets   map[string]*Target
+	sessions  map[uint16]*session // by TSIH
+	nextTSIH  uint16
+	listeners []net.Listener
+	conns     map[*conn]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+}
+
+// Target is one iSCSI target: a name, its access rules and its LUs.
+type Target struct {
+	Name    string
+	Alias   string
+	allow   map[string]bool
+	chap    *CHAPConfig
+	lus     map[uint64]*LU
+	lunList []uint64 // sorted
+}
+
+// NewServer returns a server with no targets.
+func NewServer(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Limits.MaxRecvDataSegmentLength == 0 {
+		cfg.Limits = DefaultLimits()
+	}
+	if cfg.PortalGroup == 0 {
+		cfg.PortalGroup = 1
+	}
+	if cfg.NOPTimeout == 0 {
+		cfg.NOPTimeout = 30 * time.Second
+	}
+	return &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		targets:  map[string]*Target{},
+		sessions: map[uint16]*session{},
+		conns:    map[*conn]struct{}{},
+		nextTSIH: 1,
+	}
+}
+
+// AddTarget registers a target and opens its logical units.
+func (s *Server) AddTarget(tc TargetConfig) error {
+	t := &Target{Name: tc.Name, Alias: tc.Alias, chap: tc.CHAP, lus: map[uint64]*LU{}}
+	if len(tc.AllowInitiators) > 0 {
+		t.allow = map[string]bool{}
+		for _, n := range tc.AllowInitiators {
+			t.allow[n] = true
+		}
+	}
+	for _, lc := range tc.LUNs {
+		if _, dup := t.lus[lc.ID]; dup {
+			return fmt.Errorf("target %s: LUN %d defined twice", tc.Name, lc.ID)
+		}
+		lu, err := newLU(t, lc, s.cfg.PortalGroup)
+		if err != nil {
+			return fmt.Errorf("target %s: LUN %d: %w", tc.Name, lc.ID, err)
+		}
+		t.lus[lc.ID] = lu
+		t.lunList = append(t.lunList, lc.ID)
+	}
+	sort.Slice(t.lunList, func(i, j int) bool { return t.lunList[i] < t.lunList[j] })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.targets[tc.Name]; dup {
+		return fmt.Errorf("target %s defined twice", tc.Name)
+	}
+	s.targets[tc.Name] = t
+	return nil
+}
+
+func (s *Server) target(name string) *Target {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.targets[name]
+}
+
+// Serve accepts connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return errors.New("server is shutting down")
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	s.log.Info("listening", "portal", l.Addr().String(), "tpgt", s.cfg.PortalGroup)
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Shutdown stops accepting, lets commands in flight finish and their
+// answers go out, then closes every connection. It returns when all are
+// gone or ctx ends (then connections are cut).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.drain()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.nc.Close()
+		}
+		<-done
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, t := range s.targets {
+		for _, lu := range t.lus {
+			if err := lu.close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// bindSession attaches a logged-in connection to a session: a new one, a
+// reinstated one (same initiator, ISID and target, RFC 7143 section 6.3.5)
+// or an existing one the connection joins by TSIH.
+func (s *Server) bindSession(c *conn, p Params, t *Target, isid [6]byte, tsih uint16, cmdSN uint32) (*session, *loginStatus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if tsih != 0 {
+		sess := s.sessions[tsih]
+		if sess == nil || sess.isid != isid || sess.params.InitiatorName != p.InitiatorName {
+			return nil, &loginStatus{0x02, 0x0a, "session to join does not exist"}
+		}
+		if !sess.addConn(c) {
+			return nil, &loginStatus{0x02, 0x06, "too many connections"}
+		}
+		return sess, nil
+	}
+	var old []*session
+	for _, other := range s.sessions {
+		if other.isid == isid && other.params.InitiatorName == p.InitiatorName && other.target == t {
+			old = append(old, other)
+		}
+	}
+	for _, o := range old {
+		delete(s.sessions, o.tsih)
+		s.log.Info("session reinstated", "initiator", p.InitiatorName, "tsih", o.tsih)
+		go o.close("reinstated by a new login")
+	}
+	for s.sessions[s.nextTSIH] != nil || s.nextTSIH == 0 {
+		s.nextTSIH++
+	}
+	sess := newSession(s, t, p, isid, s.nextTSIH, cmdSN)
+	s.nextTSIH++
+	s.sessions[sess.tsih] = sess
+	sess.addConn(c)
+	return sess, nil
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[sess.tsih] == sess {
+		delete(s.sessions, sess.tsih)
+	}
+}
+
+// sendTargets answers SendTargets (RFC 7143 section 13.3 and appendix C).
+func (s *Server) sendTargets(which, initiator string, local net.Addr) []KV {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	portals := s.cfg.Portals
+	if len(portals) == 0 && local != nil {
+		portals = []string{local.String()}
+	}
+	names := make([]string, 0, len(s.targets))
+	for n := range s.targets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []KV
+	for _, n := range names {
+		t := s.targets[n]
+		if which != "All" && which != n && which != "" {
+			continue
+		}
+		if !t.allows(initiator) {
+			continue
+		}
+		out = append(out, KV{"TargetName", n})
+		for _, p := range portals {
+			out = append(out, KV{"TargetAddress", p + "," + strconv.Itoa(int(s.cfg.PortalGroup))})
+		}
+	}
+	return out
+}
+
+func (t *Target) allows(initiator string) bool {
+	return t.allow == nil || t.allow[initiator]
+}

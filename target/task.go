@@ -1,0 +1,374 @@
+package target
+
+import (
+	"sync/atomic"
+)
+
+// task is one SCSI command on a connection, from its Command PDU to its
+// response: it collects Data-Out (immediate, unsolicited and solicited by
+// R2T), executes on its logical unit and sends Data-In and status.
+type task struct {
+	c      *conn
+	itt    uint32
+	lunRaw [8]byte
+	lu     *LU
+	cmd    *scsiCmd
+	edtl   int // expected data transfer length from the PDU
+	cmdSN  uint32
+
+	// Write data collection, guarded by c.mu.
+	buf        []byte
+	xfer       int // bytes of Data-Out we take (min of need and EDTL)
+	received   int
+	nextOffset int    // next byte to solicit with R2T
+	r2tSN      uint32 // next R2TSN
+	r2tOut     int    // R2Ts not yet satisfied
+	curTTT     map[uint32]bool
+	started    bool
+
+	aborted atomic.Bool
+	done    chan struct{}
+}
+
+const noLUN = ^uint64(0)
+
+// scsiCommand handles a SCSI Command PDU (RFC 7143 section 11.3).
+func (c *conn) scsiCommand(p *PDU) {
+	if c.draining.Load() {
+		// Shutting down: answer BUSY so the initiator retries elsewhere.
+		if c.sess.admit(p.CmdSN(), p.Immediate()) {
+			c.sendStatus(p.ITT(), statusBusy, nil, 0, 0)
+			c.sess.done()
+		}
+		return
+	}
+	if !c.sess.admit(p.CmdSN(), p.Immediate()) {
+		// Out of window: dropped silently (section 4.2.2.1).
+		c.log.Debug("command outside CmdSN window dropped", "cmdsn", p.CmdSN(), "itt", p.ITT())
+		return
+	}
+	t := &task{
+		c: c, itt: p.ITT(), edtl: int(p.expectedLen()), cmdSN: p.CmdSN(),
+		done: make(chan struct{}),
+	}
+	copy(t.lunRaw[:], p.BHS[8:16])
+	lun := decodeLUN(t.lunRaw)
+	t.lu = c.sess.target.lus[lun]
+	if lun == noLUN {
+		t.lu = nil
+	}
+
+	c.mu.Lock()
+	if _, dup := c.tasks[t.itt]; dup {
+		c.mu.Unlock()
+		// An ITT in use: a protocol error on the initiator's side.
+		c.reject(p, rejectTaskInProg)
+		c.sess.done()
+		return
+	}
+	c.tasks[t.itt] = t
+	c.wg.Add(1)
+	c.mu.Unlock()
+
+	cdb := p.cdb()
+	if p.BHS[4] > 0 {
+		// An extended CDB AHS (type 1) carries bytes beyond 16.
+		if ext, ok := extendedCDB(p); ok {
+			cdb = ext
+		}
+	}
+	cmd, res := prepare(c.sess.target, t.lu, c.sess.nexus, cdb, p.taskAttr())
+	if res != nil {
+		putBuf(p.Data)
+		c.finish(t, res)
+		return
+	}
+	t.cmd = cmd
+	need := cmd.dataOut
+	if need == 0 || !p.writeBit() {
+		if need > 0 {
+			// The CDB wants data but the initiator offers none.
+			c.finish(t, checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0))
+			return
+		}
+		putBuf(p.Data)
+		go c.execute(t)
+		return
+	}
+	t.xfer = min(need, t.edtl)
+	if t.xfer > maxTransferBytes*2+1024*1024 {
+		putBuf(p.Data)
+		c.finish(t, checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0))
+		return
+	}
+	t.buf = getBuf(t.xfer)
+	// Immediate data (section 10.4).
+	imm := len(p.Data)
+	if imm > 0 {
+		copy(t.buf, p.Data[:min(imm, t.xfer)])
+		t.received = min(imm, t.xfer)
+		putBuf(p.Data)
+	}
+	// Unsolicited data that follows: everything up to FirstBurstLength
+	// unless InitialR2T=Yes or the F bit says none follows.
+	unsol := imm
+	if !c.params.InitialR2T && !p.Final() {
+		unsol = min(c.params.FirstBurstLength, t.edtl)
+	}
+	c.mu.Lock()
+	t.nextOffset = min(unsol, t.xfer)
+	if t.received >= t.xfer && t.nextOffset >= t.xfer {
+		t.started = true
+		c.mu.Unlock()
+		go c.execute(t)
+		return
+	}
+	c.solicit(t)
+	c.mu.Unlock()
+}
+
+// extendedCDB joins the 16-byte CDB with an Extended CDB AHS (section 11.3.2).
+func extendedCDB(p *PDU) ([]byte, bool) {
+	a := p.AHS
+	for len(a) >= 4 {
+		l := int(a[0])<<8 | int(a[1])
+		typ := a[2]
+		total := (3 + l + 3) &^ 3
+		if total > len(a) || l < 1 {
+			return nil, false
+		}
+		if typ == 1 {
+			cdb := append(append([]byte(nil), p.cdb()...), a[4:3+l]...)
+			return cdb, true
+		}
+		a = a[total:]
+	}
+	return nil, false
+}
+
+// solicit sends R2Ts while fewer than MaxOutstandingR2T are outstanding.
+// Caller holds c.mu.
+func (c *conn) solicit(t *task) {
+	for t.r2tOut < c.params.MaxOutstandingR2T && t.nextOffset < t.xfer {
+		n := min(t.xfer-t.nextOffset, c.params.MaxBurstLength)
+		ttt := c.nextTTT
+		c.nextTTT++
+		if c.nextTTT == 0xffffffff {
+			c.nextTTT = 1
+		}
+		if t.curTTT == nil {
+			t.curTTT = map[uint32]bool{}
+		}
+		t.curTTT[ttt] = true
+		r := &PDU{}
+		r.BHS[0] = opR2T
+		r.BHS[1] = 0x80
+		copy(r.BHS[8:16], t.lunRaw[:])
+		r.put32(16, t.itt)
+		r.put32(20, ttt)
+		r.put32(36, t.r2tSN)
+		r.put32(40, uint32(t.nextOffset))
+		r.put32(44, uint32(n))
+		t.r2tSN++
+		t.r2tOut++
+		t.nextOffset += n
+		// The writer's queue is the only blocking point; with the lock
+		// held we must not block on it, so R2Ts go out asynchronously.
+		go c.send(r, txPeek, nil)
+	}
+}
+
+// dataOut places a Data-Out PDU into its task's buffer (section 11.7).
+func (c *conn) dataOut(p *PDU) error {
+	defer putBuf(p.Data)
+	c.mu.Lock()
+	t := c.tasks[p.ITT()]
+	if t == nil || t.buf == nil || t.started {
+		c.mu.Unlock()
+		// Data for a task that is gone (aborted, or answered early with a
+		// CHECK CONDITION) is discarded.
+		return nil
+	}
+	ttt := p.TTT()
+	if ttt != 0xffffffff && !t.curTTT[ttt] {
+		c.mu.Unlock()
+		c.reject(p, rejectInvalidField)
+		return nil
+	}
+	off := int(p.bufferOffset())
+	n := len(p.Data)
+	if off < t.xfer {
+		end := min(off+n, t.xfer)
+		copy(t.buf[off:end], p.Data[:end-off])
+		t.received += end - off
+	}
+	if p.Final() && ttt != 0xffffffff {
+		delete(t.curTTT, ttt)
+		t.r2tOut--
+		c.solicit(t)
+	}
+	ready := t.received >= t.xfer && t.r2tOut == 0 && t.nextOffset >= t.xfer
+	if ready {
+		t.started = true
+	}
+	c.mu.Unlock()
+	if ready {
+		go c.execute(t)
+	}
+	return nil
+}
+
+// execute runs the command on its LU and answers.
+func (c *conn) execute(t *task) {
+	var res *scsiResult
+	if t.aborted.Load() {
+		c.finish(t, nil)
+		return
+	}
+	res = t.cmd.exec(t.buf[:min(len(t.buf), t.xfer)])
+	c.finish(t, res)
+}
+
+// finish sends the answer (unless the task was aborted), releases the
+// task's resources and opens the CmdSN window.
+func (c *conn) finish(t *task, res *scsiResult) {
+	if t.buf != nil {
+		putBuf(t.buf)
+		t.buf = nil
+	}
+	if res != nil && !t.aborted.Load() {
+		c.respond(t, res)
+	} else if res != nil && res.release != nil {
+		res.release()
+	}
+	c.mu.Lock()
+	if c.tasks[t.itt] == t {
+		delete(c.tasks, t.itt)
+	}
+	c.mu.Unlock()
+	close(t.done)
+	c.sess.done()
+	c.wg.Done()
+}
+
+// respond sends Data-In (with status collapsed into the last PDU when
+// possible, section 11.7.3) and, when needed, a SCSI Response.
+func (c *conn) respond(t *task, res *scsiResult) {
+	data := res.data
+	var flags byte
+	var residual uint32
+	if t.cmd != nil && t.cmd.dataOut > 0 {
+		need := t.cmd.dataOut
+		switch {
+		case need > t.edtl:
+			flags, residual = 0x04, uint32(need-t.edtl) // overflow
+		case need < t.edtl:
+			flags, residual = 0x02, uint32(t.edtl-need) // underflow
+		}
+	} else if t.cmd != nil && t.cmd.dataIn {
+		switch {
+		case len(data) > t.edtl:
+			flags, residual = 0x04, uint32(len(data)-t.edtl)
+			data = data[:t.edtl]
+		case len(data) < t.edtl:
+			flags, residual = 0x02, uint32(t.edtl-len(data))
+		}
+	} else if t.edtl > 0 && (t.cmd == nil || t.cmd.dataOut == 0) && res.status != statusGood {
+		flags, residual = 0x02, uint32(t.edtl)
+	}
+	if len(data) == 0 || res.status != statusGood || len(res.sense) > 0 {
+		if len(data) > 0 {
+			c.sendDataIn(t, data, false, 0, 0, 0, nil)
+		}
+		c.sendStatusRes(t, res, flags, residual)
+		return
+	}
+	c.sendDataIn(t, data, true, res.status, flags, residual, res.release)
+}
+
+// sendDataIn splits data into PDUs of at most the initiator's
+// MaxRecvDataSegmentLength, sequences of at most MaxBurstLength.
+func (c *conn) sendDataIn(t *task, data []byte, withStatus bool, status, resFlags byte, residual uint32, release func()) {
+	mrdsl := c.params.InitiatorRecvDSL
+	burst := c.params.MaxBurstLength
+	var dataSN uint32
+	inBurst := 0
+	for off := 0; off < len(data); {
+		n := min(len(data)-off, mrdsl, burst-inBurst)
+		last := off+n == len(data)
+		inBurst += n
+		r := &PDU{}
+		r.BHS[0] = opDataIn
+		var f byte
+		if last || inBurst == burst {
+			f |= 0x80
+			inBurst = 0
+		}
+		kind := txPeek
+		var rel func()
+		if last {
+			rel = release
+			if withStatus {
+				f |= 0x01 | resFlags
+				r.BHS[3] = status
+				r.put32(44, residual)
+				kind = txStatus
+			}
+		}
+		r.BHS[1] = f
+		copy(r.BHS[8:16], t.lunRaw[:])
+		r.put32(16, t.itt)
+		r.put32(20, 0xffffffff)
+		r.put32(36, dataSN)
+		r.put32(40, uint32(off))
+		r.Data = data[off : off+n]
+		dataSN++
+		off += n
+		c.send(r, kind, rel)
+	}
+}
+
+func (c *conn) sendStatusRes(t *task, res *scsiResult, flags byte, residual uint32) {
+	r := &PDU{}
+	r.BHS[0] = opSCSIResp
+	r.BHS[1] = 0x80 | flags
+	r.BHS[3] = res.status
+	r.put32(16, t.itt)
+	r.put32(44, residual)
+	if len(res.sense) > 0 {
+		d := make([]byte, 2+len(res.sense))
+		d[0], d[1] = byte(len(res.sense)>>8), byte(len(res.sense))
+		copy(d[2:], res.sense)
+		r.Data = d
+	}
+	c.send(r, txStatus, res.release)
+}
+
+// sendStatus answers a command that never became a task.
+func (c *conn) sendStatus(itt uint32, status byte, sense []byte, flags byte, residual uint32) {
+	t := &task{itt: itt}
+	c.sendStatusRes(t, &scsiResult{status: status, sense: sense}, flags, residual)
+}
+
+// abortAll marks every task of this connection aborted (connection loss).
+func (c *conn) abortAll() {
+	c.mu.Lock()
+	var waiting []*task
+	for _, t := range c.tasks {
+		t.aborted.Store(true)
+		if !t.started && t.cmd != nil && t.cmd.dataOut > 0 {
+			waiting = append(waiting, t)
+		}
+	}
+	c.mu.Unlock()
+	// Tasks still waiting for Data-Out will never get it.
+	for _, t := range waiting {
+		c.mu.Lock()
+		started := t.started
+		t.started = true
+		c.mu.Unlock()
+		if !started {
+			c.finish(t, nil)
+		}
+	}
+}
