@@ -2,6 +2,7 @@ package target
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +12,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/semaphore"
 )
+
+// connBudget is the memory a connection may hold for solicited write data
+// and large reads at once. Unsolicited data adds at most the CmdSN window
+// times FirstBurstLength.
+const connBudget = 64 << 20
 
 // txKind says how an outgoing PDU treats StatSN (RFC 7143 section 4.2.2.2).
 type txKind int
@@ -54,6 +61,12 @@ type conn struct {
 	nextTTT uint32
 	wg      sync.WaitGroup // tasks in flight
 
+	// budget bounds the memory of solicited write data and large reads
+	// (see task.go); ctx ends with the connection.
+	budget *semaphore.Weighted
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	lastRecv atomic.Int64  // unix nanos of the last PDU received
 	nopOut   atomic.Uint32 // TTT of an unanswered NOP-In ping, 0 if none
 }
@@ -68,6 +81,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		tasks:   map[uint32]*task{},
 		nextTTT: 1,
 	}
+	c.budget = semaphore.NewWeighted(connBudget)
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64*1024), maxData: s.cfg.Limits.MaxRecvDataSegmentLength}
 	// During login the initiator may send up to 8192 bytes per PDU whatever
 	// it later negotiates (RFC 7143 section 12.12).
@@ -118,6 +133,7 @@ func (c *conn) close(reason string) {
 			c.log.Info("closing connection", "reason", reason)
 		}
 		close(c.closing)
+		c.cancel()
 		c.nc.SetReadDeadline(time.Now())
 	})
 }

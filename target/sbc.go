@@ -11,7 +11,7 @@ const (
 	maxCompareAndWriteBlocks = 255
 	maxUnmapDescriptors      = 256
 	maxWriteSameBlocks       = 1 << 22
-	maxUnmapBlocks           = 1 << 22
+	maxUnmapBlocks           = 1 << 20
 )
 
 // parseRW decodes the LBA and transfer length of READ, WRITE, VERIFY,
@@ -401,7 +401,9 @@ func parseCompareAndWrite(c *scsiCmd) *scsiResult {
 	c.fua = c.cdb[1]&0x08 != 0
 	c.lba = be64(c.cdb[2:])
 	c.blocks = uint64(c.cdb[13])
-	if c.blocks > maxCompareAndWriteBlocks {
+	if c.blocks > maxCompareAndWriteBlocks || c.blocks == 0 && c.edtl > 0 {
+		// NUMBER OF LOGICAL BLOCKS 0 with data on the wire means the
+		// initiator meant a length the byte cannot hold (256 and more).
 		return invalidCDB(13, -1)
 	}
 	if res := c.checkRange(); res != nil {

@@ -6,7 +6,7 @@ import (
 
 // maxTransferBytes bounds one command's data (reported in the Block Limits
 // VPD page); with the CmdSN window it bounds a connection's memory.
-const maxTransferBytes = 8 << 20
+const maxTransferBytes = 32 << 20
 
 type opFlags uint16
 
@@ -45,6 +45,9 @@ type opInfo struct {
 	// which bits of each CDB byte the command looks at.
 	usage []byte
 	sa    uint16 // service action, when part of a service action group
+	// partialOK: with a short expected transfer length the command acts
+	// on the whole blocks it received (WRITE, WRITE AND VERIFY).
+	partialOK bool
 }
 
 // scsiCmd is a parsed CDB: everything execution needs, checked once.
@@ -61,6 +64,7 @@ type scsiCmd struct {
 	fua     bool
 	dataOut int  // bytes of Data-Out the command needs
 	dataIn  bool // the command returns data
+	edtl    int  // the initiator's expected data transfer length
 	alloc   int  // allocation length for Data-In commands
 }
 
@@ -117,7 +121,7 @@ func lookup(cdb []byte) (*opInfo, *scsiResult) {
 // prepare parses a CDB and applies the checks that come before any data
 // moves, in SAM-5 order: LUN, opcode, unit attention, reservations, CDB
 // fields, access state.
-func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte) (*scsiCmd, *scsiResult) {
+func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
 	o, res := lookup(cdb)
 	if lu == nil {
 		if o == nil || o.flags&fNoLUN == 0 {
@@ -126,7 +130,7 @@ func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte) (*scsiCmd, *scs
 	} else if res != nil {
 		return nil, res
 	}
-	c := &scsiCmd{lu: lu, target: t, nexus: n, cdb: cdb, op: o, attr: attr}
+	c := &scsiCmd{lu: lu, target: t, nexus: n, cdb: cdb, op: o, attr: attr, edtl: edtl}
 	if len(cdb) < o.cdbLen {
 		return nil, invalidOpcode()
 	}
@@ -176,9 +180,15 @@ func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte) (*scsiCmd, *scs
 
 func (c *scsiCmd) exec(data []byte) *scsiResult {
 	if c.dataOut > 0 && len(data) < c.dataOut {
-		// The initiator sent less than the CDB asks for (its expected
-		// transfer length was too short): nothing is written.
-		return checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0)
+		// The initiator declared less than the CDB asks for. A plain write
+		// writes the whole blocks it got, as libiscsi's residual tests and
+		// other targets expect; anything else needs all of its data.
+		if c.op.partialOK {
+			c.blocks = uint64(len(data) >> c.lu.blockShift)
+			c.dataOut = c.bytesOf(c.blocks)
+		} else {
+			return checkSense(senseData{key: senseIllegalRequest, asc: ascInvalidFieldInIU})
+		}
 	}
 	return c.op.exec(c, data)
 }

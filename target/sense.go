@@ -60,6 +60,7 @@ const (
 	ascInsufficientRegResources   = 0x5504
 	ascMediumRemovalPrevented     = 0x5302
 	ascInternalTargetFailure      = 0x4400
+	ascInvalidFieldInIU           = 0x0e03
 )
 
 // scsiResult is the outcome of a command: status, sense data and the

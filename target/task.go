@@ -1,6 +1,7 @@
 package target
 
 import (
+	"fmt"
 	"sync/atomic"
 )
 
@@ -14,16 +15,20 @@ type task struct {
 	lu     *LU
 	cmd    *scsiCmd
 	edtl   int // expected data transfer length from the PDU
+	need   int // Data-Out bytes the CDB asks for
 	cmdSN  uint32
 
 	// Write data collection, guarded by c.mu.
 	buf        []byte
 	xfer       int // bytes of Data-Out we take (min of need and EDTL)
 	received   int
-	nextOffset int    // next byte to solicit with R2T
-	r2tSN      uint32 // next R2TSN
-	r2tOut     int    // R2Ts not yet satisfied
-	curTTT     map[uint32]bool
+	nextOffset int               // next byte to solicit with R2T
+	r2tSN      uint32            // next R2TSN
+	r2tOut     int               // R2Ts not yet satisfied
+	curTTT     map[uint32]uint32 // outstanding R2Ts: TTT -> next DataSN
+	unsolSN    uint32            // next DataSN of unsolicited Data-Out
+	allocated  bool              // buf holds the whole transfer
+	granted    int64             // budget held for buf
 	started    bool
 
 	aborted atomic.Bool
@@ -77,7 +82,7 @@ func (c *conn) scsiCommand(p *PDU) {
 			cdb = ext
 		}
 	}
-	cmd, res := prepare(c.sess.target, t.lu, c.sess.nexus, cdb, p.taskAttr())
+	cmd, res := prepare(c.sess.target, t.lu, c.sess.nexus, cdb, p.taskAttr(), t.edtl)
 	if res != nil {
 		putBuf(p.Data)
 		c.finish(t, res)
@@ -85,46 +90,89 @@ func (c *conn) scsiCommand(p *PDU) {
 	}
 	t.cmd = cmd
 	need := cmd.dataOut
-	if need == 0 || !p.writeBit() {
-		if need > 0 {
-			// The CDB wants data but the initiator offers none.
-			c.finish(t, checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0))
-			return
-		}
+	t.need = need
+	if need == 0 {
 		putBuf(p.Data)
 		go c.execute(t)
 		return
 	}
+	// A write with a short expected transfer length transfers what the
+	// initiator declared; the residual says the rest (RFC 7143 section
+	// 11.4.5.2). The command then sees only whole blocks of it.
 	t.xfer = min(need, t.edtl)
-	if t.xfer > maxTransferBytes*2+1024*1024 {
-		putBuf(p.Data)
-		c.finish(t, checkCondition(senseIllegalRequest, ascInvalidFieldInCDB, 0))
-		return
+	if !p.writeBit() {
+		t.xfer = 0
 	}
-	t.buf = getBuf(t.xfer)
-	// Immediate data (section 10.4).
-	imm := len(p.Data)
-	if imm > 0 {
-		copy(t.buf, p.Data[:min(imm, t.xfer)])
-		t.received = min(imm, t.xfer)
-		putBuf(p.Data)
-	}
-	// Unsolicited data that follows: everything up to FirstBurstLength
-	// unless InitialR2T=Yes or the F bit says none follows.
-	unsol := imm
+	imm := min(len(p.Data), t.xfer)
+	// Unsolicited data that follows the command: everything up to
+	// FirstBurstLength unless InitialR2T=Yes or the F bit says none follows.
+	unsol := len(p.Data)
 	if !c.params.InitialR2T && !p.Final() {
 		unsol = min(c.params.FirstBurstLength, t.edtl)
 	}
+	unsolEnd := min(unsol, t.xfer)
 	c.mu.Lock()
-	t.nextOffset = min(unsol, t.xfer)
-	if t.received >= t.xfer && t.nextOffset >= t.xfer {
+	t.nextOffset = unsolEnd
+	if unsolEnd >= t.xfer {
+		// Everything arrives unsolicited: bounded by FirstBurstLength, so
+		// no budget is needed.
+		t.buf = getBuf(t.xfer)
+		t.allocated = true
+	} else if unsolEnd > 0 {
+		t.buf = getBuf(unsolEnd)
+	}
+	copy(t.buf, p.Data[:imm])
+	t.received = imm
+	putBuf(p.Data)
+	if t.allocated && t.received >= t.xfer {
 		t.started = true
 		c.mu.Unlock()
 		go c.execute(t)
 		return
 	}
-	c.solicit(t)
 	c.mu.Unlock()
+	if !t.allocated {
+		// Solicited data is admitted against the connection's memory
+		// budget; waiting for it never blocks the reader.
+		go c.grant(t)
+	}
+}
+
+// grant waits for budget for a write's whole transfer, then allocates its
+// buffer and solicits the data with R2T.
+func (c *conn) grant(t *task) {
+	if err := c.budget.Acquire(c.ctx, int64(t.xfer)); err != nil {
+		return // connection closing; abortAll ends the task
+	}
+	buf := getBuf(t.xfer)
+	c.mu.Lock()
+	if t.started {
+		// Aborted while waiting.
+		c.mu.Unlock()
+		putBuf(buf)
+		c.budget.Release(int64(t.xfer))
+		return
+	}
+	copy(buf, t.buf)
+	if t.buf != nil {
+		putBuf(t.buf)
+	}
+	t.buf, t.allocated, t.granted = buf, true, int64(t.xfer)
+	c.solicit(t)
+	ready := t.readyLocked()
+	c.mu.Unlock()
+	if ready {
+		go c.execute(t)
+	}
+}
+
+// readyLocked reports (and records) that all data is in. Caller holds c.mu.
+func (t *task) readyLocked() bool {
+	if t.started || !t.allocated || t.received < t.xfer || t.r2tOut > 0 || t.nextOffset < t.xfer {
+		return false
+	}
+	t.started = true
+	return true
 }
 
 // extendedCDB joins the 16-byte CDB with an Extended CDB AHS (section 11.3.2).
@@ -157,9 +205,9 @@ func (c *conn) solicit(t *task) {
 			c.nextTTT = 1
 		}
 		if t.curTTT == nil {
-			t.curTTT = map[uint32]bool{}
+			t.curTTT = map[uint32]uint32{}
 		}
-		t.curTTT[ttt] = true
+		t.curTTT[ttt] = 0
 		r := &PDU{}
 		r.BHS[0] = opR2T
 		r.BHS[1] = 0x80
@@ -183,22 +231,41 @@ func (c *conn) dataOut(p *PDU) error {
 	defer putBuf(p.Data)
 	c.mu.Lock()
 	t := c.tasks[p.ITT()]
-	if t == nil || t.buf == nil || t.started {
+	if t == nil || t.started || t.cmd == nil || t.cmd.dataOut == 0 {
 		c.mu.Unlock()
 		// Data for a task that is gone (aborted, or answered early with a
 		// CHECK CONDITION) is discarded.
 		return nil
 	}
 	ttt := p.TTT()
-	if ttt != 0xffffffff && !t.curTTT[ttt] {
+	want := t.unsolSN
+	if ttt != 0xffffffff {
+		sn, ok := t.curTTT[ttt]
+		if !ok {
+			c.mu.Unlock()
+			c.reject(p, rejectInvalidField)
+			return nil
+		}
+		want = sn
+	}
+	// DataSN counts from 0 in each sequence (unsolicited, or one per R2T);
+	// a gap means lost data, which ErrorRecoveryLevel 0 cannot repair
+	// (RFC 7143 section 7.1.4.1).
+	if p.dataSN() != want {
 		c.mu.Unlock()
-		c.reject(p, rejectInvalidField)
-		return nil
+		c.reject(p, rejectProtocol)
+		return fmt.Errorf("Data-Out DataSN %d, expected %d (ITT 0x%x)", p.dataSN(), want, t.itt)
+	}
+	if ttt == 0xffffffff {
+		t.unsolSN++
+	} else {
+		t.curTTT[ttt] = want + 1
 	}
 	off := int(p.bufferOffset())
 	n := len(p.Data)
-	if off < t.xfer {
-		end := min(off+n, t.xfer)
+	// Before the grant only the unsolicited part has a buffer.
+	if off < len(t.buf) {
+		end := min(off+n, len(t.buf))
 		copy(t.buf[off:end], p.Data[:end-off])
 		t.received += end - off
 	}
@@ -207,10 +274,7 @@ func (c *conn) dataOut(p *PDU) error {
 		t.r2tOut--
 		c.solicit(t)
 	}
-	ready := t.received >= t.xfer && t.r2tOut == 0 && t.nextOffset >= t.xfer
-	if ready {
-		t.started = true
-	}
+	ready := t.readyLocked()
 	c.mu.Unlock()
 	if ready {
 		go c.execute(t)
@@ -225,7 +289,24 @@ func (c *conn) execute(t *task) {
 		c.finish(t, nil)
 		return
 	}
+	var grant int64
+	if t.cmd.dataIn && t.cmd.alloc > 1<<20 {
+		// Large reads take their buffer from the connection's budget too.
+		grant = int64(min(t.cmd.alloc, connBudget))
+		if err := c.budget.Acquire(c.ctx, grant); err != nil {
+			c.finish(t, nil)
+			return
+		}
+	}
 	res = t.cmd.exec(t.buf[:min(len(t.buf), t.xfer)])
+	if grant > 0 {
+		if res.release != nil {
+			rel := res.release
+			res.release = func() { rel(); c.budget.Release(grant) }
+		} else {
+			c.budget.Release(grant)
+		}
+	}
 	c.finish(t, res)
 }
 
@@ -235,6 +316,10 @@ func (c *conn) finish(t *task, res *scsiResult) {
 	if t.buf != nil {
 		putBuf(t.buf)
 		t.buf = nil
+	}
+	if t.granted > 0 {
+		c.budget.Release(t.granted)
+		t.granted = 0
 	}
 	if res != nil && !t.aborted.Load() {
 		c.respond(t, res)
@@ -257,8 +342,8 @@ func (c *conn) respond(t *task, res *scsiResult) {
 	data := res.data
 	var flags byte
 	var residual uint32
-	if t.cmd != nil && t.cmd.dataOut > 0 {
-		need := t.cmd.dataOut
+	if t.need > 0 {
+		need := t.need
 		switch {
 		case need > t.edtl:
 			flags, residual = 0x04, uint32(need-t.edtl) // overflow
@@ -273,7 +358,7 @@ func (c *conn) respond(t *task, res *scsiResult) {
 		case len(data) < t.edtl:
 			flags, residual = 0x02, uint32(t.edtl-len(data))
 		}
-	} else if t.edtl > 0 && (t.cmd == nil || t.cmd.dataOut == 0) && res.status != statusGood {
+	} else if t.edtl > 0 && t.need == 0 && res.status != statusGood {
 		flags, residual = 0x02, uint32(t.edtl)
 	}
 	if len(data) == 0 || res.status != statusGood || len(res.sense) > 0 {
@@ -361,6 +446,7 @@ func (c *conn) abortAll() {
 		}
 	}
 	c.mu.Unlock()
+	c.cancel()
 	// Tasks still waiting for Data-Out will never get it.
 	for _, t := range waiting {
 		c.mu.Lock()
