@@ -11,14 +11,19 @@ import (
 
 // LUNConfig describes one logical unit.
 type LUNConfig struct {
-	ID         uint64
-	Volume     Volume
-	BlockSize  int // 512 or 4096
-	ReadOnly   bool
-	Serial     string // unit serial number; derived from target and LUN when empty
-	Product    string // INQUIRY product identification, at most 16 bytes
-	Thin       bool   // thin provisioned: UNMAP and WRITE SAME with UNMAP deallocate
-	WriteCache bool   // WCE in the caching mode page
+	ID        uint64
+	Volume    Volume
+	BlockSize int // 512 or 4096
+	// PhysicalBlockSize, when larger than BlockSize, is reported so that
+	// initiators align I/O (READ CAPACITY(16)); 0 means BlockSize. The
+	// default is BlockSize because libiscsi 1.19's GetLBAStatus.UnmapSingle
+	// test assumes one logical block per physical block.
+	PhysicalBlockSize int
+	ReadOnly          bool
+	Serial            string // unit serial number; derived from target and LUN when empty
+	Product           string // INQUIRY product identification, at most 16 bytes
+	Thin              bool   // thin provisioned: UNMAP and WRITE SAME with UNMAP deallocate
+	WriteCache        bool   // WCE in the caching mode page
 }
 
 // Nexus identifies an I_T nexus: initiator port (name + ISID) and the
@@ -51,18 +56,19 @@ func (n *Nexus) TransportID() []byte {
 // Volume. Its SCSI state (unit attentions, mode pages, reservations) lives
 // here; the data lives in the Volume.
 type LU struct {
-	target     *Target
-	id         uint64
-	vol        Volume
-	blockSize  int
-	blockShift uint
-	readOnly   bool
-	thin       bool
-	serial     string
-	naa        [8]byte
-	product    string
-	portGroup  uint16
-	relPort    uint16
+	target        *Target
+	id            uint64
+	vol           Volume
+	blockSize     int
+	blockShift    uint
+	physBlockSize int
+	readOnly      bool
+	thin          bool
+	serial        string
+	naa           [8]byte
+	product       string
+	portGroup     uint16
+	relPort       uint16
 
 	mu       sync.Mutex
 	nblocks  uint64
@@ -100,6 +106,13 @@ func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
 		portGroup: tpgt, relPort: tpgt,
 		uas:     map[string][]uint16{},
 		nexuses: map[string]*Nexus{},
+	}
+	lu.physBlockSize = c.PhysicalBlockSize
+	if lu.physBlockSize < bs {
+		lu.physBlockSize = bs
+	}
+	if lu.physBlockSize%bs != 0 || lu.physBlockSize&(lu.physBlockSize-1) != 0 {
+		return nil, fmt.Errorf("physical block size %d: must be a power of two multiple of %d", c.PhysicalBlockSize, bs)
 	}
 	for s := uint(0); 1<<s < bs; s++ {
 		lu.blockShift = s + 1

@@ -48,6 +48,9 @@ type opInfo struct {
 	// partialOK: with a short expected transfer length the command acts
 	// on the whole blocks it received (WRITE, WRITE AND VERIFY).
 	partialOK bool
+	// exactData: the expected transfer length must equal what the CDB
+	// implies (WRITE SAME's one block, COMPARE AND WRITE's two halves).
+	exactData bool
 }
 
 // scsiCmd is a parsed CDB: everything execution needs, checked once.
@@ -153,6 +156,9 @@ func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scs
 		lu.mu.Unlock()
 		if res := o.parse(c); res != nil {
 			return nil, res
+		}
+		if o.exactData && c.edtl != c.dataOut {
+			return nil, checkSense(senseData{key: senseIllegalRequest, asc: ascInvalidFieldInCDB})
 		}
 		if o.flags&fWrite != 0 && (lu.readOnly || lu.swp) {
 			return nil, checkCondition(senseDataProtect, ascWriteProtected, 0)

@@ -32,26 +32,30 @@ var commandTable = []*opInfo{
 	{name: "VERIFY(10)", cdbLen: 10, flags: fMedia | fPRRead, parse: parseVerify, exec: execVerify, usage: []byte{0x2f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
 	{name: "PRE-FETCH(10)", cdbLen: 10, flags: fMedia | fPRRead, parse: parsePrefetch, exec: execPrefetch, usage: []byte{0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
 	{name: "SYNCHRONIZE CACHE(10)", cdbLen: 10, flags: fMedia, parse: parseSync, exec: execSync, usage: []byte{0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
-	{name: "WRITE SAME(10)", cdbLen: 10, flags: fMedia | fWrite, parse: parseWriteSame, exec: execWriteSame, usage: []byte{0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
+	{name: "WRITE SAME(10)", exactData: true, cdbLen: 10, flags: fMedia | fWrite, parse: parseWriteSame, exec: execWriteSame, usage: []byte{0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
 	{name: "UNMAP", cdbLen: 10, flags: fMedia | fWrite, parse: parseUnmap, exec: execUnmap, usage: []byte{0x42, 0x01, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0}},
 	{name: "MODE SELECT(10)", cdbLen: 10, flags: 0, parse: parseModeSelect, exec: execModeSelect, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "MODE SENSE(10)", cdbLen: 10, flags: fPRRead, parse: parseModeSense, exec: execModeSense, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "PERSISTENT RESERVE IN", cdbLen: 10, flags: fPRAllowed, sa: 0, parse: parsePRIn, exec: execPRIn, usage: []byte{0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "PERSISTENT RESERVE OUT", cdbLen: 10, flags: fPRAllowed, sa: 0, parse: parsePROut, exec: execPROut, usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 	{name: "READ(16)", cdbLen: 16, flags: fMedia | fPRRead, parse: parseRead, exec: execRead, usage: []byte{0x88, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
-	{name: "COMPARE AND WRITE", cdbLen: 16, flags: fMedia | fWrite, parse: parseCompareAndWrite, exec: execCompareAndWrite, usage: []byte{0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0}},
+	{name: "COMPARE AND WRITE", exactData: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseCompareAndWrite, exec: execCompareAndWrite, usage: []byte{0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0}},
 	{name: "WRITE(16)", partialOK: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseWrite, exec: execWrite, usage: []byte{0x8a, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "WRITE AND VERIFY(16)", partialOK: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseWriteVerify, exec: execWriteVerify, usage: []byte{0x8e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "VERIFY(16)", cdbLen: 16, flags: fMedia | fPRRead, parse: parseVerify, exec: execVerify, usage: []byte{0x8f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "PRE-FETCH(16)", cdbLen: 16, flags: fMedia | fPRRead, parse: parsePrefetch, exec: execPrefetch, usage: []byte{0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "SYNCHRONIZE CACHE(16)", cdbLen: 16, flags: fMedia, parse: parseSync, exec: execSync, usage: []byte{0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
-	{name: "WRITE SAME(16)", cdbLen: 16, flags: fMedia | fWrite, parse: parseWriteSame, exec: execWriteSame, usage: []byte{0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
+	{name: "WRITE SAME(16)", exactData: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseWriteSame, exec: execWriteSame, usage: []byte{0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "READ CAPACITY(16)", cdbLen: 16, flags: fMedia | fPRAllowed, sa: 0x10, parse: parseAlloc10, exec: execReadCapacity16, usage: []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "GET LBA STATUS", cdbLen: 16, flags: fMedia | fPRRead, sa: 0x12, parse: parseGetLBAStatus, exec: execGetLBAStatus, usage: []byte{0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "REPORT LUNS", cdbLen: 12, flags: fNoUA | fPRAllowed | fRes6Allowed | fNoLUN, parse: parseReportLUNs, exec: execReportLUNs, usage: []byte{0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "REPORT TARGET PORT GROUPS", cdbLen: 12, flags: fPRAllowed | fRes6Allowed, sa: 0x0a, parse: parseAlloc6, exec: execReportTPG, usage: []byte{0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "REPORT SUPPORTED OPERATION CODES", cdbLen: 12, flags: fPRAllowed | fRes6Allowed, sa: 0x0c, parse: parseRSOC, exec: execRSOC, usage: []byte{0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", cdbLen: 12, flags: fPRAllowed | fRes6Allowed, sa: 0x0d, parse: parseRSTMF, exec: execRSTMF, usage: []byte{0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
+	{name: "ORWRITE(16)", cdbLen: 16, flags: fMedia | fWrite, parse: parseOrWrite, exec: execOrWrite, usage: []byte{0x8b, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
+	{name: "WRITE ATOMIC(16)", cdbLen: 16, flags: fMedia | fWrite, parse: parseWriteAtomic, exec: execWriteAtomic, usage: []byte{0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0x3f, 0}},
+	{name: "READ DEFECT DATA(10)", cdbLen: 10, flags: fMedia | fPRRead, parse: parseReadDefect, exec: execReadDefect, usage: []byte{0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{name: "READ DEFECT DATA(12)", cdbLen: 12, flags: fMedia | fPRRead, parse: parseReadDefect, exec: execReadDefect, usage: []byte{0xb7, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "READ(12)", cdbLen: 12, flags: fMedia | fPRRead, parse: parseRead, exec: execRead, usage: []byte{0xa8, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "WRITE(12)", partialOK: true, cdbLen: 12, flags: fMedia | fWrite, parse: parseWrite, exec: execWrite, usage: []byte{0xaa, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "WRITE AND VERIFY(12)", partialOK: true, cdbLen: 12, flags: fMedia | fWrite, parse: parseWriteVerify, exec: execWriteVerify, usage: []byte{0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
@@ -163,9 +167,12 @@ func (lu *LU) vpd(code byte, n *Nexus) ([]byte, bool) {
 		if lu.thin {
 			binary.BigEndian.PutUint32(body[16:], maxUnmapBlocks)
 			binary.BigEndian.PutUint32(body[20:], maxUnmapDescriptors)
-			binary.BigEndian.PutUint32(body[24:], uint32(max(1, 4096/lu.blockSize)))
+			binary.BigEndian.PutUint32(body[24:], uint32(lu.physBlockSize/lu.blockSize))
 		}
 		binary.BigEndian.PutUint64(body[32:], maxWriteSameBlocks)
+		binary.BigEndian.PutUint32(body[40:], uint32(maxAtomicBytes/lu.blockSize)) // MAXIMUM ATOMIC TRANSFER LENGTH
+		binary.BigEndian.PutUint32(body[44:], 1)                                   // ATOMIC ALIGNMENT
+		binary.BigEndian.PutUint32(body[48:], 1)                                   // ATOMIC TRANSFER LENGTH GRANULARITY
 		return hdr(body), true
 	case 0xb1:
 		body := make([]byte, 60)

@@ -1,0 +1,55 @@
+# metrolun — see README.md. The two commands a new machine needs:
+#   make demo   build and run a local cluster on loopback (DIR=./demo)
+#   make test   install the test clients if missing, then run every test
+
+GO      ?= go
+BIN     := bin/metrolun
+DIR     ?= $(CURDIR)/demo
+FUZZTIME ?= 15s
+
+.PHONY: all build demo test unit conformance conformance-update bench fuzz vet clean deps
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/metrolun
+
+demo: build
+	./$(BIN) demo --dir $(DIR)
+
+deps:
+	scripts/install-test-deps.sh
+
+# Everything CI runs: vet, unit and integration tests (real clients:
+# iscsi-test-cu, iscsi-ls, qemu-img, qemu-io), and a bounded fuzz pass.
+test: deps vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz
+
+unit:
+	$(GO) test -count=1 ./target/ ./conf/ ./replica/
+
+vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+conformance: deps
+	scripts/conformance.sh
+
+conformance-update: deps
+	scripts/conformance.sh --update
+
+bench: deps
+	scripts/bench.sh
+
+# Bounded fuzzing of the decoders that face the network and the config.
+fuzz:
+	@for t in $$($(GO) test -list '^Fuzz' ./target/ | grep ^Fuzz); do \
+		echo "fuzz target/$$t"; \
+		$(GO) test -run XXX -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./target/ || exit 1; \
+	done
+	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./conf/
+
+clean:
+	rm -rf bin
