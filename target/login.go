@@ -323,7 +323,7 @@ func (c *conn) sendLoginResp(req *PDU, transit bool, csg, nsg int, tsih uint16, 
 }
 
 func (c *conn) sendLoginReject(req *PDU, st *loginStatus) {
-	c.log.Warn("login rejected", "status", fmt.Sprintf("0x%02x%02x", st.class, st.detail), "reason", st.msg, "remote", c.nc.RemoteAddr().String())
+	c.log.Warn("login rejected", "status", fmt.Sprintf("0x%02x%02x", st.class, st.detail), "reason", st.msg)
 	flags := req.Flags()
 	c.sendLoginResp(req, false, int(flags>>2)&3, 0, 0, nil, st)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -67,6 +69,11 @@ func serve(cfg *conf.Config) error {
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		listeners = append(listeners, l)
+	}
+	if addr := os.Getenv("METROLUN_PPROF"); addr != "" {
+		// Profiling for developers: net/http/pprof on an address of
+		// their choice (keep it on loopback).
+		go func() { log.Warn("pprof stopped", "error", http.ListenAndServe(addr, nil)) }()
 	}
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
