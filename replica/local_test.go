@@ -1,0 +1,95 @@
+package replica
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+)
+
+func TestLocalFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lun.img")
+	const size = 8 << 20
+	v, err := OpenLocal(path, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.Size() != size {
+		t.Fatalf("size %d, want %d", v.Size(), size)
+	}
+	if mapped, run, err := v.Mapped(0); err != nil || mapped || run != size {
+		t.Fatalf("new sparse file: mapped=%v run=%d err=%v; want a hole over all %d bytes", mapped, run, err, size)
+	}
+
+	data := bytes.Repeat([]byte{0x5a}, 64<<10)
+	if err := v.WriteAt(data, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(data, 2<<20, true); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	for _, off := range []int64{1 << 20, 2 << 20} {
+		if err := v.ReadAt(got, off); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read at %d: err=%v equal=%v", off, err, bytes.Equal(got, data))
+		}
+	}
+	if mapped, _, _ := v.Mapped(1 << 20); !mapped {
+		t.Fatal("written range reported unmapped")
+	}
+
+	// UNMAP: the range reads back as zeros and is a hole again.
+	if err := v.Unmap(1<<20, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, make([]byte, len(data))) {
+		t.Fatal("unmapped range does not read back as zeros")
+	}
+	if mapped, run, _ := v.Mapped(1 << 20); mapped || run < int64(len(data)) {
+		t.Fatalf("unmapped range: mapped=%v run=%d", mapped, run)
+	}
+
+	// COMPARE AND WRITE: a miscompare reports the first differing byte and
+	// writes nothing; a match writes.
+	cmp := append([]byte(nil), data[:512]...)
+	cmp[100] ^= 0xff
+	newData := bytes.Repeat([]byte{0x11}, 512)
+	if at, err := v.CompareAndWrite(2<<20, cmp, newData); err != nil || at != 100 {
+		t.Fatalf("miscompare: at=%d err=%v, want 100", at, err)
+	}
+	v.ReadAt(got[:512], 2<<20)
+	if !bytes.Equal(got[:512], data[:512]) {
+		t.Fatal("miscompare wrote data")
+	}
+	if at, err := v.CompareAndWrite(2<<20, data[:512], newData); err != nil || at != -1 {
+		t.Fatalf("match: at=%d err=%v", at, err)
+	}
+	v.ReadAt(got[:512], 2<<20)
+	if !bytes.Equal(got[:512], newData) {
+		t.Fatal("compare-and-write did not write")
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reopening with a larger size grows the file; a smaller one never shrinks it.
+	v.Close()
+	v2, err := OpenLocal(path, size/2)
+	if err != nil || v2.Size() != size {
+		t.Fatalf("reopen: size=%d err=%v", v2.Size(), err)
+	}
+	v2.Close()
+}
+
+func TestOpenLocalErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := OpenLocal(filepath.Join(dir, "empty.img"), 0); err == nil {
+		t.Fatal("an empty file with no size was accepted")
+	}
+	if _, err := OpenLocal(dir, 1<<20); err == nil {
+		t.Fatal("a directory was accepted as a backing store")
+	}
+	if _, err := OpenLocal(filepath.Join(dir, "missing", "x.img"), 1<<20); err == nil {
+		t.Fatal("a path in a missing directory was accepted")
+	}
+}
