@@ -189,6 +189,8 @@ func (lu *LU) reset(by *Nexus) {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	lu.reserved = nil
-	// The nexus that asked knows about the reset (SAM-5 section 6.6).
-	lu.queueUA(ascBusDeviceReset, by)
+	// Every nexus, the one that asked included, gets the unit attention
+	// (SAM-5 section 6.6; multipath initiators rely on seeing it on each
+	// path, as libiscsi's MultipathIO.Reset checks).
+	lu.queueUA(ascBusDeviceReset, nil)
 }
