@@ -95,8 +95,8 @@ func (c *chapExchange) step(kvs map[string]string) ([]KV, error) {
 		if c.cfg.MutualUsername == "" || !hasI || !hasC {
 			return nil, fmt.Errorf("%w: initiator asked for mutual CHAP, which is not configured", errCHAPFailed)
 		}
-		id, err := strconv.ParseUint(ci, 0, 8)
-		if err != nil {
+		id, err := parseNumber(ci)
+		if err != nil || id > 255 || len(ci) > 1 && ci[0] == '0' && ci[1] != 'x' && ci[1] != 'X' {
 			return nil, fmt.Errorf("%w: CHAP_I %q", errCHAPFailed, ci)
 		}
 		chal, err := decodeCHAPBinary(cc)

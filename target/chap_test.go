@@ -229,9 +229,6 @@ func TestCHAPMutual(t *testing.T) {
 }
 
 func TestCHAPIdentifierLeadingZero(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: chap.go parses CHAP_I with strconv base 0, so \"010\" is read as octal 8 (RFC 7143 6.1 decimal-constant has no leading zero)")
-	}
 	// RFC 7143 section 6.1: a decimal-constant has no leading zeros, and a
 	// numerical value is decimal or 0x-hex. "010" is therefore malformed;
 	// it must not silently become identifier 8.

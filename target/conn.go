@@ -58,6 +58,7 @@ type conn struct {
 
 	mu      sync.Mutex
 	tasks   map[uint32]*task // by ITT
+	idle    *sync.Cond       // on mu: signalled when tasks empties or the conn closes
 	nextTTT uint32
 	wg      sync.WaitGroup // tasks in flight
 
@@ -81,6 +82,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		tasks:   map[uint32]*task{},
 		nextTTT: 1,
 	}
+	c.idle = sync.NewCond(&c.mu)
 	c.budget = semaphore.NewWeighted(connBudget)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64*1024), maxData: s.cfg.Limits.MaxRecvDataSegmentLength}
@@ -134,8 +136,20 @@ func (c *conn) close(reason string) {
 		}
 		close(c.closing)
 		c.cancel()
+		c.mu.Lock()
+		c.idle.Broadcast()
+		c.mu.Unlock()
 		c.nc.SetReadDeadline(time.Now())
 	})
+}
+
+func (c *conn) isClosing() bool {
+	select {
+	case <-c.closing:
+		return true
+	default:
+		return false
+	}
 }
 
 // drain is a graceful stop for shutdown: new commands are refused, those in
@@ -143,7 +157,13 @@ func (c *conn) close(reason string) {
 func (c *conn) drain() {
 	c.draining.Store(true)
 	go func() {
-		c.wg.Wait()
+		// Wait for the task table to empty. (c.wg cannot be waited on
+		// here: the reader may still Add to it concurrently.)
+		c.mu.Lock()
+		for len(c.tasks) > 0 && !c.isClosing() {
+			c.idle.Wait()
+		}
+		c.mu.Unlock()
 		c.sendAsyncLogout()
 		// The initiator gets DefaultTime2Wait to log out; after that the
 		// connection goes anyway.
@@ -458,7 +478,6 @@ func (c *conn) logout(p *PDU) error {
 	if !c.sess.admit(p.CmdSN(), p.Immediate()) {
 		return nil
 	}
-	defer c.sess.done()
 	reason := p.Flags() & 0x7f
 	r := &PDU{}
 	r.BHS[0] = opLogoutRsp
@@ -472,12 +491,34 @@ func (c *conn) logout(p *PDU) error {
 	default:
 		r.BHS[2] = 2 // connection recovery is not supported at ERL 0
 	}
-	// Outstanding tasks finish first (section 11.14: logout is a
-	// synchronisation point).
+	if r.BHS[2] != 0 {
+		c.sess.done()
+		c.send(r, txStatus, nil)
+		return nil
+	}
+	// Logout is a synchronisation point (section 11.14): tasks that can
+	// still complete do, and are answered, before the response. A write
+	// still waiting for Data-Out never will once the initiator logs out,
+	// and the reader goroutine (this one) would be the one to deliver it,
+	// so such tasks are ended here rather than waited for.
+	c.mu.Lock()
+	var waiting []*task
+	for _, t := range c.tasks {
+		if !t.started && t.need > 0 {
+			t.started = true
+			t.aborted.Store(true)
+			waiting = append(waiting, t)
+		}
+	}
+	c.mu.Unlock()
+	for _, t := range waiting {
+		c.finish(t, nil)
+	}
 	c.wg.Wait()
-	done := make(chan error, 1)
+	c.sess.done()
+	done := make(chan struct{})
 	select {
-	case c.out <- txItem{pdu: r, kind: txStatus, done: nil, release: func() { done <- nil }}:
+	case c.out <- txItem{pdu: r, kind: txStatus, release: func() { close(done) }}:
 	case <-c.closing:
 		return io.EOF
 	}
@@ -485,13 +526,10 @@ func (c *conn) logout(p *PDU) error {
 	case <-done:
 	case <-c.closing:
 	}
-	if r.BHS[2] == 0 {
-		if reason == 0 {
-			go c.sess.close("logout")
-		}
-		return io.EOF
+	if reason == 0 {
+		go c.sess.close("logout")
 	}
-	return nil
+	return io.EOF
 }
 
 // sendAsyncLogout asks the initiator to log out (AsyncEvent 1), used when

@@ -36,19 +36,20 @@ var (
 // success the connection is bound to a session and in full feature phase.
 func (c *conn) login() error {
 	var (
-		neg      *negotiator
-		t        *Target
-		isid     [6]byte
-		tsih     uint16
-		itt      uint32
-		cmdSN    uint32
-		authWant string // "CHAP" when the target requires it
-		chap     *chapExchange
-		authDone bool
-		secDone  bool
-		textBuf  []byte
-		stage    = -1
-		first    = true
+		neg        *negotiator
+		t          *Target
+		isid       [6]byte
+		tsih       uint16
+		itt        uint32
+		cmdSN      uint32
+		authWant   string // "CHAP" when the target requires it
+		chap       *chapExchange
+		authDone   bool
+		secDone    bool
+		textBuf    []byte
+		stage      = -1
+		first      = true // the first complete login text
+		headerSeen bool   // the first login PDU's header was taken
 	)
 	for {
 		p, err := c.rd.ReadPDU()
@@ -70,7 +71,8 @@ func (c *conn) login() error {
 			c.sendLoginReject(p, statusInitError("T and C both set"))
 			return errors.New("login request with both T and C")
 		}
-		if first {
+		if !headerSeen {
+			headerSeen = true
 			vmax, vmin := p.BHS[2], p.BHS[3]
 			if vmin > 0 || vmax < vmin {
 				c.sendLoginReject(p, statusBadVersion("unsupported version"))
@@ -103,8 +105,9 @@ func (c *conn) login() error {
 		}
 		textBuf = append(textBuf, p.Data...)
 		if cont {
+			// The text is not complete yet: the first-request checks
+			// (names, access, authentication) wait for all of it.
 			c.sendLoginResp(p, false, csg, nsg, 0, nil, nil)
-			first = false
 			continue
 		}
 		kvs, err := ParseText(textBuf)
@@ -155,7 +158,9 @@ func (c *conn) login() error {
 					chap = &chapExchange{cfg: c.srv.cfg.DiscoveryCHAP}
 				}
 			}
-			if csg == stageSecurity {
+			if neg.p.SessionType == "Normal" {
+				// RFC 7143 section 13.9: the tag goes with the first
+				// response to a login that names a target.
 				out = append(out, KV{"TargetPortalGroupTag", fmt.Sprint(c.srv.cfg.PortalGroup)})
 			}
 		}

@@ -194,3 +194,9 @@ func (lu *LU) reset(by *Nexus) {
 	// path, as libiscsi's MultipathIO.Reset checks).
 	lu.queueUA(ascBusDeviceReset, nil)
 }
+
+func (lu *LU) descriptorSense() bool {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	return lu.dsense
+}

@@ -154,11 +154,12 @@ func execModeSense(c *scsiCmd, _ []byte) *scsiResult {
 	lu.mu.Lock()
 	var pages []byte
 	found := false
+	if sub != 0 && !(sub == 0xff && code == 0x3f) {
+		lu.mu.Unlock()
+		return invalidCDB(3, -1) // no subpages
+	}
 	for _, mp := range modePages {
 		if code == 0x3f || code == mp.code {
-			if sub != 0 && sub != 0xff {
-				break
-			}
 			pages = append(pages, mp.build(lu, pc)...)
 			found = true
 		}

@@ -145,9 +145,6 @@ func TestModeSense(t *testing.T) {
 }
 
 func TestModeSenseUnsupportedSubpageFieldPointer(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: mode.go execModeSense points the sense field pointer at byte 2 (page code) for an unsupported SUBPAGE CODE in byte 3")
-	}
 	e := newLUEnv(t, LUNConfig{})
 	r := e.do(e.nexus("i", 1), cdbModeSense(true, false, pcCurrent, 0x08, 0x01), nil)
 	wantSense(t, r, senseIllegalRequest, ascInvalidFieldInCDB, "subpage 1")
@@ -289,9 +286,6 @@ func TestModeSelectSoftwareWriteProtect(t *testing.T) {
 }
 
 func TestModeSelectDescriptorSense(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: D_SENSE is changeable in the control mode page (mode.go) but sense data stays fixed format (sense.go)")
-	}
 	// SPC-4 7.5.7: D_SENSE=1 makes the device server return descriptor
 	// format sense data (response code 72h) with CHECK CONDITION.
 	e := newLUEnv(t, LUNConfig{})

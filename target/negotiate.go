@@ -177,6 +177,11 @@ func (n *negotiator) answer(in []KV, security bool) (out []KV, rest []KV, err er
 			out = append(out, KV{k, "Irrelevant"})
 			continue
 		}
+		if n.seen[k] && k != "SendTargets" {
+			// Offering a key twice in one login is an initiator error
+			// (RFC 7143 section 6.2).
+			return nil, nil, &negotiationError{0x00, "key " + k + " negotiated twice"}
+		}
 		n.seen[k] = true
 		switch k {
 		case "InitiatorName":

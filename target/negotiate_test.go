@@ -221,9 +221,6 @@ func TestNegotiateFinish(t *testing.T) {
 }
 
 func TestNegotiateDuplicateKeyRejected(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: negotiate.go answer() accepts a key negotiated twice in one login; RFC 7143 6.2 requires a Login reject (initiator error)")
-	}
 	// RFC 7143 6.2 (RFC 3720 5.3): an attempt to renegotiate or redeclare a
 	// parameter MUST be detected; the target answers with a Login reject.
 	for _, split := range []bool{false, true} {

@@ -379,13 +379,16 @@ func execUnmap(c *scsiCmd, data []byte) *scsiResult {
 	c.lu.mu.Unlock()
 	type ext struct{ lba, n uint64 }
 	var exts []ext
+	var total uint64
 	for i := 8; i < 8+descLen; i += 16 {
 		lba := be64(data[i:])
 		cnt := uint64(be32(data[i+8:]))
 		if lba > nb || cnt > nb-lba {
 			return lbaOutOfRange()
 		}
-		if cnt > maxUnmapBlocks {
+		// MAXIMUM UNMAP LBA COUNT bounds the whole list (SBC-3 section 5.28).
+		total += cnt
+		if total > maxUnmapBlocks {
 			return invalidParam(i+8, -1)
 		}
 		exts = append(exts, ext{lba, cnt})
@@ -501,13 +504,12 @@ func parseGetLBAStatus(c *scsiCmd) *scsiResult {
 }
 
 func execGetLBAStatus(c *scsiCmd, _ []byte) *scsiResult {
-	if c.alloc < 8 {
-		return c.trim(make([]byte, 8))
-	}
 	c.lu.mu.Lock()
 	nb := c.lu.nblocks
 	c.lu.mu.Unlock()
-	maxDesc := min((c.alloc-8)/16, 64)
+	// At least one descriptor is built so that a short allocation length
+	// still returns the true header, truncated (SPC-4 section 4.2.5.6).
+	maxDesc := min(max(c.alloc-8, 0)/16, 64)
 	out := make([]byte, 8, 8+16*max(maxDesc, 1))
 	lba := c.lba
 	bs := int64(c.lu.blockSize)

@@ -295,9 +295,6 @@ func TestUnmapParameterList(t *testing.T) {
 }
 
 func TestUnmapTotalLBACountLimit(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: sbc.go execUnmap checks MAXIMUM UNMAP LBA COUNT per descriptor, not against the total (SBC-3 5.28)")
-	}
 	// SBC-3 5.28.1: if the total number of logical blocks in the UNMAP
 	// block descriptors exceeds MAXIMUM UNMAP LBA COUNT of the Block Limits
 	// VPD page, ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST.
@@ -376,9 +373,6 @@ func TestReadCapacity(t *testing.T) {
 }
 
 func TestGetLBAStatusShortAllocation(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: sbc.go execGetLBAStatus returns an all-zero header when ALLOCATION LENGTH < 8 instead of the truncated real header")
-	}
 	// SPC-4 4.2.5.6: the allocation length only truncates; the bytes sent
 	// are those of the full parameter data.
 	e := newLUEnv(t, LUNConfig{Thin: true, Volume: newMemVolume(64 * 512)})

@@ -45,6 +45,9 @@ type opInfo struct {
 	// which bits of each CDB byte the command looks at.
 	usage []byte
 	sa    uint16 // service action, when part of a service action group
+	// sas lists the service actions of a command that decodes its own
+	// service action field (PERSISTENT RESERVE IN/OUT), for RSOC.
+	sas []uint16
 	// partialOK: with a short expected transfer length the command acts
 	// on the whole blocks it received (WRITE, WRITE AND VERIFY).
 	partialOK bool
@@ -125,6 +128,22 @@ func lookup(cdb []byte) (*opInfo, *scsiResult) {
 // moves, in SAM-5 order: LUN, opcode, unit attention, reservations, CDB
 // fields, access state.
 func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
+	c, res := prepareFixed(t, lu, n, cdb, attr, edtl)
+	return c, lu.senseFormat(res)
+}
+
+// senseFormat converts sense data to descriptor format when the control
+// mode page asks for it (D_SENSE).
+func (lu *LU) senseFormat(res *scsiResult) *scsiResult {
+	if lu == nil || res == nil || len(res.sense) == 0 || !lu.descriptorSense() {
+		return res
+	}
+	out := *res
+	out.sense = descriptorSense(res.sense)
+	return &out
+}
+
+func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
 	o, res := lookup(cdb)
 	if lu == nil {
 		if o == nil || o.flags&fNoLUN == 0 {
@@ -185,6 +204,10 @@ func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scs
 }
 
 func (c *scsiCmd) exec(data []byte) *scsiResult {
+	return c.lu.senseFormat(c.execFixed(data))
+}
+
+func (c *scsiCmd) execFixed(data []byte) *scsiResult {
 	if c.dataOut > 0 && len(data) < c.dataOut {
 		// The initiator declared less than the CDB asks for. A plain write
 		// writes the whole blocks it got, as libiscsi's residual tests and

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"testing"
 )
 
@@ -545,7 +544,3 @@ func TestShortDataOut(t *testing.T) {
 		t.Fatal("short COMPARE AND WRITE reached the volume")
 	}
 }
-
-// runBugTests, set by TARGET_RUN_BUG_TESTS=1, runs the tests that are
-// skipped because they expose a known bug.
-var runBugTests = os.Getenv("TARGET_RUN_BUG_TESTS") != ""

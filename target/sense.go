@@ -154,3 +154,23 @@ func invalidOpcode() *scsiResult {
 func reservationConflict() *scsiResult {
 	return &scsiResult{status: statusReservationConflict}
 }
+
+// descriptorSense converts fixed-format sense data to descriptor format
+// (SPC-4 section 4.5.2), used when the control mode page has D_SENSE set.
+func descriptorSense(fixed []byte) []byte {
+	if len(fixed) < 18 || fixed[0]&0x7f != 0x70 {
+		return fixed
+	}
+	d := []byte{0x72, fixed[2] & 0x0f, fixed[12], fixed[13], 0, 0, 0, 0}
+	if fixed[0]&0x80 != 0 {
+		// Information descriptor (type 0) with the VALID bit.
+		info := []byte{0x00, 0x0a, 0x80, 0, 0, 0, 0, 0, fixed[3], fixed[4], fixed[5], fixed[6]}
+		d = append(d, info...)
+	}
+	if fixed[15]&0x80 != 0 {
+		// Sense key specific descriptor (type 2).
+		d = append(d, 0x02, 0x06, 0, 0, fixed[15], fixed[16], fixed[17], 0)
+	}
+	d[7] = byte(len(d) - 8)
+	return d
+}

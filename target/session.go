@@ -115,7 +115,8 @@ func (s *session) admit(cmdSN uint32, immediate bool) bool {
 		s.inflight++
 		return true
 	}
-	if cmdSN != s.expCmdSN {
+	if cmdSN != s.expCmdSN || int32(s.maxCmdSN-cmdSN) < 0 {
+		// Behind, ahead, or beyond a closed window (MaxCmdSN = ExpCmdSN-1).
 		return false
 	}
 	s.expCmdSN++
@@ -129,12 +130,6 @@ func (s *session) done() {
 	defer s.mu.Unlock()
 	s.inflight--
 	s.updateMax()
-}
-
-// noteNonCommand accounts for a non-immediate PDU that takes a CmdSN but
-// holds no slot (NOP-Out, Text, Logout, TMF not marked immediate).
-func (s *session) release() {
-	s.done()
 }
 
 func (s *session) updateMax() {

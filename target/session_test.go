@@ -76,9 +76,6 @@ func TestCmdSNWindow(t *testing.T) {
 }
 
 func TestCmdSNWindowClosed(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: session.go admit() does not check MaxCmdSN: with the window full (MaxCmdSN = ExpCmdSN-1) a command with CmdSN == ExpCmdSN is admitted")
-	}
 	// RFC 7143 4.2.2.1: the target MUST silently ignore any non-immediate
 	// command outside [ExpCmdSN, MaxCmdSN]; a full queue shows as
 	// MaxCmdSN = ExpCmdSN - 1.

@@ -36,8 +36,8 @@ var commandTable = []*opInfo{
 	{name: "UNMAP", cdbLen: 10, flags: fMedia | fWrite, parse: parseUnmap, exec: execUnmap, usage: []byte{0x42, 0x01, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0}},
 	{name: "MODE SELECT(10)", cdbLen: 10, flags: 0, parse: parseModeSelect, exec: execModeSelect, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "MODE SENSE(10)", cdbLen: 10, flags: fPRRead, parse: parseModeSense, exec: execModeSense, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0}},
-	{name: "PERSISTENT RESERVE IN", cdbLen: 10, flags: fPRAllowed, sa: 0, parse: parsePRIn, exec: execPRIn, usage: []byte{0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{name: "PERSISTENT RESERVE OUT", cdbLen: 10, flags: fPRAllowed, sa: 0, parse: parsePROut, exec: execPROut, usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{name: "PERSISTENT RESERVE IN", cdbLen: 10, flags: fPRAllowed, sas: []uint16{0, 1, 2, 3}, parse: parsePRIn, exec: execPRIn, usage: []byte{0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{name: "PERSISTENT RESERVE OUT", cdbLen: 10, flags: fPRAllowed, sas: []uint16{0, 1, 2, 3, 4, 5, 6}, parse: parsePROut, exec: execPROut, usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 	{name: "READ(16)", cdbLen: 16, flags: fMedia | fPRRead, parse: parseRead, exec: execRead, usage: []byte{0x88, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "COMPARE AND WRITE", exactData: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseCompareAndWrite, exec: execCompareAndWrite, usage: []byte{0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0}},
 	{name: "WRITE(16)", partialOK: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseWrite, exec: execWrite, usage: []byte{0x8a, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
@@ -391,18 +391,24 @@ func execRSOC(c *scsiCmd, _ []byte) *scsiResult {
 	if opt == 0 {
 		b := make([]byte, 4)
 		for _, o := range opList {
-			d := make([]byte, 8)
-			d[0] = o.usage[0]
+			sas := o.sas
 			if saOpcode(o.usage[0]) {
-				binary.BigEndian.PutUint16(d[2:], o.sa)
-				d[5] = 0x01 // SERVACTV
+				sas = []uint16{o.sa}
 			}
-			binary.BigEndian.PutUint16(d[6:], uint16(o.cdbLen))
-			if rctd {
-				d[5] |= 0x02 // CTDP
-				d = append(d, timeouts()...)
+			for i := 0; i < max(len(sas), 1); i++ {
+				d := make([]byte, 8)
+				d[0] = o.usage[0]
+				if len(sas) > 0 {
+					binary.BigEndian.PutUint16(d[2:], sas[i])
+					d[5] = 0x01 // SERVACTV
+				}
+				binary.BigEndian.PutUint16(d[6:], uint16(o.cdbLen))
+				if rctd {
+					d[5] |= 0x02 // CTDP
+					d = append(d, timeouts()...)
+				}
+				b = append(b, d...)
 			}
-			b = append(b, d...)
 		}
 		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
 		return c.trim(b)
@@ -410,7 +416,22 @@ func execRSOC(c *scsiCmd, _ []byte) *scsiResult {
 	opcode := c.cdb[3]
 	sa := be16(c.cdb[4:])
 	var o *opInfo
-	hasSA := saOpcode(opcode)
+	own := sbcOps[opcode] != nil && len(sbcOps[opcode].sas) > 0
+	hasSA := saOpcode(opcode) || own
+	find := func() *opInfo {
+		if own {
+			for _, x := range sbcOps[opcode].sas {
+				if x == sa {
+					return sbcOps[opcode]
+				}
+			}
+			return nil
+		}
+		if saOpcode(opcode) {
+			return saGroups[opcode][sa]
+		}
+		return sbcOps[opcode]
+	}
 	switch opt {
 	case 1:
 		if hasSA {
@@ -421,13 +442,9 @@ func execRSOC(c *scsiCmd, _ []byte) *scsiResult {
 		if !hasSA {
 			return invalidCDB(2, 2)
 		}
-		o = saGroups[opcode][sa]
+		o = find()
 	case 3:
-		if hasSA {
-			o = saGroups[opcode][sa]
-		} else {
-			o = sbcOps[opcode]
-		}
+		o = find()
 	}
 	b := make([]byte, 4)
 	if o == nil {

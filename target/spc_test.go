@@ -404,17 +404,19 @@ func TestReportSupportedOperationCodes(t *testing.T) {
 			if rctd {
 				dlen = 20
 			}
-			if (len(r.data)-4)/dlen != len(commandTable) || (len(r.data)-4)%dlen != 0 {
-				t.Fatalf("%d bytes of descriptors for %d commands", len(r.data)-4, len(commandTable))
+			ents := rsocEntries()
+			if (len(r.data)-4)/dlen != len(ents) || (len(r.data)-4)%dlen != 0 {
+				t.Fatalf("%d bytes of descriptors for %d commands", len(r.data)-4, len(ents))
 			}
-			for i, o := range commandTable {
+			for i, en := range ents {
+				o := en.o
 				d := r.data[4+dlen*i:]
 				if d[0] != o.usage[0] {
 					t.Fatalf("descriptor %d: opcode 0x%02x, want 0x%02x (%s)", i, d[0], o.usage[0], o.name)
 				}
-				if servactv := d[5]&1 != 0; servactv != saOpcode(o.usage[0]) {
+				if servactv := d[5]&1 != 0; servactv != en.hasSA {
 					t.Errorf("%s: SERVACTV=%v", o.name, servactv)
-				} else if servactv && binary.BigEndian.Uint16(d[2:]) != o.sa {
+				} else if servactv && binary.BigEndian.Uint16(d[2:]) != en.sa {
 					t.Errorf("%s: service action 0x%x", o.name, binary.BigEndian.Uint16(d[2:]))
 				}
 				if got := int(binary.BigEndian.Uint16(d[6:])); got != o.cdbLen {
@@ -431,16 +433,17 @@ func TestReportSupportedOperationCodes(t *testing.T) {
 	}
 	// One-command form for every entry: REPORTING OPTIONS 001b for plain
 	// opcodes, 010b for service actions, and 011b for either.
-	for _, o := range commandTable {
-		t.Run("one "+o.name, func(t *testing.T) {
+	for _, en := range rsocEntries() {
+		o := en.o
+		t.Run(fmt.Sprintf("one %s sa %d", o.name, en.sa), func(t *testing.T) {
 			opts := []byte{3}
-			if saOpcode(o.usage[0]) {
+			if en.hasSA {
 				opts = append(opts, 2)
 			} else {
 				opts = append(opts, 1)
 			}
 			for _, opt := range opts {
-				r := e.do(n, rsoc(opt, o.usage[0], o.sa), nil)
+				r := e.do(n, rsoc(opt, o.usage[0], en.sa), nil)
 				wantGood(t, r, "rsoc one")
 				if r.data[1]&7 != 3 {
 					t.Fatalf("option %d: SUPPORT %d, want 3", opt, r.data[1]&7)
@@ -474,9 +477,6 @@ func TestReportSupportedOperationCodes(t *testing.T) {
 }
 
 func TestRSOCPersistentReserveServiceActions(t *testing.T) {
-	if !runBugTests {
-		t.Skip("BUG: spc.go execRSOC reports PERSISTENT RESERVE IN/OUT with SERVACTV=0 though both have a SERVICE ACTION field (SPC-4 6.35.2)")
-	}
 	// PERSISTENT RESERVE IN and OUT are told apart by a SERVICE ACTION
 	// field; SPC-4 6.35.2 reports one descriptor per supported service
 	// action with SERVACTV=1.
@@ -576,4 +576,29 @@ func TestReportTargetPortGroups(t *testing.T) {
 			t.Fatalf("target port list % x", d)
 		}
 	}
+}
+
+type rsocEntry struct {
+	o     *opInfo
+	sa    uint16
+	hasSA bool
+}
+
+// rsocEntries expands the command table into RSOC descriptors: one per
+// service action for commands that have them (SPC-4 section 6.35.2).
+func rsocEntries() []rsocEntry {
+	var out []rsocEntry
+	for _, o := range commandTable {
+		switch {
+		case saOpcode(o.usage[0]):
+			out = append(out, rsocEntry{o, o.sa, true})
+		case len(o.sas) > 0:
+			for _, sa := range o.sas {
+				out = append(out, rsocEntry{o, sa, true})
+			}
+		default:
+			out = append(out, rsocEntry{o: o})
+		}
+	}
+	return out
 }

@@ -158,9 +158,10 @@ func (c *conn) grant(t *task) {
 		putBuf(t.buf)
 	}
 	t.buf, t.allocated, t.granted = buf, true, int64(t.xfer)
-	c.solicit(t)
+	r2ts := c.solicit(t)
 	ready := t.readyLocked()
 	c.mu.Unlock()
+	c.sendR2Ts(r2ts)
 	if ready {
 		go c.execute(t)
 	}
@@ -194,9 +195,11 @@ func extendedCDB(p *PDU) ([]byte, bool) {
 	return nil, false
 }
 
-// solicit sends R2Ts while fewer than MaxOutstandingR2T are outstanding.
-// Caller holds c.mu.
-func (c *conn) solicit(t *task) {
+// solicit builds R2Ts while fewer than MaxOutstandingR2T are outstanding.
+// Caller holds c.mu and sends the returned PDUs, in order, after
+// unlocking (the writer's queue may block).
+func (c *conn) solicit(t *task) []*PDU {
+	var out []*PDU
 	for t.r2tOut < c.params.MaxOutstandingR2T && t.nextOffset < t.xfer {
 		n := min(t.xfer-t.nextOffset, c.params.MaxBurstLength)
 		ttt := c.nextTTT
@@ -220,9 +223,14 @@ func (c *conn) solicit(t *task) {
 		t.r2tSN++
 		t.r2tOut++
 		t.nextOffset += n
-		// The writer's queue is the only blocking point; with the lock
-		// held we must not block on it, so R2Ts go out asynchronously.
-		go c.send(r, txPeek, nil)
+		out = append(out, r)
+	}
+	return out
+}
+
+func (c *conn) sendR2Ts(r2ts []*PDU) {
+	for _, r := range r2ts {
+		c.send(r, txPeek, nil)
 	}
 }
 
@@ -269,13 +277,15 @@ func (c *conn) dataOut(p *PDU) error {
 		copy(t.buf[off:end], p.Data[:end-off])
 		t.received += end - off
 	}
+	var r2ts []*PDU
 	if p.Final() && ttt != 0xffffffff {
 		delete(t.curTTT, ttt)
 		t.r2tOut--
-		c.solicit(t)
+		r2ts = c.solicit(t)
 	}
 	ready := t.readyLocked()
 	c.mu.Unlock()
+	c.sendR2Ts(r2ts)
 	if ready {
 		go c.execute(t)
 	}
@@ -329,6 +339,9 @@ func (c *conn) finish(t *task, res *scsiResult) {
 	c.mu.Lock()
 	if c.tasks[t.itt] == t {
 		delete(c.tasks, t.itt)
+	}
+	if len(c.tasks) == 0 {
+		c.idle.Broadcast()
 	}
 	c.mu.Unlock()
 	close(t.done)

@@ -24,6 +24,11 @@ const (
 )
 
 func (c *conn) taskMgmt(p *PDU) {
+	if c.sess.target == nil {
+		// A discovery session has no LUs and no tasks (RFC 7143 section 4.3).
+		c.reject(p, rejectProtocol)
+		return
+	}
 	if !c.sess.admit(p.CmdSN(), p.Immediate()) {
 		return
 	}
