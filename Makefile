@@ -45,11 +45,12 @@ bench: deps
 
 # Bounded fuzzing of the decoders that face the network and the config.
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./target/ | grep ^Fuzz); do \
-		echo "fuzz target/$$t"; \
-		$(GO) test -run XXX -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./target/ || exit 1; \
+	@for p in ./target/ ./replica/ ./conf/; do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+			echo "fuzz $$p$$t"; \
+			$(GO) test -run XXX -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$p || exit 1; \
+		done; \
 	done
-	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./conf/
 
 clean:
 	rm -rf bin
