@@ -160,9 +160,16 @@ target "iqn.2026-11.io.metrolun:chap" {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var log bytes.Buffer
+	// The log goes to a file: the process writes it while the test reads.
+	logPath := filepath.Join(dir, "serve.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	log := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 	cmd := exec.Command(bin, "serve", "--config", path)
-	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = groupAttr()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -204,7 +211,7 @@ target "iqn.2026-11.io.metrolun:chap" {
 			t.Errorf("%s: logged in=%v, want %v (%v)", c.name, got, c.ok, err)
 		}
 	}
-	if strings.Contains(log.String(), "secret-of-12b") || strings.Contains(log.String(), "other-secret-12") {
+	if strings.Contains(log(), "secret-of-12b") || strings.Contains(log(), "other-secret-12") {
 		t.Error("a CHAP secret appears in the log")
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -213,12 +220,12 @@ target "iqn.2026-11.io.metrolun:chap" {
 	select {
 	case err := <-exited:
 		if err != nil {
-			t.Fatalf("serve exited with %v after SIGTERM:\n%s", err, log.String())
+			t.Fatalf("serve exited with %v after SIGTERM:\n%s", err, log())
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop within 30s of SIGTERM")
 	}
-	if !strings.Contains(log.String(), "stopped") {
-		t.Errorf("no clean-stop log line:\n%s", log.String())
+	if !strings.Contains(log(), "stopped") {
+		t.Errorf("no clean-stop log line:\n%s", log())
 	}
 }
