@@ -1,0 +1,216 @@
+// Package raftlog is the cluster state machine on hashicorp/raft: members,
+// roles, the writer and its epoch, and the in-sync set (DESIGN.md). Leases,
+// LUN definitions and reservations join it as mirroring grows.
+//
+// The state machine (State and Apply) is pure: a command and a state in, a
+// new state or a refusal out. hashicorp/raft orders the commands; every
+// member applies the same ones in the same order and so holds the same
+// state.
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Roles (DESIGN.md): a data site holds data and may be the writer; a
+// witness only votes.
+const (
+	RoleData    = "data"
+	RoleWitness = "witness"
+)
+
+// Member is one site of the cluster.
+type Member struct {
+	Name string `msgpack:"n"`
+	Role string `msgpack:"r"`
+}
+
+// State is the replicated cluster state.
+type State struct {
+	Members []Member `msgpack:"m"`
+	// Writer is the data site that orders and acknowledges writes in
+	// Epoch; "" before the first election of a writer.
+	Writer string `msgpack:"w"`
+	Epoch  uint64 `msgpack:"e"`
+	// InSync are the data sites that have every acknowledged write. The
+	// writer is always one of them.
+	InSync []string `msgpack:"i"`
+}
+
+func (s *State) member(name string) (Member, bool) {
+	for _, m := range s.Members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// Command kinds.
+const (
+	CmdAddMember  = "add-member"
+	CmdSetWriter  = "set-writer"  // a new epoch with Name as writer
+	CmdDropInSync = "drop-insync" // Name missed writes: out of the in-sync set
+	CmdAddInSync  = "add-insync"  // Name finished resync
+)
+
+// Command is one entry of the Raft log.
+type Command struct {
+	Kind    string `msgpack:"k"`
+	Name    string `msgpack:"n"`
+	Role    string `msgpack:"r,omitempty"`
+	Epoch   uint64 `msgpack:"e,omitempty"` // for set-writer: the new epoch
+	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes: the epoch that asks
+}
+
+// ErrRefused wraps every reason a command is not applied.
+var ErrRefused = errors.New("raftlog: command refused")
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
+}
+
+// Apply returns the state after c, or an error and s unchanged. It
+// enforces the invariants that do not depend on time:
+//   - epochs only grow, and each set-writer raises it (I2);
+//   - only an in-sync data site can become writer (no acknowledged write
+//     is missing there, I1), and a witness never does;
+//   - in-sync changes carry the epoch of the writer that asked, and a
+//     stale writer's request is refused (I2: a writer that cannot commit
+//     the drop stops acknowledging).
+func (s State) Apply(c Command) (State, error) {
+	n := State{
+		Members: slices.Clone(s.Members),
+		Writer:  s.Writer,
+		Epoch:   s.Epoch,
+		InSync:  slices.Clone(s.InSync),
+	}
+	switch c.Kind {
+	case CmdAddMember:
+		if _, ok := s.member(c.Name); ok {
+			return s, refuse("member %s exists", c.Name)
+		}
+		if c.Role != RoleData && c.Role != RoleWitness {
+			return s, refuse("member %s: role %q", c.Name, c.Role)
+		}
+		n.Members = append(n.Members, Member{c.Name, c.Role})
+		// The very first data site starts in sync: there is no data yet.
+		if c.Role == RoleData && s.Epoch == 0 && s.Writer == "" {
+			n.InSync = append(n.InSync, c.Name)
+		}
+	case CmdSetWriter:
+		m, ok := s.member(c.Name)
+		if !ok {
+			return s, refuse("no member %s", c.Name)
+		}
+		if m.Role != RoleData {
+			return s, refuse("%s is a %s and cannot write", c.Name, m.Role)
+		}
+		if !slices.Contains(s.InSync, c.Name) {
+			return s, refuse("%s is not in sync", c.Name)
+		}
+		if c.Epoch <= s.Epoch {
+			return s, refuse("epoch %d is not above %d", c.Epoch, s.Epoch)
+		}
+		n.Writer, n.Epoch = c.Name, c.Epoch
+	case CmdDropInSync, CmdAddInSync:
+		if c.ByEpoch != s.Epoch {
+			return s, refuse("request from epoch %d, current is %d", c.ByEpoch, s.Epoch)
+		}
+		m, ok := s.member(c.Name)
+		if !ok || m.Role != RoleData {
+			return s, refuse("%s is not a data site", c.Name)
+		}
+		in := slices.Contains(s.InSync, c.Name)
+		if c.Kind == CmdDropInSync {
+			if c.Name == s.Writer {
+				return s, refuse("the writer cannot drop itself")
+			}
+			if !in {
+				return s, refuse("%s is not in sync", c.Name)
+			}
+			n.InSync = slices.DeleteFunc(n.InSync, func(x string) bool { return x == c.Name })
+		} else {
+			if in {
+				return s, refuse("%s is already in sync", c.Name)
+			}
+			n.InSync = append(n.InSync, c.Name)
+		}
+	default:
+		return s, refuse("unknown command %q", c.Kind)
+	}
+	return n, nil
+}
+
+// FSM adapts State to raft.FSM.
+type FSM struct {
+	mu    sync.Mutex
+	state State
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// State returns a copy of the current state.
+func (f *FSM) State() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.state
+	s.Members, s.InSync = slices.Clone(s.Members), slices.Clone(s.InSync)
+	return s
+}
+
+// Apply decodes a log entry and applies it; the result is nil or the
+// refusal, which Node.Propose returns to the proposer.
+func (f *FSM) Apply(l *raft.Log) any {
+	var c Command
+	if err := msgpack.Unmarshal(l.Data, &c); err != nil {
+		return refuse("undecodable entry at index %d: %v", l.Index, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.state.Apply(c)
+	if err != nil {
+		return err
+	}
+	f.state = n
+	return nil
+}
+
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	b, err := msgpack.Marshal(f.State())
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(b), nil
+}
+
+func (f *FSM) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	var s State
+	if err := msgpack.NewDecoder(r).Decode(&s); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.state = s
+	f.mu.Unlock()
+	return nil
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s snapshot) Release() {}
