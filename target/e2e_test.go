@@ -975,3 +975,45 @@ func TestE2EManyOutstandingR2TsInOrder(t *testing.T) {
 		in.login(loginOpts{op: []KV{{"InitialR2T", "Yes"}, {"ImmediateData", "No"}, {"MaxBurstLength", "512"}, {"MaxOutstandingR2T", "8"}}})
 	}
 }
+
+// TestE2ELUNResetAbortsOtherSessions: a LUN RESET from one session aborts
+// the task set of the whole LU (SAM-5 section 7.7): another session's
+// write, stuck waiting for its data, is answered TASK ABORTED (TAS=1), the
+// reset is answered only after that, and both sessions then see the
+// reset's unit attention.
+func TestE2ELUNResetAbortsOtherSessions(t *testing.T) {
+	s := startServer(t, DefaultLimits(), TargetConfig{}, Config{})
+	a := dial(t, s.addr)
+	a.login(loginOpts{})
+	b := dial(t, s.addr)
+	b.isid[5] = 2 // a second I_T nexus, not a reinstatement of the first
+	b.login(loginOpts{op: []KV{{"InitialR2T", "Yes"}, {"ImmediateData", "No"}}})
+
+	// Both nexuses have talked to the LU, so both are owed the UA.
+	for _, in := range []*initiator{a, b} {
+		cmd := in.scsiCmd(make([]byte, 6), 0, false, false, true)
+		in.send(cmd)
+		in.expectResponse(cmd.ITT())
+	}
+	cmd := b.scsiCmd(cdbRW(0x2a, 0, 8), 4096, false, true, true)
+	b.send(cmd)
+	if r := b.recv(); r.Opcode() != opR2T {
+		t.Fatalf("opcode 0x%02x, want R2T", r.Opcode())
+	}
+	if resp := a.tmf(tmfLUNReset, 0xffffffff, 0); resp != tmfComplete {
+		t.Fatalf("LUN RESET answered %d", resp)
+	}
+	r := b.expectResponse(cmd.ITT())
+	if r.BHS[3] != statusTaskAborted {
+		t.Fatalf("other session's aborted write: status 0x%02x, want TASK ABORTED", r.BHS[3])
+	}
+	for name, in := range map[string]*initiator{"resetting": a, "other": b} {
+		tur := in.scsiCmd(make([]byte, 6), 0, false, false, true)
+		in.send(tur)
+		r := in.expectResponse(tur.ITT())
+		if r.BHS[3] != statusCheckCondition || len(r.Data) < 16 || r.Data[2+2]&0x0f != senseUnitAttention ||
+			r.Data[2+12] != 0x29 || r.Data[2+13] != 0x03 {
+			t.Fatalf("%s session: TUR after reset gave status 0x%02x sense % x, want UNIT ATTENTION 29/03", name, r.BHS[3], r.Data)
+		}
+	}
+}

@@ -32,6 +32,7 @@ type task struct {
 	started    bool
 
 	aborted atomic.Bool
+	tas     atomic.Bool // aborted by another nexus: answer TASK ABORTED
 	done    chan struct{}
 }
 
@@ -331,10 +332,16 @@ func (c *conn) finish(t *task, res *scsiResult) {
 		c.budget.Release(t.granted)
 		t.granted = 0
 	}
-	if res != nil && !t.aborted.Load() {
+	switch {
+	case t.aborted.Load():
+		if res != nil && res.release != nil {
+			res.release()
+		}
+		if t.tas.Load() {
+			c.respond(t, &scsiResult{status: statusTaskAborted})
+		}
+	case res != nil:
 		c.respond(t, res)
-	} else if res != nil && res.release != nil {
-		res.release()
 	}
 	c.mu.Lock()
 	if c.tasks[t.itt] == t {

@@ -57,17 +57,25 @@ func (c *conn) taskMgmt(p *PDU) {
 		} else {
 			victims = []*task{t}
 		}
-	case tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
+	case tmfAbortTaskSet:
 		if lu == nil {
 			resp = tmfNoLUN
 			break
 		}
+		// The issuing I_T nexus's tasks only (SAM-5 section 7.3).
 		victims = c.tasksOn(lun)
+	case tmfClearTaskSet, tmfLUNReset:
+		if lu == nil {
+			resp = tmfNoLUN
+			break
+		}
+		// Every nexus's tasks on the LU (SAM-5 sections 7.4, 7.7).
+		victims = c.srv.tasksOn(c.sess.target, lun)
 		if fn == tmfLUNReset {
 			after = func() { lu.reset(c.sess.nexus) }
 		}
 	case tmfWarmReset, tmfColdReset:
-		victims = c.tasksOn(noLUN)
+		victims = c.srv.tasksOn(c.sess.target, noLUN)
 		after = func() {
 			for _, l := range c.sess.target.lus {
 				l.reset(c.sess.nexus)
@@ -81,18 +89,25 @@ func (c *conn) taskMgmt(p *PDU) {
 		resp = tmfRejected
 	}
 	for _, t := range victims {
+		if t.c != c {
+			// Another nexus's task: with TAS=1 in the control mode page its
+			// initiator hears TASK ABORTED (SAM-5 section 5.6).
+			t.tas.Store(true)
+		}
 		t.aborted.Store(true)
 	}
-	// Tasks still waiting for Data-Out would wait forever: end them now.
+	// Tasks still waiting for Data-Out would wait forever: end them now,
+	// on their own connection.
 	for _, t := range victims {
-		c.mu.Lock()
-		waiting := !t.started && t.buf != nil
+		tc := t.c
+		tc.mu.Lock()
+		waiting := !t.started && t.need > 0
 		if waiting {
 			t.started = true
 		}
-		c.mu.Unlock()
+		tc.mu.Unlock()
 		if waiting {
-			c.finish(t, nil)
+			tc.finish(t, nil)
 		}
 	}
 	go func() {
@@ -132,6 +147,29 @@ func (c *conn) tasksOn(lun uint64) []*task {
 		if lun == noLUN || decodeLUN(t.lunRaw) == lun {
 			out = append(out, t)
 		}
+	}
+	return out
+}
+
+// tasksOn returns the tasks on one LUN (or all LUNs, for noLUN) of every
+// connection of every session logged in to target t.
+func (s *Server) tasksOn(t *Target, lun uint64) []*task {
+	s.mu.Lock()
+	var conns []*conn
+	for _, sess := range s.sessions {
+		if sess.target != t {
+			continue
+		}
+		sess.mu.Lock()
+		for _, c := range sess.conns {
+			conns = append(conns, c)
+		}
+		sess.mu.Unlock()
+	}
+	s.mu.Unlock()
+	var out []*task
+	for _, c := range conns {
+		out = append(out, c.tasksOn(lun)...)
 	}
 	return out
 }
