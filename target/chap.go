@@ -85,11 +85,8 @@ func (c *chapExchange) step(kvs map[string]string) ([]KV, error) {
 		ci, hasI := kvs["CHAP_I"]
 		cc, hasC := kvs["CHAP_C"]
 		if !hasI && !hasC {
-			if c.cfg.MutualUsername != "" {
-				// The target is configured to prove itself; an initiator
-				// that does not ask is still allowed in.
-				return nil, nil
-			}
+			// One-way CHAP. A target configured for mutual CHAP still
+			// admits an initiator that does not ask it to prove itself.
 			return nil, nil
 		}
 		if c.cfg.MutualUsername == "" || !hasI || !hasC {

@@ -40,7 +40,6 @@ func (c *conn) login() error {
 		t          *Target
 		isid       [6]byte
 		tsih       uint16
-		itt        uint32
 		cmdSN      uint32
 		authWant   string // "CHAP" when the target requires it
 		chap       *chapExchange
@@ -80,7 +79,6 @@ func (c *conn) login() error {
 			}
 			copy(isid[:], p.BHS[8:14])
 			tsih = p.u16(14)
-			itt = p.ITT()
 			c.cid = p.u16(20)
 			cmdSN = p.CmdSN()
 			c.statSN = p.ExpStatSN()
@@ -258,7 +256,6 @@ func (c *conn) login() error {
 			c.params.HeaderDigest, c.params.DataDigest = neg.p.HeaderDigest, neg.p.DataDigest
 			c.params.InitiatorRecvDSL = neg.p.InitiatorRecvDSL
 		}
-		_ = itt
 		c.sendLoginResp(p, true, csg, nsg, tsih, out, nil)
 		return nil
 	}

@@ -81,7 +81,6 @@ type LU struct {
 	pr       prState
 	nexuses  map[string]*Nexus // nexuses that have sent commands
 
-	cawMu sync.Mutex
 }
 
 func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {

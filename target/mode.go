@@ -139,7 +139,7 @@ func parseModeSense(c *scsiCmd) *scsiResult {
 		c.allocIn(int(be16(c.cdb[7:])))
 	}
 	if c.cdb[2]>>6 == pcSaved {
-		return checkCondition(senseIllegalRequest, ascSavingParamsNotSupported, 0)
+		return checkCondition(senseIllegalRequest, ascSavingParamsNotSupported)
 	}
 	return nil
 }
@@ -228,7 +228,7 @@ func execModeSelect(c *scsiCmd, data []byte) *scsiResult {
 		return resultGood
 	}
 	if len(data) < hdr {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	var bdl int
 	if six {
@@ -237,7 +237,7 @@ func execModeSelect(c *scsiCmd, data []byte) *scsiResult {
 		bdl = int(be16(data[6:]))
 	}
 	if hdr+bdl > len(data) {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	if bdl == 8 {
 		bl := int(data[hdr+5])<<16 | int(data[hdr+6])<<8 | int(data[hdr+7])
@@ -254,7 +254,7 @@ func execModeSelect(c *scsiCmd, data []byte) *scsiResult {
 	changed := false
 	for off := hdr + bdl; len(p) > 0; {
 		if len(p) < 2 {
-			return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+			return checkCondition(senseIllegalRequest, ascParamListLength)
 		}
 		if p[0]&0x40 != 0 {
 			return invalidParam(off, 6) // SPF: no subpages
@@ -262,7 +262,7 @@ func execModeSelect(c *scsiCmd, data []byte) *scsiResult {
 		code := p[0] & 0x3f
 		plen := int(p[1]) + 2
 		if plen > len(p) {
-			return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+			return checkCondition(senseIllegalRequest, ascParamListLength)
 		}
 		var mp *modePage
 		for i := range modePages {

@@ -160,7 +160,7 @@ func parsePROut(c *scsiCmd) *scsiResult {
 	}
 	n := int(be32(c.cdb[5:]))
 	if n != 24 {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	switch sa {
 	case 1, 2, 4, 5:
@@ -231,7 +231,7 @@ func execPROut(c *scsiCmd, data []byte) *scsiResult {
 			return resultGood
 		}
 		if p.rtype != rtype {
-			return checkCondition(senseIllegalRequest, ascInvalidReleasePR, 0)
+			return checkCondition(senseIllegalRequest, ascInvalidReleasePR)
 		}
 		old := p.rtype
 		p.holder, p.rtype = "", 0

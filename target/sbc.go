@@ -267,9 +267,6 @@ func parseWriteSame(c *scsiCmd) *scsiResult {
 	if unmap && !c.lu.thin {
 		return invalidCDB(1, 3)
 	}
-	if ndob && !unmap {
-		// NDOB without UNMAP writes zeros; allowed.
-	}
 	if c.blocks == 0 {
 		// WSNZ=1 in the Block Limits page: zero is not accepted.
 		return invalidCDB(lengthField(c.cdb), -1)
@@ -350,7 +347,7 @@ func parseUnmap(c *scsiCmd) *scsiResult {
 		return nil
 	}
 	if n < 8 {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	c.dataOut = n
 	return nil
@@ -362,14 +359,11 @@ func execUnmap(c *scsiCmd, data []byte) *scsiResult {
 	}
 	data = data[:c.dataOut]
 	descLen := int(be16(data[2:]))
-	if int(be16(data[0:]))+2 > len(data) && int(be16(data[0:])) != 0 {
-		// Tolerated: the data length may count beyond what was sent.
-	}
 	if descLen%16 != 0 {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	if 8+descLen > len(data) {
-		return checkCondition(senseIllegalRequest, ascParamListLength, 0)
+		return checkCondition(senseIllegalRequest, ascParamListLength)
 	}
 	if descLen/16 > maxUnmapDescriptors {
 		return invalidParam(2, -1)
@@ -429,8 +423,7 @@ func execCompareAndWrite(c *scsiCmd, data []byte) *scsiResult {
 		return resultGood
 	}
 	n := c.bytesOf(c.blocks)
-	c.lu.cawMu.Lock()
-	defer c.lu.cawMu.Unlock()
+	// The volume makes the compare and the write one atomic step.
 	at, err := c.lu.vol.CompareAndWrite(c.off(), data[:n], data[n:2*n])
 	if err != nil {
 		return volumeError(err, false)
@@ -438,6 +431,12 @@ func execCompareAndWrite(c *scsiCmd, data []byte) *scsiResult {
 	if at >= 0 {
 		return miscompare(uint64(at))
 	}
+	return c.durable()
+}
+
+// durable ends a write that went through CompareAndWrite: with FUA, or
+// with the write cache off, it is flushed before GOOD.
+func (c *scsiCmd) durable() *scsiResult {
 	if c.fua || !c.lu.writeCache() {
 		if err := c.lu.vol.Flush(); err != nil {
 			return volumeError(err, false)
@@ -550,7 +549,7 @@ func execStartStop(c *scsiCmd, _ []byte) *scsiResult {
 	loej := c.cdb[4]&0x02 != 0
 	if loej && !start {
 		// Ejecting a medium that cannot be removed.
-		return checkCondition(senseIllegalRequest, ascMediumRemovalPrevented, 0)
+		return checkCondition(senseIllegalRequest, ascMediumRemovalPrevented)
 	}
 	if !start && c.cdb[4]&0x04 == 0 {
 		if err := c.lu.vol.Flush(); err != nil {
@@ -570,13 +569,13 @@ func volumeError(err error, read bool) *scsiResult {
 		if read {
 			asc = ascUnrecoveredReadError
 		}
-		return checkCondition(senseMediumError, asc, 0)
+		return checkCondition(senseMediumError, asc)
 	}
 	var ns *NotReadyError
 	if errors.As(err, &ns) {
-		return checkCondition(senseNotReady, ns.ASC, 0)
+		return checkCondition(senseNotReady, ns.ASC)
 	}
-	return checkCondition(senseHardwareError, ascInternalTargetFailure, 0)
+	return checkCondition(senseHardwareError, ascInternalTargetFailure)
 }
 
 // NotReadyError is returned by a volume that cannot serve I/O right now
@@ -585,7 +584,7 @@ type NotReadyError struct{ ASC uint16 }
 
 func (e *NotReadyError) Error() string { return "volume not ready" }
 
-// maxAtomicBlocks bounds WRITE ATOMIC(16) (Block Limits VPD, SBC-4).
+// maxAtomicBytes bounds WRITE ATOMIC(16) (Block Limits VPD, SBC-4).
 const maxAtomicBytes = 1 << 20
 
 // readModifyWrite replaces the blocks of c with f(current) atomically: it
@@ -604,12 +603,7 @@ func (c *scsiCmd) readModifyWrite(f func(cur []byte) []byte) *scsiResult {
 			return volumeError(err, false)
 		}
 		if at < 0 {
-			if c.fua || !c.lu.writeCache() {
-				if err := c.lu.vol.Flush(); err != nil {
-					return volumeError(err, false)
-				}
-			}
-			return resultGood
+			return c.durable()
 		}
 	}
 	// Overlapping writes kept winning; the initiator may retry.

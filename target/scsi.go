@@ -147,7 +147,7 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 	o, res := lookup(cdb)
 	if lu == nil {
 		if o == nil || o.flags&fNoLUN == 0 {
-			return nil, checkCondition(senseIllegalRequest, ascLUNotSupported, 0)
+			return nil, checkCondition(senseIllegalRequest, ascLUNotSupported)
 		}
 	} else if res != nil {
 		return nil, res
@@ -164,7 +164,7 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 		if o.flags&fNoUA == 0 {
 			if asc, ok := lu.takeUA(n); ok {
 				lu.mu.Unlock()
-				return nil, checkCondition(senseUnitAttention, asc, 0)
+				return nil, checkCondition(senseUnitAttention, asc)
 			}
 		}
 		if conflict := lu.conflicts(n, o); conflict {
@@ -180,19 +180,19 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 			return nil, checkSense(senseData{key: senseIllegalRequest, asc: ascInvalidFieldInCDB})
 		}
 		if o.flags&fWrite != 0 && (lu.readOnly || lu.swp) {
-			return nil, checkCondition(senseDataProtect, ascWriteProtected, 0)
+			return nil, checkCondition(senseDataProtect, ascWriteProtected)
 		}
 		if o.flags&fMedia != 0 {
 			if stopped {
-				return nil, checkCondition(senseNotReady, ascNotReadyInitCmdRequired, 0)
+				return nil, checkCondition(senseNotReady, ascNotReadyInitCmdRequired)
 			}
 			switch lu.vol.State() {
 			case PathTransitioning:
-				return nil, checkCondition(senseNotReady, ascNotReadyTransition, 0)
+				return nil, checkCondition(senseNotReady, ascNotReadyTransition)
 			case PathStandby:
-				return nil, checkCondition(senseNotReady, ascNotReadyStandby, 0)
+				return nil, checkCondition(senseNotReady, ascNotReadyStandby)
 			case PathUnavailable:
-				return nil, checkCondition(senseNotReady, ascNotReadyUnavailable, 0)
+				return nil, checkCondition(senseNotReady, ascNotReadyUnavailable)
 			}
 		}
 		return c, nil

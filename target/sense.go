@@ -116,7 +116,7 @@ func (s senseData) bytes() []byte {
 	return b
 }
 
-func checkCondition(key byte, asc uint16, _ int) *scsiResult {
+func checkCondition(key byte, asc uint16) *scsiResult {
 	return &scsiResult{status: statusCheckCondition, sense: senseData{key: key, asc: asc}.bytes()}
 }
 
@@ -144,7 +144,7 @@ func invalidParam(field int, bit int) *scsiResult {
 }
 
 func lbaOutOfRange() *scsiResult {
-	return checkCondition(senseIllegalRequest, ascLBAOutOfRange, 0)
+	return checkCondition(senseIllegalRequest, ascLBAOutOfRange)
 }
 
 func invalidOpcode() *scsiResult {

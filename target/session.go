@@ -115,7 +115,7 @@ func (s *session) admit(cmdSN uint32, immediate bool) bool {
 		s.inflight++
 		return true
 	}
-	if cmdSN != s.expCmdSN || int32(s.maxCmdSN-cmdSN) < 0 {
+	if cmdSN != s.expCmdSN || !s.inWindowLocked(cmdSN) {
 		// Behind, ahead, or beyond a closed window (MaxCmdSN = ExpCmdSN-1).
 		return false
 	}
@@ -155,5 +155,10 @@ func (s *session) window() (uint32, uint32) {
 func (s *session) inWindow(cmdSN uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.inWindowLocked(cmdSN)
+}
+
+// inWindowLocked is inWindow for a caller that holds s.mu.
+func (s *session) inWindowLocked(cmdSN uint32) bool {
 	return int32(cmdSN-s.expCmdSN) >= 0 && int32(s.maxCmdSN-cmdSN) >= 0
 }

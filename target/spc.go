@@ -106,9 +106,6 @@ func (c *scsiCmd) standardInquiry() []byte {
 	b[3] = 0x12 // HISUP, response data format 2
 	b[4] = byte(len(b) - 5)
 	b[5] = 0x10 // TPGS: implicit ALUA
-	if c.lu != nil && c.lu.thin {
-		b[5] |= 0 // 3PC not supported
-	}
 	b[6] = 0x10 // MULTIP: the device is reachable through several ports
 	b[7] = 0x02 // CMDQUE
 	copy(b[8:16], pad(vendorID, 8))
