@@ -927,6 +927,14 @@ func FuzzParse(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(example)
+	for _, name := range []string{"testdata/cluster-site-a.hcl", "testdata/cluster-witness.hcl"} {
+		src, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(src)
+	}
+	f.Add([]byte(clusterSrc(`lease = 0.5`, `replica_timeout = "1s"`, `prefer {`, `  initiator = "iqn.1994-05.com.redhat:h"`, `  site = "b"`, `}`)))
 	f.Add([]byte(`name = "a"` + okTarget))
 	f.Add([]byte(chapSrc(`username = "u"`, `secret = "0123456789ab"`, `mutual_secret = "0123456789ab"`)))
 	f.Add([]byte("name = \"a\"\niscsi {\n  listen = [\"[::1]\", 5, null]\n  portal_group = 1e40\n}\n"))

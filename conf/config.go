@@ -42,6 +42,7 @@ type Config struct {
 	LogFormat string // text or json
 	ISCSI     ISCSI
 	Targets   []Target
+	Cluster   *Cluster // nil: a standalone single site
 }
 
 // ISCSI holds the portal and the limits the target offers in login
@@ -180,7 +181,7 @@ func Parse(filename string, src []byte) (*Config, error) {
 	}
 	d := newDecoder()
 	c := d.config(file.Body)
-	v := &validator{pos: d.pos, bad: d.bad, dropped: d.dropped, problems: d.problems}
+	v := &validator{pos: d.pos, bad: d.bad, set: d.set, dropped: d.dropped, problems: d.problems}
 	v.config(c)
 	if len(v.problems) > 0 {
 		sortProblems(v.problems)

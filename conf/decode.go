@@ -23,6 +23,7 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "iscsi"},
 			{Type: "target", LabelNames: []string{"name"}},
+			{Type: "cluster"},
 		},
 	}
 	iscsiSchema = &hcl.BodySchema{
@@ -57,6 +58,30 @@ var (
 			{Name: "mutual_username"}, {Name: "mutual_secret"},
 		},
 	}
+	clusterSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{
+			{Name: "raft_listen"}, {Name: "replication_listen"}, {Name: "admin_listen"},
+			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
+			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"},
+		},
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "tls"},
+			{Type: "member", LabelNames: []string{"name"}},
+			{Type: "prefer"},
+		},
+	}
+	tlsSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "ca"}, {Name: "cert"}, {Name: "key"}},
+	}
+	memberSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{
+			{Name: "role"}, {Name: "raft"}, {Name: "replication"}, {Name: "admin"},
+			{Name: "iscsi"}, {Name: "portal_group"},
+		},
+	}
+	preferSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "initiator"}, {Name: "site"}},
+	}
 )
 
 // A decoder turns an HCL body into a Config. Every key it meets, and every
@@ -69,12 +94,13 @@ var (
 type decoder struct {
 	pos      map[string]hcl.Range
 	bad      map[string]bool
+	set      map[string]bool // keys the file gives a (non-null) value
 	dropped  map[string]bool // block lists with a block HCL rejected
 	problems []Problem
 }
 
 func newDecoder() *decoder {
-	return &decoder{pos: map[string]hcl.Range{}, bad: map[string]bool{}, dropped: map[string]bool{}}
+	return &decoder{pos: map[string]hcl.Range{}, bad: map[string]bool{}, set: map[string]bool{}, dropped: map[string]bool{}}
 }
 
 func (d *decoder) fail(key string, r hcl.Range, format string, args ...any) {
@@ -174,7 +200,14 @@ func (d *decoder) config(body hcl.Body) *Config {
 			}
 		case "target":
 			c.Targets = append(c.Targets, d.target(b, len(c.Targets)))
+		case "cluster":
+			if d.once(seen, "cluster", b) {
+				c.Cluster = d.cluster(b)
+			}
 		}
+	}
+	if c.Cluster != nil {
+		d.clusterDefaults(c)
 	}
 	return c
 }
@@ -193,8 +226,8 @@ func (d *decoder) iscsi(b *hcl.Block, dst *ISCSI) {
 		}
 	}
 	s.integer("portal_group", &dst.PortalGroup)
-	s.seconds("nop_interval", &dst.NOPInterval)
-	s.seconds("nop_timeout", &dst.NOPTimeout)
+	s.duration("nop_interval", &dst.NOPInterval)
+	s.duration("nop_timeout", &dst.NOPTimeout)
 	s.integer("max_recv_data_segment_length", &dst.MaxRecvDataSegmentLength)
 	s.integer("max_burst_length", &dst.MaxBurstLength)
 	s.integer("first_burst_length", &dst.FirstBurstLength)
@@ -271,6 +304,135 @@ func (d *decoder) chap(b *hcl.Block, key string) *CHAP {
 	return c
 }
 
+func (d *decoder) cluster(b *hcl.Block) *Cluster {
+	const key = "cluster"
+	d.pos[key] = b.DefRange
+	cl := DefaultClusterBlock()
+	content := d.content(b.Body, clusterSchema)
+	d.pos[key+".member"] = b.DefRange
+	d.dropped[key+".member"] = dropped(b.Body, content, "member")
+	d.dropped[key+".prefer"] = dropped(b.Body, content, "prefer")
+	s := d.scope(key, content, b.DefRange)
+	s.address("raft_listen", &cl.RaftListen)
+	s.address("replication_listen", &cl.ReplicationListen)
+	s.address("admin_listen", &cl.AdminListen)
+	s.duration("lease", &cl.Lease)
+	s.duration("election_timeout", &cl.ElectionTimeout)
+	s.duration("replica_timeout", &cl.ReplicaTimeout)
+	s.bandwidth("resync_bandwidth", &cl.ResyncBandwidth)
+	s.bandwidth("verify_bandwidth", &cl.VerifyBandwidth)
+	seen := map[string]hcl.Range{}
+	for _, cb := range content.Blocks {
+		switch cb.Type {
+		case "tls":
+			if d.once(seen, key+".tls", cb) {
+				cl.TLS = d.tls(cb, key+".tls")
+			}
+		case "member":
+			cl.Members = append(cl.Members, d.member(cb, fmt.Sprintf("%s.member[%d]", key, len(cl.Members))))
+		case "prefer":
+			cl.Preferred = append(cl.Preferred, d.prefer(cb, fmt.Sprintf("%s.prefer[%d]", key, len(cl.Preferred))))
+		}
+	}
+	return cl
+}
+
+func (d *decoder) tls(b *hcl.Block, key string) *TLS {
+	d.pos[key] = b.DefRange
+	t := &TLS{}
+	content := d.content(b.Body, tlsSchema)
+	s := d.scope(key, content, b.DefRange)
+	s.str("ca", &t.CA)
+	s.str("cert", &t.Cert)
+	s.str("key", &t.Key)
+	return t
+}
+
+func (d *decoder) member(b *hcl.Block, key string) Member {
+	d.pos[key] = b.DefRange
+	d.pos[key+".name"] = b.LabelRanges[0]
+	m := Member{Name: b.Labels[0], Role: RoleData}
+	content := d.content(b.Body, memberSchema)
+	s := d.scope(key, content, b.DefRange)
+	s.str("role", &m.Role)
+	s.address("raft", &m.Raft)
+	s.address("replication", &m.Replication)
+	s.address("admin", &m.Admin)
+	if s.strings("iscsi", &m.ISCSI) {
+		for i, p := range m.ISCSI {
+			if n, err := NormalizePortal(p); err == nil {
+				m.ISCSI[i] = n
+			}
+		}
+	}
+	s.integer("portal_group", &m.PortalGroup)
+	return m
+}
+
+func (d *decoder) prefer(b *hcl.Block, key string) Preference {
+	d.pos[key] = b.DefRange
+	var p Preference
+	content := d.content(b.Body, preferSchema)
+	s := d.scope(key, content, b.DefRange)
+	s.str("initiator", &p.Initiator)
+	s.str("site", &p.Site)
+	return p
+}
+
+// clusterDefaults fills in what a cluster block leaves out and that
+// depends on the rest of the file: portal groups, this member's listen
+// addresses and the iscsi block's portal group. A default taken from a
+// value that failed to decode is marked bad too, so that it is not
+// reported twice.
+func (d *decoder) clusterDefaults(c *Config) {
+	const key = "cluster"
+	cl := c.Cluster
+	data := 0
+	for i := range cl.Members {
+		m := &cl.Members[i]
+		if m.Role != RoleData {
+			continue
+		}
+		data++
+		if mk := fmt.Sprintf("%s.member[%d].portal_group", key, i); !d.set[mk] && !d.bad[mk] {
+			m.PortalGroup = data
+		}
+	}
+	self := -1
+	for i := range cl.Members {
+		if cl.Members[i].Name == c.Name {
+			self = i
+			break
+		}
+	}
+	if self < 0 {
+		return
+	}
+	m := cl.Members[self]
+	mk := fmt.Sprintf("%s.member[%d]", key, self)
+	def := func(name string, dst *string, from, field string) {
+		k := key + "." + name
+		if d.set[k] || d.bad[k] {
+			return
+		}
+		*dst = from
+		if d.bad[mk+"."+field] || d.bad[mk+".role"] {
+			d.bad[k] = true
+		}
+	}
+	def("raft_listen", &cl.RaftListen, m.Raft, "raft")
+	if c.Role == RoleData && m.Role == RoleData {
+		def("replication_listen", &cl.ReplicationListen, m.Replication, "replication")
+	}
+	def("admin_listen", &cl.AdminListen, m.Admin, "admin")
+	if c.Role == RoleData && m.Role == RoleData && !d.set["iscsi.portal_group"] && !d.bad["iscsi.portal_group"] {
+		c.ISCSI.PortalGroup = m.PortalGroup
+		if d.bad[mk+".portal_group"] {
+			d.bad["iscsi.portal_group"] = true
+		}
+	}
+}
+
 // A scope decodes the arguments of one block.
 type scope struct {
 	d       *decoder
@@ -315,6 +477,7 @@ func (s scope) value(name string) (cty.Value, *hcl.Attribute, bool) {
 		s.d.fail(key, attr.Expr.Range(), "expected a constant value")
 		return cty.NilVal, nil, false
 	}
+	s.d.set[key] = true
 	return v, attr, true
 }
 
@@ -385,22 +548,103 @@ func (s scope) integer(name string, dst *int) {
 	*dst = int(n)
 }
 
-// seconds reads a whole number of seconds.
-func (s scope) seconds(name string, dst *time.Duration) {
+// duration reads a span of time written as a number of seconds, which
+// may have a fraction (5, 0.25), or as a string in Go's duration syntax
+// ("500ms", "1.5s", "2m", "1h30m"). Numbers are rounded to the nearest
+// nanosecond.
+func (s scope) duration(name string, dst *time.Duration) {
 	v, attr, ok := s.value(name)
 	if !ok {
 		return
 	}
-	n, ok := s.whole(name, v, attr)
+	key := s.key(name)
+	r := attr.Expr.Range()
+	switch v.Type() {
+	case cty.Number:
+		f := v.AsBigFloat()
+		ns := new(big.Float).Mul(f, big.NewFloat(float64(time.Second)))
+		limit := new(big.Float).SetInt64(math.MaxInt64)
+		if new(big.Float).Abs(ns).Cmp(limit) > 0 {
+			s.d.fail(key, r, "%s seconds is out of range", f.Text('g', 10))
+			return
+		}
+		half := big.NewFloat(0.5)
+		if ns.Sign() < 0 {
+			half.Neg(half)
+		}
+		n, _ := ns.Add(ns, half).Int64() // truncates: rounds half away from zero
+		*dst = time.Duration(n)
+	case cty.String:
+		d, err := parseDuration(v.AsString())
+		if err != nil {
+			s.d.fail(key, r, "%v", err)
+			return
+		}
+		*dst = d
+	default:
+		s.d.fail(key, r, "expected a duration, a number of seconds or a string such as \"500ms\" or \"1s\", got %s", v.Type().FriendlyName())
+	}
+}
+
+// parseDuration parses the string form of a duration.
+func parseDuration(str string) (time.Duration, error) {
+	const form = `expected a number and a unit (ns, us, ms, s, m, h), such as "500ms" or "1.5s"`
+	t := strings.TrimSpace(str)
+	if len(t) > 64 {
+		return 0, fmt.Errorf("duration is longer than 64 characters")
+	}
+	if num := strings.TrimPrefix(t, "-"); t != "0" && validDecimal(num) && strings.Trim(num, "0123456789.") == "" {
+		return 0, fmt.Errorf("duration %q has no unit; write %s (a number of seconds) or \"%ss\"", str, t, t)
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: %s", str, form)
+	}
+	return d, nil
+}
+
+// bandwidth reads a rate in bytes per second: a number, or a string in the
+// size syntax optionally followed by "/s" ("100M", "1.5GiB/s"). 0 means
+// unlimited.
+func (s scope) bandwidth(name string, dst *int64) {
+	v, attr, ok := s.value(name)
 	if !ok {
 		return
 	}
-	const limit = math.MaxInt64 / int64(time.Second)
-	if n > limit || n < -limit {
-		s.d.fail(s.key(name), attr.Expr.Range(), "%d seconds is out of range", n)
+	key := s.key(name)
+	r := attr.Expr.Range()
+	var n int64
+	switch v.Type() {
+	case cty.Number:
+		if n, ok = s.whole(name, v, attr); !ok {
+			return
+		}
+	case cty.String:
+		str := strings.TrimSpace(v.AsString())
+		str = strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(str, "/s"), "/S"))
+		var err error
+		if n, err = ParseSize(str); err != nil {
+			s.d.fail(key, r, "%v", err)
+			return
+		}
+	default:
+		s.d.fail(key, r, "expected bytes per second, a number or a string such as \"100M\" or \"1GiB/s\", got %s", v.Type().FriendlyName())
 		return
 	}
-	*dst = time.Duration(n) * time.Second
+	if n < 0 {
+		s.d.fail(key, r, "must not be negative, got %d; 0 means unlimited", n)
+		return
+	}
+	*dst = n
+}
+
+// address reads a host:port string and stores it normalised when it is
+// valid; a bad value stays as written for the validator to report.
+func (s scope) address(name string, dst *string) {
+	s.str(name, dst)
+	if n, err := normalizeHostPort(*dst); err == nil {
+		*dst = n
+	}
 }
 
 // size reads a byte count written as a number or as a string with a unit.

@@ -156,6 +156,30 @@ func NormalizePortal(s string) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
 
+// normalizeHostPort checks an address metrolun binds or dials between
+// members and returns it normalised as NormalizePortal does. Unlike a
+// portal, it must name its port: there is no well-known one. An empty host
+// ("":7400) means every local address and suits only a listen address.
+func normalizeHostPort(s string) (string, error) {
+	if s == "" {
+		return "", errors.New(`empty address; expected host:port such as "192.0.2.1:7400" or "[2001:db8::1]:7400"`)
+	}
+	if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
+		return "", fmt.Errorf(`%q: expected host:port with an explicit port, such as "192.0.2.1:7400" or "[2001:db8::1]:7400"`, s)
+	}
+	return NormalizePortal(s)
+}
+
+// isWildcardHost reports whether host, as normalizeHostPort leaves it,
+// means every local address: "", 0.0.0.0 or ::.
+func isWildcardHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsUnspecified()
+}
+
 // checkHostname accepts a DNS name of letters, digits and hyphens
 // (RFC 1123 §2.1).
 func checkHostname(h string) error {

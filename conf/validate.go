@@ -15,6 +15,7 @@ import (
 type validator struct {
 	pos      map[string]hcl.Range
 	bad      map[string]bool
+	set      map[string]bool // see decoder.set
 	dropped  map[string]bool // see decoder.dropped
 	problems []Problem
 }
@@ -110,6 +111,7 @@ func (v *validator) config(c *Config) {
 	v.iscsi(&c.ISCSI)
 	v.targets(c)
 	v.secretReuse(c)
+	v.cluster(c)
 }
 
 func (v *validator) iscsi(c *ISCSI) {

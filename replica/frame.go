@@ -18,6 +18,31 @@ const (
 	FrameFlush                  // make everything up to Seq durable
 	FrameAck                    // replica -> writer: applied up to Seq
 	FrameNack                   // replica -> writer: refused (Err says why)
+
+	// Connection set-up: the first frame on every connection says what it
+	// is for; the answer says whether the peer takes it.
+	FrameHello    // From, Epoch; FlagForward for a forwarding connection
+	FrameHelloAck // Epoch is the answerer's; FlagDiverged, Err on refusal
+
+	// Leases (DESIGN.md I3): a replica asks, the writer grants Length
+	// milliseconds, counted by the replica from when it asked.
+	FrameLeaseReq // replica -> writer, Seq is the request id
+	FrameLease    // writer -> replica, Seq echoes the request id
+
+	// Forwarding from a non-writer site (DESIGN.md write path step 3).
+	// Seq is the forwarding site's operation id; the writer orders the
+	// operation and sends the forwarding site a stream frame with FlagRef
+	// and Ref = that id instead of the data it already has.
+	FrameFwdWrite  // Offset, Length, Data, CRC, FlagFUA
+	FrameFwdUnmap  // Offset, Length
+	FrameFwdFlush  //
+	FrameFwdCAW    // Data = compare bytes then write bytes, Length = one half
+	FrameFwdResult // writer -> forwarder: Err, or At = 1 + miscompare offset
+
+	// FrameSum asks a replica whether its bytes at Offset..+Length have
+	// the SHA-256 in Data (resync without a bitmap, online verify); the
+	// ack carries FlagDiffer when they do not.
+	FrameSum
 )
 
 // MaxFrameData bounds the data of one frame; a larger write is split. It
@@ -40,10 +65,31 @@ type Frame struct {
 	CRC    uint32 `msgpack:"c"` // CRC32C of Data
 	Flags  uint8  `msgpack:"f,omitempty"`
 	Err    string `msgpack:"x,omitempty"`
+	From   string `msgpack:"n,omitempty"` // hello: the sender's site name
+	Ref    uint64 `msgpack:"r,omitempty"` // FlagRef: the forwarder's operation id
+	At     int64  `msgpack:"a,omitempty"` // forward result: 1 + miscompare offset
 }
 
-// FlagFUA asks the replica to make a write durable before acknowledging.
-const FlagFUA uint8 = 1
+// Frame flags.
+const (
+	// FlagFUA asks the replica to make a write durable before acknowledging.
+	FlagFUA uint8 = 1 << iota
+	// FlagRef: the data is the forwarded operation Ref, which the
+	// receiving site holds already.
+	FlagRef
+	// FlagDiffer: a FrameSum's region differs at the replica.
+	FlagDiffer
+	// FlagDiverged: the answering site may hold writes nobody acknowledged
+	// (it was a writer that stopped uncleanly) and needs a full resync.
+	FlagDiverged
+	// FlagForward: a hello that opens a forwarding connection.
+	FlagForward
+	// FlagSynced: a flush that ends a resync; the replica's data is whole.
+	FlagSynced
+)
+
+// maxNameLen bounds a site name in a hello.
+const maxNameLen = 255
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -57,7 +103,13 @@ var ErrFrame = errors.New("replica: bad frame")
 // Validate checks a decoded frame's fields against each other.
 func (f *Frame) Validate() error {
 	switch f.Kind {
-	case FrameWrite:
+	case FrameWrite, FrameFwdWrite:
+		if f.Kind == FrameWrite && f.Flags&FlagRef != 0 {
+			if len(f.Data) != 0 || f.Ref == 0 || f.Length == 0 || f.Length > MaxFrameData {
+				return fmt.Errorf("%w: referenced write needs a ref, a length and no data", ErrFrame)
+			}
+			break
+		}
 		if int(f.Length) != len(f.Data) {
 			return fmt.Errorf("%w: write of %d bytes carries %d", ErrFrame, f.Length, len(f.Data))
 		}
@@ -67,11 +119,26 @@ func (f *Frame) Validate() error {
 		if Checksum(f.Data) != f.CRC {
 			return fmt.Errorf("%w: checksum mismatch at seq %d", ErrFrame, f.Seq)
 		}
-	case FrameUnmap:
+	case FrameUnmap, FrameFwdUnmap:
 		if len(f.Data) != 0 || f.Length == 0 {
 			return fmt.Errorf("%w: unmap with data or no length", ErrFrame)
 		}
-	case FrameFlush, FrameAck, FrameNack:
+	case FrameFwdCAW:
+		if f.Length == 0 || f.Length > MaxFrameData/2 || len(f.Data) != 2*int(f.Length) {
+			return fmt.Errorf("%w: compare-and-write of %d bytes carries %d", ErrFrame, f.Length, len(f.Data))
+		}
+		if Checksum(f.Data) != f.CRC {
+			return fmt.Errorf("%w: checksum mismatch in forwarded compare-and-write", ErrFrame)
+		}
+	case FrameSum:
+		if len(f.Data) != sumLen || f.Length == 0 {
+			return fmt.Errorf("%w: sum needs a %d-byte digest and a length", ErrFrame, sumLen)
+		}
+	case FrameHello, FrameHelloAck:
+		if len(f.Data) != 0 || len(f.From) > maxNameLen {
+			return fmt.Errorf("%w: bad hello", ErrFrame)
+		}
+	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult:
 		if len(f.Data) != 0 {
 			return fmt.Errorf("%w: kind %d carries data", ErrFrame, f.Kind)
 		}
@@ -81,8 +148,13 @@ func (f *Frame) Validate() error {
 	if f.Offset < 0 {
 		return fmt.Errorf("%w: negative offset %d", ErrFrame, f.Offset)
 	}
-	if f.Epoch == 0 {
+	if f.Epoch == 0 && f.Kind <= FrameFlush || f.Kind == FrameSum && f.Epoch == 0 {
+		// Every stream frame belongs to an epoch; set-up frames may
+		// come from a site that has seen none yet.
 		return fmt.Errorf("%w: epoch 0", ErrFrame)
+	}
+	if len(f.Err) > 4096 {
+		return fmt.Errorf("%w: error text of %d bytes", ErrFrame, len(f.Err))
 	}
 	return nil
 }

@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
+	"time"
 )
 
-// This file is the replication data path between a writer and one
+// This file is the writer's end of the replication data path to one
 // replica: frames are pipelined (many in flight on one connection, never a
 // round trip per write) and the replica applies them in sequence order, so
 // overlapping writes land in the same order at every site.
@@ -22,159 +22,136 @@ var ErrStaleEpoch = errors.New("replica: frame from an older epoch")
 // acknowledge writes that needed it until the cluster drops it.
 var ErrLinkDown = errors.New("replica: link down")
 
-// Store is what a replica applies frames to; LocalFile implements it.
-type Store interface {
-	WriteAt(p []byte, off int64, fua bool) error
-	Unmap(off, length int64) error
-	Flush() error
-}
-
-// Receiver applies a writer's frames to a local store. It accepts frames
-// of the highest epoch it has seen and refuses older ones.
-type Receiver struct {
-	store Store
-	mu    sync.Mutex
-	epoch uint64
-	seq   uint64 // highest applied sequence number in epoch
-}
-
-// NewReceiver returns a receiver that starts at epoch (frames of an older
-// epoch are refused from the start).
-func NewReceiver(s Store, epoch uint64) *Receiver {
-	return &Receiver{store: s, epoch: epoch}
-}
-
-// Applied returns the epoch and the highest applied sequence number.
-func (r *Receiver) Applied() (epoch, seq uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.epoch, r.seq
-}
-
-// apply applies one frame and returns the answer to send back.
-func (r *Receiver) apply(f *Frame) *Frame {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	nack := func(msg string) *Frame {
-		return &Frame{Kind: FrameNack, Epoch: r.epoch, Seq: f.Seq, Err: msg}
-	}
-	if f.Epoch < r.epoch {
-		return nack(fmt.Sprintf("%v: frame epoch %d < %d", ErrStaleEpoch, f.Epoch, r.epoch))
-	}
-	if f.Epoch > r.epoch {
-		r.epoch, r.seq = f.Epoch, 0
-	}
-	if f.Seq != r.seq+1 {
-		// One TCP stream delivers in order; a gap means the writer lost
-		// track, and applying out of order would break I4.
-		return nack(fmt.Sprintf("sequence gap: got %d after %d", f.Seq, r.seq))
-	}
-	var err error
-	switch f.Kind {
-	case FrameWrite:
-		err = r.store.WriteAt(f.Data, f.Offset, f.Flags&FlagFUA != 0)
-	case FrameUnmap:
-		err = r.store.Unmap(f.Offset, int64(f.Length))
-	case FrameFlush:
-		err = r.store.Flush()
-	default:
-		return nack(fmt.Sprintf("unexpected frame kind %d", f.Kind))
-	}
-	if err != nil {
-		return nack(err.Error())
-	}
-	r.seq = f.Seq
-	return &Frame{Kind: FrameAck, Epoch: f.Epoch, Seq: f.Seq}
-}
-
-// Serve reads frames from conn, applies them and acknowledges each one,
-// until the connection ends. A malformed frame ends the connection.
-func (r *Receiver) Serve(conn io.ReadWriter) error {
-	br := bufio.NewReaderSize(conn, 256<<10)
-	bw := bufio.NewWriterSize(conn, 64<<10)
-	for {
-		f, err := ReadFrame(br)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		ans := r.apply(f)
-		if err := WriteFrame(bw, ans); err != nil {
-			return err
-		}
-		// Answers are batched while more frames are already buffered.
-		if br.Buffered() == 0 {
-			if err := bw.Flush(); err != nil {
-				return err
-			}
-		}
-		if ans.Kind == FrameNack {
-			bw.Flush()
-			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)
-		}
-	}
+// Ack is a replica's verdict on one frame.
+type Ack struct {
+	Err    error
+	Differ bool // for a FrameSum: the replica's bytes differ
 }
 
 // Link is the writer's end of one replica connection. Send queues a frame
 // and returns a channel that receives the replica's verdict.
 type Link struct {
 	conn net.Conn
+	wmu  sync.Mutex // orders frames on the wire
 	bw   *bufio.Writer
 
 	mu      sync.Mutex
 	pending []pendingFrame // in sequence order
 	err     error
 	done    chan struct{}
-	wmu     sync.Mutex
+
+	// onLease answers a lease request; it runs on the reader goroutine.
+	onLease func(l *Link, req *Frame)
+	// onDown runs once when the link fails, with the frames that the
+	// replica had not acknowledged (their regions are now dirty there).
+	onDown func(err error, lost []pendingFrame)
 }
 
 type pendingFrame struct {
-	seq uint64
-	ch  chan error
+	seq  uint64
+	off  int64
+	n    int64
+	sent time.Time
+	ch   chan Ack
 }
 
-// NewLink starts the acknowledgement reader on conn.
-func NewLink(conn net.Conn) *Link {
-	l := &Link{conn: conn, bw: bufio.NewWriterSize(conn, 256<<10), done: make(chan struct{})}
-	go l.readAcks()
+// NewLink starts the acknowledgement reader on conn (after the hello
+// exchange). br is the reader that already holds the hello answer's
+// buffered bytes, or nil.
+func NewLink(conn net.Conn, br *bufio.Reader, onLease func(*Link, *Frame), onDown func(error, []pendingFrame)) *Link {
+	if br == nil {
+		br = bufio.NewReaderSize(conn, 64<<10)
+	}
+	l := &Link{conn: conn, bw: bufio.NewWriterSize(conn, 256<<10), done: make(chan struct{}), onLease: onLease, onDown: onDown}
+	go l.readAcks(br)
 	return l
 }
 
-// Send writes f to the replica. The returned channel gets nil when the
-// replica applied it, or an error. Frames must be sent in sequence order;
-// the caller serialises Send.
-func (l *Link) Send(f *Frame) <-chan error {
-	ch := make(chan error, 1)
+// Send writes f to the replica. The returned channel gets the replica's
+// verdict. Frames must be sent in sequence order; the caller serialises
+// Send.
+func (l *Link) Send(f *Frame) <-chan Ack {
+	ch := make(chan Ack, 1)
 	l.mu.Lock()
 	if l.err != nil {
 		err := l.err
 		l.mu.Unlock()
-		ch <- err
+		ch <- Ack{Err: err}
 		return ch
 	}
-	l.pending = append(l.pending, pendingFrame{f.Seq, ch})
-	l.mu.Unlock()
-	l.wmu.Lock()
-	err := WriteFrame(l.bw, f)
-	if err == nil {
-		err = l.bw.Flush()
+	p := pendingFrame{seq: f.Seq, off: f.Offset, sent: time.Now(), ch: ch}
+	if f.Kind == FrameWrite || f.Kind == FrameUnmap {
+		p.n = int64(f.Length)
 	}
-	l.wmu.Unlock()
-	if err != nil {
+	l.pending = append(l.pending, p)
+	l.mu.Unlock()
+	if err := l.write(f); err != nil {
 		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 	}
 	return ch
 }
 
-func (l *Link) readAcks() {
+func (l *Link) write(f *Frame) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if err := WriteFrame(l.bw, f); err != nil {
+		return err
+	}
+	return l.bw.Flush()
+}
+
+// Grant sends a lease answer; it is not a stream frame and takes no seq.
+func (l *Link) Grant(f *Frame) {
+	if err := l.write(f); err != nil {
+		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
+	}
+}
+
+// Oldest returns when the oldest unacknowledged frame was sent, or zero.
+func (l *Link) Oldest() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pending) == 0 {
+		return time.Time{}
+	}
+	return l.pending[0].sent
+}
+
+// Pending returns the number of frames and bytes the replica has not yet
+// acknowledged: its replication lag.
+func (l *Link) Pending() (frames int, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pending {
+		bytes += p.n
+	}
+	return len(l.pending), bytes
+}
+
+// Err returns why the link is down, or nil.
+func (l *Link) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+func (l *Link) readAcks(br *bufio.Reader) {
 	defer close(l.done)
-	br := bufio.NewReaderSize(l.conn, 64<<10)
 	for {
 		f, err := ReadFrame(br)
 		if err != nil {
 			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
+			return
+		}
+		switch f.Kind {
+		case FrameLeaseReq:
+			if l.onLease != nil {
+				l.onLease(l, f)
+			}
+			continue
+		case FrameAck, FrameNack:
+		default:
+			l.fail(fmt.Errorf("%w: unexpected frame kind %d from replica", ErrLinkDown, f.Kind))
 			return
 		}
 		l.mu.Lock()
@@ -187,11 +164,15 @@ func (l *Link) readAcks() {
 		}
 		l.mu.Unlock()
 		for _, p := range settle {
-			if f.Kind == FrameNack && p.seq == f.Seq {
-				p.ch <- fmt.Errorf("replica refused seq %d: %s", f.Seq, f.Err)
+			if p.seq != f.Seq {
+				p.ch <- Ack{}
 				continue
 			}
-			p.ch <- nil
+			if f.Kind == FrameNack {
+				p.ch <- Ack{Err: fmt.Errorf("replica refused seq %d: %s", f.Seq, f.Err)}
+				continue
+			}
+			p.ch <- Ack{Differ: f.Flags&FlagDiffer != 0}
 		}
 		if f.Kind == FrameNack {
 			// The replica closes the stream after a refusal.
@@ -204,16 +185,20 @@ func (l *Link) readAcks() {
 // fail ends the link: every pending frame gets err.
 func (l *Link) fail(err error) {
 	l.mu.Lock()
-	if l.err == nil {
+	first := l.err == nil
+	if first {
 		l.err = err
 	}
 	pending := l.pending
 	l.pending = nil
 	l.mu.Unlock()
-	for _, p := range pending {
-		p.ch <- err
-	}
 	l.conn.Close()
+	if first && l.onDown != nil {
+		l.onDown(err, pending)
+	}
+	for _, p := range pending {
+		p.ch <- Ack{Err: err}
+	}
 }
 
 // Close ends the link.

@@ -1,0 +1,310 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Forwarding (DESIGN.md write path step 3): a site that is not the writer
+// sends the operation to the writer and keeps the data. The writer orders
+// it, applies it, sends the ordered frame to this site as a reference
+// (FlagRef, no data) on the stream and tells this site, on the forwarding
+// connection, once every other in-sync site has it. This site applies the
+// reference in sequence order and answers the initiator: one WAN round
+// trip.
+
+// fwdOp is one forwarded operation at the forwarding site.
+type fwdOp struct {
+	id   uint64
+	kind uint8
+	off  int64
+	n    int64
+	data []byte // write data (or, for compare-and-write, the write half)
+	cmp  []byte
+	fua  bool
+
+	mu        sync.Mutex
+	isApplied bool
+	result    *Frame
+	done      chan struct{}
+}
+
+func (o *fwdOp) applied() {
+	o.mu.Lock()
+	o.isApplied = true
+	o.check()
+	o.mu.Unlock()
+}
+
+func (o *fwdOp) answered(f *Frame) {
+	o.mu.Lock()
+	if o.result == nil {
+		o.result = f
+	}
+	o.check()
+	o.mu.Unlock()
+}
+
+// check completes the operation once it is both applied here and known
+// to be everywhere else, or refused. o.mu is held.
+func (o *fwdOp) check() {
+	select {
+	case <-o.done:
+		return
+	default:
+	}
+	if o.result == nil {
+		return
+	}
+	if o.result.Err != "" || o.result.At != 0 || o.isApplied {
+		close(o.done)
+	}
+}
+
+// forwarder holds this site's forwarding connection to the writer.
+type forwarder struct {
+	s *Site
+
+	mu   sync.Mutex
+	to   string // writer site name
+	conn net.Conn
+	bw   *bufio.Writer
+	ops  map[uint64]*fwdOp
+	next uint64
+}
+
+func (fw *forwarder) lookup(id uint64) *fwdOp {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.ops[id]
+}
+
+// errRetry: the writer did not take the operation (it is not the writer,
+// or not yet); nothing was applied anywhere.
+var errRetry = errors.New("replica: forwarded operation not taken")
+
+// do forwards op to writer and waits for its outcome. It returns errRetry
+// when the operation certainly did not happen, so the caller may try
+// again once the cluster changes.
+func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uint64) (int, error) {
+	fw.mu.Lock()
+	if fw.conn == nil || fw.to != writer {
+		if fw.conn != nil {
+			fw.conn.Close()
+			fw.conn = nil
+		}
+		fw.mu.Unlock()
+		conn, br, err := fw.s.hello(ctx, writer, FlagForward, epoch)
+		if err != nil {
+			return -1, fmt.Errorf("%w: %v", errRetry, err)
+		}
+		fw.mu.Lock()
+		if fw.conn != nil { // another operation connected meanwhile
+			conn.Close()
+		} else {
+			fw.conn, fw.to, fw.bw = conn, writer, bufio.NewWriterSize(conn, 256<<10)
+			go fw.readResults(conn, br)
+		}
+	}
+	fw.next++
+	op.id = fw.next
+	op.done = make(chan struct{})
+	if fw.ops == nil {
+		fw.ops = make(map[uint64]*fwdOp)
+	}
+	fw.ops[op.id] = op
+	f := &Frame{Kind: op.kind, Epoch: epoch, Seq: op.id, Offset: op.off, Length: uint32(op.n)}
+	switch op.kind {
+	case FrameFwdWrite:
+		f.Data = op.data
+		f.CRC = Checksum(op.data)
+		if op.fua {
+			f.Flags = FlagFUA
+		}
+	case FrameFwdCAW:
+		f.Data = append(append(make([]byte, 0, 2*len(op.data)), op.cmp...), op.data...)
+		f.CRC = Checksum(f.Data)
+	}
+	conn := fw.conn
+	err := WriteFrame(fw.bw, f)
+	if err == nil {
+		err = fw.bw.Flush()
+	}
+	fw.mu.Unlock()
+	defer func() {
+		fw.mu.Lock()
+		delete(fw.ops, op.id)
+		fw.mu.Unlock()
+	}()
+	if err != nil {
+		conn.Close()
+		// The frame may have left in part: the outcome is unknown.
+		return -1, &notReady{asc: ascTransition, err: err}
+	}
+	select {
+	case <-op.done:
+	case <-ctx.Done():
+		return -1, &notReady{asc: ascTransition, err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
+	}
+	r := op.result
+	switch {
+	case r.Err == errNotWriter.Error():
+		return -1, errRetry
+	case r.Err != "":
+		return -1, &notReady{asc: ascTransition, err: errors.New(r.Err)}
+	case r.At != 0:
+		return int(r.At - 1), nil
+	}
+	return -1, nil
+}
+
+func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
+	for {
+		f, err := ReadFrame(br)
+		if err != nil || f.Kind != FrameFwdResult {
+			break
+		}
+		if op := fw.lookup(f.Seq); op != nil {
+			op.answered(f)
+		}
+	}
+	conn.Close()
+	fw.mu.Lock()
+	if fw.conn == conn {
+		fw.conn = nil
+	}
+	var lost []*fwdOp
+	for _, op := range fw.ops {
+		lost = append(lost, op)
+	}
+	fw.mu.Unlock()
+	for _, op := range lost {
+		// The writer may or may not have ordered it: not a retry.
+		op.answered(&Frame{Kind: FrameFwdResult, Err: "connection to the writer lost"})
+	}
+}
+
+func (fw *forwarder) close() {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.conn != nil {
+		fw.conn.Close()
+		fw.conn = nil
+	}
+}
+
+// serveForward runs at the writer: it orders the operations another site
+// forwards and answers each.
+func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame) error {
+	var wmu sync.Mutex
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	answer := func(f *Frame) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if WriteFrame(bw, f) == nil {
+			bw.Flush()
+		}
+	}
+	answer(&Frame{Kind: FrameHelloAck, Epoch: hello.Epoch})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		f, err := ReadFrame(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := &Frame{Kind: FrameFwdResult, Seq: f.Seq}
+			at, err := s.orderForwarded(hello.From, f)
+			switch {
+			case err != nil:
+				res.Err = err.Error()
+			case at >= 0:
+				res.At = int64(at) + 1
+			}
+			answer(res)
+		}()
+	}
+}
+
+// orderForwarded runs one forwarded operation through the writer.
+func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
+	w := s.activeWriter()
+	if w == nil {
+		return -1, errNotWriter
+	}
+	w.mu.Lock()
+	ok := false
+	for _, p := range w.peers {
+		if p.name == origin && p.state == peerInSync && p.link != nil {
+			ok = true
+		}
+	}
+	w.mu.Unlock()
+	if !ok {
+		// Only an in-sync site can apply the reference in order; one
+		// that is resyncing cannot serve I/O anyway.
+		return -1, errNotWriter
+	}
+	st := s.cfg.Store
+	ref := func(k uint8) *Frame {
+		return &Frame{Kind: k, Offset: f.Offset, Length: f.Length, Ref: f.Seq, Flags: f.Flags & FlagFUA}
+	}
+	switch f.Kind {
+	case FrameFwdWrite:
+		return -1, w.order(ref(FrameWrite), origin, func() error {
+			return st.WriteAt(f.Data, f.Offset, f.Flags&FlagFUA != 0)
+		})
+	case FrameFwdUnmap:
+		return -1, w.order(ref(FrameUnmap), origin, func() error { return st.Unmap(f.Offset, int64(f.Length)) })
+	case FrameFwdFlush:
+		return -1, w.order(&Frame{Kind: FrameFlush, Ref: f.Seq}, origin, st.Flush)
+	case FrameFwdCAW:
+		n := int(f.Length)
+		return w.compareAndWrite(f.Offset, f.Data[:n], f.Data[n:], ref(FrameWrite), origin)
+	}
+	return -1, fmt.Errorf("unexpected forwarded frame kind %d", f.Kind)
+}
+
+// hello dials site and opens a connection of the given kind.
+func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64) (net.Conn, *bufio.Reader, error) {
+	addr, ok := s.cfg.Peers[site]
+	if !ok {
+		return nil, nil, fmt.Errorf("no replication address for site %q", site)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
+	defer cancel()
+	conn, err := s.cfg.Dial(ctx, addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	dl, _ := ctx.Deadline()
+	conn.SetDeadline(dl)
+	br := bufio.NewReaderSize(conn, 64<<10)
+	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: epoch, From: s.cfg.Name, Flags: flags}); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	ack, err := ReadFrame(br)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if ack.Kind != FrameHelloAck || ack.Err != "" {
+		conn.Close()
+		return nil, nil, fmt.Errorf("%s refused: %s", site, ack.Err)
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, br, nil
+}

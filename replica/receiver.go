@@ -1,0 +1,269 @@
+package replica
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// sumLen is the size of a region digest (SHA-256: a resync that skips a
+// region on a matching digest must not be fooled by a collision).
+const sumLen = sha256.Size
+
+// Store is what a replica applies frames to; LocalFile implements it.
+type Store interface {
+	ReadAt(p []byte, off int64) error
+	WriteAt(p []byte, off int64, fua bool) error
+	Unmap(off, length int64) error
+	Flush() error
+	Size() int64
+}
+
+// receiver applies the current writer's stream to the local store, in
+// sequence order, and holds this site's read lease (DESIGN.md I3).
+type receiver struct {
+	store Store
+	lease time.Duration
+	// refs resolves FlagRef frames: operations this site forwarded.
+	refs func(id uint64) *fwdOp
+	// synced runs when a resync ends (the diverged marker can go).
+	synced func()
+
+	mu       sync.Mutex
+	epoch    uint64
+	seq      uint64
+	cur      net.Conn // the current writer's stream; a newer one replaces it
+	first    bool     // the next frame on cur sets the sequence
+	diverged bool
+	leaseEnd time.Time
+	leaseEp  uint64
+	reqs     map[uint64]time.Time // lease request id -> when it was sent
+	nextReq  uint64
+}
+
+// Applied returns the epoch and the highest applied sequence number.
+func (r *receiver) Applied() (epoch, seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.epoch, r.seq
+}
+
+// raise adopts epoch as the lowest acceptable one: a site that becomes
+// writer of epoch refuses every older writer from then on.
+func (r *receiver) raise(epoch uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if epoch > r.epoch {
+		r.epoch, r.seq = epoch, 0
+		if r.cur != nil {
+			r.cur.Close()
+			r.cur = nil
+		}
+	}
+}
+
+// leaseValid reports whether this site may serve reads now, and until when.
+func (r *receiver) leaseValid(now time.Time) (bool, time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return now.Before(r.leaseEnd) && r.leaseEp == r.epoch, r.leaseEnd
+}
+
+// serveStream runs one writer's stream after its hello.
+func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) error {
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	var wmu sync.Mutex
+	send := func(f *Frame, flush bool) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if err := WriteFrame(bw, f); err != nil {
+			return err
+		}
+		if flush {
+			return bw.Flush()
+		}
+		return nil
+	}
+	r.mu.Lock()
+	if hello.Epoch < r.epoch {
+		ep := r.epoch
+		r.mu.Unlock()
+		send(&Frame{Kind: FrameHelloAck, Epoch: ep, Err: fmt.Sprintf("%v: writer epoch %d < %d", ErrStaleEpoch, hello.Epoch, ep)}, true)
+		return fmt.Errorf("stream from %s refused: epoch %d < %d", hello.From, hello.Epoch, ep)
+	}
+	if r.cur != nil {
+		r.cur.Close()
+	}
+	if hello.Epoch > r.epoch {
+		r.epoch = hello.Epoch
+	}
+	r.cur, r.first, r.seq = conn, true, 0
+	ack := &Frame{Kind: FrameHelloAck, Epoch: r.epoch}
+	if r.diverged {
+		ack.Flags |= FlagDiverged
+	}
+	r.mu.Unlock()
+	if err := send(ack, true); err != nil {
+		return err
+	}
+
+	// Ask for a read lease four times per lease period.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(r.lease / 4)
+		defer t.Stop()
+		for {
+			r.mu.Lock()
+			if r.cur != conn {
+				r.mu.Unlock()
+				return
+			}
+			r.nextReq++
+			id := r.nextReq
+			if r.reqs == nil {
+				r.reqs = make(map[uint64]time.Time)
+			}
+			r.reqs[id] = time.Now()
+			r.mu.Unlock()
+			if send(&Frame{Kind: FrameLeaseReq, Seq: id}, true) != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+
+	for {
+		f, err := ReadFrame(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if f.Kind == FrameLease {
+			r.granted(f)
+			continue
+		}
+		ans, stopNow := r.apply(conn, f)
+		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
+			return err
+		}
+		if stopNow {
+			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)
+		}
+	}
+}
+
+// granted records a lease: it runs from when the request left this site,
+// so it ends no later than the writer believes (DESIGN.md I3).
+func (r *receiver) granted(f *Frame) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sent, ok := r.reqs[f.Seq]
+	for id := range r.reqs {
+		if id <= f.Seq {
+			delete(r.reqs, id)
+		}
+	}
+	if !ok || f.Epoch != r.epoch {
+		return
+	}
+	if end := sent.Add(time.Duration(f.Length) * time.Millisecond); end.After(r.leaseEnd) {
+		r.leaseEnd, r.leaseEp = end, f.Epoch
+	}
+}
+
+// apply applies one stream frame and returns the answer; stop is set
+// when the stream must end (a refusal).
+func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	nack := func(format string, args ...any) (*Frame, bool) {
+		return &Frame{Kind: FrameNack, Epoch: r.epoch, Seq: f.Seq, Err: fmt.Sprintf(format, args...)}, true
+	}
+	if conn != r.cur {
+		return nack("%v: a newer stream replaced this one", ErrStaleEpoch)
+	}
+	if f.Epoch != r.epoch {
+		return nack("%v: frame epoch %d, current %d", ErrStaleEpoch, f.Epoch, r.epoch)
+	}
+	if r.first {
+		r.seq, r.first = f.Seq-1, false
+	}
+	if f.Seq <= r.seq {
+		// One TCP stream delivers in order; a frame that goes back means
+		// the writer lost track, and applying it would break I4. (Gaps are
+		// normal: a resyncing replica gets only the writes behind the
+		// copy cursor.)
+		return nack("sequence went back: got %d after %d", f.Seq, r.seq)
+	}
+	var op *fwdOp
+	if f.Flags&FlagRef != 0 {
+		if op = r.refs(f.Ref); op == nil {
+			return nack("unknown forwarded operation %d", f.Ref)
+		}
+	}
+	var err error
+	flags := uint8(0)
+	switch f.Kind {
+	case FrameWrite:
+		data := f.Data
+		if op != nil {
+			data = op.data
+			if int64(len(data)) != int64(f.Length) {
+				return nack("forwarded operation %d has %d bytes, frame says %d", f.Ref, len(data), f.Length)
+			}
+		}
+		err = r.store.WriteAt(data, f.Offset, f.Flags&FlagFUA != 0)
+	case FrameUnmap:
+		err = r.store.Unmap(f.Offset, int64(f.Length))
+	case FrameFlush:
+		err = r.store.Flush()
+		if err == nil && f.Flags&FlagSynced != 0 {
+			r.diverged = false
+			if r.synced != nil {
+				r.synced()
+			}
+		}
+	case FrameSum:
+		var same bool
+		same, err = r.sameSum(f)
+		if !same {
+			flags |= FlagDiffer
+		}
+	default:
+		return nack("unexpected frame kind %d", f.Kind)
+	}
+	if err != nil {
+		return nack("%v", err)
+	}
+	r.seq = f.Seq
+	if op != nil {
+		op.applied()
+	}
+	return &Frame{Kind: FrameAck, Epoch: f.Epoch, Seq: f.Seq, Flags: flags}, false
+}
+
+func (r *receiver) sameSum(f *Frame) (bool, error) {
+	n := int64(f.Length)
+	if end := r.store.Size(); f.Offset+n > end {
+		n = max(0, end-f.Offset)
+	}
+	buf := make([]byte, n)
+	if err := r.store.ReadAt(buf, f.Offset); err != nil {
+		return false, err
+	}
+	sum := sha256.Sum256(buf)
+	return bytes.Equal(sum[:], f.Data), nil
+}

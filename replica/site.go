@@ -1,0 +1,539 @@
+package replica
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/metrolun/metrolun/target"
+)
+
+// View is the committed cluster state a site acts on (raftlog owns it).
+type View struct {
+	Epoch  uint64
+	Writer string
+	InSync []string
+}
+
+// Control is what a site needs from the cluster: the committed view,
+// this site's writer lease, and the two in-sync changes a writer makes.
+// raftlog implements it (through a small adapter in cmd); tests use a
+// fake.
+type Control interface {
+	View() View
+	// Changed returns a channel closed at the next change of View or of
+	// the writer lease.
+	Changed() <-chan struct{}
+	// WriterLease says until when this site may act as writer of epoch
+	// (zero values: it may not).
+	WriterLease() (epoch uint64, until time.Time)
+	DropInSync(name string, epoch uint64) error
+	AddInSync(name string, epoch uint64) error
+}
+
+// SiteConfig configures one data site's mirrored volume.
+type SiteConfig struct {
+	Name  string
+	Store *LocalFile
+	// Dir holds the dirty bitmaps and the writer marker.
+	Dir string
+	// Peers maps every other data site to the replication address this
+	// site dials (which may be a proxy).
+	Peers   map[string]string
+	Control Control
+	// Lease is the read lease a writer grants (at most its own).
+	Lease time.Duration
+	// ReplicaTimeout: an in-sync replica that does not answer for this
+	// long is dropped.
+	ReplicaTimeout time.Duration
+	// Hold is how long an operation waits for a writer or a lease before
+	// it fails with NOT READY; default ReplicaTimeout + 2*Lease.
+	Hold time.Duration
+	// ResyncBandwidth caps resync traffic in bytes/s; 0: no cap.
+	ResyncBandwidth int64
+	// RegionSize is the bytes per dirty-bitmap bit; default 1 MiB.
+	RegionSize int64
+	// Dial opens a connection to a peer (TLS when configured); default
+	// plain TCP.
+	Dial   func(ctx context.Context, addr string) (net.Conn, error)
+	Logger hclog.Logger
+}
+
+// Site is one data site's view of the mirrored LUN. It implements
+// target.Volume: at the writer, writes are ordered and mirrored; at any
+// other in-sync site they are forwarded; reads are local under a lease.
+type Site struct {
+	cfg SiteConfig
+	log hclog.Logger
+
+	recv *receiver
+	fwd  *forwarder
+
+	bmu     sync.Mutex
+	bitmaps map[string]*Bitmap
+
+	mu          sync.Mutex
+	w           *writer
+	view        View
+	changed     chan struct{} // closed and replaced on every change
+	closing     chan struct{}
+	markerStale bool
+	listeners   []net.Listener
+	conns       map[net.Conn]struct{}
+	wg          sync.WaitGroup
+	verify      *VerifyStatus
+}
+
+var _ target.Volume = (*Site)(nil)
+
+// NewSite starts a site. It does nothing on the network until Serve is
+// given a listener, except dialing peers when it becomes the writer.
+func NewSite(cfg SiteConfig) (*Site, error) {
+	if cfg.Store == nil || cfg.Control == nil || cfg.Name == "" {
+		return nil, errors.New("replica: site needs a name, a store and a control")
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = time.Second
+	}
+	if cfg.ReplicaTimeout <= 0 {
+		cfg.ReplicaTimeout = 3 * time.Second
+	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = cfg.ReplicaTimeout + 2*cfg.Lease
+	}
+	if cfg.RegionSize <= 0 {
+		cfg.RegionSize = 1 << 20
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Site{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		bitmaps: make(map[string]*Bitmap),
+		changed: make(chan struct{}),
+		closing: make(chan struct{}),
+		conns:   make(map[net.Conn]struct{}),
+	}
+	s.fwd = &forwarder{s: s}
+	s.recv = &receiver{store: cfg.Store, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
+	if _, err := os.Stat(s.markerPath()); err == nil {
+		// This site was a writer that did not stop cleanly: it may hold
+		// writes nobody acknowledged.
+		s.markerStale = true
+		s.recv.diverged = true
+		s.log.Warn("this site stopped uncleanly as writer; it needs a full compare before it is in sync again")
+	}
+	s.view = cfg.Control.View()
+	s.wg.Add(1)
+	go s.run()
+	return s, nil
+}
+
+// run follows the cluster: it starts and stops the writer as this site's
+// writer lease comes and goes.
+func (s *Site) run() {
+	defer s.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		ch := s.cfg.Control.Changed()
+		next := s.reconcile()
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+		select {
+		case <-s.closing:
+			s.mu.Lock()
+			w := s.w
+			s.w = nil
+			s.mu.Unlock()
+			if w != nil {
+				w.stop()
+			}
+			return
+		case <-ch:
+		case <-timer.C:
+		}
+	}
+}
+
+// reconcile acts on the current view and lease; it returns when to look
+// again at the latest (the lease's end).
+func (s *Site) reconcile() time.Duration {
+	v := s.cfg.Control.View()
+	ep, until := s.cfg.Control.WriterLease()
+	now := time.Now()
+	writer := ep != 0 && ep == v.Epoch && v.Writer == s.cfg.Name && now.Before(until)
+	s.mu.Lock()
+	s.view = v
+	old := s.w
+	if old != nil && (!writer || old.epoch != ep) {
+		s.w = nil
+	}
+	s.mu.Unlock()
+	if old != nil && (!writer || old.epoch != ep) {
+		old.stop()
+	}
+	if writer {
+		s.mu.Lock()
+		if s.w == nil {
+			s.w = s.startWriter(ep, v)
+		}
+		s.mu.Unlock()
+	}
+	s.notify()
+	if writer {
+		return until.Sub(now) + time.Millisecond
+	}
+	return s.cfg.Lease / 4
+}
+
+// notify wakes operations that wait for a change.
+func (s *Site) notify() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *Site) waitCh() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// activeWriter returns the writer if this site holds the writer lease.
+func (s *Site) activeWriter() *writer {
+	s.mu.Lock()
+	w := s.w
+	s.mu.Unlock()
+	if w == nil || !w.leaseOK() {
+		return nil
+	}
+	return w
+}
+
+func (s *Site) currentView() View {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.view
+}
+
+// Serve accepts replication connections (streams from the writer,
+// forwarding from other sites) on l until Close.
+func (s *Site) Serve(l net.Listener) error {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			select {
+			case <-s.closing:
+				return nil
+			default:
+			}
+			return err
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				c.Close()
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			if err := s.serveConn(c); err != nil {
+				s.log.Debug("replication connection ended", "remote", c.RemoteAddr(), "error", err)
+			}
+		}()
+	}
+}
+
+func (s *Site) serveConn(c net.Conn) error {
+	br := bufio.NewReaderSize(c, 256<<10)
+	c.SetReadDeadline(time.Now().Add(s.cfg.ReplicaTimeout))
+	hello, err := ReadFrame(br)
+	if err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Time{})
+	if hello.Kind != FrameHello {
+		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
+	}
+	if _, ok := s.cfg.Peers[hello.From]; !ok {
+		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%q is not a data site of this cluster", hello.From)})
+		return fmt.Errorf("hello from unknown site %q", hello.From)
+	}
+	if hello.Flags&FlagForward != 0 {
+		return s.serveForward(c, br, hello)
+	}
+	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
+	return s.recv.serveStream(c, br, hello)
+}
+
+// op runs one operation: at the writer directly, elsewhere forwarded;
+// while there is no writer it waits (up to Hold) for one.
+func (s *Site) op(local func(w *writer) (int, error), fwd func() *fwdOp) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Hold)
+	defer cancel()
+	for {
+		ch := s.waitCh()
+		if w := s.activeWriter(); w != nil {
+			at, err := local(w)
+			if !errors.Is(err, errNotWriter) {
+				return at, err
+			}
+		} else if v := s.currentView(); v.Writer != "" && v.Writer != s.cfg.Name && slices.Contains(v.InSync, s.cfg.Name) {
+			at, err := s.fwd.do(ctx, v.Writer, fwd(), v.Epoch)
+			if !errors.Is(err, errRetry) {
+				return at, err
+			}
+		}
+		select {
+		case <-ch:
+		case <-s.closing:
+			return -1, &notReady{asc: ascTransition, err: errors.New("site closing")}
+		case <-ctx.Done():
+			return -1, &notReady{asc: ascTransition, err: errors.New("no writer reachable")}
+		case <-time.After(s.cfg.Lease / 4):
+			// Poll too: a refused forward does not change the view.
+		}
+	}
+}
+
+// WriteAt writes p at off on every in-sync site (DESIGN.md write path).
+func (s *Site) WriteAt(p []byte, off int64, fua bool) error {
+	var flags uint8
+	if fua {
+		flags = FlagFUA
+	}
+	_, err := s.op(func(w *writer) (int, error) {
+		f := &Frame{Kind: FrameWrite, Offset: off, Length: uint32(len(p)), Data: p, CRC: Checksum(p), Flags: flags}
+		return -1, w.order(f, "", func() error { return s.cfg.Store.WriteAt(p, off, fua) })
+	}, func() *fwdOp { return &fwdOp{kind: FrameFwdWrite, off: off, n: int64(len(p)), data: p, fua: fua} })
+	return err
+}
+
+// maxUnmapFrame bounds one unmap frame's length (the field is 32 bits).
+const maxUnmapFrame = 1 << 30
+
+func (s *Site) Unmap(off, length int64) error {
+	for length > 0 {
+		n := min(length, maxUnmapFrame)
+		_, err := s.op(func(w *writer) (int, error) {
+			return -1, w.order(&Frame{Kind: FrameUnmap, Offset: off, Length: uint32(n)}, "", func() error { return s.cfg.Store.Unmap(off, n) })
+		}, func() *fwdOp { return &fwdOp{kind: FrameFwdUnmap, off: off, n: n} })
+		if err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Flush makes every completed write durable at every in-sync site.
+func (s *Site) Flush() error {
+	_, err := s.op(func(w *writer) (int, error) {
+		return -1, w.order(&Frame{Kind: FrameFlush}, "", s.cfg.Store.Flush)
+	}, func() *fwdOp { return &fwdOp{kind: FrameFwdFlush} })
+	return err
+}
+
+// CompareAndWrite is atomic cluster-wide: the writer compares under the
+// lock that orders writes (DESIGN.md write path 4).
+func (s *Site) CompareAndWrite(off int64, cmp, data []byte) (int, error) {
+	return s.op(func(w *writer) (int, error) {
+		f := &Frame{Kind: FrameWrite, Offset: off, Length: uint32(len(data))}
+		return w.compareAndWrite(off, cmp, data, f, "")
+	}, func() *fwdOp { return &fwdOp{kind: FrameFwdCAW, off: off, n: int64(len(data)), data: data, cmp: cmp} })
+}
+
+// errMiscompare makes order skip a compare-and-write that did not match.
+var errMiscompare = errors.New("miscompare")
+
+func (w *writer) compareAndWrite(off int64, cmp, data []byte, f *Frame, origin string) (int, error) {
+	at := -1
+	f.Data, f.CRC = data, Checksum(data)
+	err := w.order(f, origin, func() error {
+		cur := make([]byte, len(cmp))
+		if err := w.s.cfg.Store.ReadAt(cur, off); err != nil {
+			return err
+		}
+		if i := firstDiff(cur, cmp); i >= 0 {
+			at = i
+			return errMiscompare
+		}
+		return w.s.cfg.Store.WriteAt(data, off, false)
+	})
+	if errors.Is(err, errMiscompare) {
+		return at, nil
+	}
+	return -1, err
+}
+
+func firstDiff(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return -1
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return len(a)
+}
+
+// ReadAt serves reads locally, at the writer under its lease and
+// elsewhere under the read lease the writer grants (DESIGN.md I3).
+func (s *Site) ReadAt(p []byte, off int64) error {
+	deadline := time.NewTimer(s.cfg.Hold)
+	defer deadline.Stop()
+	for {
+		ch := s.waitCh()
+		if w := s.activeWriter(); w != nil {
+			// A write still in flight is not yet on every in-sync site;
+			// a read must not see it before that (I1, I3).
+			w.awaitRange(off, int64(len(p)))
+			return s.cfg.Store.ReadAt(p, off)
+		}
+		if ok, _ := s.recv.leaseValid(time.Now()); ok {
+			return s.cfg.Store.ReadAt(p, off)
+		}
+		select {
+		case <-ch:
+		case <-s.closing:
+			return &notReady{asc: ascTransition, err: errors.New("site closing")}
+		case <-deadline.C:
+			return &notReady{asc: ascTransition, err: errors.New("no lease: this site may be stale")}
+		case <-time.After(s.cfg.Lease / 8):
+		}
+	}
+}
+
+// Size is the capacity.
+func (s *Site) Size() int64 { return s.cfg.Store.Size() }
+
+// Mapped reports allocation from the local store.
+func (s *Site) Mapped(off int64) (bool, int64, error) { return s.cfg.Store.Mapped(off) }
+
+// State is the ALUA state of this site's port group.
+func (s *Site) State() target.PathState {
+	if s.activeWriter() != nil {
+		return target.PathActiveOptimized
+	}
+	v := s.currentView()
+	if !slices.Contains(v.InSync, s.cfg.Name) {
+		return target.PathUnavailable
+	}
+	return target.PathActiveNonOptimized
+}
+
+// Close stops the site: the writer (if this is it) finishes what is in
+// flight, connections close, the store closes.
+func (s *Site) Close() error {
+	s.mu.Lock()
+	select {
+	case <-s.closing:
+		s.mu.Unlock()
+		return nil
+	default:
+	}
+	close(s.closing)
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.fwd.close()
+	s.wg.Wait()
+	s.bmu.Lock()
+	for _, b := range s.bitmaps {
+		b.Close()
+	}
+	s.bmu.Unlock()
+	return s.cfg.Store.Close()
+}
+
+// Handover prepares a planned move of the writer away from this site:
+// new writes wait, writes in flight finish, then fn (the Raft promote)
+// runs. Whatever fn returns, held writes then go on, here or at the new
+// writer, so a planned move fails no I/O.
+func (s *Site) Handover(timeout time.Duration, fn func() error) error {
+	w := s.activeWriter()
+	if w == nil {
+		return fn()
+	}
+	if err := w.pause(timeout); err != nil {
+		w.resume()
+		return err
+	}
+	err := fn()
+	if err != nil {
+		w.resume()
+		return err
+	}
+	// The lease is gone once fn returns; the run loop stops w cleanly
+	// and held operations go to the new writer.
+	w.resume()
+	return nil
+}
+
+// notReady maps to NOT READY sense data with asc.
+type notReady struct {
+	asc uint16
+	err error
+}
+
+const ascTransition = 0x040a // ASYMMETRIC ACCESS STATE TRANSITION
+
+func (e *notReady) Error() string { return fmt.Sprintf("not ready: %v", e.err) }
+func (e *notReady) Unwrap() error { return e.err }
+
+// As lets the target see it as its NotReadyError.
+func (e *notReady) As(target any) bool {
+	if t, ok := target.(**targetNotReady); ok {
+		*t = &targetNotReady{ASC: e.asc}
+		return true
+	}
+	return false
+}
+
+type targetNotReady = target.NotReadyError
+
+func containsAll(s string, subs ...string) bool {
+	for _, x := range subs {
+		if !strings.Contains(s, x) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,836 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/time/rate"
+)
+
+// The writer of one epoch (DESIGN.md write path step 2): it orders every
+// write, applies it locally, streams it to every in-sync replica and
+// answers once they all have it. It also drops a replica that stops
+// answering (through Raft, then waiting out its lease), records what the
+// replica misses in a persistent bitmap, and resyncs it when it is back.
+
+// errNotWriter: this site is not (or no longer) the writer; the operation
+// was not applied anywhere and may be retried elsewhere.
+var errNotWriter = errors.New("replica: not the writer")
+
+// Peer states, as the writer sees them.
+const (
+	peerOut     = "out"     // not in sync: misses writes (bitmap)
+	peerSyncing = "syncing" // resync running: writes behind the cursor go to it
+	peerInSync  = "in-sync" // every write waits for it
+	peerDrop    = "dropping"
+)
+
+type peer struct {
+	w    *writer
+	name string
+	addr string
+
+	// Guarded by w.mu.
+	state     string
+	link      *Link
+	cursor    int64 // syncing: writes below it are sent
+	grantEnd  time.Time
+	resolved  chan struct{} // dropping: closed when the drop is settled
+	resolveOK bool
+	resync    resyncProgress
+
+	dirty *Bitmap
+}
+
+type resyncProgress struct {
+	Done, Total int // regions
+	Copied      int // regions that were sent (differed or dirty)
+	Started     time.Time
+}
+
+type writer struct {
+	s     *Site
+	epoch uint64
+	log   hclog.Logger
+
+	mu       sync.Mutex // orders writes: seq, local apply and send
+	seq      uint64
+	closed   bool
+	paused   bool
+	peers    []*peer
+	inflight sync.WaitGroup
+	tainted  bool // a locally applied write failed: this site may have diverged
+	busy     []*busyRange
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+// startWriter begins epoch at this site.
+func (s *Site) startWriter(epoch uint64, v View) *writer {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel}
+	stale := s.markerStale
+	s.setMarker()
+	s.recv.raise(epoch)
+	for _, name := range s.peerNames() {
+		p := &peer{w: w, name: name, addr: s.cfg.Peers[name], state: peerOut}
+		if slices.Contains(v.InSync, name) {
+			p.state = peerInSync
+		}
+		w.peers = append(w.peers, p)
+	}
+	w.log.Info("writer: starting", "in_sync", v.InSync, "stale_marker", stale)
+	for _, p := range w.peers {
+		w.done.Add(1)
+		go func() {
+			defer w.done.Done()
+			w.manage(p, stale)
+		}()
+	}
+	return w
+}
+
+// peerNames lists the other data sites.
+func (s *Site) peerNames() []string {
+	var names []string
+	for n := range s.cfg.Peers {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (w *writer) leaseOK() bool {
+	ep, until := w.s.cfg.Control.WriterLease()
+	return ep == w.epoch && time.Now().Before(until)
+}
+
+// leaseLeft is how long the writer may still grant.
+func (w *writer) leaseUntil() time.Time {
+	ep, until := w.s.cfg.Control.WriterLease()
+	if ep != w.epoch {
+		return time.Time{}
+	}
+	return until
+}
+
+type pendingWait struct {
+	p  *peer
+	ch <-chan Ack // nil: the peer is being dropped, wait for that
+}
+
+// order runs one operation in the write order: it takes the next
+// sequence number for f, applies it locally with apply (which may decline
+// with errSkip, a miscompare), sends it to the replicas and waits for
+// every in-sync one. origin is the site that forwarded it ("" for a local
+// one): that site gets a FlagRef frame and is not waited for here.
+func (w *writer) order(f *Frame, origin string, apply func() error) error {
+	w.mu.Lock()
+	if w.closed || w.paused || !w.ready() || !w.leaseOK() {
+		w.mu.Unlock()
+		return errNotWriter
+	}
+	w.seq++
+	f.Epoch, f.Seq = w.epoch, w.seq
+	if err := apply(); err != nil {
+		w.seq--
+		w.mu.Unlock()
+		return err
+	}
+	w.inflight.Add(1)
+	defer w.inflight.Done()
+	if n := frameBytes(f); n > 0 {
+		r := &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
+		w.busy = append(w.busy, r)
+		defer w.release(r)
+	}
+	var waits []pendingWait
+	var dirty []*peer
+	for _, p := range w.peers {
+		switch p.state {
+		case peerInSync:
+			if p.name == origin {
+				ref := *f
+				ref.Data, ref.Flags, ref.Ref = nil, f.Flags|FlagRef, fwdRef(f)
+				p.link.Send(&ref) // its ack settles nothing here: the origin answers
+				continue
+			}
+			waits = append(waits, pendingWait{p, p.link.Send(f)})
+		case peerDrop:
+			waits = append(waits, pendingWait{p: p})
+		case peerSyncing:
+			if f.Offset < p.cursor || f.Kind == FrameFlush {
+				p.link.Send(f) // a failure marks it dirty (onDown)
+			} else {
+				dirty = append(dirty, p)
+			}
+		default:
+			dirty = append(dirty, p)
+		}
+	}
+	w.mu.Unlock()
+	var errs []error
+	for _, p := range dirty {
+		if err := p.dirty.Mark(f.Offset, frameBytes(f)); err != nil {
+			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", p.name, err))
+		}
+	}
+	for _, pw := range waits {
+		if pw.ch != nil {
+			a := <-pw.ch
+			if a.Err == nil {
+				continue
+			}
+			w.failPeer(pw.p, a.Err)
+		}
+		// The replica missed this write. It may go on only once the
+		// cluster has dropped it (I2) and its lease has run out (I3).
+		if !w.awaitDrop(pw.p) {
+			errs = append(errs, fmt.Errorf("replica %s unreachable and not dropped", pw.p.name))
+			continue
+		}
+		if err := pw.p.dirty.Mark(f.Offset, frameBytes(f)); err != nil {
+			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
+		}
+	}
+	if len(errs) > 0 {
+		w.mu.Lock()
+		w.tainted = true
+		w.mu.Unlock()
+		return &notReady{asc: ascTransition, err: errors.Join(errs...)}
+	}
+	return nil
+}
+
+// busyRange is a write applied here but not yet on every in-sync site.
+type busyRange struct {
+	off, n int64
+	done   chan struct{}
+}
+
+func (w *writer) release(r *busyRange) {
+	w.mu.Lock()
+	w.busy = slices.DeleteFunc(w.busy, func(x *busyRange) bool { return x == r })
+	w.mu.Unlock()
+	close(r.done)
+}
+
+// awaitRange waits until no write in flight overlaps off..off+n.
+func (w *writer) awaitRange(off, n int64) {
+	for {
+		var wait chan struct{}
+		w.mu.Lock()
+		for _, r := range w.busy {
+			if r.off < off+n && off < r.off+r.n {
+				wait = r.done
+				break
+			}
+		}
+		w.mu.Unlock()
+		if wait == nil {
+			return
+		}
+		<-wait
+	}
+}
+
+// ready reports whether every in-sync peer is connected (at the start of
+// an epoch they are being connected, or dropped). w.mu is held.
+func (w *writer) ready() bool {
+	for _, p := range w.peers {
+		if p.state == peerInSync && p.link == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// fwdRef is the forwarder's operation id a FlagRef frame names; order's
+// caller stores it in f.Ref before ordering.
+func fwdRef(f *Frame) uint64 { return f.Ref }
+
+func frameBytes(f *Frame) int64 {
+	switch f.Kind {
+	case FrameWrite, FrameUnmap:
+		return int64(f.Length)
+	}
+	return 0
+}
+
+// failPeer starts dropping an in-sync peer whose link failed.
+func (w *writer) failPeer(p *peer, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if p.state != peerInSync {
+		return
+	}
+	w.log.Warn("replica failed; dropping it from the in-sync set", "replica", p.name, "error", err)
+	p.state = peerDrop
+	p.resolved = make(chan struct{})
+	if p.link != nil {
+		go p.link.Close()
+	}
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		w.drop(p)
+	}()
+}
+
+// awaitDrop waits until p's drop is settled and reports whether it
+// committed (and p's lease ran out).
+func (w *writer) awaitDrop(p *peer) bool {
+	w.mu.Lock()
+	ch := p.resolved
+	w.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	<-ch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return p.resolveOK
+}
+
+// drop takes p out of the in-sync set through Raft, then waits for the
+// last lease it was granted to end (DESIGN.md Failures, I2, I3).
+func (w *writer) drop(p *peer) {
+	ok := false
+	defer func() {
+		w.mu.Lock()
+		if ok {
+			p.state = peerOut
+		}
+		p.resolveOK = ok
+		close(p.resolved)
+		w.mu.Unlock()
+	}()
+	for attempt := 0; ; attempt++ {
+		err := w.s.cfg.Control.DropInSync(p.name, w.epoch)
+		if err == nil || isNotInSync(err) {
+			break
+		}
+		w.log.Warn("dropping replica", "replica", p.name, "error", err)
+		if !w.leaseOK() || w.ctx.Err() != nil {
+			return // a writer that cannot commit the drop stops acknowledging
+		}
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-time.After(min(time.Duration(attempt+1)*50*time.Millisecond, time.Second)):
+		}
+	}
+	w.mu.Lock()
+	end := p.grantEnd
+	w.mu.Unlock()
+	// Clock rates differ a little between sites: wait 10% more.
+	if wait := time.Until(end) + w.s.cfg.Lease/10; wait > 0 && !end.IsZero() {
+		w.log.Info("waiting for the dropped replica's lease", "replica", p.name, "wait", wait)
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	w.log.Info("replica dropped", "replica", p.name)
+	ok = true
+}
+
+// isNotInSync: a refusal saying the site is not in sync, i.e. already out.
+func isNotInSync(err error) bool {
+	return err != nil && containsAll(err.Error(), "not in sync")
+}
+
+// grant answers a replica's lease request: only an in-sync replica gets
+// one, never past the writer's own lease (so a replica's lease cannot
+// outlive the epoch that granted it).
+func (w *writer) grant(p *peer, l *Link, req *Frame) {
+	now := time.Now()
+	w.mu.Lock()
+	if p.state != peerInSync || w.closed || p.link != l {
+		w.mu.Unlock()
+		return
+	}
+	d := min(w.s.cfg.Lease, time.Until(w.leaseUntil()))
+	if d < time.Millisecond {
+		w.mu.Unlock()
+		return
+	}
+	d = d.Truncate(time.Millisecond)
+	if end := now.Add(d); end.After(p.grantEnd) {
+		p.grantEnd = end
+	}
+	w.mu.Unlock()
+	l.Grant(&Frame{Kind: FrameLease, Epoch: w.epoch, Seq: req.Seq, Length: uint32(d / time.Millisecond)})
+}
+
+// manage keeps one peer connected: at the start of the epoch it connects
+// in-sync peers (dropping those it cannot reach), and it resyncs out of
+// sync peers whenever they are reachable.
+func (w *writer) manage(p *peer, stale bool) {
+	var err error
+	p.dirty, err = w.s.bitmap(p.name)
+	if err != nil {
+		w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+		w.mu.Lock()
+		if p.state == peerInSync {
+			// Without a record it must not be dropped: keep writes
+			// waiting until an operator fixes the bitmap.
+			p.state = peerDrop
+			p.resolved = make(chan struct{})
+			close(p.resolved)
+		}
+		w.mu.Unlock()
+		return
+	}
+	// The bitmap is a true record only if this site kept it in every
+	// epoch since: its own previous epoch, or this one.
+	if e := p.dirty.Epoch(); e != w.epoch && e+1 != w.epoch {
+		if err := p.dirty.SetFull(); err != nil {
+			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+		}
+	}
+	if err := p.dirty.SetEpoch(w.epoch); err != nil {
+		w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+	}
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		w.watchdog(p)
+	}()
+	w.mu.Lock()
+	inSync := p.state == peerInSync
+	w.mu.Unlock()
+	if inSync {
+		diverged, err := w.connect(p)
+		if err == nil && !diverged && !stale {
+			// In sync and reachable: it has everything so far.
+			if err := p.dirty.Clear(); err != nil {
+				w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+			}
+		}
+		w.s.notify()
+		if err == nil && (diverged || stale) {
+			// This site or the peer may hold writes nobody acknowledged:
+			// only a full compare makes them equal again.
+			p.dirty.SetFull()
+			err = fmt.Errorf("diverged (peer %v, here %v)", diverged, stale)
+		}
+		if err != nil {
+			if err := p.dirty.SetFull(); err != nil {
+				w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+			}
+			w.failPeer(p, err)
+			w.awaitDrop(p)
+		}
+	}
+	backoff := 100 * time.Millisecond
+	for w.ctx.Err() == nil {
+		w.mu.Lock()
+		st := p.state
+		w.mu.Unlock()
+		if st == peerInSync {
+			select {
+			case <-w.ctx.Done():
+				return
+			case <-time.After(max(w.s.cfg.ReplicaTimeout/8, 10*time.Millisecond)):
+			}
+			continue
+		}
+		if st == peerDrop {
+			w.awaitDrop(p)
+			w.mu.Lock()
+			if p.state == peerDrop {
+				w.mu.Unlock()
+				return // the drop did not commit: this writer is done
+			}
+			w.mu.Unlock()
+			continue
+		}
+		if err := w.resync(p); err != nil {
+			if w.ctx.Err() != nil {
+				return
+			}
+			w.log.Debug("resync", "replica", p.name, "error", err)
+			select {
+			case <-w.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// watchdog checks a peer's link until the writer ends: an in-sync peer
+// whose link failed, or that has not answered for replica_timeout, is
+// dropped; a syncing one that stopped answering has its link closed
+// (the resync fails and starts again later).
+func (w *writer) watchdog(p *peer) {
+	t := time.NewTicker(max(w.s.cfg.ReplicaTimeout/8, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		st, l := p.state, p.link
+		w.mu.Unlock()
+		if l == nil || (st != peerInSync && st != peerSyncing) {
+			continue
+		}
+		err := l.Err()
+		if o := l.Oldest(); err == nil && !o.IsZero() && time.Since(o) > w.s.cfg.ReplicaTimeout {
+			err = fmt.Errorf("no answer for %v", time.Since(o).Truncate(time.Millisecond))
+		}
+		if err == nil {
+			continue
+		}
+		if st == peerInSync {
+			w.failPeer(p, err)
+		} else {
+			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
+		}
+	}
+}
+
+// connect opens the stream to p and registers its link. It reports
+// whether p says it has diverged.
+func (w *writer) connect(p *peer) (diverged bool, err error) {
+	ctx, cancel := context.WithTimeout(w.ctx, w.s.cfg.ReplicaTimeout)
+	defer cancel()
+	conn, err := w.s.cfg.Dial(ctx, p.addr)
+	if err != nil {
+		return false, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: w.epoch, From: w.s.cfg.Name}); err != nil {
+		conn.Close()
+		return false, err
+	}
+	ack, err := ReadFrame(br)
+	if err != nil {
+		conn.Close()
+		return false, err
+	}
+	conn.SetDeadline(time.Time{})
+	if ack.Kind != FrameHelloAck || ack.Err != "" {
+		conn.Close()
+		return false, fmt.Errorf("refused: %s", ack.Err)
+	}
+	l := NewLink(conn, br, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		l.Close()
+		return false, errNotWriter
+	}
+	p.link = l
+	w.mu.Unlock()
+	return ack.Flags&FlagDiverged != 0, nil
+}
+
+// linkDown records what a syncing peer lost; an in-sync one is dropped
+// by the writes that waited for it (or by watch).
+//
+// It may run with w.mu held (a failed Send), so it takes no writer lock;
+// marking an in-sync peer's lost frames too is harmless.
+func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
+	for _, f := range lost {
+		if err := p.dirty.Mark(f.off, f.n); err != nil {
+			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+		}
+	}
+	w.s.notify()
+}
+
+// resync brings an out-of-sync peer back (DESIGN.md Failures): a copy
+// cursor walks the regions; writes behind it are mirrored, writes ahead
+// are only marked and copied when the cursor passes. Without a bitmap
+// (full), each region's digest is compared first and only different ones
+// are copied. At the end the peer joins the in-sync set through Raft.
+func (w *writer) resync(p *peer) error {
+	if _, err := w.connect(p); err != nil {
+		return err
+	}
+	b := p.dirty
+	full := b.Full()
+	region := b.RegionSize()
+	size := w.s.cfg.Store.Size()
+	w.mu.Lock()
+	p.state, p.cursor = peerSyncing, 0
+	p.resync = resyncProgress{Total: b.Regions(), Started: time.Now()}
+	w.mu.Unlock()
+	w.log.Info("resync: starting", "replica", p.name, "full_compare", full, "dirty_regions", b.Dirty(), "regions", b.Regions())
+	fail := func(err error) error {
+		w.mu.Lock()
+		if p.state == peerSyncing {
+			p.state = peerOut
+			if p.link != nil {
+				go p.link.Close()
+			}
+		}
+		w.mu.Unlock()
+		return err
+	}
+	var lim *rate.Limiter
+	if bw := w.s.cfg.ResyncBandwidth; bw > 0 {
+		lim = rate.NewLimiter(rate.Limit(bw), int(max(bw, region)))
+	}
+	// A window of regions in flight keeps the link busy over a WAN.
+	type inflight struct {
+		r   int
+		ch  <-chan Ack
+		sum bool
+	}
+	window := make(chan inflight, 16)
+	errc := make(chan error, 1)
+	go func() {
+		for f := range window {
+			a := <-f.ch
+			if a.Err != nil {
+				errc <- a.Err
+				for range window {
+				}
+				return
+			}
+			if f.sum && a.Differ {
+				if err := w.copyRegion(p, f.r, region, size); err != nil {
+					errc <- err
+					for range window {
+					}
+					return
+				}
+			}
+			w.mu.Lock()
+			p.resync.Done++
+			w.mu.Unlock()
+		}
+		errc <- nil
+	}()
+	buf := make([]byte, region)
+	var sendErr error
+	for r := 0; r < b.Regions() && sendErr == nil; r++ {
+		off := int64(r) * region
+		n := min(region, size-off)
+		if !full && !b.Test(r) {
+			w.mu.Lock()
+			p.cursor = off + n
+			p.resync.Done++
+			w.mu.Unlock()
+			continue
+		}
+		if lim != nil {
+			if err := lim.WaitN(w.ctx, int(n)); err != nil {
+				sendErr = err
+				break
+			}
+		}
+		w.mu.Lock()
+		if p.state != peerSyncing || w.closed {
+			w.mu.Unlock()
+			sendErr = errNotWriter
+			break
+		}
+		if err := p.link.Err(); err != nil {
+			w.mu.Unlock()
+			sendErr = err
+			break
+		}
+		if err := w.s.cfg.Store.ReadAt(buf[:n], off); err != nil {
+			w.mu.Unlock()
+			sendErr = err
+			break
+		}
+		w.seq++
+		f := &Frame{Epoch: w.epoch, Seq: w.seq, Offset: off, Length: uint32(n)}
+		if full {
+			sum := sha256.Sum256(buf[:n])
+			f.Kind, f.Data = FrameSum, sum[:]
+		} else {
+			f.Kind, f.Data, f.CRC = FrameWrite, buf[:n], Checksum(buf[:n])
+			p.resync.Copied++
+		}
+		ch := p.link.Send(f)
+		p.cursor = off + n
+		w.mu.Unlock()
+		window <- inflight{r, ch, full}
+	}
+	close(window)
+	if err := <-errc; err != nil || sendErr != nil {
+		return fail(errors.Join(err, sendErr))
+	}
+	// Everything is behind the cursor now. From here every write waits
+	// for the peer, before the cluster hears that it is in sync, so no
+	// acknowledged write can miss it once it is (I1).
+	w.mu.Lock()
+	if p.state != peerSyncing || w.closed {
+		w.mu.Unlock()
+		return fail(errNotWriter)
+	}
+	p.state = peerInSync
+	w.seq++
+	ch := p.link.Send(&Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagSynced})
+	w.mu.Unlock()
+	if a := <-ch; a.Err != nil {
+		w.failPeer(p, a.Err)
+		return a.Err
+	}
+	if err := w.s.cfg.Control.AddInSync(p.name, w.epoch); err != nil && !containsAll(err.Error(), "already in sync") {
+		w.failPeer(p, fmt.Errorf("joining the in-sync set: %w", err))
+		return err
+	}
+	if err := b.Clear(); err != nil {
+		w.log.Error("clearing dirty bitmap", "replica", p.name, "error", err)
+	}
+	w.mu.Lock()
+	pr := p.resync
+	w.mu.Unlock()
+	w.log.Info("resync: done, replica in sync", "replica", p.name, "regions_copied", pr.Copied, "took", time.Since(pr.Started).Truncate(time.Millisecond))
+	return nil
+}
+
+// copyRegion sends region r's current bytes to p in the write order.
+func (w *writer) copyRegion(p *peer, r int, region, size int64) error {
+	off := int64(r) * region
+	n := min(region, size-off)
+	buf := make([]byte, n)
+	w.mu.Lock()
+	if p.link == nil || w.closed {
+		w.mu.Unlock()
+		return errNotWriter
+	}
+	if err := w.s.cfg.Store.ReadAt(buf, off); err != nil {
+		w.mu.Unlock()
+		return err
+	}
+	w.seq++
+	ch := p.link.Send(&Frame{Kind: FrameWrite, Epoch: w.epoch, Seq: w.seq, Offset: off, Length: uint32(n), Data: buf, CRC: Checksum(buf)})
+	p.resync.Copied++
+	w.mu.Unlock()
+	// Waiting here keeps at most one copy in flight per compared window
+	// slot; the ack also proves the region arrived.
+	return (<-ch).Err
+}
+
+// stop ends this writer: no new operations; operations in flight finish
+// (bounded by replica_timeout); links close. A clean stop clears the
+// marker that says this site may hold unacknowledged writes.
+func (w *writer) stop() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.closed = true
+	w.mu.Unlock()
+	drained := make(chan struct{})
+	go func() { w.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(w.s.cfg.ReplicaTimeout + w.s.cfg.Lease):
+		w.log.Warn("writer: operations still in flight at stop")
+		w.mu.Lock()
+		w.tainted = true
+		w.mu.Unlock()
+	}
+	w.cancel()
+	w.mu.Lock()
+	var links []*Link
+	for _, p := range w.peers {
+		if p.link != nil {
+			links = append(links, p.link)
+		}
+	}
+	tainted := w.tainted
+	w.mu.Unlock()
+	for _, l := range links {
+		l.Close()
+	}
+	w.done.Wait()
+	if !tainted {
+		w.s.clearMarker()
+	}
+	w.log.Info("writer: stopped", "clean", !tainted)
+}
+
+// pause holds new operations and waits for those in flight (a planned
+// handover); resume lets them go on.
+func (w *writer) pause(timeout time.Duration) error {
+	w.mu.Lock()
+	w.paused = true
+	w.mu.Unlock()
+	drained := make(chan struct{})
+	go func() { w.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+		return nil
+	case <-time.After(timeout):
+		return errors.New("writes still in flight")
+	}
+}
+
+func (w *writer) resume() {
+	w.mu.Lock()
+	w.paused = false
+	w.mu.Unlock()
+	w.s.notify()
+}
+
+// markerPath is the file that says "this site was the writer and may hold
+// writes that no replica acknowledged".
+func (s *Site) markerPath() string { return filepath.Join(s.cfg.Dir, "writer.marker") }
+
+func (s *Site) setMarker() {
+	if err := os.WriteFile(s.markerPath(), []byte("metrolun writer marker\n"), 0o600); err != nil {
+		s.log.Error("writing the writer marker", "error", err)
+	}
+	syncDir(s.cfg.Dir)
+}
+
+func (s *Site) clearMarker() {
+	s.markerStale = false
+	os.Remove(s.markerPath())
+	syncDir(s.cfg.Dir)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// bitmap opens the dirty bitmap this site keeps for peer; a new one is
+// full (this writer does not know what the peer has).
+func (s *Site) bitmap(peer string) (*Bitmap, error) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if b := s.bitmaps[peer]; b != nil {
+		return b, nil
+	}
+	b, err := OpenBitmap(filepath.Join(s.cfg.Dir, "dirty-"+peer+".bitmap"), s.cfg.Store.Size(), s.cfg.RegionSize, true)
+	if err != nil {
+		return nil, err
+	}
+	s.bitmaps[peer] = b
+	return b, nil
+}
