@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,6 +160,11 @@ func StartDemo(ctx context.Context, opts DemoOptions) (_ *Demo, err error) {
 	args := []string{"demo", "--dir", opts.Dir, "--addr", Loopback, "--port", strconv.Itoa(opts.Port)}
 	if opts.Size != "" {
 		args = append(args, "--size", opts.Size)
+	}
+	if !slices.Contains(opts.Args, "--sites") {
+		// The harness's default is one standalone site; cluster tests ask
+		// for more.
+		args = append(args, "--sites", "1")
 	}
 	args = append(args, opts.Args...)
 

@@ -1,6 +1,10 @@
 // Package raftlog is the cluster state machine on hashicorp/raft: members,
-// roles, the writer and its epoch, and the in-sync set (DESIGN.md). Leases,
-// LUN definitions and reservations join it as mirroring grows.
+// roles, the writer and its epoch, and the in-sync set (DESIGN.md). Replica
+// leases, LUN definitions and reservations join it as mirroring grows.
+//
+// Cluster (cluster.go) is one member's participant: a bolt log store,
+// snapshots, a TCP or mutual-TLS transport (transport.go), and the election
+// of the writer with its lease (lease.go).
 //
 // The state machine (State and Apply) is pure: a command and a state in, a
 // new state or a refusal out. hashicorp/raft orders the commands; every
@@ -42,7 +46,26 @@ type State struct {
 	// InSync are the data sites that have every acknowledged write. The
 	// writer is always one of them.
 	InSync []string `msgpack:"i"`
+	// Released is the last epoch whose writer gave up its lease before
+	// handing leadership on (a planned move, Cluster.Promote). When it
+	// equals Epoch, no member can be acting as writer, so the next leader
+	// need not wait out the lease.
+	Released uint64 `msgpack:"rl,omitempty"`
 }
+
+// clone returns a deep copy; every slice or map field added to State must
+// be copied here, since Apply must not share memory with its input.
+func (s State) clone() State {
+	n := s
+	n.Members, n.InSync = slices.Clone(s.Members), slices.Clone(s.InSync)
+	return n
+}
+
+// Member returns the member called name.
+func (s State) Member(name string) (Member, bool) { return s.member(name) }
+
+// IsInSync reports whether name is in the in-sync set.
+func (s State) IsInSync(name string) bool { return slices.Contains(s.InSync, name) }
 
 func (s *State) member(name string) (Member, bool) {
 	for _, m := range s.Members {
@@ -59,6 +82,7 @@ const (
 	CmdSetWriter  = "set-writer"  // a new epoch with Name as writer
 	CmdDropInSync = "drop-insync" // Name missed writes: out of the in-sync set
 	CmdAddInSync  = "add-insync"  // Name finished resync
+	CmdRelease    = "release"     // the writer Name gives up its lease for ByEpoch
 )
 
 // Command is one entry of the Raft log.
@@ -67,7 +91,7 @@ type Command struct {
 	Name    string `msgpack:"n"`
 	Role    string `msgpack:"r,omitempty"`
 	Epoch   uint64 `msgpack:"e,omitempty"` // for set-writer: the new epoch
-	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes: the epoch that asks
+	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes and release: the epoch that asks
 }
 
 // ErrRefused wraps every reason a command is not applied.
@@ -84,14 +108,10 @@ func refuse(format string, args ...any) error {
 //     is missing there, I1), and a witness never does;
 //   - in-sync changes carry the epoch of the writer that asked, and a
 //     stale writer's request is refused (I2: a writer that cannot commit
-//     the drop stops acknowledging).
+//     the drop stops acknowledging);
+//   - only the writer of the current epoch can release it, once.
 func (s State) Apply(c Command) (State, error) {
-	n := State{
-		Members: slices.Clone(s.Members),
-		Writer:  s.Writer,
-		Epoch:   s.Epoch,
-		InSync:  slices.Clone(s.InSync),
-	}
+	n := s.clone()
 	switch c.Kind {
 	case CmdAddMember:
 		if _, ok := s.member(c.Name); ok {
@@ -143,6 +163,17 @@ func (s State) Apply(c Command) (State, error) {
 			}
 			n.InSync = append(n.InSync, c.Name)
 		}
+	case CmdRelease:
+		if s.Epoch == 0 || c.ByEpoch != s.Epoch {
+			return s, refuse("release of epoch %d, current is %d", c.ByEpoch, s.Epoch)
+		}
+		if c.Name != s.Writer {
+			return s, refuse("release by %s, the writer of epoch %d is %s", c.Name, s.Epoch, s.Writer)
+		}
+		if s.Released == s.Epoch {
+			return s, refuse("epoch %d is already released", s.Epoch)
+		}
+		n.Released = s.Epoch
 	default:
 		return s, refuse("unknown command %q", c.Kind)
 	}
@@ -153,6 +184,9 @@ func (s State) Apply(c Command) (State, error) {
 type FSM struct {
 	mu    sync.Mutex
 	state State
+	// onChange, when set before Raft starts, is called after every applied
+	// command and restore, outside the lock. It must not block.
+	onChange func()
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -161,9 +195,7 @@ var _ raft.FSM = (*FSM)(nil)
 func (f *FSM) State() State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.state
-	s.Members, s.InSync = slices.Clone(s.Members), slices.Clone(s.InSync)
-	return s
+	return f.state.clone()
 }
 
 // Apply decodes a log entry and applies it; the result is nil or the
@@ -174,12 +206,17 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return refuse("undecodable entry at index %d: %v", l.Index, err)
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	n, err := f.state.Apply(c)
+	if err == nil {
+		f.state = n
+	}
+	f.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	f.state = n
+	if f.onChange != nil {
+		f.onChange()
+	}
 	return nil
 }
 
@@ -200,6 +237,9 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	f.mu.Lock()
 	f.state = s
 	f.mu.Unlock()
+	if f.onChange != nil {
+		f.onChange()
+	}
 	return nil
 }
 

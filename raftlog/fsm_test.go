@@ -1,7 +1,10 @@
 package raftlog
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"reflect"
 	"testing"
 )
 
@@ -70,3 +73,72 @@ func TestOutOfSyncSiteCannotWrite(t *testing.T) {
 		t.Fatalf("epoch-1 writer dropped a replica in epoch 2: %v", err)
 	}
 }
+
+// release: only the writer of the current epoch gives it up, once; the
+// next set-writer starts an epoch that is not released.
+func TestRelease(t *testing.T) {
+	s := cluster(t)
+	cases := map[string]Command{
+		"stale epoch":    {Kind: CmdRelease, Name: "a", ByEpoch: 0},
+		"future epoch":   {Kind: CmdRelease, Name: "a", ByEpoch: 2},
+		"not the writer": {Kind: CmdRelease, Name: "b", ByEpoch: 1},
+		"no name":        {Kind: CmdRelease, ByEpoch: 1},
+	}
+	for name, c := range cases {
+		n, err := s.Apply(c)
+		if !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: err=%v, want a refusal", name, err)
+		}
+		if n.Released != 0 {
+			t.Errorf("%s: released %d on refusal", name, n.Released)
+		}
+	}
+	if _, err := (State{}).Apply(Command{Kind: CmdRelease, ByEpoch: 0}); !errors.Is(err, ErrRefused) {
+		t.Errorf("release before any writer: %v", err)
+	}
+
+	r := mustApply(t, s, Command{Kind: CmdRelease, Name: "a", ByEpoch: 1})
+	if r.Released != 1 || r.Writer != "a" || r.Epoch != 1 {
+		t.Fatalf("after release: %+v", r)
+	}
+	if s.Released != 0 {
+		t.Fatal("Apply changed its input")
+	}
+	if _, err := r.Apply(Command{Kind: CmdRelease, Name: "a", ByEpoch: 1}); !errors.Is(err, ErrRefused) {
+		t.Errorf("release twice: %v", err)
+	}
+	n := mustApply(t, r, Command{Kind: CmdSetWriter, Name: "b", Epoch: 2})
+	if n.Released == n.Epoch {
+		t.Fatalf("new epoch born released: %+v", n)
+	}
+	// The old epoch can no longer release anything.
+	if _, err := n.Apply(Command{Kind: CmdRelease, Name: "a", ByEpoch: 1}); !errors.Is(err, ErrRefused) {
+		t.Errorf("release of an old epoch: %v", err)
+	}
+}
+
+// The snapshot carries every field, Released included.
+func TestSnapshotRoundTrip(t *testing.T) {
+	f := &FSM{state: mustApply(t, cluster(t), Command{Kind: CmdRelease, Name: "a", ByEpoch: 1})}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := &FSM{}
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(f.State(), g.State()) {
+		t.Fatalf("restored %+v, want %+v", g.State(), f.State())
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (*memSink) ID() string    { return "mem" }
+func (*memSink) Cancel() error { return nil }
+func (*memSink) Close() error  { return nil }

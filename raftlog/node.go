@@ -9,14 +9,15 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Node is one member's Raft participant and its state machine.
+// Node is a bare Raft participant and its state machine, over stores and
+// a transport given by the caller: tests use it with in-memory twins.
+// Cluster is the member a site runs.
 type Node struct {
 	Raft *raft.Raft
 	FSM  *FSM
 }
 
 // NewNode starts Raft for one member over the given stores and transport.
-// Tests pass in-memory twins; serve will pass a real log store and TCP.
 func NewNode(cfg *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (*Node, error) {
 	if err := raft.ValidateConfig(cfg); err != nil {
 		return nil, err

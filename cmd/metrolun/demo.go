@@ -42,6 +42,8 @@ type demoOptions struct {
 	port     int
 	size     string
 	sites    int
+	witness  bool
+	basePort int
 	logLevel string
 }
 
@@ -62,7 +64,9 @@ then stops everything it started.`,
 	f.StringVar(&o.addr, "addr", "127.0.0.1", "address of the first site; later sites use the next addresses")
 	f.IntVar(&o.port, "port", 3260, "iSCSI port of every site")
 	f.StringVar(&o.size, "size", "1GiB", "LUN size")
-	f.IntVar(&o.sites, "sites", 1, "number of data sites")
+	f.IntVar(&o.sites, "sites", 2, "number of data sites (1: a single standalone site)")
+	f.BoolVar(&o.witness, "witness", true, "with several sites, also run a witness (a Raft voter without data)")
+	f.IntVar(&o.basePort, "cluster-port", conf.DefaultRaftPort, "first of the three cluster ports of every member (Raft, replication, admin)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	return cmd
 }
@@ -71,8 +75,8 @@ func runDemo(o demoOptions) error {
 	if o.dir == "" {
 		return errors.New("--dir DIR is required")
 	}
-	if o.sites != 1 {
-		return fmt.Errorf("--sites %d: only 1 is supported until mirroring lands", o.sites)
+	if o.sites < 1 || o.sites > 26 {
+		return fmt.Errorf("--sites %d: want 1 to 26", o.sites)
 	}
 	size, err := conf.ParseSize(o.size)
 	if err != nil {
@@ -117,16 +121,11 @@ func runDemo(o demoOptions) error {
 			}
 		}
 	}
-	for i := 0; i < o.sites; i++ {
-		name := fmt.Sprintf("site-%c", 'a'+i)
-		portal := net.JoinHostPort(o.addr, strconv.Itoa(o.port))
-		cfg := conf.Default(dir)
-		cfg.Name = name
-		cfg.DataDir = filepath.Join(dir, name)
-		cfg.LogLevel = o.logLevel
-		cfg.ISCSI.Listen = []string{portal}
-		cfg.Targets[0].LUNs[0].Path = filepath.Join(dir, name, "lun0.img")
-		cfg.Targets[0].LUNs[0].Size = size
+	configs, err := demoConfigs(o, dir, size)
+	if err != nil {
+		return err
+	}
+	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
@@ -144,12 +143,17 @@ func runDemo(o demoOptions) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			stopAll()
-			return fmt.Errorf("start %s: %w", name, err)
+			return fmt.Errorf("start %s: %w", cfg.Name, err)
 		}
 		m := &member{
-			DemoMember: DemoMember{Name: name, Role: "data", PID: cmd.Process.Pid,
-				ISCSI: fmt.Sprintf("iscsi://%s/%s/0", portal, demoTarget)},
-			cmd: cmd, portal: portal, exited: make(chan error, 1),
+			DemoMember: DemoMember{Name: cfg.Name, Role: cfg.Role, PID: cmd.Process.Pid},
+			cmd:        cmd, exited: make(chan error, 1),
+		}
+		if cfg.Role == conf.RoleData {
+			m.portal = cfg.ISCSI.Listen[0]
+			m.ISCSI = fmt.Sprintf("iscsi://%s/%s/0", m.portal, demoTarget)
+		} else {
+			m.portal = cfg.Cluster.AdminListen
 		}
 		go func() { m.exited <- cmd.Wait() }()
 		members = append(members, m)
@@ -163,6 +167,13 @@ func runDemo(o demoOptions) error {
 		if err := waitListening(ctx, m.portal, m.exited); err != nil {
 			stopAll()
 			return fmt.Errorf("%s did not start: %w", m.Name, err)
+		}
+	}
+	if len(configs) > 1 {
+		// Ready means a writer holds its lease and every site serves.
+		if err := waitWriter(ctx, configs); err != nil {
+			stopAll()
+			return err
 		}
 	}
 	var df DemoFile
@@ -183,7 +194,11 @@ func runDemo(o demoOptions) error {
 	for _, m := range members {
 		fmt.Printf("  %s  %s\n", m.Name, m.ISCSI)
 	}
-	fmt.Printf("Try: qemu-img info %s\nStop with Ctrl-C.\n", members[0].ISCSI)
+	fmt.Printf("Try: qemu-img info %s\n", members[0].ISCSI)
+	if len(configs) > 1 {
+		fmt.Printf("     metrolun status --dir %s\n", dir)
+	}
+	fmt.Println("Stop with Ctrl-C.")
 
 	cases := make(chan string, len(members))
 	for _, m := range members {
@@ -209,6 +224,49 @@ func runDemo(o demoOptions) error {
 	}
 	os.Remove(filepath.Join(dir, "demo.json"))
 	return errors.New("every member has exited")
+}
+
+// demoConfigs returns the members' configs: one standalone site, or
+// several sites (127.0.0.1, 127.0.0.2, ...) and a witness.
+func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) {
+	if o.sites == 1 {
+		cfg := conf.Default(dir)
+		cfg.LogLevel = o.logLevel
+		cfg.ISCSI.Listen = []string{net.JoinHostPort(o.addr, strconv.Itoa(o.port))}
+		cfg.Targets[0].LUNs[0].Size = size
+		return []*conf.Config{cfg}, nil
+	}
+	if o.addr != "127.0.0.1" {
+		return nil, fmt.Errorf("--addr %s: a multi-site demo uses 127.0.0.1, 127.0.0.2, ...", o.addr)
+	}
+	configs := conf.DefaultClusterPorts(dir, o.sites, o.witness, o.port, o.basePort)
+	for _, c := range configs {
+		c.LogLevel = o.logLevel
+		for ti := range c.Targets {
+			for li := range c.Targets[ti].LUNs {
+				c.Targets[ti].LUNs[li].Size = size
+			}
+		}
+	}
+	return configs, nil
+}
+
+// waitWriter polls the members' admin endpoints until one reports that
+// it is the writer with a lease.
+func waitWriter(ctx context.Context, configs []*conf.Config) error {
+	members := configs[0].Cluster.Members
+	for {
+		for _, r := range gatherStatus(ctx, members) {
+			if r.Status != nil && r.Status.Site != nil && r.Status.Site.Role == "writer" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no writer elected: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // waitListening polls until addr accepts TCP connections.
@@ -243,6 +301,40 @@ func renderConfig(c *conf.Config) string {
 		b.WriteString(q(l))
 	}
 	fmt.Fprintf(&b, "]\n  portal_group = %d\n}\n", c.ISCSI.PortalGroup)
+	if cl := c.Cluster; cl != nil {
+		fmt.Fprintf(&b, "\ncluster {\n  raft_listen = %s\n", q(cl.RaftListen))
+		if cl.ReplicationListen != "" {
+			fmt.Fprintf(&b, "  replication_listen = %s\n", q(cl.ReplicationListen))
+		}
+		if cl.AdminListen != "" {
+			fmt.Fprintf(&b, "  admin_listen = %s\n", q(cl.AdminListen))
+		}
+		fmt.Fprintf(&b, "  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n", q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
+		if cl.ResyncBandwidth > 0 {
+			fmt.Fprintf(&b, "  resync_bandwidth = %d\n", cl.ResyncBandwidth)
+		}
+		for _, m := range cl.Members {
+			fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))
+			if m.Replication != "" {
+				fmt.Fprintf(&b, "    replication = %s\n", q(m.Replication))
+			}
+			if m.Admin != "" {
+				fmt.Fprintf(&b, "    admin = %s\n", q(m.Admin))
+			}
+			if len(m.ISCSI) > 0 {
+				var ps []string
+				for _, p := range m.ISCSI {
+					ps = append(ps, q(p))
+				}
+				fmt.Fprintf(&b, "    iscsi = [%s]\n", strings.Join(ps, ", "))
+			}
+			if m.Role == conf.RoleData && m.PortalGroup > 0 {
+				fmt.Fprintf(&b, "    portal_group = %d\n", m.PortalGroup)
+			}
+			b.WriteString("  }\n")
+		}
+		b.WriteString("}\n")
+	}
 	for _, t := range c.Targets {
 		fmt.Fprintf(&b, "\ntarget %s {\n", q(t.Name))
 		for _, l := range t.LUNs {

@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), demoCmd())
+	root.AddCommand(serveCmd(), demoCmd(), statusCmd(), promoteCmd(), verifyCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "metrolun:", err)
 		os.Exit(1)

@@ -54,7 +54,30 @@ func newLogger(cfg *conf.Config) hclog.Logger {
 // in-flight commands finish and are answered before the volumes close.
 func serve(cfg *conf.Config) error {
 	log := newLogger(cfg)
-	srv, err := buildServer(cfg, log)
+	var mem *member
+	var clustered target.Volume
+	if cfg.Cluster != nil {
+		var err error
+		if mem, err = startMember(cfg, log); err != nil {
+			return err
+		}
+		defer mem.close()
+		if cl := cfg.Cluster; cl.AdminListen != "" {
+			al, err := net.Listen("tcp", cl.AdminListen)
+			if err != nil {
+				return fmt.Errorf("admin listen on %s: %w", cl.AdminListen, err)
+			}
+			hs := &http.Server{Handler: mem.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+			go hs.Serve(al)
+			defer hs.Close()
+			log.Info("admin endpoint", "addr", cl.AdminListen, "paths", "/v1/status /v1/promote /v1/verify /metrics")
+		}
+		if cfg.Role == conf.RoleWitness {
+			return waitSignal(log, cfg, nil)
+		}
+		clustered = metered{mem.site}
+	}
+	srv, err := buildServer(cfg, log, clustered)
 	if err != nil {
 		return err
 	}
@@ -79,16 +102,8 @@ func serve(cfg *conf.Config) error {
 	for _, l := range listeners {
 		go func() { errc <- srv.Serve(l) }()
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	log.Info("serving", "name", cfg.Name, "portals", cfg.ISCSI.Listen)
-	var serveErr error
-	select {
-	case s := <-sig:
-		log.Info("stopping", "signal", s.String())
-	case serveErr = <-errc:
-		log.Error("listener failed", "error", serveErr)
-	}
+	serveErr := waitSignal(log, cfg, errc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
@@ -99,8 +114,26 @@ func serve(cfg *conf.Config) error {
 	return serveErr
 }
 
-// buildServer turns the config into a target server with its LUs.
-func buildServer(cfg *conf.Config, log hclog.Logger) (*target.Server, error) {
+// waitSignal blocks until SIGINT/SIGTERM or a listener error.
+func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	if errc == nil {
+		log.Info("serving", "name", cfg.Name, "role", cfg.Role)
+	}
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+		return nil
+	case err := <-errc:
+		log.Error("listener failed", "error", err)
+		return err
+	}
+}
+
+// buildServer turns the config into a target server with its LUs. In a
+// cluster the one LUN is served from clustered (the mirrored volume).
+func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume) (*target.Server, error) {
 	ic := cfg.ISCSI
 	tcfg := target.Config{
 		Limits: target.Limits{
@@ -130,6 +163,10 @@ func buildServer(cfg *conf.Config, log hclog.Logger) (*target.Server, error) {
 			CHAP:            chapConfig(t.CHAP),
 		}
 		for _, l := range t.LUNs {
+			if clustered != nil {
+				tc.LUNs = append(tc.LUNs, lunConfig(l, clustered))
+				continue
+			}
 			if dir := filepath.Dir(l.Path); l.Size > 0 {
 				if err := os.MkdirAll(dir, 0o755); err != nil {
 					return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
@@ -139,16 +176,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger) (*target.Server, error) {
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
 			}
-			tc.LUNs = append(tc.LUNs, target.LUNConfig{
-				ID:         uint64(l.ID),
-				Volume:     vol,
-				BlockSize:  l.BlockSize,
-				ReadOnly:   l.ReadOnly,
-				Serial:     l.Serial,
-				Product:    l.Product,
-				Thin:       l.Thin,
-				WriteCache: l.WriteCache,
-			})
+			tc.LUNs = append(tc.LUNs, lunConfig(l, vol))
 			log.Info("LUN ready", "target", t.Name, "lun", l.ID, "path", l.Path, "bytes", vol.Size())
 		}
 		if err := srv.AddTarget(tc); err != nil {
@@ -156,6 +184,19 @@ func buildServer(cfg *conf.Config, log hclog.Logger) (*target.Server, error) {
 		}
 	}
 	return srv, nil
+}
+
+func lunConfig(l conf.LUN, vol target.Volume) target.LUNConfig {
+	return target.LUNConfig{
+		ID:         uint64(l.ID),
+		Volume:     vol,
+		BlockSize:  l.BlockSize,
+		ReadOnly:   l.ReadOnly,
+		Serial:     l.Serial,
+		Product:    l.Product,
+		Thin:       l.Thin,
+		WriteCache: l.WriteCache,
+	}
 }
 
 func chapConfig(c *conf.CHAP) *target.CHAPConfig {

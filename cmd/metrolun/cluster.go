@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/raftlog"
+	"github.com/metrolun/metrolun/replica"
+	"github.com/metrolun/metrolun/target"
+)
+
+// member is one running cluster member: Raft, and at a data site the
+// mirrored volume and its replication listener.
+type member struct {
+	cfg     *conf.Config
+	log     hclog.Logger
+	cluster *raftlog.Cluster
+	site    *replica.Site // nil at a witness
+	tls     *tls.Config
+	closers []func()
+}
+
+// control adapts raftlog.Cluster to replica.Control.
+type control struct{ c *raftlog.Cluster }
+
+func (a control) View() replica.View {
+	s := a.c.State()
+	return replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync}
+}
+func (a control) Changed() <-chan struct{}               { return a.c.Changed() }
+func (a control) WriterLease() (uint64, time.Time)       { return a.c.WriterLease() }
+func (a control) DropInSync(name string, e uint64) error { return a.c.DropInSync(name, e) }
+func (a control) AddInSync(name string, e uint64) error  { return a.c.AddInSync(name, e) }
+
+// loadTLS builds the mutual-TLS config for inter-site traffic.
+func loadTLS(t *conf.TLS) (*tls.Config, error) {
+	if t == nil {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("cluster tls: %w", err)
+	}
+	pem, err := os.ReadFile(t.CA)
+	if err != nil {
+		return nil, fmt.Errorf("cluster tls: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("cluster tls: %s holds no PEM certificate", t.CA)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
+
+// startMember opens Raft and, at a data site, the mirrored volume of the
+// (single) clustered LUN. It returns the volume to serve over iSCSI.
+func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
+	cl := cfg.Cluster
+	tcfg, err := loadTLS(cl.TLS)
+	if err != nil {
+		return nil, err
+	}
+	m := &member{cfg: cfg, log: log, tls: tcfg}
+	var peers []raftlog.Peer
+	for _, p := range cl.Members {
+		peers = append(peers, raftlog.Peer{Name: p.Name, Role: p.Role, Addr: p.Raft})
+	}
+	m.cluster, err = raftlog.Open(raftlog.Config{
+		Name: cfg.Name, Role: cfg.Role,
+		Dir:    filepath.Join(cfg.DataDir, "raft"),
+		Listen: cl.RaftListen, Peers: peers, TLS: tcfg,
+		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
+		Logger: log.Named("raft"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("raft: %w", err)
+	}
+	m.closers = append(m.closers, func() { m.cluster.Close() })
+	if cfg.Role != conf.RoleData {
+		return m, nil
+	}
+	if len(cfg.Targets) != 1 || len(cfg.Targets[0].LUNs) != 1 {
+		m.close()
+		return nil, errors.New("a cluster member serves exactly one target with one LUN for now")
+	}
+	lun := cfg.Targets[0].LUNs[0]
+	if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
+		m.close()
+		return nil, err
+	}
+	store, err := replica.OpenLocal(lun.Path, lun.Size)
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	others := map[string]string{}
+	for _, p := range cl.DataMembers() {
+		if p.Name != cfg.Name {
+			others[p.Name] = p.Replication
+		}
+	}
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		if tcfg == nil {
+			return d.DialContext(ctx, "tcp", addr)
+		}
+		td := tls.Dialer{NetDialer: &d, Config: tcfg.Clone()}
+		return td.DialContext(ctx, "tcp", addr)
+	}
+	m.site, err = replica.NewSite(replica.SiteConfig{
+		Name: cfg.Name, Store: store,
+		Dir:   filepath.Join(cfg.DataDir, "replica"),
+		Peers: others, Control: control{m.cluster},
+		Lease: cl.Lease, ReplicaTimeout: cl.ReplicaTimeout,
+		ResyncBandwidth: cl.ResyncBandwidth,
+		Dial:            dial,
+		Logger:          log.Named("replica"),
+	})
+	if err != nil {
+		store.Close()
+		m.close()
+		return nil, err
+	}
+	m.closers = append(m.closers, func() { m.site.Close() })
+	ln, err := net.Listen("tcp", cl.ReplicationListen)
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("replication listen on %s: %w", cl.ReplicationListen, err)
+	}
+	if tcfg != nil {
+		ln = tls.NewListener(ln, tcfg)
+	}
+	go m.site.Serve(ln)
+	log.Info("LUN mirrored", "path", lun.Path, "bytes", store.Size(), "replication", cl.ReplicationListen, "peers", others)
+	return m, nil
+}
+
+// close stops in reverse order of start: the volume first (the writer
+// finishes what is in flight), then Raft.
+func (m *member) close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
+}
+
+// clusterStatus is what /v1/status answers and `metrolun status` shows.
+type clusterStatus struct {
+	Member string              `json:"member"`
+	Role   string              `json:"role"`
+	Raft   raftStatus          `json:"raft"`
+	Site   *replica.SiteStatus `json:"site,omitempty"`
+}
+
+type raftStatus struct {
+	State       string   `json:"state"`
+	Leader      string   `json:"leader"`
+	Term        uint64   `json:"term"`
+	CommitIndex uint64   `json:"commit_index"`
+	Writer      string   `json:"writer"`
+	Epoch       uint64   `json:"epoch"`
+	InSync      []string `json:"in_sync"`
+	Members     []string `json:"members"`
+	LeaseLeft   string   `json:"writer_lease_left,omitempty"`
+}
+
+func (m *member) status() clusterStatus {
+	st := m.cluster.Status()
+	cs := clusterStatus{Member: m.cfg.Name, Role: m.cfg.Role, Raft: raftStatus{
+		State: st.RaftState, Leader: st.Leader, Term: st.Term, CommitIndex: st.CommitIndex,
+		Writer: st.State.Writer, Epoch: st.State.Epoch, InSync: st.State.InSync,
+	}}
+	for _, mm := range st.State.Members {
+		cs.Raft.Members = append(cs.Raft.Members, mm.Name+"/"+mm.Role)
+	}
+	if st.WriterEpoch != 0 {
+		cs.Raft.LeaseLeft = st.LeaseRemaining.Truncate(time.Millisecond).String()
+	}
+	if m.site != nil {
+		s := m.site.Status()
+		cs.Site = &s
+	}
+	return cs
+}
+
+// adminHandler serves status, promote, verify and metrics.
+func (m *member) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.status())
+	})
+	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
+		to := r.URL.Query().Get("site")
+		timeout := 10 * time.Second
+		start := time.Now()
+		var err error
+		if m.site != nil {
+			err = m.site.Handover(timeout, func() error { return m.cluster.Promote(to, timeout) })
+		} else {
+			err = m.cluster.Promote(to, timeout)
+		}
+		var nl *raftlog.NotLeaderError
+		switch {
+		case errors.As(err, &nl):
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error(), "leader": nl.Leader})
+		case err != nil:
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"promoted": to, "took": time.Since(start).Truncate(time.Millisecond).String()})
+		}
+	})
+	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
+		if m.site == nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a witness holds no data"})
+			return
+		}
+		rep, err := m.site.Verify(r.Context(), m.cfg.Cluster.VerifyBandwidth)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error(), "report": rep})
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
+	mux.Handle("GET /metrics", m.metricsHandler())
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// volumeFor returns what a LUN serves: the mirrored site volume in a
+// cluster, the local file otherwise.
+func (m *member) volumeFor() target.Volume { return m.site }

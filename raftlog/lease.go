@@ -1,0 +1,561 @@
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The Raft leader is the writer (DESIGN.md, "Writer gone"), and a writer
+// acts only while it holds a lease for its epoch.
+//
+// Becoming writer. A leader that is a witness, or a data site out of the
+// in-sync set, hands leadership to an in-sync data site and never writes.
+// An in-sync data site first waits out the previous writer's lease,
+// measured from when it became leader, then commits set-writer for the
+// next epoch; it holds the lease from then on.
+//
+// Why the wait is enough (I2). A writer renews its lease by VerifyLeader:
+// a majority answered an AppendEntries of its term, and the lease then
+// runs to the time the call started plus Lease. A new leader needs the
+// votes of a majority, and that majority holds a member M whose answer
+// counted for the old writer's last successful renewal, or the old writer
+// itself (whose lease ends when it moves to the higher term to vote). M
+// answered before it voted (having voted in a higher term, it would have
+// refused the old term), so the new leader was elected after M answered.
+// Raft counts any answer that arrives after the call started, but its
+// request may have been sent before: the transport gives every RPC an I/O
+// deadline of RPCTimeout from when it was sent, and does not pipeline, so
+// M answered at most RPCTimeout before the renewal started (plus local
+// scheduling, within the margin below). Hence
+//
+//	old lease end = renewal start + Lease
+//	             <= M's answer + RPCTimeout + Lease
+//	             <  new leader elected + RPCTimeout + Lease,
+//
+// and the new leader, which counts from when it saw itself elected (later
+// still), waits Lease + RPCTimeout + 10% of Lease; the 10% covers clocks
+// that run at different rates on the two machines. This does not rely on
+// followers ignoring candidates while they hear from a leader, so it holds
+// for a member that restarts between answering and voting.
+//
+// Leases are bound to the Raft term they were granted in: WriterLease is
+// zero as soon as this member is no longer leader of that term, and a
+// failed renewal ends the lease at once.
+//
+// A planned move (Promote) skips the wait: the writer stops acting first,
+// then commits release for its epoch, then hands leadership over. A leader
+// that finds Released == Epoch knows nobody holds a lease for it.
+
+// lease is this member's writer lease.
+type lease struct {
+	epoch uint64
+	term  uint64    // the Raft term it was granted and renewed in
+	since time.Time // when this member became writer of epoch
+	until time.Time
+}
+
+// takeoverWait is how long a new leader waits before it becomes writer,
+// unless the previous writer released its epoch.
+func (c *Cluster) takeoverWait() time.Duration {
+	return c.cfg.Lease + c.cfg.Lease/10 + c.cfg.RPCTimeout
+}
+
+// WriterLease says whether this member may act as writer now: for epoch,
+// until the returned time (on the clock of time.Now). Zero values when it
+// is not the writer. Check it before acknowledging each write.
+func (c *Cluster) WriterLease() (epoch uint64, until time.Time) {
+	l, ok := c.currentLease(time.Now())
+	if !ok {
+		return 0, time.Time{}
+	}
+	return l.epoch, l.until
+}
+
+func (c *Cluster) currentLease(now time.Time) (lease, bool) {
+	c.mu.Lock()
+	l := c.lease
+	c.mu.Unlock()
+	if l.epoch == 0 || !now.Before(l.until) {
+		return lease{}, false
+	}
+	// Leadership lost: the lease ends now, before run notices.
+	if c.raft.State() != raft.Leader || c.raft.CurrentTerm() != l.term {
+		return lease{}, false
+	}
+	return l, true
+}
+
+// grantLease starts the lease l on behalf of the leadership ld, unless ld
+// has been stopped.
+func (c *Cluster) grantLease(ld *leadership, l lease) bool {
+	c.mu.Lock()
+	if c.lead != ld {
+		c.mu.Unlock()
+		return false
+	}
+	c.lease = l
+	c.armLease()
+	c.mu.Unlock()
+	c.notify()
+	return true
+}
+
+// extendLease moves the end of the lease for epoch to until.
+func (c *Cluster) extendLease(ld *leadership, epoch uint64, until time.Time) {
+	c.mu.Lock()
+	if c.lead != ld || c.lease.epoch != epoch || !until.After(c.lease.until) {
+		c.mu.Unlock()
+		return
+	}
+	lapsed := !time.Now().Before(c.lease.until)
+	c.lease.until = until
+	c.armLease()
+	c.mu.Unlock()
+	if lapsed {
+		c.notify()
+	}
+}
+
+// armLease (with mu held) records the lease end and has Changed fire when
+// the lease runs out unrenewed.
+func (c *Cluster) armLease() {
+	if c.lease.until.After(c.lastUntil) {
+		c.lastUntil = c.lease.until
+	}
+	if c.leaseTimer != nil {
+		c.leaseTimer.Stop()
+	}
+	c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
+}
+
+// endLease stops this member acting as writer.
+func (c *Cluster) endLease() {
+	c.mu.Lock()
+	had := c.lease.epoch != 0
+	c.lease = lease{}
+	if c.leaseTimer != nil {
+		c.leaseTimer.Stop()
+		c.leaseTimer = nil
+	}
+	c.mu.Unlock()
+	if had {
+		c.notify()
+	}
+}
+
+// leadership is the leader's duties for one term, run by lead.
+type leadership struct {
+	term    uint64
+	since   time.Time // when this member saw itself elected
+	stop    chan struct{}
+	done    chan struct{}
+	promote chan promoteReq
+}
+
+type promoteReq struct {
+	name  string
+	reply chan error // buffered; answered exactly once
+}
+
+func (ld *leadership) stopped() bool {
+	select {
+	case <-ld.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// run starts and stops the leader's duties as leadership comes and goes.
+func (c *Cluster) run() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.cfg.ElectionTimeout / 2)
+	defer tick.Stop()
+	leaderCh := c.raft.LeaderCh()
+	for {
+		fromTick := false
+		select {
+		case <-c.stop:
+			c.stopLeading()
+			return
+		case <-leaderCh:
+		case <-c.wake:
+		case <-tick.C:
+			fromTick = true
+		}
+		c.reconcile(fromTick)
+	}
+}
+
+// reconcile makes the leader's duties run exactly while this member leads,
+// once per term. Duties that ended by themselves while this member still
+// leads the same term (a failed renewal, a handoff under way) start again
+// only on a tick, so a hiccup does not spin.
+func (c *Cluster) reconcile(fromTick bool) {
+	term := c.raft.CurrentTerm()
+	leader := c.isLeader()
+	if term != c.raft.CurrentTerm() {
+		c.poke() // moving; look again
+		return
+	}
+	c.mu.Lock()
+	ld := c.lead
+	c.mu.Unlock()
+	if ld != nil {
+		if leader && ld.term == term && (!closed(ld.done) || !fromTick) {
+			return
+		}
+		c.stopLeading()
+	}
+	if leader {
+		ld := &leadership{
+			term:    term,
+			since:   time.Now(),
+			stop:    make(chan struct{}),
+			done:    make(chan struct{}),
+			promote: make(chan promoteReq),
+		}
+		c.mu.Lock()
+		c.lead = ld
+		c.mu.Unlock()
+		go c.leadTerm(ld)
+	}
+}
+
+// stopLeading ends the lease and the leader's duties, and waits for them.
+// A duty blocked on a Raft future waits for Raft to answer it, which Raft
+// does when it loses leadership, within its leader lease at most.
+func (c *Cluster) stopLeading() {
+	c.mu.Lock()
+	ld := c.lead
+	c.lead = nil
+	c.mu.Unlock()
+	c.endLease()
+	if ld == nil {
+		return
+	}
+	close(ld.stop)
+	<-ld.done
+}
+
+// leadTerm is the leader's duties for one term.
+func (c *Cluster) leadTerm(ld *leadership) {
+	defer close(ld.done)
+	log := c.log.With("term", ld.term)
+	// Apply all that earlier leaders committed before reading the state.
+	if err := c.raft.Barrier(0).Error(); err != nil {
+		log.Debug("leader barrier failed", "error", err)
+		return
+	}
+	if !c.addMembers(ld) {
+		return
+	}
+	// again: this leader was itself the writer in this term and stopped
+	// for a planned move that did not happen. Nobody else can hold a lease
+	// in this term, so it takes the next epoch without waiting.
+	again := false
+	for !ld.stopped() {
+		s := c.State()
+		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) {
+			if c.handOff(ld, s) {
+				return
+			}
+			select {
+			case <-ld.stop:
+				return
+			case <-time.After(c.cfg.ElectionTimeout):
+			case p := <-ld.promote:
+				if c.transfer(ld, p) {
+					return
+				}
+			}
+			continue
+		}
+		if !again && s.Epoch > 0 && s.Released != s.Epoch {
+			log.Info("waiting out the previous writer's lease", "epoch", s.Epoch, "writer", s.Writer,
+				"wait", time.Until(ld.since.Add(c.takeoverWait())).Round(time.Millisecond))
+			if c.waitOut(ld) {
+				return
+			}
+		}
+		epoch, err := c.becomeWriter(ld, s.Epoch+1)
+		if err != nil {
+			if !errors.Is(err, ErrRefused) {
+				log.Debug("cannot become writer", "error", err)
+				return
+			}
+			// The state moved under us; read it again.
+			log.Warn("set-writer refused", "error", err)
+			select {
+			case <-ld.stop:
+				return
+			case <-time.After(c.cfg.ElectionTimeout / 10):
+			}
+			again = false
+			continue
+		}
+		log.Info("writer", "epoch", epoch)
+		switch c.holdLease(ld, epoch) {
+		case leaseLost, handedOver:
+			return
+		case takeBack:
+			again = true
+		}
+	}
+}
+
+// addMembers puts every configured peer missing from the state into it;
+// on the first bootstrap this makes the data sites in sync before any
+// writer exists.
+func (c *Cluster) addMembers(ld *leadership) bool {
+	s := c.State()
+	for _, p := range c.cfg.Peers {
+		if m, ok := s.Member(p.Name); ok {
+			if m.Role != p.Role {
+				c.log.Warn("member role differs from the config; the state wins", "member", p.Name, "state", m.Role, "config", p.Role)
+			}
+			continue
+		}
+		if ld.stopped() {
+			return false
+		}
+		if _, err := c.propose(Command{Kind: CmdAddMember, Name: p.Name, Role: p.Role}); err != nil {
+			if errors.Is(err, ErrRefused) {
+				c.log.Warn("add-member refused", "member", p.Name, "error", err)
+				continue
+			}
+			c.log.Debug("add-member failed", "member", p.Name, "error", err)
+			return false
+		}
+	}
+	return true
+}
+
+// handOff gives leadership to an in-sync data site, the last writer
+// first. It reports whether one took it.
+func (c *Cluster) handOff(ld *leadership, s State) bool {
+	var to []string
+	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) {
+		to = append(to, s.Writer)
+	}
+	for _, n := range s.InSync {
+		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer {
+			to = append(to, n)
+		}
+	}
+	for _, n := range to {
+		if ld.stopped() {
+			return true
+		}
+		err := c.raft.LeadershipTransferToServer(raft.ServerID(n), raft.ServerAddress(n)).Error()
+		if err == nil {
+			c.handoffs.Add(1)
+			c.log.Info("handed leadership to an in-sync data site", "to", n)
+			return true
+		}
+		c.log.Warn("cannot hand leadership over", "to", n, "error", err)
+	}
+	if len(to) == 0 {
+		c.log.Warn("leader cannot be writer and no in-sync data site to hand over to")
+	}
+	return false
+}
+
+// waitOut waits out the previous writer's lease, serving planned moves
+// meanwhile. It reports whether the duties are over.
+func (c *Cluster) waitOut(ld *leadership) bool {
+	t := time.NewTimer(time.Until(ld.since.Add(c.takeoverWait())))
+	defer t.Stop()
+	for {
+		select {
+		case <-ld.stop:
+			return true
+		case <-t.C:
+			return false
+		case p := <-ld.promote:
+			if c.transfer(ld, p) {
+				return true
+			}
+		}
+	}
+}
+
+// transfer serves a planned move while this leader is not the writer: no
+// lease to give up, so leadership simply moves (and the new leader waits
+// the lease out). It reports whether leadership moved.
+func (c *Cluster) transfer(ld *leadership, p promoteReq) bool {
+	if p.name == c.cfg.Name {
+		p.reply <- nil // on its way
+		return false
+	}
+	err := c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	if err != nil {
+		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)
+		return false
+	}
+	p.reply <- nil
+	return true
+}
+
+// becomeWriter commits set-writer(self, epoch) and takes the lease.
+func (c *Cluster) becomeWriter(ld *leadership, epoch uint64) (uint64, error) {
+	start := time.Now()
+	idx, err := c.propose(Command{Kind: CmdSetWriter, Name: c.cfg.Name, Epoch: epoch})
+	if err != nil {
+		return 0, err
+	}
+	// The entry must be of this leadership's term: the lease below rests
+	// on the majority that accepted it after start.
+	var e raft.Log
+	if err := c.store.GetLog(idx, &e); err != nil {
+		return 0, fmt.Errorf("raftlog: reading entry %d: %w", idx, err)
+	}
+	if e.Term != ld.term {
+		return 0, fmt.Errorf("raftlog: set-writer committed in term %d, leading term %d", e.Term, ld.term)
+	}
+	if !c.grantLease(ld, lease{epoch: epoch, term: ld.term, since: time.Now(), until: start.Add(c.cfg.Lease)}) {
+		return 0, ErrNotLeader
+	}
+	return epoch, nil
+}
+
+type leaseEnd int
+
+const (
+	leaseLost  leaseEnd = iota // leadership lost, or a renewal failed
+	handedOver                 // a planned move gave leadership away
+	takeBack                   // a planned move failed; take the next epoch
+)
+
+// holdLease renews the lease every Lease/4 and serves planned moves.
+func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
+	tick := time.NewTicker(c.cfg.Lease / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ld.stop:
+			return leaseLost
+		case <-tick.C:
+			if !c.renew(ld, epoch) {
+				return leaseLost
+			}
+		case p := <-ld.promote:
+			if p.name == c.cfg.Name {
+				p.reply <- nil
+				continue
+			}
+			return c.handOver(ld, epoch, p)
+		}
+	}
+}
+
+func (c *Cluster) renew(ld *leadership, epoch uint64) bool {
+	start := time.Now()
+	if c.raft.CurrentTerm() == ld.term {
+		err := c.raft.VerifyLeader().Error()
+		if err == nil && c.raft.CurrentTerm() == ld.term {
+			c.extendLease(ld, epoch, start.Add(c.cfg.Lease))
+			return true
+		}
+		c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch, "error", err)
+	}
+	c.endLease()
+	return false
+}
+
+// handOver is a planned move of the writer to p.name.
+func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd {
+	// Stop acting as writer before anything says so.
+	c.endLease()
+	_, err := c.propose(Command{Kind: CmdRelease, Name: c.cfg.Name, ByEpoch: epoch})
+	if err != nil {
+		p.reply <- fmt.Errorf("raftlog: release of epoch %d: %w", epoch, err)
+		if errors.Is(err, ErrNotLeader) || errors.Is(err, ErrClosed) {
+			return leaseLost
+		}
+		return takeBack
+	}
+	err = c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	if err != nil {
+		c.log.Warn("planned move failed; staying writer", "to", p.name, "error", err)
+		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)
+		return takeBack
+	}
+	c.log.Info("writer moved", "to", p.name, "released", epoch)
+	p.reply <- nil
+	return handedOver
+}
+
+// ErrTimeout: the operation did not complete in time.
+var ErrTimeout = errors.New("raftlog: timeout")
+
+// Promote moves the writer to the data site name (a planned move; the
+// previous writer gives up its lease, so the new one need not wait it
+// out). Only the leader serves it; others return a *NotLeaderError naming
+// the leader. It returns once name is the writer of a new epoch, or fails
+// after timeout.
+func (c *Cluster) Promote(name string, timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	c.mu.Lock()
+	ld := c.lead
+	c.mu.Unlock()
+	if ld == nil || !c.isLeader() {
+		return c.notLeader()
+	}
+	s := c.State()
+	m, ok := s.Member(name)
+	switch {
+	case !ok:
+		return refuse("promote: no member %s", name)
+	case m.Role != RoleData:
+		return refuse("promote: %s is a %s and cannot be the writer", name, m.Role)
+	case !s.IsInSync(name):
+		return refuse("promote: %s is not in sync", name)
+	}
+	if e, _ := c.WriterLease(); name == c.cfg.Name && e != 0 {
+		return nil
+	}
+	e0 := s.Epoch
+	p := promoteReq{name: name, reply: make(chan error, 1)}
+	select {
+	case ld.promote <- p:
+	case <-ld.done:
+		return c.notLeader()
+	case <-timer.C:
+		return fmt.Errorf("%w: promote %s: the leader is busy", ErrTimeout, name)
+	}
+	select {
+	case err := <-p.reply:
+		if err != nil {
+			return err
+		}
+	case <-timer.C:
+		return fmt.Errorf("%w: promote %s: no leadership transfer within %v", ErrTimeout, name, timeout)
+	}
+	for {
+		ch := c.Changed()
+		if s := c.State(); s.Writer == name && s.Epoch > e0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return fmt.Errorf("%w: promote %s: not the writer within %v", ErrTimeout, name, timeout)
+		case <-c.stop:
+			return ErrClosed
+		}
+	}
+}

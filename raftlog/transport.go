@@ -1,0 +1,261 @@
+package raftlog
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// streamLayer carries Raft RPCs between members over TCP, or mutual TLS.
+// Raft addresses are member names (ServerAddress = Name); Dial resolves
+// them to the host:port this member uses to reach that peer, which may be
+// a proxy, so the Raft configuration never holds a network address.
+type streamLayer struct {
+	ln    net.Listener // the TCP listener; TLS is layered per connection
+	self  string
+	addrs map[string]string // member name -> dial address
+	names []string          // every member name, for checking client certificates
+	// server and client are nil without TLS.
+	server, client *tls.Config
+	timeout        time.Duration // bound on a TLS handshake of an accepted connection
+	log            hclog.Logger
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // open in either direction, closed on Close
+	closed bool
+	warned map[string]time.Time // refusals logged lately, by peer
+}
+
+// refused logs a peer this member refused, once a minute per peer: Raft
+// retries every few heartbeats and would flood the log.
+func (s *streamLayer) refused(peer string, args ...any) {
+	s.mu.Lock()
+	last, ok := s.warned[peer]
+	now := time.Now()
+	if ok && now.Sub(last) < time.Minute {
+		s.mu.Unlock()
+		return
+	}
+	s.warned[peer] = now
+	s.mu.Unlock()
+	s.log.Warn("refused peer: TLS handshake failed", args...)
+}
+
+var _ raft.StreamLayer = (*streamLayer)(nil)
+
+func newStreamLayer(cfg *Config, timeout time.Duration, log hclog.Logger) (*streamLayer, error) {
+	s := &streamLayer{
+		self:    cfg.Name,
+		addrs:   map[string]string{},
+		timeout: timeout,
+		log:     log,
+		conns:   map[net.Conn]struct{}{},
+		warned:  map[string]time.Time{},
+	}
+	for _, p := range cfg.Peers {
+		s.names = append(s.names, p.Name)
+		if p.Name != cfg.Name {
+			s.addrs[p.Name] = p.Addr
+		}
+	}
+	if cfg.TLS != nil {
+		s.server, s.client = peerTLS(cfg.TLS, s.names)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: listen %s: %w", cfg.Listen, err)
+	}
+	s.ln = ln
+	return s, nil
+}
+
+// peerTLS derives the listener's and the dialer's configurations from the
+// member's own. Both sides authenticate: the listener requires a client
+// certificate from ClientCAs, the dialer verifies the server against
+// RootCAs, and each then checks that the certificate names a member (the
+// dialer: the very member it dialled), by CN or DNS SAN.
+func peerTLS(base *tls.Config, members []string) (server, client *tls.Config) {
+	server = base.Clone()
+	server.ClientAuth = tls.RequireAndVerifyClientCert
+	server.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no client certificate")
+		}
+		cert := cs.PeerCertificates[0]
+		if slices.ContainsFunc(members, func(m string) bool { return certNames(cert, m) }) {
+			return nil
+		}
+		return fmt.Errorf("client certificate %q names no member", cert.Subject.CommonName)
+	}
+	client = base.Clone()
+	// The standard check matches ServerName against DNS SANs only; ours
+	// accepts the CN too, so the chain is verified here instead.
+	client.InsecureSkipVerify = true
+	client.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no server certificate")
+		}
+		opts := x509.VerifyOptions{
+			Roots:         base.RootCAs,
+			Intermediates: x509.NewCertPool(),
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		for _, c := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		cert := cs.PeerCertificates[0]
+		if _, err := cert.Verify(opts); err != nil {
+			return err
+		}
+		if !certNames(cert, cs.ServerName) {
+			return fmt.Errorf("server certificate %q is not member %s", cert.Subject.CommonName, cs.ServerName)
+		}
+		return nil
+	}
+	return server, client
+}
+
+// certNames reports whether cert's CN or one of its DNS SANs is name.
+func certNames(cert *x509.Certificate, name string) bool {
+	return name != "" && (cert.Subject.CommonName == name || slices.Contains(cert.DNSNames, name))
+}
+
+func (s *streamLayer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *streamLayer) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Accept returns the next inbound connection. A TLS handshake happens on
+// the connection's first read, in the transport's goroutine for that
+// connection, so a slow or hostile client cannot stall the accept loop.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if s.server != nil {
+		c = &serverConn{Conn: tls.Server(c, s.server), s: s}
+	}
+	c = &trackedConn{Conn: c, s: s}
+	if !s.track(c) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	return c, nil
+}
+
+func (s *streamLayer) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	err := s.ln.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+	return err
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.ln.Addr() }
+
+// Dial connects to the member named address.
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	name := string(address)
+	addr, ok := s.addrs[name]
+	if !ok {
+		return nil, fmt.Errorf("raftlog: no member %q to dial", name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("raftlog: dial %s at %s: %w", name, addr, err)
+	}
+	if s.client != nil {
+		cfg := s.client.Clone()
+		cfg.ServerName = name
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			s.refused("dial "+name, "peer", name, "addr", addr, "error", err)
+			return nil, fmt.Errorf("raftlog: TLS to %s at %s: %w", name, addr, err)
+		}
+		c = tc
+	}
+	c = &trackedConn{Conn: c, s: s}
+	if !s.track(c) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	return c, nil
+}
+
+// trackedConn leaves the stream layer's set when closed.
+type trackedConn struct {
+	net.Conn
+	s    *streamLayer
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.s.untrack(c) })
+	return c.Conn.Close()
+}
+
+// serverConn runs the server side of the TLS handshake before the first
+// read, bounded in time, and logs a peer it refuses.
+type serverConn struct {
+	*tls.Conn
+	s    *streamLayer
+	once sync.Once
+	err  error
+}
+
+func (c *serverConn) handshake() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.timeout)
+	defer cancel()
+	if c.err = c.HandshakeContext(ctx); c.err != nil {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		c.s.refused("accept "+host, "remote", c.RemoteAddr().String(), "error", c.err)
+	}
+}
+
+func (c *serverConn) Read(b []byte) (int, error) {
+	c.once.Do(c.handshake)
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *serverConn) Write(b []byte) (int, error) {
+	c.once.Do(c.handshake)
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.Conn.Write(b)
+}
