@@ -235,3 +235,54 @@ func until(t *testing.T, what string, d time.Duration, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestClusterPromoteNoFailedIO: `metrolun promote` moves the writer back
+// and forth while a client writes through one site; no write fails, and
+// `metrolun verify` then finds the replicas identical.
+func TestClusterPromoteNoFailedIO(t *testing.T) {
+	d := startCluster(t)
+	ctx := t.Context()
+	bin := metrolunBin(t)
+	a := member(d, "site-a")
+	var failed []string
+	done := make(chan struct{})
+	var n int
+	stop := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 300; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := qemuIO(ctx, a.ISCSI, fmt.Sprintf("write -P %d %d 64k", 1+i%250, int64(i%500)*65536)); err != nil {
+				failed = append(failed, err.Error())
+			}
+			n++
+		}
+	}()
+	for _, to := range []string{"site-b", "site-a", "site-b"} {
+		res, err := RunTool(ctx, 60*time.Second, nil, bin, "promote", to, "--dir", d.Dir)
+		if err != nil {
+			t.Fatalf("promote %s: %v", to, err)
+		}
+		t.Logf("promote %s: %s", to, bytes.TrimSpace([]byte(res.Stdout)))
+		ms, err := ClusterStatus(ctx, bin, d.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := Writer(ms); w != to {
+			t.Fatalf("after promote %s the writer is %q", to, w)
+		}
+	}
+	close(stop)
+	<-done
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d writes failed during promotes; first: %s", len(failed), n, failed[0])
+	}
+	t.Logf("%d writes through site-a during 3 promotes, none failed", n)
+	if _, err := RunTool(ctx, 60*time.Second, nil, bin, "verify", "--dir", d.Dir); err != nil {
+		t.Fatalf("verify after promotes: %v", err)
+	}
+}
