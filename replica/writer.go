@@ -204,6 +204,11 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
 		}
 	}
+	if len(errs) == 0 && !w.leaseOK() {
+		// The epoch may have ended while the replicas answered: a writer
+		// without its lease acknowledges nothing (I2).
+		errs = append(errs, errors.New("writer lease lapsed before the answer"))
+	}
 	if len(errs) > 0 {
 		w.mu.Lock()
 		w.tainted = true
