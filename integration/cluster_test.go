@@ -185,16 +185,25 @@ func TestClusterMirrorFailoverResync(t *testing.T) {
 		if err != nil {
 			return false
 		}
+		// The writer counts it in sync, and the site itself knows it
+		// (its Raft view) and holds a read lease.
+		writerSays, selfSays := false, false
 		for _, m := range ms {
-			if m.Status != nil && m.Status.Site != nil && m.Status.Site.Role == "writer" {
+			if m.Status == nil || m.Status.Site == nil {
+				continue
+			}
+			if m.Status.Site.Role == "writer" {
 				for _, p := range m.Status.Site.Peers {
 					if p.Name == w.Name && p.State == "in-sync" && slices.Contains(m.Status.Raft.InSync, w.Name) {
-						return true
+						writerSays = true
 					}
 				}
 			}
+			if m.Name == w.Name && m.Status.Site.Role == "replica" && slices.Contains(m.Status.Raft.InSync, w.Name) {
+				selfSays = true
+			}
 		}
-		return false
+		return writerSays && selfSays
 	})
 	if err := qemuIO(ctx, w.ISCSI, "read -P 0xc3 8M 1M", "flush"); err != nil {
 		t.Fatalf("read at the resynced site: %v", err)
