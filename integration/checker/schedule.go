@@ -1,0 +1,338 @@
+package checker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+)
+
+// FaultKind names a fault step.
+type FaultKind string
+
+const (
+	// FaultKill9 kills a site with SIGKILL; a FaultRestart step brings it
+	// back after the step's Duration.
+	FaultKill9 FaultKind = "kill9"
+	// FaultRestart (re)starts a site. On its own in Kinds it restarts a
+	// running site (the Faults implementation stops it cleanly first);
+	// the generator also uses it to end a FaultKill9.
+	FaultRestart FaultKind = "restart"
+	// FaultStop freezes a site (SIGSTOP); FaultCont ends it.
+	FaultStop FaultKind = "stop"
+	FaultCont FaultKind = "cont"
+	// FaultPartition cuts the links between Target and Peer; FaultHeal
+	// restores every link.
+	FaultPartition FaultKind = "partition"
+	FaultHeal      FaultKind = "heal"
+	// FaultPromote moves the writer to Target (a planned switchover).
+	FaultPromote FaultKind = "promote"
+	// FaultLatency adds Latency to inter-site links for Duration; a
+	// closing FaultLatency step with Latency 0 ends the spike.
+	FaultLatency FaultKind = "latency"
+)
+
+// Faults executes fault steps on whatever runs the cluster (processes on
+// loopback, a proxy, ...). Methods should return once the fault is in
+// effect.
+type Faults interface {
+	Kill(site string) error
+	Restart(site string) error
+	Stop(site string) error
+	Cont(site string) error
+	Partition(a, b string) error
+	Heal() error
+	Promote(site string) error
+	Latency(d time.Duration) error
+}
+
+// Step is one timed fault action.
+type Step struct {
+	// At is the time since the schedule started.
+	At   time.Duration `json:"at"`
+	Kind FaultKind     `json:"kind"`
+	// Target is the site acted on (empty for heal and latency).
+	Target string `json:"target,omitempty"`
+	// Peer is the other side of a partition.
+	Peer string `json:"peer,omitempty"`
+	// Duration is how long the fault lasts until its closing step (zero
+	// for closing steps and promote).
+	Duration time.Duration `json:"duration,omitempty"`
+	// Latency is the added delay of a latency step (0 ends a spike).
+	Latency time.Duration `json:"latency,omitempty"`
+}
+
+// Label is a short description, e.g. "kill9 site-a" or "partition
+// site-a|site-b".
+func (s Step) Label() string {
+	switch s.Kind {
+	case FaultPartition:
+		return fmt.Sprintf("partition %s|%s", s.Target, s.Peer)
+	case FaultHeal:
+		return "heal"
+	case FaultLatency:
+		if s.Latency == 0 {
+			return "latency off"
+		}
+		return fmt.Sprintf("latency +%v", s.Latency)
+	}
+	return string(s.Kind) + " " + s.Target
+}
+
+func (s Step) String() string {
+	str := fmt.Sprintf("%v %s", s.At, s.Label())
+	if s.Duration > 0 {
+		str += fmt.Sprintf(" (for %v)", s.Duration)
+	}
+	return str
+}
+
+// ScheduleConfig says what faults to generate.
+type ScheduleConfig struct {
+	Seed     uint64
+	Duration time.Duration
+	// Sites are the targets of kill9, stop, restart and promote.
+	Sites []string
+	// PartitionPeers are the possible far ends of a partition in
+	// addition to Sites (e.g. the witness).
+	PartitionPeers []string
+	// Kinds to inject, each chosen with equal probability: FaultKill9,
+	// FaultStop, FaultPartition, FaultRestart, FaultPromote,
+	// FaultLatency. Closing steps (restart after kill9, cont, heal,
+	// latency off) are added by the generator.
+	Kinds []FaultKind
+	// Quiet time between one fault's end and the next fault's start
+	// (default Duration/20, at least 1ms, to Duration/8).
+	MinGap, MaxGap time.Duration
+	// How long a fault lasts (default Duration/20 to Duration/6).
+	MinFault, MaxFault time.Duration
+	// MaxLatency bounds latency spikes (default 200ms; at least 1ms).
+	MaxLatency time.Duration
+}
+
+// Schedule is a deterministic list of fault steps: the same config (seed
+// included) always gives the same steps. Faults do not overlap: each one
+// ends before the next begins, and every fault ends before Duration.
+type Schedule struct {
+	Seed     uint64
+	Duration time.Duration
+	Steps    []Step
+}
+
+// NewSchedule generates a schedule from cfg.
+func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
+	if cfg.Duration <= 0 {
+		return Schedule{}, errors.New("checker: schedule duration must be positive")
+	}
+	if len(cfg.Kinds) == 0 {
+		return Schedule{Seed: cfg.Seed, Duration: cfg.Duration}, nil
+	}
+	peers := append(append([]string(nil), cfg.Sites...), cfg.PartitionPeers...)
+	for _, k := range cfg.Kinds {
+		switch k {
+		case FaultKill9, FaultStop, FaultRestart, FaultPromote:
+			if len(cfg.Sites) == 0 {
+				return Schedule{}, fmt.Errorf("checker: fault %s needs at least one site", k)
+			}
+		case FaultPartition:
+			if len(cfg.Sites) == 0 || len(peers) < 2 {
+				return Schedule{}, fmt.Errorf("checker: fault %s needs two sites (or a site and a peer)", k)
+			}
+		case FaultLatency:
+		case FaultCont, FaultHeal:
+			return Schedule{}, fmt.Errorf("checker: %s is a closing step, implied by %s", k, map[FaultKind]FaultKind{FaultCont: FaultStop, FaultHeal: FaultPartition}[k])
+		default:
+			return Schedule{}, fmt.Errorf("checker: unknown fault kind %q", k)
+		}
+	}
+	d := cfg.Duration
+	if cfg.MinGap <= 0 {
+		cfg.MinGap = max(d/20, time.Millisecond)
+	}
+	if cfg.MaxGap < cfg.MinGap {
+		cfg.MaxGap = max(cfg.MinGap, d/8)
+	}
+	if cfg.MinFault <= 0 {
+		cfg.MinFault = max(d/20, time.Millisecond)
+	}
+	if cfg.MaxFault < cfg.MinFault {
+		cfg.MaxFault = max(cfg.MinFault, d/6)
+	}
+	if cfg.MaxLatency < time.Millisecond {
+		cfg.MaxLatency = 200 * time.Millisecond
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x6661756c74)) // "fault"
+	between := func(lo, hi time.Duration) time.Duration {
+		if hi <= lo {
+			return lo
+		}
+		return lo + time.Duration(rng.Int64N(int64(hi-lo)+1))
+	}
+	pick := func(list []string) string { return list[rng.IntN(len(list))] }
+	s := Schedule{Seed: cfg.Seed, Duration: d}
+	var cursor time.Duration
+	for {
+		at := cursor + between(cfg.MinGap, cfg.MaxGap)
+		kind := cfg.Kinds[rng.IntN(len(cfg.Kinds))]
+		length := between(cfg.MinFault, cfg.MaxFault)
+		if kind == FaultPromote || kind == FaultRestart {
+			length = 0
+		}
+		if at+length >= d {
+			break
+		}
+		switch kind {
+		case FaultKill9:
+			site := pick(cfg.Sites)
+			s.Steps = append(s.Steps,
+				Step{At: at, Kind: FaultKill9, Target: site, Duration: length},
+				Step{At: at + length, Kind: FaultRestart, Target: site})
+		case FaultStop:
+			site := pick(cfg.Sites)
+			s.Steps = append(s.Steps,
+				Step{At: at, Kind: FaultStop, Target: site, Duration: length},
+				Step{At: at + length, Kind: FaultCont, Target: site})
+		case FaultPartition:
+			a := pick(cfg.Sites)
+			var others []string
+			for _, p := range peers {
+				if p != a && !slices.Contains(others, p) {
+					others = append(others, p)
+				}
+			}
+			if len(others) == 0 {
+				return Schedule{}, fmt.Errorf("checker: no partition peer for %s", a)
+			}
+			b := pick(others)
+			s.Steps = append(s.Steps,
+				Step{At: at, Kind: FaultPartition, Target: a, Peer: b, Duration: length},
+				Step{At: at + length, Kind: FaultHeal})
+		case FaultLatency:
+			lat := between(time.Millisecond, cfg.MaxLatency).Round(time.Millisecond)
+			s.Steps = append(s.Steps,
+				Step{At: at, Kind: FaultLatency, Duration: length, Latency: lat},
+				Step{At: at + length, Kind: FaultLatency})
+		case FaultRestart:
+			// A restart of a running site: one step.
+			s.Steps = append(s.Steps, Step{At: at, Kind: FaultRestart, Target: pick(cfg.Sites)})
+		case FaultPromote:
+			s.Steps = append(s.Steps, Step{At: at, Kind: FaultPromote, Target: pick(cfg.Sites)})
+		}
+		cursor = at + length
+	}
+	return s, nil
+}
+
+func (s Schedule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "schedule seed %d, %v, %d steps", s.Seed, s.Duration, len(s.Steps))
+	for _, st := range s.Steps {
+		b.WriteString("\n  " + st.String())
+	}
+	return b.String()
+}
+
+// Run executes the steps at their times (relative to the call) through
+// f and records each one, with its error, in h (h may be nil). A failing
+// step does not stop the schedule. When ctx ends early, the faults still
+// open are closed at once (restart a killed site, cont a stopped one,
+// heal, latency off) so that nothing is left broken, and Run returns
+// ctx's error joined with the step errors.
+func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
+	start := time.Now()
+	now := func() time.Duration {
+		if h != nil {
+			return h.Now()
+		}
+		return time.Since(start)
+	}
+	var errs []error
+	open := map[string]Step{} // opening steps not yet closed, by closing key
+	exec := func(st Step) {
+		err := apply(f, st)
+		ev := FaultEvent{At: now(), Step: st}
+		if err != nil {
+			ev.Err = err.Error()
+			errs = append(errs, fmt.Errorf("%s: %w", st.Label(), err))
+		}
+		if h != nil {
+			h.AddFault(ev)
+		}
+		switch {
+		case st.Kind == FaultKill9 || st.Kind == FaultStop:
+			open[string(st.Kind)+" "+st.Target] = st
+		case st.Kind == FaultPartition:
+			open["partition"] = st
+		case st.Kind == FaultLatency && st.Latency > 0:
+			open["latency"] = st
+		case st.Kind == FaultRestart:
+			delete(open, "kill9 "+st.Target)
+		case st.Kind == FaultCont:
+			delete(open, "stop "+st.Target)
+		case st.Kind == FaultHeal:
+			delete(open, "partition")
+		case st.Kind == FaultLatency:
+			delete(open, "latency")
+		}
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for _, st := range s.Steps {
+		wait := st.At - time.Since(start)
+		if wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				// Close what is open, in a fixed order.
+				keys := make([]string, 0, len(open))
+				for k := range open {
+					keys = append(keys, k)
+				}
+				slices.Sort(keys)
+				for _, k := range keys {
+					o := open[k]
+					switch o.Kind {
+					case FaultKill9:
+						exec(Step{At: time.Since(start), Kind: FaultRestart, Target: o.Target})
+					case FaultStop:
+						exec(Step{At: time.Since(start), Kind: FaultCont, Target: o.Target})
+					case FaultPartition:
+						exec(Step{At: time.Since(start), Kind: FaultHeal})
+					case FaultLatency:
+						exec(Step{At: time.Since(start), Kind: FaultLatency})
+					}
+				}
+				return errors.Join(append([]error{ctx.Err()}, errs...)...)
+			}
+		}
+		exec(st)
+	}
+	return errors.Join(errs...)
+}
+
+func apply(f Faults, st Step) error {
+	switch st.Kind {
+	case FaultKill9:
+		return f.Kill(st.Target)
+	case FaultRestart:
+		return f.Restart(st.Target)
+	case FaultStop:
+		return f.Stop(st.Target)
+	case FaultCont:
+		return f.Cont(st.Target)
+	case FaultPartition:
+		return f.Partition(st.Target, st.Peer)
+	case FaultHeal:
+		return f.Heal()
+	case FaultPromote:
+		return f.Promote(st.Target)
+	case FaultLatency:
+		return f.Latency(st.Latency)
+	}
+	return fmt.Errorf("unknown fault kind %q", st.Kind)
+}

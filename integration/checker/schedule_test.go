@@ -1,0 +1,270 @@
+package checker
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var allKinds = []FaultKind{FaultKill9, FaultStop, FaultPartition, FaultRestart, FaultPromote, FaultLatency}
+
+func TestScheduleDeterministic(t *testing.T) {
+	cfg := ScheduleConfig{Seed: 42, Duration: time.Minute, Sites: []string{"site-a", "site-b"}, PartitionPeers: []string{"witness"}, Kinds: allKinds,
+		MinGap: time.Second, MaxGap: 3 * time.Second, MinFault: time.Second, MaxFault: 4 * time.Second}
+	a, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("same seed, different schedules:\n%s\n%s", a, b)
+	}
+	if len(a.Steps) < 12 {
+		t.Fatalf("only %d steps in a minute:\n%s", len(a.Steps), a)
+	}
+	cfg.Seed = 43
+	c, _ := NewSchedule(cfg)
+	if reflect.DeepEqual(a.Steps, c.Steps) {
+		t.Fatal("different seeds, same schedule")
+	}
+	// Structure: in time order, within the duration, every fault closed
+	// before the next one opens, all kinds from the list.
+	seen := map[FaultKind]bool{}
+	open := ""
+	var last time.Duration
+	for _, s := range a.Steps {
+		if s.At < last || s.At >= cfg.Duration {
+			t.Fatalf("step %v out of order or past the end:\n%s", s, a)
+		}
+		last = s.At
+		seen[s.Kind] = true
+		switch {
+		case s.Kind == FaultKill9 || s.Kind == FaultStop || s.Kind == FaultPartition || (s.Kind == FaultLatency && s.Latency > 0):
+			if open != "" {
+				t.Fatalf("%v opens while %s is open:\n%s", s, open, a)
+			}
+			if s.Duration <= 0 {
+				t.Fatalf("%v has no duration", s)
+			}
+			open = s.Label()
+		case s.Kind == FaultCont || s.Kind == FaultHeal || (s.Kind == FaultLatency && s.Latency == 0):
+			open = ""
+		case s.Kind == FaultRestart:
+			open = ""
+		}
+		if s.Kind == FaultPartition && (s.Target == s.Peer || s.Peer == "") {
+			t.Fatalf("bad partition %v", s)
+		}
+	}
+	if open != "" {
+		t.Fatalf("%s still open at the end:\n%s", open, a)
+	}
+	for seed := range uint64(10) {
+		cfg.Seed = seed
+		o, err := NewSchedule(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range o.Steps {
+			seen[s.Kind] = true
+		}
+	}
+	for _, k := range []FaultKind{FaultKill9, FaultRestart, FaultStop, FaultCont, FaultPartition, FaultHeal, FaultPromote, FaultLatency} {
+		if !seen[k] {
+			t.Errorf("no %s step in ten minutes of all kinds", k)
+		}
+	}
+	// Defaults give a few faults in any duration.
+	d, err := NewSchedule(ScheduleConfig{Seed: 1, Duration: 10 * time.Second, Sites: []string{"a"}, Kinds: []FaultKind{FaultStop}})
+	if err != nil || len(d.Steps) < 2 || d.Steps[len(d.Steps)-1].At >= 10*time.Second {
+		t.Fatalf("default schedule: %v\n%s", err, d)
+	}
+	// Errors.
+	for _, bad := range []ScheduleConfig{
+		{Duration: 0, Kinds: allKinds, Sites: []string{"a"}},
+		{Duration: time.Second, Kinds: []FaultKind{FaultPartition}, Sites: []string{"a"}},
+		{Duration: time.Second, Kinds: []FaultKind{FaultKill9}},
+		{Duration: time.Second, Kinds: []FaultKind{FaultHeal}, Sites: []string{"a"}},
+		{Duration: time.Second, Kinds: []FaultKind{"flood"}, Sites: []string{"a"}},
+	} {
+		if _, err := NewSchedule(bad); err == nil {
+			t.Errorf("config %+v accepted", bad)
+		}
+	}
+}
+
+// recorder is a Faults that logs calls.
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+	fail  string
+}
+
+func (r *recorder) do(s string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, s)
+	if r.fail != "" && strings.HasPrefix(s, r.fail) {
+		return errors.New("injected failure")
+	}
+	return nil
+}
+func (r *recorder) Kill(s string) error           { return r.do("kill " + s) }
+func (r *recorder) Restart(s string) error        { return r.do("restart " + s) }
+func (r *recorder) Stop(s string) error           { return r.do("stop " + s) }
+func (r *recorder) Cont(s string) error           { return r.do("cont " + s) }
+func (r *recorder) Partition(a, b string) error   { return r.do("partition " + a + " " + b) }
+func (r *recorder) Heal() error                   { return r.do("heal") }
+func (r *recorder) Promote(s string) error        { return r.do("promote " + s) }
+func (r *recorder) Latency(d time.Duration) error { return r.do(fmt.Sprint("latency ", d)) }
+
+func TestScheduleRun(t *testing.T) {
+	s := Schedule{Steps: []Step{
+		{At: 10 * time.Millisecond, Kind: FaultKill9, Target: "a", Duration: 20 * time.Millisecond},
+		{At: 30 * time.Millisecond, Kind: FaultRestart, Target: "a"},
+		{At: 40 * time.Millisecond, Kind: FaultPartition, Target: "a", Peer: "b", Duration: 10 * time.Millisecond},
+		{At: 50 * time.Millisecond, Kind: FaultHeal},
+		{At: 55 * time.Millisecond, Kind: FaultPromote, Target: "b"},
+		{At: 60 * time.Millisecond, Kind: FaultLatency, Latency: 5 * time.Millisecond, Duration: 5 * time.Millisecond},
+		{At: 65 * time.Millisecond, Kind: FaultLatency},
+	}}
+	r := &recorder{fail: "promote"}
+	h := NewHistory()
+	err := s.Run(context.Background(), r, h)
+	if err == nil || !strings.Contains(err.Error(), "promote b") {
+		t.Fatalf("Run error %v, want the promote failure", err)
+	}
+	want := "kill a|restart a|partition a b|heal|promote b|latency 5ms|latency 0s"
+	if got := strings.Join(r.calls, "|"); got != want {
+		t.Fatalf("calls %s, want %s", got, want)
+	}
+	ev := h.Faults()
+	if len(ev) != 7 {
+		t.Fatalf("%d fault events", len(ev))
+	}
+	for i, e := range ev {
+		if e.At < s.Steps[i].At || e.Step != s.Steps[i] {
+			t.Errorf("event %d: %+v for step %v", i, e, s.Steps[i])
+		}
+	}
+	if ev[4].Err == "" || ev[3].Err != "" {
+		t.Errorf("errors not recorded per step: %+v", ev)
+	}
+
+	// Cancelled while faults are open: they are closed.
+	s = Schedule{Steps: []Step{
+		{At: 0, Kind: FaultStop, Target: "a", Duration: time.Hour},
+		{At: time.Hour, Kind: FaultCont, Target: "a"},
+	}}
+	r = &recorder{}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	h = NewHistory()
+	if err := s.Run(ctx, r, h); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := strings.Join(r.calls, "|"); got != "stop a|cont a" {
+		t.Fatalf("calls %s", got)
+	}
+	if len(h.Faults()) != 2 {
+		t.Fatalf("events %+v", h.Faults())
+	}
+}
+
+func TestPlotLatency(t *testing.T) {
+	h := NewHistory()
+	for i := range 200 {
+		oc := OK
+		switch i % 17 {
+		case 3:
+			oc = Failed
+		case 5:
+			oc = Indeterminate
+		}
+		h.Add(Op{Client: i % 4, Site: "site-a", Block: uint64(i % 8), Kind: Write, Value: val(i%4, uint64(i), uint64(i%8)),
+			Call: ms(i * 10), Return: ms(i*10 + 1 + i%7), Outcome: oc})
+		h.Add(Op{Client: i % 4, Kind: Read, Call: ms(i * 10), Return: ms(i*10 + 1), Outcome: OK})
+	}
+	faults := []Step{
+		{Kind: FaultKill9, Target: "site-b", Duration: time.Second},
+		{Kind: FaultRestart, Target: "site-b"},
+		{Kind: FaultPartition, Target: "site-a", Peer: "witness<&>"},
+		{Kind: FaultLatency, Latency: 50 * time.Millisecond},
+	}
+	for i, f := range faults {
+		h.AddFault(FaultEvent{At: ms(300 + 400*i), Step: f})
+	}
+	path := filepath.Join(t.TempDir(), "lat.svg")
+	if err := PlotLatency(h, path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(bytes.NewReader(b))
+	var texts []string
+	circles, lines, root := 0, 0, ""
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("not well-formed XML: %v", err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			if root == "" {
+				root = tok.Name.Local
+			}
+			switch tok.Name.Local {
+			case "circle":
+				circles++
+			case "line":
+				for _, a := range tok.Attr {
+					if a.Name.Local == "class" && a.Value == "fault" {
+						lines++
+					}
+				}
+			}
+		case xml.CharData:
+			texts = append(texts, string(tok))
+		}
+	}
+	if root != "svg" {
+		t.Fatalf("root element %q", root)
+	}
+	all := strings.Join(texts, "\n")
+	for _, f := range faults {
+		if !strings.Contains(all, f.Label()) {
+			t.Errorf("SVG lacks the fault label %q", f.Label())
+		}
+	}
+	// 200 writes + 3 legend dots; reads are not plotted.
+	if circles != 203 || lines != len(faults) {
+		t.Errorf("%d circles, %d fault lines", circles, lines)
+	}
+	// An empty history still gives a valid plot.
+	empty := filepath.Join(t.TempDir(), "empty.svg")
+	if err := PlotLatency(NewHistory(), empty); err != nil {
+		t.Fatal(err)
+	}
+	eb, _ := os.ReadFile(empty)
+	if err := xml.Unmarshal(eb, new(struct{})); err != nil {
+		t.Fatalf("empty plot: %v", err)
+	}
+}
