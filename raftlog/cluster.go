@@ -364,6 +364,7 @@ type Status struct {
 	LeaseRemaining time.Duration
 }
 
+// Status reports this member's view of Raft, the state and its lease.
 func (c *Cluster) Status() Status {
 	st := Status{
 		Name:         c.cfg.Name,
