@@ -162,7 +162,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		case peerInSync:
 			if p.name == origin {
 				ref := *f
-				ref.Data, ref.Flags, ref.Ref = nil, f.Flags|FlagRef, fwdRef(f)
+				ref.Data, ref.Flags = nil, f.Flags|FlagRef // f.Ref names the origin's operation
 				p.link.Send(&ref) // its ack settles nothing here: the origin answers
 				continue
 			}
@@ -261,9 +261,6 @@ func (w *writer) ready() bool {
 	return true
 }
 
-// fwdRef is the forwarder's operation id a FlagRef frame names; order's
-// caller stores it in f.Ref before ordering.
-func fwdRef(f *Frame) uint64 { return f.Ref }
 
 func frameBytes(f *Frame) int64 {
 	switch f.Kind {

@@ -18,7 +18,6 @@ import (
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
-	"github.com/metrolun/metrolun/target"
 )
 
 // member is one running cluster member: Raft, and at a data site the
@@ -250,7 +249,3 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
 }
-
-// volumeFor returns what a LUN serves: the mirrored site volume in a
-// cluster, the local file otherwise.
-func (m *member) volumeFor() target.Volume { return m.site }
