@@ -163,7 +163,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			if p.name == origin {
 				ref := *f
 				ref.Data, ref.Flags = nil, f.Flags|FlagRef // f.Ref names the origin's operation
-				p.link.Send(&ref) // its ack settles nothing here: the origin answers
+				p.link.Send(&ref)                          // its ack settles nothing here: the origin answers
 				continue
 			}
 			waits = append(waits, pendingWait{p, p.link.Send(f)})
@@ -260,7 +260,6 @@ func (w *writer) ready() bool {
 	}
 	return true
 }
-
 
 func frameBytes(f *Frame) int64 {
 	switch f.Kind {
