@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -39,7 +38,6 @@ var (
 // A failed build fails the test: it never skips.
 func metrolunBin(t testing.TB) string {
 	t.Helper()
-	requireMetrolunSource(t)
 	buildOnce.Do(func() {
 		buildBin, buildErr = BuildMetrolun(context.Background(), binDir)
 	})
@@ -47,27 +45,6 @@ func metrolunBin(t testing.TB) string {
 		t.Fatalf("no metrolun binary: %v", buildErr)
 	}
 	return buildBin
-}
-
-// requireMetrolunSource skips while cmd/metrolun/main.go does not exist.
-//
-// TEMPORARY GATE: the metrolun binary is being written. Once
-// cmd/metrolun/main.go is in the tree this gate is to be removed, so that a
-// missing or broken binary fails the metrolun tests instead of skipping
-// them. METROLUN_BIN opens the gate too.
-func requireMetrolunSource(t testing.TB) {
-	t.Helper()
-	if os.Getenv("METROLUN_BIN") != "" {
-		return
-	}
-	root, err := ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "cmd", "metrolun", "main.go")); err != nil {
-		t.Skip("TEMPORARY GATE: cmd/metrolun/main.go does not exist yet, so there is no metrolun binary to test; " +
-			"this gate (requireMetrolunSource in integration/main_test.go) goes away once the binary exists")
-	}
 }
 
 // requireTool fails (never skips) when an external client is missing.

@@ -177,9 +177,9 @@ func execVerify(c *scsiCmd, data []byte) *scsiResult {
 	}
 	bs := c.bytesOf(1)
 	for i := 0; i < n; i += bs {
-		want := data[i : i+bs]
-		if bytchk == 3 {
-			want = data[:bs]
+		want := data[:bs] // BYTCHK 3: one block for all
+		if bytchk == 1 {
+			want = data[i : i+bs]
 		}
 		if j := firstDiff(buf[i:i+bs], want); j >= 0 {
 			return miscompare(uint64(i + j))
