@@ -55,9 +55,14 @@ type Preference struct{ Initiator, Site string }
 
 // Defaults of the cluster block.
 const (
-	DefaultLease           = 1 * time.Second
-	DefaultElectionTimeout = 1 * time.Second
-	DefaultReplicaTimeout  = 3 * time.Second
+	// A writer's loss costs about election_timeout to 2*election_timeout
+	// to notice, then lease + lease/10 + election_timeout/2 to wait out
+	// (raftlog/lease.go): 1.3 to 1.8 s with these. They hold over a WAN
+	// link of up to about 50 ms round trip; scale all three up together
+	// for longer links.
+	DefaultLease           = 500 * time.Millisecond
+	DefaultElectionTimeout = 500 * time.Millisecond
+	DefaultReplicaTimeout  = 2 * time.Second
 )
 
 // Bounds on the cluster timings, inclusive. The lower bound is above

@@ -355,7 +355,7 @@ func TestClusterProblems(t *testing.T) {
 		{"replica_timeout not over lease", clusterSrc(`lease = "2s"`, `replica_timeout = 2`),
 			[]string{"9:21 cluster.replica_timeout: 2s must be longer than lease (2s)"}},
 		{"lease over default replica_timeout", clusterSrc(`lease = "5s"`),
-			[]string{"8:11 cluster.lease: 5s must be shorter than replica_timeout (3s, the default)"}},
+			[]string{"8:11 cluster.lease: 5s must be shorter than replica_timeout (2s, the default)"}},
 		{"duration without unit", clusterSrc(`lease = "5"`),
 			[]string{`8:11 cluster.lease: duration "5" has no unit; write 5 (a number of seconds) or "5s"`}},
 		{"duration bad unit", clusterSrc(`lease = "5 sec"`),
@@ -473,7 +473,7 @@ func TestClusterValidateInCode(t *testing.T) {
 			"iscsi.portal_group: is 2, but this site's member block says 1 (cluster.member[0].portal_group); they must agree: leave iscsi.portal_group out to use the member's",
 		}},
 		{"timings", func(c *Config) { c.Cluster.ReplicaTimeout = c.Cluster.Lease }, []string{
-			"cluster.replica_timeout: 1s must be longer than lease (1s): a replica is dropped only after a whole lease without an answer",
+			"cluster.replica_timeout: 500ms must be longer than lease (500ms): a replica is dropped only after a whole lease without an answer",
 		}},
 		{"bandwidths", func(c *Config) { c.Cluster.ResyncBandwidth, c.Cluster.VerifyBandwidth = -1, -2 }, []string{
 			"cluster.resync_bandwidth: must not be negative, got -1; 0 means unlimited",

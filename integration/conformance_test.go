@@ -3,10 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -468,5 +470,59 @@ func TestConformanceHungTarget(t *testing.T) {
 		if res.Status != Failed || len(res.Reasons) == 0 || !strings.HasPrefix(res.Reasons[0], want) {
 			t.Errorf("%s: %s %q, want failed with %q", res.Name, res.Status, res.Reasons, want)
 		}
+	}
+}
+
+// TestConformanceCluster runs the conformance suite against each data
+// site of a two-site cluster (a witness too), the other site being the
+// second path: at the writer every command runs locally, at the other
+// site every write, UNMAP, COMPARE AND WRITE and cache flush is forwarded
+// to the writer. Either site must do at least as well as the single-site
+// baseline.
+func TestConformanceCluster(t *testing.T) {
+	requireTool(t, "iscsi-test-cu")
+	opts := conformanceOptionsFromEnv(t)
+	base, err := ClusterBasePort(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := StartDemoT(t, DemoOptions{Bin: metrolunBin(t), Size: "1GiB",
+		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
+	data := d.File.DataMembers()
+	want, err := ReadStatusFile(baselinePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, site := range data {
+		t.Run(site.Name, func(t *testing.T) {
+			o := opts
+			o.URL = site.ISCSI
+			o.MultipathURL = data[(i+1)%len(data)].ISCSI
+			o.Alive = d.Alive
+			ctx, cancel := context.WithTimeout(context.Background(), o.Budget+5*time.Minute)
+			defer cancel()
+			report, err := RunConformance(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			report.Target = "metrolun cluster " + site.Name + " " + o.URL
+			t.Log(report.Summary())
+			exp := maps.Clone(want)
+			if len(o.Suites) > 0 {
+				run := report.Status()
+				for name := range exp {
+					if _, ok := run[name]; !ok {
+						delete(exp, name)
+					}
+				}
+			}
+			diff := CompareToBaseline(exp, report)
+			for _, r := range diff.Regressions {
+				t.Errorf("regression at %s: %s", site.Name, r)
+			}
+			if len(diff.Improvements) > 0 {
+				t.Logf("%d tests pass at %s that the single-site baseline does not expect to", len(diff.Improvements), site.Name)
+			}
+		})
 	}
 }
