@@ -57,10 +57,10 @@ type Preference struct{ Initiator, Site string }
 const (
 	// A writer's loss costs about election_timeout to 2*election_timeout
 	// to notice, then lease + lease/10 + election_timeout/2 to wait out
-	// (raftlog/lease.go): 1.3 to 1.8 s with these. They hold over a WAN
+	// (raftlog/lease.go): 1.1 to 1.6 s with these. They hold over a WAN
 	// link of up to about 50 ms round trip; scale all three up together
 	// for longer links.
-	DefaultLease           = 500 * time.Millisecond
+	DefaultLease           = 300 * time.Millisecond
 	DefaultElectionTimeout = 500 * time.Millisecond
 	DefaultReplicaTimeout  = 2 * time.Second
 )

@@ -473,7 +473,7 @@ func TestClusterValidateInCode(t *testing.T) {
 			"iscsi.portal_group: is 2, but this site's member block says 1 (cluster.member[0].portal_group); they must agree: leave iscsi.portal_group out to use the member's",
 		}},
 		{"timings", func(c *Config) { c.Cluster.ReplicaTimeout = c.Cluster.Lease }, []string{
-			"cluster.replica_timeout: 500ms must be longer than lease (500ms): a replica is dropped only after a whole lease without an answer",
+			"cluster.replica_timeout: 300ms must be longer than lease (300ms): a replica is dropped only after a whole lease without an answer",
 		}},
 		{"bandwidths", func(c *Config) { c.Cluster.ResyncBandwidth, c.Cluster.VerifyBandwidth = -1, -2 }, []string{
 			"cluster.resync_bandwidth: must not be negative, got -1; 0 means unlimited",

@@ -346,14 +346,17 @@ func (c *Cluster) addMembers(ld *leadership) bool {
 // handOff gives leadership to an in-sync data site, the last writer
 // first. It reports whether one took it.
 func (c *Cluster) handOff(ld *leadership, s State) bool {
+	// The previous writer goes last: a leader that cannot be writer is
+	// most often elected because the writer died, and a transfer to a
+	// dead member costs a whole election timeout.
 	var to []string
-	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) {
-		to = append(to, s.Writer)
-	}
 	for _, n := range s.InSync {
 		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer {
 			to = append(to, n)
 		}
+	}
+	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) {
+		to = append(to, s.Writer)
 	}
 	for _, n := range to {
 		if ld.stopped() {
