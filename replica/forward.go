@@ -190,6 +190,17 @@ func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
 	}
 }
 
+// retarget drops the connection to a site that is no longer the writer;
+// the operations waiting on it fail as if the connection were lost.
+func (fw *forwarder) retarget(writer string) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.conn != nil && fw.to != writer {
+		fw.conn.Close()
+		fw.conn = nil
+	}
+}
+
 func (fw *forwarder) close() {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()

@@ -186,6 +186,10 @@ func (s *Site) reconcile() time.Duration {
 	ep, until := s.cfg.Control.WriterLease()
 	now := time.Now()
 	writer := ep != 0 && ep == v.Epoch && v.Writer == s.cfg.Name && now.Before(until)
+	// Operations forwarded to a writer that is no longer the writer
+	// (frozen, cut off) will not be answered: end them now, with an
+	// unknown outcome, instead of holding them for the whole hold time.
+	s.fwd.retarget(v.Writer)
 	s.mu.Lock()
 	s.view = v
 	old := s.w
