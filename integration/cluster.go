@@ -54,8 +54,12 @@ type MemberStatus struct {
 		Site *struct {
 			Role  string `json:"role"`
 			Peers []struct {
-				Name  string `json:"name"`
-				State string `json:"state"`
+				Name         string  `json:"name"`
+				State        string  `json:"state"`
+				DirtyRegions int     `json:"dirty_regions"`
+				ResyncDone   int     `json:"resync_done"`
+				ResyncTotal  int     `json:"resync_total"`
+				ResyncPct    float64 `json:"resync_percent"`
 			} `json:"peers"`
 		} `json:"site"`
 	} `json:"status"`

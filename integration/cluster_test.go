@@ -32,7 +32,11 @@ func qemuIO(ctx context.Context, url string, cmds ...string) error {
 		args = append(args, "-c", c)
 	}
 	args = append(args, url)
-	res, err := RunTool(ctx, 30*time.Second, nil, "qemu-io", args...)
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	res, err := RunTool(ctx, timeout, nil, "qemu-io", args...)
 	if err != nil {
 		return err
 	}
