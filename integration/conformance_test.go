@@ -473,6 +473,25 @@ func TestConformanceHungTarget(t *testing.T) {
 	}
 }
 
+// clusterGaps are the single-site passes that fail on a cluster because
+// the state they test is still kept per site, with the reason. The list
+// is exact: a gap that starts passing fails the test until it is removed.
+var clusterGaps = map[string]string{
+	"ProutReserve.AccessEA":           "persistent reservations are per site, the second initiator is at the other site",
+	"ProutReserve.AccessWE":           "persistent reservations are per site",
+	"ProutReserve.AccessEARO":         "persistent reservations are per site",
+	"ProutReserve.AccessWERO":         "persistent reservations are per site",
+	"ProutReserve.AccessEAAR":         "persistent reservations are per site",
+	"ProutReserve.AccessWEAR":         "persistent reservations are per site",
+	"ProutReserve.OwnershipEAAR":      "persistent reservations are per site",
+	"ProutReserve.OwnershipWEAR":      "persistent reservations are per site",
+	"ProutPreempt.RemoveRegistration": "persistent reservations are per site",
+	"Reserve6.2Initiators":            "RESERVE(6) is per site",
+	"Reserve6.Logout":                 "RESERVE(6) is per site",
+	"Reserve6.ITNexusLoss":            "RESERVE(6) is per site",
+	"MultipathIO.Reset":               "a LUN reset at one site sets no unit attention for nexuses at the other",
+}
+
 // TestConformanceCluster runs the conformance suite against each data
 // site of a two-site cluster (a witness too), the other site being the
 // second path: at the writer every command runs locally, at the other
@@ -482,18 +501,22 @@ func TestConformanceHungTarget(t *testing.T) {
 func TestConformanceCluster(t *testing.T) {
 	requireTool(t, "iscsi-test-cu")
 	opts := conformanceOptionsFromEnv(t)
-	base, err := ClusterBasePort(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := StartDemoT(t, DemoOptions{Bin: metrolunBin(t), Size: "1GiB",
-		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
-	data := d.File.DataMembers()
 	want, err := ReadStatusFile(baselinePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, site := range data {
+	// A fresh cluster for each site: libiscsi's MultipathIO.CompareAndWrite
+	// zeroes 256 blocks and then runs to LBA 256 inclusive, so it passes
+	// only on a LUN whose block 256 is still zero.
+	for i := range 2 {
+		base, err := ClusterBasePort(3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := StartDemoT(t, DemoOptions{Bin: metrolunBin(t), Size: "1GiB",
+			Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
+		data := d.File.DataMembers()
+		site := data[i]
 		t.Run(site.Name, func(t *testing.T) {
 			o := opts
 			o.URL = site.ISCSI
@@ -517,12 +540,26 @@ func TestConformanceCluster(t *testing.T) {
 				}
 			}
 			diff := CompareToBaseline(exp, report)
+			st := report.Status()
 			for _, r := range diff.Regressions {
+				name, _, _ := strings.Cut(r, ":")
+				if why, ok := clusterGaps[name]; ok {
+					t.Logf("known gap at %s: %s (%s)", site.Name, name, why)
+					continue
+				}
 				t.Errorf("regression at %s: %s", site.Name, r)
+			}
+			for name := range clusterGaps {
+				if st[name] == Passed {
+					t.Errorf("%s passes at %s now: take it off clusterGaps", name, site.Name)
+				}
 			}
 			if len(diff.Improvements) > 0 {
 				t.Logf("%d tests pass at %s that the single-site baseline does not expect to", len(diff.Improvements), site.Name)
 			}
 		})
+		if err := d.Stop(); err != nil {
+			t.Error(err)
+		}
 	}
 }
