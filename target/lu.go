@@ -69,6 +69,7 @@ type LU struct {
 	product       string
 	portGroup     uint16
 	relPort       uint16
+	groups        PortGroupsFunc // the other sites' port groups; nil: this one only
 
 	mu       sync.Mutex
 	nblocks  uint64

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -19,7 +18,11 @@ type Config struct {
 	PortalGroup uint16 // target portal group tag of this site's portals
 	// Portals are the addresses SendTargets reports for this site, as
 	// host:port. When empty the listener's address is used.
-	Portals       []string
+	Portals []string
+	// PortGroups, when set, returns every site's target port group (this
+	// one's, ID PortalGroup, included) for REPORT TARGET PORT GROUPS and
+	// SendTargets. Nil: this site is the only group.
+	PortGroups    PortGroupsFunc
 	NOPInterval   time.Duration // 0: no target keepalive
 	NOPTimeout    time.Duration
 	DiscoveryCHAP *CHAPConfig
@@ -102,6 +105,7 @@ func (s *Server) AddTarget(tc TargetConfig) error {
 		if err != nil {
 			return fmt.Errorf("target %s: LUN %d: %w", tc.Name, lc.ID, err)
 		}
+		lu.groups = s.cfg.PortGroups
 		t.lus[lc.ID] = lu
 		t.lunList = append(t.lunList, lc.ID)
 	}
@@ -255,31 +259,42 @@ func (s *Server) removeSession(sess *session) {
 	}
 }
 
-// sendTargets answers SendTargets (RFC 7143 section 13.3 and appendix C).
+// sendTargets answers SendTargets (RFC 7143 section 13.3 and appendix C):
+// each target the initiator may see, with the portals of every site's
+// port group (see targetAddresses), so that discovery at one site finds
+// every path.
 func (s *Server) sendTargets(which, initiator string, local net.Addr) []KV {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	portals := s.cfg.Portals
-	if len(portals) == 0 && local != nil {
-		portals = []string{local.String()}
+	own := s.cfg.Portals
+	if len(own) == 0 && local != nil {
+		own = []string{local.String()}
 	}
 	names := make([]string, 0, len(s.targets))
-	for n := range s.targets {
-		names = append(names, n)
+	for n, t := range s.targets {
+		if (which == "All" || which == n || which == "") && t.allows(initiator) {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
+	targets := make([]*Target, len(names))
+	for i, n := range names {
+		targets[i] = s.targets[n]
+	}
+	s.mu.Unlock()
 	var out []KV
-	for _, n := range names {
-		t := s.targets[n]
-		if which != "All" && which != n && which != "" {
-			continue
+	for _, t := range targets {
+		// The site's own state is its volume's (the first LU's: the
+		// target's LUs live at the same sites).
+		state := PathActiveOptimized
+		rel := s.cfg.PortalGroup
+		if len(t.lunList) > 0 {
+			lu := t.lus[t.lunList[0]]
+			state, rel = lu.vol.State(), lu.relPort
 		}
-		if !t.allows(initiator) {
-			continue
-		}
-		out = append(out, KV{"TargetName", n})
-		for _, p := range portals {
-			out = append(out, KV{"TargetAddress", p + "," + strconv.Itoa(int(s.cfg.PortalGroup))})
+		groups := resolvePortGroups(s.cfg.PortGroups, initiator, s.cfg.PortalGroup, rel, state, own)
+		out = append(out, KV{"TargetName", t.Name})
+		for _, a := range targetAddresses(groups, local) {
+			out = append(out, KV{"TargetAddress", a})
 		}
 	}
 	return out

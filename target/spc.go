@@ -318,30 +318,12 @@ func (lu *LU) conflicts(n *Nexus, o *opInfo) bool {
 	return lu.pr.conflicts(n, o.flags&fPRRead != 0)
 }
 
-// REPORT TARGET PORT GROUPS (SPC-4 section 6.36): one group per site.
+// REPORT TARGET PORT GROUPS (SPC-4 section 6.36): one group per site,
+// every site's, with the access states this initiator should see (see
+// resolvePortGroups).
 func execReportTPG(c *scsiCmd, _ []byte) *scsiResult {
 	extended := c.cdb[1]>>5 == 1
-	state := c.lu.vol.State()
-	d := make([]byte, 8+4)
-	d[0] = byte(state) & 0x0f
-	if state == PathActiveOptimized {
-		d[0] |= 0x80 // PREF
-	}
-	d[1] = 0x80 | 0x08 | 0x04 | 0x02 | 0x01 // T, U, S, AN, AO supported
-	binary.BigEndian.PutUint16(d[2:], c.lu.portGroup)
-	d[5] = 0x02 // status: implicit transition
-	d[7] = 1
-	binary.BigEndian.PutUint16(d[10:], c.lu.relPort)
-	var b []byte
-	if extended {
-		b = make([]byte, 8)
-		b[4] = 0x10 // format 001b
-	} else {
-		b = make([]byte, 4)
-	}
-	b = append(b, d...)
-	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
-	return c.trim(b)
+	return c.trim(reportTPG(c.lu.portGroups(c.nexus.Initiator), extended))
 }
 
 // REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 section 6.40).
