@@ -116,6 +116,31 @@ func (w *writer) leaseOK() bool {
 	return ep == w.epoch && time.Now().Before(until)
 }
 
+// leaseReturns waits up to one lease for a lapsed writer lease to come
+// back for the same epoch. The cluster renews a lease only after a
+// majority confirmed this member still leads the same term, so no other
+// writer can have acted meanwhile, and a write every in-sync replica
+// holds may then be acknowledged: a renewal that was merely late (a busy
+// machine) does not fail the writes in flight.
+func (w *writer) leaseReturns() bool {
+	deadline := time.Now().Add(w.s.cfg.Lease)
+	for time.Now().Before(deadline) {
+		ep, until := w.s.cfg.Control.WriterLease()
+		if ep == w.epoch && time.Now().Before(until) {
+			return true
+		}
+		if ep != 0 && ep != w.epoch {
+			return false
+		}
+		select {
+		case <-w.s.closing:
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return false
+}
+
 // leaseLeft is how long the writer may still grant.
 func (w *writer) leaseUntil() time.Time {
 	ep, until := w.s.cfg.Control.WriterLease()
@@ -207,7 +232,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
 		}
 	}
-	if len(errs) == 0 && !w.leaseOK() {
+	if len(errs) == 0 && !w.leaseOK() && !w.leaseReturns() {
 		// The epoch may have ended while the replicas answered: a writer
 		// without its lease acknowledges nothing (I2).
 		errs = append(errs, errors.New("writer lease lapsed before the answer"))
