@@ -130,6 +130,9 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	case FrameFwdCAW:
 		f.Data = append(append(make([]byte, 0, 2*len(op.data)), op.cmp...), op.data...)
 		f.CRC = Checksum(f.Data)
+	case FrameFwdMeta:
+		f.Data = op.data
+		f.CRC = Checksum(op.data)
 	}
 	conn := fw.conn
 	err := WriteFrame(fw.bw, f)
@@ -274,7 +277,11 @@ func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 	}
 	switch f.Kind {
 	case FrameFwdWrite:
-		return -1, w.order(ref(FrameWrite), origin, func() error {
+		// Other in-sync sites need the data; order strips it for the
+		// origin, which has it.
+		fr := ref(FrameWrite)
+		fr.Data, fr.CRC = f.Data, f.CRC
+		return -1, w.order(fr, origin, func() error {
 			return st.WriteAt(f.Data, f.Offset, f.Flags&FlagFUA != 0)
 		})
 	case FrameFwdUnmap:
@@ -284,6 +291,8 @@ func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 	case FrameFwdCAW:
 		n := int(f.Length)
 		return w.compareAndWrite(f.Offset, f.Data[:n], f.Data[n:], ref(FrameWrite), origin)
+	case FrameFwdMeta:
+		return w.setMeta(uint64(f.Offset), f.Data, ref(FrameMeta), origin)
 	}
 	return -1, fmt.Errorf("unexpected forwarded frame kind %d", f.Kind)
 }

@@ -43,6 +43,12 @@ const (
 	// the SHA-256 in Data (resync without a bitmap, online verify); the
 	// ack carries FlagDiffer when they do not.
 	FrameSum
+
+	// The shared record (meta.go): FrameMeta sets it at a replica to
+	// Data with version Offset; FrameFwdMeta asks the writer to set it to
+	// Data if its version is still Offset (At = 1 when it was not).
+	FrameMeta
+	FrameFwdMeta
 )
 
 // MaxFrameData bounds the data of one frame; a larger write is split. It
@@ -130,6 +136,19 @@ func (f *Frame) Validate() error {
 		if Checksum(f.Data) != f.CRC {
 			return fmt.Errorf("%w: checksum mismatch in forwarded compare-and-write", ErrFrame)
 		}
+	case FrameMeta, FrameFwdMeta:
+		if f.Length > MaxMeta {
+			return fmt.Errorf("%w: shared record of %d bytes exceeds %d", ErrFrame, f.Length, MaxMeta)
+		}
+		if f.Kind == FrameMeta && f.Flags&FlagRef != 0 {
+			if len(f.Data) != 0 || f.Ref == 0 {
+				return fmt.Errorf("%w: referenced shared record needs a ref and no data", ErrFrame)
+			}
+			break
+		}
+		if int(f.Length) != len(f.Data) || Checksum(f.Data) != f.CRC {
+			return fmt.Errorf("%w: shared record of %d bytes carries %d, or a bad checksum", ErrFrame, f.Length, len(f.Data))
+		}
 	case FrameSum:
 		if len(f.Data) != sumLen || f.Length == 0 {
 			return fmt.Errorf("%w: sum needs a %d-byte digest and a length", ErrFrame, sumLen)
@@ -148,7 +167,7 @@ func (f *Frame) Validate() error {
 	if f.Offset < 0 {
 		return fmt.Errorf("%w: negative offset %d", ErrFrame, f.Offset)
 	}
-	if f.Epoch == 0 && f.Kind <= FrameFlush || f.Kind == FrameSum && f.Epoch == 0 {
+	if f.Epoch == 0 && (f.Kind <= FrameFlush || f.Kind == FrameSum || f.Kind == FrameMeta) {
 		// Every stream frame belongs to an epoch; set-up frames may
 		// come from a site that has seen none yet.
 		return fmt.Errorf("%w: epoch 0", ErrFrame)

@@ -29,6 +29,7 @@ type Store interface {
 // sequence order, and holds this site's read lease (DESIGN.md I3).
 type receiver struct {
 	store Store
+	meta  *metaStore
 	lease time.Duration
 	// refs resolves FlagRef frames: operations this site forwarded.
 	refs func(id uint64) *fwdOp
@@ -228,6 +229,12 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		err = r.store.WriteAt(data, f.Offset, f.Flags&FlagFUA != 0)
 	case FrameUnmap:
 		err = r.store.Unmap(f.Offset, int64(f.Length))
+	case FrameMeta:
+		data := f.Data
+		if op != nil {
+			data = op.data
+		}
+		err = r.meta.set(uint64(f.Offset), data)
 	case FrameFlush:
 		err = r.store.Flush()
 		if err == nil && f.Flags&FlagSynced != 0 {

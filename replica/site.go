@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -78,6 +79,7 @@ type Site struct {
 
 	recv *receiver
 	fwd  *forwarder
+	meta *metaStore // the shared record (meta.go)
 
 	bmu     sync.Mutex
 	bitmaps map[string]*Bitmap
@@ -133,7 +135,12 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 		conns:   make(map[net.Conn]struct{}),
 	}
 	s.fwd = &forwarder{s: s}
-	s.recv = &receiver{store: cfg.Store, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
+	meta, err := openMeta(filepath.Join(cfg.Dir, "shared.meta"))
+	if err != nil {
+		return nil, err
+	}
+	s.meta = meta
+	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
 	if _, err := os.Stat(s.markerPath()); err == nil {
 		// This site was a writer that did not stop cleanly: it may hold
 		// writes nobody acknowledged.

@@ -195,7 +195,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		case peerDrop:
 			waits = append(waits, pendingWait{p: p})
 		case peerSyncing:
-			if f.Offset < p.cursor || f.Kind == FrameFlush {
+			if f.Kind == FrameFlush || f.Kind == FrameMeta || f.Offset < p.cursor {
 				p.link.Send(f) // a failure marks it dirty (onDown)
 			} else {
 				dirty = append(dirty, p)
@@ -613,6 +613,19 @@ func (w *writer) resync(p *peer) error {
 	p.resync = resyncProgress{Total: b.Regions(), Started: time.Now()}
 	w.mu.Unlock()
 	w.log.Info("resync: starting", "replica", p.name, "full_compare", full, "dirty_regions", b.Dirty(), "regions", b.Regions())
+	// The shared record first; changes to it from now on reach the
+	// replica in the stream.
+	if err := w.sendMeta(); err != nil {
+		w.mu.Lock()
+		if p.state == peerSyncing {
+			p.state = peerOut
+			if p.link != nil {
+				go p.link.Close()
+			}
+		}
+		w.mu.Unlock()
+		return err
+	}
 	fail := func(err error) error {
 		w.mu.Lock()
 		if p.state == peerSyncing {
