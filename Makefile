@@ -7,7 +7,7 @@ BIN     := bin/metrolun
 DIR     ?= $(CURDIR)/demo
 FUZZTIME ?= 15s
 
-.PHONY: all build demo test unit conformance conformance-update bench fuzz vet clean deps
+.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps
 
 all: build
 
@@ -42,6 +42,18 @@ conformance-update: deps
 
 bench: deps
 	scripts/bench.sh
+
+# Recovery time after kill -9 of the writer of a two-site demo cluster,
+# default timeouts: median and max over KILLS kills.
+KILLS ?= 20
+recovery: deps
+	METROLUN_KILLS=$(KILLS) $(GO) test -count=1 -run XXX -bench BenchmarkWriterLoss -benchtime 1x -timeout 30m ./integration/
+
+# Mirroring through the WAN proxy at 0, 1, 10 and 50 ms round trip:
+# latency/RTT at queue depth 1 (at the writer and forwarded), IOPS as a
+# fraction of 32/RTT at queue depth 32, reads at both sites.
+wan:
+	$(GO) test -count=1 -run XXX -bench BenchmarkSiteWAN -benchtime 100x ./replica/
 
 # Bounded fuzzing of the decoders that face the network and the config.
 fuzz:
