@@ -169,6 +169,7 @@ type Cluster struct {
 	closeOnce sync.Once
 	closeErr  error
 	handoffs  atomic.Uint64 // leaderships this member handed on because it could not write
+	expiring  atomic.Bool   // an automatic unfence is being proposed (fence.go)
 
 	mu      sync.Mutex
 	changed chan struct{}

@@ -51,6 +51,8 @@ type State struct {
 	// equals Epoch, no member can be acting as writer, so the next leader
 	// need not wait out the lease.
 	Released uint64 `msgpack:"rl,omitempty"`
+	// Fenced are the data sites an operator fenced off (fence.go).
+	Fenced []Fence `msgpack:"f,omitempty"`
 }
 
 // clone returns a deep copy; every slice or map field added to State must
@@ -58,6 +60,7 @@ type State struct {
 func (s State) clone() State {
 	n := s
 	n.Members, n.InSync = slices.Clone(s.Members), slices.Clone(s.InSync)
+	n.Fenced = slices.Clone(s.Fenced)
 	return n
 }
 
@@ -92,6 +95,7 @@ type Command struct {
 	Role    string `msgpack:"r,omitempty"`
 	Epoch   uint64 `msgpack:"e,omitempty"` // for set-writer: the new epoch
 	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes and release: the epoch that asks
+	Until   int64  `msgpack:"u,omitempty"` // for fence and unfence (fence.go)
 }
 
 // ErrRefused wraps every reason a command is not applied.
@@ -109,7 +113,9 @@ func refuse(format string, args ...any) error {
 //   - in-sync changes carry the epoch of the writer that asked, and a
 //     stale writer's request is refused (I2: a writer that cannot commit
 //     the drop stops acknowledging);
-//   - only the writer of the current epoch can release it, once.
+//   - only the writer of the current epoch can release it, once;
+//   - a fenced site cannot become writer nor rejoin the in-sync set, and
+//     a fenced writer's in-sync changes are refused (fence.go).
 func (s State) Apply(c Command) (State, error) {
 	n := s.clone()
 	switch c.Kind {
@@ -139,6 +145,9 @@ func (s State) Apply(c Command) (State, error) {
 		if c.Epoch <= s.Epoch {
 			return s, refuse("epoch %d is not above %d", c.Epoch, s.Epoch)
 		}
+		if s.IsFenced(c.Name) {
+			return s, refuse("%s is fenced", c.Name)
+		}
 		n.Writer, n.Epoch = c.Name, c.Epoch
 	case CmdDropInSync, CmdAddInSync:
 		if c.ByEpoch != s.Epoch {
@@ -147,6 +156,9 @@ func (s State) Apply(c Command) (State, error) {
 		m, ok := s.member(c.Name)
 		if !ok || m.Role != RoleData {
 			return s, refuse("%s is not a data site", c.Name)
+		}
+		if s.IsFenced(s.Writer) {
+			return s, refuse("the writer %s is fenced", s.Writer)
 		}
 		in := slices.Contains(s.InSync, c.Name)
 		if c.Kind == CmdDropInSync {
@@ -161,6 +173,9 @@ func (s State) Apply(c Command) (State, error) {
 			if in {
 				return s, refuse("%s is already in sync", c.Name)
 			}
+			if s.IsFenced(c.Name) {
+				return s, refuse("%s is fenced", c.Name)
+			}
 			n.InSync = append(n.InSync, c.Name)
 		}
 	case CmdRelease:
@@ -174,6 +189,10 @@ func (s State) Apply(c Command) (State, error) {
 			return s, refuse("epoch %d is already released", s.Epoch)
 		}
 		n.Released = s.Epoch
+	case CmdFence, CmdUnfence:
+		if err := n.applyFence(c); err != nil {
+			return s, err
+		}
 	default:
 		return s, refuse("unknown command %q", c.Kind)
 	}

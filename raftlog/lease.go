@@ -47,7 +47,9 @@ import (
 //
 // A planned move (Promote) skips the wait: the writer stops acting first,
 // then commits release for its epoch, then hands leadership over. A leader
-// that finds Released == Epoch knows nobody holds a lease for it.
+// that finds Released == Epoch knows nobody holds a lease for it. A fenced
+// writer (fence.go) releases nothing: it lets its lease run out and hands
+// leadership over, and the next writer waits as after a loss.
 
 // lease is this member's writer lease.
 type lease struct {
@@ -196,6 +198,9 @@ func (c *Cluster) run() {
 			fromTick = true
 		}
 		c.reconcile(fromTick)
+		if fromTick && c.isLeader() {
+			c.expireFences()
+		}
 	}
 }
 
@@ -268,7 +273,7 @@ func (c *Cluster) leadTerm(ld *leadership) {
 	again := false
 	for !ld.stopped() {
 		s := c.State()
-		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) {
+		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) {
 			if c.handOff(ld, s) {
 				return
 			}
@@ -344,18 +349,18 @@ func (c *Cluster) addMembers(ld *leadership) bool {
 }
 
 // handOff gives leadership to an in-sync data site, the last writer
-// first. It reports whether one took it.
+// last. It reports whether one took it.
 func (c *Cluster) handOff(ld *leadership, s State) bool {
 	// The previous writer goes last: a leader that cannot be writer is
 	// most often elected because the writer died, and a transfer to a
 	// dead member costs a whole election timeout.
 	var to []string
 	for _, n := range s.InSync {
-		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer {
+		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer && !s.IsFenced(n) {
 			to = append(to, n)
 		}
 	}
-	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) {
+	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) && !s.IsFenced(s.Writer) {
 		to = append(to, s.Writer)
 	}
 	for _, n := range to {
@@ -442,14 +447,20 @@ const (
 	takeBack                   // a planned move failed; take the next epoch
 )
 
-// holdLease renews the lease every Lease/4 and serves planned moves.
+// holdLease renews the lease every Lease/4 and serves planned moves
+// until this member is fenced.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	tick := time.NewTicker(c.cfg.Lease / 4)
 	defer tick.Stop()
 	for {
+		changed := c.Changed()
+		if c.State().IsFenced(c.cfg.Name) {
+			return c.stepDownFenced(ld, epoch)
+		}
 		select {
 		case <-ld.stop:
 			return leaseLost
+		case <-changed:
 		case <-tick.C:
 			if !c.renew(ld, epoch) {
 				return leaseLost
@@ -527,6 +538,8 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 		return refuse("promote: %s is a %s and cannot be the writer", name, m.Role)
 	case !s.IsInSync(name):
 		return refuse("promote: %s is not in sync", name)
+	case s.IsFenced(name):
+		return refuse("promote: %s is fenced", name)
 	}
 	if e, _ := c.WriterLease(); name == c.cfg.Name && e != 0 {
 		return nil

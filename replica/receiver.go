@@ -42,6 +42,7 @@ type receiver struct {
 	cur      net.Conn // the current writer's stream; a newer one replaces it
 	first    bool     // the next frame on cur sets the sequence
 	diverged bool
+	fenced   bool // the site is fenced: no stream, no read lease
 	leaseEnd time.Time
 	leaseEp  uint64
 	reqs     map[uint64]time.Time // lease request id -> when it was sent
@@ -73,7 +74,27 @@ func (r *receiver) raise(epoch uint64) {
 func (r *receiver) leaseValid(now time.Time) (bool, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return now.Before(r.leaseEnd) && r.leaseEp == r.epoch, r.leaseEnd
+	return !r.fenced && now.Before(r.leaseEnd) && r.leaseEp == r.epoch, r.leaseEnd
+}
+
+// setFenced fences or unfences the receiver and reports whether that
+// changed anything. Fenced, it ends the current stream, drops its read
+// lease and refuses new streams, as a lost site would answer nothing.
+func (r *receiver) setFenced(on bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fenced == on {
+		return false
+	}
+	r.fenced = on
+	if on {
+		r.leaseEnd = time.Time{}
+		if r.cur != nil {
+			r.cur.Close()
+			r.cur = nil
+		}
+	}
+	return true
 }
 
 // serveStream runs one writer's stream after its hello.
@@ -92,6 +113,11 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 		return nil
 	}
 	r.mu.Lock()
+	if r.fenced {
+		r.mu.Unlock()
+		send(&Frame{Kind: FrameHelloAck, Err: "this site is fenced"}, true)
+		return fmt.Errorf("stream from %s refused: this site is fenced", hello.From)
+	}
 	if hello.Epoch < r.epoch {
 		ep := r.epoch
 		r.mu.Unlock()
@@ -177,7 +203,7 @@ func (r *receiver) granted(f *Frame) {
 			delete(r.reqs, id)
 		}
 	}
-	if !ok || f.Epoch != r.epoch {
+	if !ok || f.Epoch != r.epoch || r.fenced {
 		return
 	}
 	if end := sent.Add(time.Duration(f.Length) * time.Millisecond); end.After(r.leaseEnd) {

@@ -24,6 +24,9 @@ type View struct {
 	Epoch  uint64
 	Writer string
 	InSync []string
+	// Fenced are the sites an operator fenced off (raftlog/fence.go): a
+	// fenced site acts as if it were lost (see fenced).
+	Fenced []string
 }
 
 // Control is what a site needs from the cluster: the committed view,
@@ -192,7 +195,8 @@ func (s *Site) reconcile() time.Duration {
 	v := s.cfg.Control.View()
 	ep, until := s.cfg.Control.WriterLease()
 	now := time.Now()
-	writer := ep != 0 && ep == v.Epoch && v.Writer == s.cfg.Name && now.Before(until)
+	fenced := slices.Contains(v.Fenced, s.cfg.Name)
+	writer := !fenced && ep != 0 && ep == v.Epoch && v.Writer == s.cfg.Name && now.Before(until)
 	// Operations forwarded to a writer that is no longer the writer
 	// (frozen, cut off) will not be answered: end them now, with an
 	// unknown outcome, instead of holding them for the whole hold time.
@@ -206,6 +210,15 @@ func (s *Site) reconcile() time.Duration {
 	s.mu.Unlock()
 	if old != nil && (!writer || old.epoch != ep) {
 		old.stop()
+	}
+	// After the writer stopped (its operations in flight finished under
+	// its lease): the stream from a writer ends and the read lease goes.
+	if s.recv.setFenced(fenced) {
+		if fenced {
+			s.log.Warn("fenced by the cluster: acting as a lost site")
+		} else {
+			s.log.Warn("unfenced: the writer resyncs this site")
+		}
 	}
 	if writer {
 		s.mu.Lock()
@@ -234,6 +247,17 @@ func (s *Site) waitCh() <-chan struct{} {
 	defer s.mu.Unlock()
 	return s.changed
 }
+
+// fenced reports whether the cluster fenced this site off. A fenced site
+// acts as a lost one, for drills: it is not the writer, serves no I/O,
+// refuses replication and holds no read lease, so the writer drops it
+// and records what it misses; unfenced, it is resynced.
+func (s *Site) fenced() bool {
+	return slices.Contains(s.currentView().Fenced, s.cfg.Name)
+}
+
+// errFenced answers I/O at a fenced site.
+var errFenced = &notReady{asc: ascUnavailable, err: errors.New("this site is fenced")}
 
 // activeWriter returns the writer if this site holds the writer lease.
 func (s *Site) activeWriter() *writer {
@@ -302,6 +326,10 @@ func (s *Site) serveConn(c net.Conn) error {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%q is not a data site of this cluster", hello.From)})
 		return fmt.Errorf("hello from unknown site %q", hello.From)
 	}
+	if s.fenced() {
+		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("site %s is fenced", s.cfg.Name)})
+		return fmt.Errorf("hello from %s refused: this site is fenced", hello.From)
+	}
 	if hello.Flags&FlagForward != 0 {
 		return s.serveForward(c, br, hello)
 	}
@@ -316,6 +344,9 @@ func (s *Site) op(local func(w *writer) (int, error), fwd func() *fwdOp) (int, e
 	defer cancel()
 	for {
 		ch := s.waitCh()
+		if s.fenced() {
+			return -1, errFenced
+		}
 		if w := s.activeWriter(); w != nil {
 			at, err := local(w)
 			if !errors.Is(err, errNotWriter) {
@@ -428,6 +459,9 @@ func (s *Site) ReadAt(p []byte, off int64) error {
 	defer deadline.Stop()
 	for {
 		ch := s.waitCh()
+		if s.fenced() {
+			return errFenced
+		}
 		if w := s.activeWriter(); w != nil {
 			// A write still in flight is not yet on every in-sync site;
 			// a read must not see it before that (I1, I3).
@@ -456,6 +490,9 @@ func (s *Site) Mapped(off int64) (bool, int64, error) { return s.cfg.Store.Mappe
 
 // State is the ALUA state of this site's port group.
 func (s *Site) State() target.PathState {
+	if s.fenced() {
+		return target.PathUnavailable
+	}
 	if s.activeWriter() != nil {
 		return target.PathActiveOptimized
 	}
@@ -524,7 +561,10 @@ type notReady struct {
 	err error
 }
 
-const ascTransition = 0x040a // ASYMMETRIC ACCESS STATE TRANSITION
+const (
+	ascTransition  = 0x040a // ASYMMETRIC ACCESS STATE TRANSITION
+	ascUnavailable = 0x040c // TARGET PORT IN UNAVAILABLE STATE
+)
 
 func (e *notReady) Error() string { return fmt.Sprintf("not ready: %v", e.err) }
 func (e *notReady) Unwrap() error { return e.err }

@@ -18,15 +18,19 @@ import (
 // BenchmarkSiteWAN measures a two-site Site pair with the WAN proxy on
 // every link between them (replication and forwarding), adding RTT/2 each
 // way:
+//
 //   - write at the writer, queue depth 1: latency as a ratio to the RTT
 //     (the physical limit is 1.0 plus local work);
+//
 //   - write at the other site (forwarded, DESIGN.md step 3), queue depth
 //     1: the same ratio; one round trip, not two, means about 1.0;
+//
 //   - write at the writer, queue depth 32: IOPS as a fraction of 32/RTT;
+//
 //   - read at the other site, queue depth 1: served locally under a lease,
 //     as fast as at the writer whatever the RTT (ratio to the writer's).
 //
-//	go test -run XXX -bench SiteWAN -benchtime 100x ./replica/
+//     go test -run XXX -bench SiteWAN -benchtime 100x ./replica/
 func BenchmarkSiteWAN(b *testing.B) {
 	for _, rtt := range []time.Duration{0, time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond} {
 		b.Run(fmt.Sprintf("rtt=%v", rtt), func(b *testing.B) {
@@ -126,7 +130,7 @@ func wanSites(b *testing.B, rtt time.Duration) (*Site, *Site) {
 		}
 		s, err := NewSite(SiteConfig{
 			Name: n, Store: store, Dir: dir, Peers: map[string]string{peer: addrs[peer]},
-			Control: fakeControl{c, n}, Lease: 300 * time.Millisecond + 2*rtt, ReplicaTimeout: 5 * time.Second,
+			Control: fakeControl{c, n}, Lease: 300*time.Millisecond + 2*rtt, ReplicaTimeout: 5 * time.Second,
 			RegionSize: 1 << 20, Logger: hclog.NewNullLogger(),
 		})
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
+	"github.com/metrolun/metrolun/target"
 )
 
 // member is one running cluster member: Raft, and at a data site the
@@ -36,7 +37,7 @@ type control struct{ c *raftlog.Cluster }
 
 func (a control) View() replica.View {
 	s := a.c.State()
-	return replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync}
+	return replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync, Fenced: s.FencedNames()}
 }
 func (a control) Changed() <-chan struct{}               { return a.c.Changed() }
 func (a control) WriterLease() (uint64, time.Time)       { return a.c.WriterLease() }
@@ -152,6 +153,44 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	return m, nil
 }
 
+// portGroups gives the target every data site's port group (DESIGN.md
+// "Initiators and paths"): the site's portal group tag, the portals its
+// member block lists, whether the initiator prefers it (prefer blocks),
+// and its state in the committed cluster view: the writer's site
+// active/optimized, another in-sync site active/non-optimized, any other
+// site unavailable (it has no lease to serve with; the same rule as
+// replica.Site.State applies at each site to itself, so every site gives
+// the same answer). Before this member has a committed view at all the
+// other sites are reported active/non-optimized: a site we cannot vouch
+// for is neither claimed best nor hidden, and each site's own answer on
+// its own path says how it really is. This site's state comes from its
+// volume (the target does that).
+func (m *member) portGroups(initiator string) []target.PortGroup {
+	cl := m.cfg.Cluster
+	st := m.cluster.State()
+	pref, hasPref := cl.PreferredSite(initiator)
+	var gs []target.PortGroup
+	for _, dm := range cl.DataMembers() {
+		g := target.PortGroup{
+			ID:        uint16(dm.PortalGroup),
+			Portals:   dm.ISCSI,
+			Preferred: hasPref && pref == dm.Name,
+		}
+		switch {
+		case len(st.Members) == 0:
+			g.State = target.PathActiveNonOptimized
+		case st.Writer == dm.Name:
+			g.State = target.PathActiveOptimized
+		case st.IsInSync(dm.Name):
+			g.State = target.PathActiveNonOptimized
+		default:
+			g.State = target.PathUnavailable
+		}
+		gs = append(gs, g)
+	}
+	return gs
+}
+
 // close stops in reverse order of start: the volume first (the writer
 // finishes what is in flight), then Raft.
 func (m *member) close() {
@@ -179,6 +218,15 @@ type raftStatus struct {
 	InSync      []string `json:"in_sync"`
 	Members     []string `json:"members"`
 	LeaseLeft   string   `json:"writer_lease_left,omitempty"`
+	// WriterSince is when this member became writer of Epoch (RFC 3339,
+	// its own clock); only at the writer.
+	WriterSince string        `json:"writer_since,omitempty"`
+	Fenced      []fenceStatus `json:"fenced,omitempty"`
+}
+
+type fenceStatus struct {
+	Site  string `json:"site"`
+	Until string `json:"until"` // RFC 3339: the leader unfences it then
 }
 
 func (m *member) status() clusterStatus {
@@ -192,6 +240,10 @@ func (m *member) status() clusterStatus {
 	}
 	if st.WriterEpoch != 0 {
 		cs.Raft.LeaseLeft = st.LeaseRemaining.Truncate(time.Millisecond).String()
+		cs.Raft.WriterSince = st.WriterSince.Format(time.RFC3339Nano)
+	}
+	for _, f := range st.State.Fenced {
+		cs.Raft.Fenced = append(cs.Raft.Fenced, fenceStatus{Site: f.Name, Until: time.UnixMilli(f.Until).Format(time.RFC3339)})
 	}
 	if m.site != nil {
 		s := m.site.Status()
@@ -226,6 +278,33 @@ func (m *member) adminHandler() http.Handler {
 			writeJSON(w, http.StatusOK, map[string]string{"promoted": to, "took": time.Since(start).Truncate(time.Millisecond).String()})
 		}
 	})
+	// Fencing simulates the loss of a data site through the cluster, for
+	// drills (raftlog/fence.go). The leader serves it; "for" (default
+	// 60s) is when it lifts the fence by itself.
+	mux.HandleFunc("POST /v1/fence", func(w http.ResponseWriter, r *http.Request) {
+		site := r.URL.Query().Get("site")
+		d := 60 * time.Second
+		if v := r.URL.Query().Get("for"); v != "" {
+			var err error
+			if d, err = time.ParseDuration(v); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "for: " + err.Error()})
+				return
+			}
+		}
+		until, err := m.cluster.Fence(site, d)
+		if writeLeaderError(w, err) {
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"fenced": site, "until": until.Format(time.RFC3339Nano)})
+	})
+	mux.HandleFunc("POST /v1/unfence", func(w http.ResponseWriter, r *http.Request) {
+		site := r.URL.Query().Get("site")
+		was, err := m.cluster.Unfence(site)
+		if writeLeaderError(w, err) {
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"unfenced": site, "was_fenced": was})
+	})
 	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
 		if m.site == nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a witness holds no data"})
@@ -240,6 +319,21 @@ func (m *member) adminHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", m.metricsHandler())
 	return mux
+}
+
+// writeLeaderError answers err, if any: 409 naming the leader when this
+// member does not lead, else 400. It reports whether it answered.
+func writeLeaderError(w http.ResponseWriter, err error) bool {
+	var nl *raftlog.NotLeaderError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &nl):
+		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error(), "leader": nl.Leader})
+	default:
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

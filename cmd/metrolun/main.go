@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -17,8 +18,11 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), demoCmd(), statusCmd(), promoteCmd(), verifyCmd())
+	root.AddCommand(serveCmd(), demoCmd(), statusCmd(), promoteCmd(), verifyCmd(), drillCmd())
 	if err := root.Execute(); err != nil {
+		if errors.Is(err, errDrillFailed) {
+			os.Exit(1) // the report's last line says why
+		}
 		fmt.Fprintln(os.Stderr, "metrolun:", err)
 		os.Exit(1)
 	}

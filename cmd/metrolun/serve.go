@@ -56,6 +56,7 @@ func serve(cfg *conf.Config) error {
 	log := newLogger(cfg)
 	var mem *member
 	var clustered target.Volume
+	var groups target.PortGroupsFunc
 	if cfg.Cluster != nil {
 		var err error
 		if mem, err = startMember(cfg, log); err != nil {
@@ -76,8 +77,9 @@ func serve(cfg *conf.Config) error {
 			return waitSignal(log, cfg, nil)
 		}
 		clustered = metered{mem.site}
+		groups = mem.portGroups
 	}
-	srv, err := buildServer(cfg, log, clustered)
+	srv, err := buildServer(cfg, log, clustered, groups)
 	if err != nil {
 		return err
 	}
@@ -132,8 +134,9 @@ func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error) error {
 }
 
 // buildServer turns the config into a target server with its LUs. In a
-// cluster the one LUN is served from clustered (the mirrored volume).
-func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume) (*target.Server, error) {
+// cluster the one LUN is served from clustered (the mirrored volume), and
+// groups gives every site's port group.
+func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, groups target.PortGroupsFunc) (*target.Server, error) {
 	ic := cfg.ISCSI
 	tcfg := target.Config{
 		Limits: target.Limits{
@@ -149,6 +152,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume) (*
 		},
 		PortalGroup:   uint16(ic.PortalGroup),
 		Portals:       ic.Listen,
+		PortGroups:    groups,
 		NOPInterval:   ic.NOPInterval,
 		NOPTimeout:    ic.NOPTimeout,
 		DiscoveryCHAP: chapConfig(ic.DiscoveryCHAP),
