@@ -86,11 +86,19 @@ func stepLine(t *testing.T, report, name string) string {
 func TestDrill(t *testing.T) {
 	d := startCluster(t)
 	bin := metrolunBin(t)
-	before := drillClusterStatus(t, bin, d.Dir)
-	w0 := before[0].Status.Raft.Writer
-	if w0 == "" {
-		t.Fatalf("no writer before the drill: %+v", before)
-	}
+	// The demo is ready once a writer exists; every member's Raft view
+	// learns of it a moment later.
+	var w0 string
+	until(t, "every member knows the writer", 30*time.Second, func() bool {
+		before := drillClusterStatus(t, bin, d.Dir)
+		w0 = before[0].Status.Raft.Writer
+		for _, m := range before {
+			if m.Status == nil || m.Status.Raft.Writer != w0 {
+				return false
+			}
+		}
+		return w0 != ""
+	})
 	other := "site-b"
 	if w0 == "site-b" {
 		other = "site-a"
