@@ -476,21 +476,7 @@ func TestConformanceHungTarget(t *testing.T) {
 // clusterGaps are the single-site passes that fail on a cluster because
 // the state they test is still kept per site, with the reason. The list
 // is exact: a gap that starts passing fails the test until it is removed.
-var clusterGaps = map[string]string{
-	"ProutReserve.AccessEA":           "persistent reservations are per site, the second initiator is at the other site",
-	"ProutReserve.AccessWE":           "persistent reservations are per site",
-	"ProutReserve.AccessEARO":         "persistent reservations are per site",
-	"ProutReserve.AccessWERO":         "persistent reservations are per site",
-	"ProutReserve.AccessEAAR":         "persistent reservations are per site",
-	"ProutReserve.AccessWEAR":         "persistent reservations are per site",
-	"ProutReserve.OwnershipEAAR":      "persistent reservations are per site",
-	"ProutReserve.OwnershipWEAR":      "persistent reservations are per site",
-	"ProutPreempt.RemoveRegistration": "persistent reservations are per site",
-	"Reserve6.2Initiators":            "RESERVE(6) is per site",
-	"Reserve6.Logout":                 "RESERVE(6) is per site",
-	"Reserve6.ITNexusLoss":            "RESERVE(6) is per site",
-	"MultipathIO.Reset":               "a LUN reset at one site sets no unit attention for nexuses at the other",
-}
+var clusterGaps = map[string]string{}
 
 // TestConformanceCluster runs the conformance suite against each data
 // site of a two-site cluster (a witness too), the other site being the

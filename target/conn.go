@@ -515,6 +515,7 @@ func (c *conn) logout(p *PDU) error {
 		c.finish(t, nil)
 	}
 	c.wg.Wait()
+	c.sess.loggingOut(c, reason)
 	c.sess.done()
 	done := make(chan struct{})
 	select {

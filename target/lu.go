@@ -2,7 +2,6 @@ package target
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -39,17 +38,7 @@ type Nexus struct {
 // TransportID returns the iSCSI TransportID (SPC-4 section 7.6.4.6) of the
 // initiator port, format 01b: name,i,0xISID.
 func (n *Nexus) TransportID() []byte {
-	s := n.id
-	l := len(s) + 1
-	l = (l + 3) &^ 3
-	if l < 20 {
-		l = 20
-	}
-	b := make([]byte, 4+l)
-	b[0] = 0x40 | 0x05 // format 01b, protocol iSCSI
-	binary.BigEndian.PutUint16(b[2:4], uint16(l))
-	copy(b[4:], s)
-	return b
+	return transportID(n.id)
 }
 
 // LU is a SCSI logical unit (SBC-3 direct access block device) over a
@@ -71,16 +60,16 @@ type LU struct {
 	relPort       uint16
 	groups        PortGroupsFunc // the other sites' port groups; nil: this one only
 
-	mu       sync.Mutex
-	nblocks  uint64
-	wce      bool
-	dsense   bool
-	swp      bool // software write protect (control mode page)
-	stopped  bool
-	uas      map[string][]uint16 // pending unit attentions by nexus id
-	reserved *Nexus              // RESERVE(6) holder
-	pr       prState
-	nexuses  map[string]*Nexus // nexuses that have sent commands
+	mu      sync.Mutex
+	nblocks uint64
+	wce     bool
+	dsense  bool
+	swp     bool // software write protect (control mode page)
+	stopped bool
+	uas     map[string][]uint16 // pending unit attentions by nexus id
+	pr      prState             // reservations and resets; see shared.go
+	shared  sharedLU            // how pr reaches the other sites
+	nexuses map[string]*Nexus   // nexuses that have sent commands
 
 }
 
@@ -129,6 +118,7 @@ func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
 	// NAA 3: locally assigned (SPC-4 section 7.8.6.6.3), 60 bits from the hash.
 	copy(lu.naa[:], sum[8:16])
 	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
+	lu.attachShared(c.Volume)
 	return lu, nil
 }
 
@@ -172,27 +162,34 @@ func (lu *LU) takeUA(n *Nexus) (uint16, bool) {
 }
 
 // nexusGone runs when a session ends: RESERVE(6) reservations are released
-// (SPC-2 section 7.21.1), persistent ones survive.
+// (SPC-2 section 7.21.1), persistent ones survive. A site releases only
+// what its own nexus holds.
 func (lu *LU) nexusGone(n *Nexus) {
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.reserved != nil && lu.reserved.id == n.id {
-		lu.reserved = nil
-	}
 	delete(lu.nexuses, n.id)
 	delete(lu.uas, n.id)
+	lu.mu.Unlock()
+	lu.releaseRes6(n)
 }
 
 // reset implements LOGICAL UNIT RESET's effect on LU state (SAM-5 section
 // 6.6): RESERVE(6) is released, and every nexus gets a unit attention.
 func (lu *LU) reset(by *Nexus) {
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	lu.reserved = nil
 	// Every nexus, the one that asked included, gets the unit attention
 	// (SAM-5 section 6.6; multipath initiators rely on seeing it on each
-	// path, as libiscsi's MultipathIO.Reset checks).
-	lu.queueUA(ascBusDeviceReset, nil)
+	// path, as libiscsi's MultipathIO.Reset checks). The reset count in
+	// the shared state carries it to every site (adopt).
+	res := lu.change(func(p *prState) (*scsiResult, bool) {
+		p.res6 = itNexus{}
+		p.resets++
+		return resultGood, true
+	})
+	if res.status != statusGood {
+		// The other sites cannot be told; this one's nexuses still are.
+		lu.mu.Lock()
+		lu.queueUA(ascBusDeviceReset, nil)
+		lu.mu.Unlock()
+	}
 }
 
 func (lu *LU) descriptorSense() bool {

@@ -158,6 +158,13 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 	}
 	if lu != nil {
 		lu.mu.Lock()
+		// The reservation state first (other sites may have changed it),
+		// and before n is known here: what happened before a nexus
+		// appeared sets it no unit attention.
+		if err := lu.syncShared(); err != nil && o.flags&fNoLUN == 0 {
+			lu.mu.Unlock()
+			return nil, sharedStateFailure()
+		}
 		if _, ok := lu.nexuses[n.id]; !ok {
 			lu.nexuses[n.id] = n
 		}

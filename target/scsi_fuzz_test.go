@@ -45,10 +45,10 @@ func FuzzPrepareCDB(f *testing.F) {
 		e.lu.mu.Lock()
 		switch flags >> 4 & 3 {
 		case 1:
-			e.lu.reserved = b
+			e.lu.pr.res6 = e.lu.itn(b)
 		case 2:
-			e.lu.pr.regs = []*registration{{nexusID: b.id, tid: b.TransportID(), key: 7}}
-			e.lu.pr.holder, e.lu.pr.rtype = b.id, prExclusiveAccess
+			e.lu.pr.regs = []registration{{port: b.id, rel: e.lu.relPort, key: 7}}
+			e.lu.pr.holder, e.lu.pr.rtype = e.lu.itn(b), prExclusiveAccess
 		case 3:
 			e.lu.addUA(a.id, ascBusDeviceReset)
 		}

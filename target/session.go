@@ -90,6 +90,23 @@ func (s *session) removeConn(c *conn) {
 	}
 }
 
+// loggingOut runs before the answer to a logout. A logout that ends the
+// session (reason 0, or its last connection closing) ends the I_T nexus:
+// its RESERVE(6) reservations are released now, not when the TCP
+// connection goes, because the initiator may act on the release, at any
+// site, as soon as it has the answer (SPC-2 section 5.5.1).
+func (s *session) loggingOut(c *conn, reason byte) {
+	s.mu.Lock()
+	ends := reason == 0 || len(s.conns) == 1 && s.conns[c.cid] == c
+	s.mu.Unlock()
+	if !ends || s.target == nil {
+		return
+	}
+	for _, lu := range s.target.lus {
+		lu.releaseRes6(s.nexus)
+	}
+}
+
 func (s *session) close(reason string) {
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))

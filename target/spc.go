@@ -278,46 +278,6 @@ func execRequestSense(c *scsiCmd, _ []byte) *scsiResult {
 	return c.trim(s.bytes())
 }
 
-// RESERVE(6) and RELEASE(6) (SPC-2 sections 7.21, 7.17).
-func execReserve6(c *scsiCmd, _ []byte) *scsiResult {
-	lu := c.lu
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.pr.active() {
-		return reservationConflict()
-	}
-	if lu.reserved != nil && lu.reserved.id != c.nexus.id {
-		return reservationConflict()
-	}
-	lu.reserved = c.nexus
-	return resultGood
-}
-
-func execRelease6(c *scsiCmd, _ []byte) *scsiResult {
-	lu := c.lu
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.pr.active() {
-		return reservationConflict()
-	}
-	if lu.reserved != nil && lu.reserved.id == c.nexus.id {
-		lu.reserved = nil
-	}
-	return resultGood
-}
-
-// conflicts reports a reservation conflict for a command from n (SPC-4
-// section 5.13.1 table 43, and SPC-2 for RESERVE(6)). Caller holds lu.mu.
-func (lu *LU) conflicts(n *Nexus, o *opInfo) bool {
-	if lu.reserved != nil && lu.reserved.id != n.id && o.flags&fRes6Allowed == 0 {
-		return true
-	}
-	if o.flags&fPRAllowed != 0 {
-		return false
-	}
-	return lu.pr.conflicts(n, o.flags&fPRRead != 0)
-}
-
 // REPORT TARGET PORT GROUPS (SPC-4 section 6.36): one group per site,
 // every site's, with the access states this initiator should see (see
 // resolvePortGroups).

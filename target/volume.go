@@ -30,6 +30,23 @@ type Volume interface {
 	Close() error
 }
 
+// SharedState is implemented by a volume whose LU state must be the same
+// at every site that serves it (persistent reservations, RESERVE(6),
+// resets). The record is small (at most 60 KiB). A volume that wraps
+// another (for metrics, say) passes it on by implementing it too, or by
+// an Unwrap() Volume method that returns the wrapped volume.
+type SharedState interface {
+	// SharedState returns the current version and bytes (0, nil before the first set).
+	// Cheap: callers may call it on every command.
+	SharedState() (version uint64, data []byte)
+	// SharedVersion is SharedState's version alone, cheaper still (an atomic load).
+	SharedVersion() uint64
+	// SetSharedState replaces the record if its version is still expect;
+	// ok is false when it changed meanwhile (read it again, recompute, retry).
+	// On success version expect+1 is in place at every in-sync site before it returns.
+	SetSharedState(expect uint64, data []byte) (ok bool, err error)
+}
+
 // PathState is the ALUA access state of this site's port group for a
 // volume (SPC-4 section 5.15.2).
 type PathState int

@@ -29,6 +29,10 @@ var ioBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 // metered wraps a volume with the I/O metrics.
 type metered struct{ target.Volume }
 
+// Unwrap lets target find what the wrapped volume implements beyond
+// target.Volume (the shared record of a mirrored LUN).
+func (m metered) Unwrap() target.Volume { return m.Volume }
+
 func observe(op string, start time.Time, err error) {
 	res := "ok"
 	if err != nil {
