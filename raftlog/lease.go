@@ -288,6 +288,25 @@ func (c *Cluster) leadTerm(ld *leadership) {
 			}
 			continue
 		}
+		if s.Epoch == 0 && c.bootstrapWriter() != c.cfg.Name {
+			// A new cluster's first writer is the first data member of
+			// the configuration: the others are compared against its
+			// image, so an operator who brings existing data puts it
+			// there (replica: the first epoch copies differing regions
+			// from the writer).
+			first := c.bootstrapWriter()
+			err := c.raft.LeadershipTransferToServer(raft.ServerID(first), raft.ServerAddress(first)).Error()
+			if err == nil {
+				return
+			}
+			log.Warn("waiting for the first data member to start the cluster as writer", "member", first, "error", err)
+			select {
+			case <-ld.stop:
+				return
+			case <-time.After(c.cfg.ElectionTimeout):
+			}
+			continue
+		}
 		if !again && s.Epoch > 0 && s.Released != s.Epoch {
 			log.Info("waiting out the previous writer's lease", "epoch", s.Epoch, "writer", s.Writer,
 				"wait", time.Until(ld.since.Add(c.takeoverWait())).Round(time.Millisecond))
@@ -319,6 +338,16 @@ func (c *Cluster) leadTerm(ld *leadership) {
 			again = true
 		}
 	}
+}
+
+// bootstrapWriter is the first data member of the configuration.
+func (c *Cluster) bootstrapWriter() string {
+	for _, p := range c.cfg.Peers {
+		if p.Role == RoleData {
+			return p.Name
+		}
+	}
+	return ""
 }
 
 // addMembers puts every configured peer missing from the state into it;

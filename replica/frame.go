@@ -92,6 +92,9 @@ const (
 	FlagForward
 	// FlagSynced: a flush that ends a resync; the replica's data is whole.
 	FlagSynced
+	// FlagEmpty: a hello answer from a site whose image was never
+	// written (all holes): two such images are equal without a compare.
+	FlagEmpty
 )
 
 // maxNameLen bounds a site name in a hello.

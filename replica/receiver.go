@@ -135,6 +135,9 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 	if r.diverged {
 		ack.Flags |= FlagDiverged
 	}
+	if storeEmpty(r.store) {
+		ack.Flags |= FlagEmpty
+	}
 	r.mu.Unlock()
 	if err := send(ack, true); err != nil {
 		return err

@@ -35,9 +35,10 @@ const (
 )
 
 type peer struct {
-	w    *writer
-	name string
-	addr string
+	w     *writer
+	name  string
+	addr  string
+	empty bool // its hello answer said its image was never written
 
 	// Guarded by w.mu.
 	state     string
@@ -61,6 +62,7 @@ type writer struct {
 	s     *Site
 	epoch uint64
 	log   hclog.Logger
+	empty bool // this site's image was never written when the writer started
 
 	mu       sync.Mutex // orders writes: seq, local apply and send
 	seq      uint64
@@ -79,7 +81,7 @@ type writer struct {
 // startWriter begins epoch at this site.
 func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel}
+	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store)}
 	stale := s.markerStale
 	s.setMarker()
 	s.recv.raise(epoch)
@@ -454,6 +456,18 @@ func (w *writer) manage(p *peer, stale bool) {
 			}
 		}
 		w.s.notify()
+		w.mu.Lock()
+		initial := w.epoch == 1 && !(w.empty && p.empty)
+		w.mu.Unlock()
+		if err == nil && initial {
+			// The cluster's first epoch: the configuration says every
+			// data site is in sync, which is true only of images that
+			// were never written. Others are compared, and the writer's
+			// (the first data member's, raftlog) regions win.
+			w.log.Warn("first epoch: comparing the replica's image with this writer's; differing regions are copied from here",
+				"replica", p.name, "writer_image_empty", w.empty, "replica_image_empty", p.empty)
+			diverged = true
+		}
 		if err == nil && (diverged || stale) {
 			// This site or the peer may hold writes nobody acknowledged:
 			// only a full compare makes them equal again.
@@ -577,6 +591,9 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 		return false, errNotWriter
 	}
 	p.link = l
+	w.mu.Unlock()
+	w.mu.Lock()
+	p.empty = ack.Flags&FlagEmpty != 0
 	w.mu.Unlock()
 	return ack.Flags&FlagDiverged != 0, nil
 }
