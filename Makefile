@@ -7,7 +7,7 @@ BIN     := bin/metrolun
 DIR     ?= $(CURDIR)/demo
 FUZZTIME ?= 15s
 
-.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps
+.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps torture
 
 all: build
 
@@ -66,3 +66,13 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Torture: real clusters whose inter-site links go through fault proxies,
+# clients at every site, a seeded fault schedule (kill -9, SIGSTOP,
+# partitions, promote, latency, resets), then the linearizability check
+# and a byte comparison of the replicas (integration/torture_test.go).
+# TORTURE_SEED=N replays a schedule; TORTURE_OUT=DIR keeps the cluster,
+# the history and the latency plot; TORTURE_SITES=3 runs three data sites.
+TORTURE_DURATION ?= 3m
+torture:
+	TORTURE_DURATION=$(TORTURE_DURATION) $(GO) test -race -count=1 -v -run TestTorture -timeout 30m ./integration/ -args

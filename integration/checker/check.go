@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -372,12 +373,36 @@ func analyzeBlock(block uint64, ops []Op) []Anomaly {
 	before := func(a, b *Op) bool {
 		return a == nil || (a.Outcome == OK && a.Return < b.Call)
 	}
+	// Indexes that keep this linear-logarithmic in the history's length
+	// (torture runs put tens of thousands of operations on one block):
+	// acknowledged writes by completion, and reads of a known write by
+	// completion, each with a running maximum of the start of the write.
+	idx := newWriteIndex(writes)
+	type readOfWrite struct{ r, w *Op }
+	var known []readOfWrite
+	for _, r := range reads {
+		if r.Corrupt {
+			continue
+		}
+		if w, ok := source(r.Value); ok && w != nil {
+			known = append(known, readOfWrite{r, w})
+		}
+	}
+	slices.SortFunc(known, func(a, b readOfWrite) int { return cmp.Compare(a.r.Return, b.r.Return) })
+	latest := make([]int, len(known)) // latest[i]: the one in known[:i+1] whose write began last
+	for i := range known {
+		latest[i] = i
+		if i > 0 && known[latest[i-1]].w.Call >= known[i].w.Call {
+			latest[i] = latest[i-1]
+		}
+	}
 	var out []Anomaly
 	for _, r := range reads {
-		a := Anomaly{Block: block, Read: *r, Possible: possible(r, writes)}
+		a := Anomaly{Block: block, Read: *r}
 		v := r.Value
 		if r.Corrupt {
 			a.Kind = CorruptRead
+			a.Possible = idx.possible(r)
 			a.Text = fmt.Sprintf("block %d: %s: %s returned a block that is neither zeros nor a valid stamp for this block", block, a.Kind, describe(r))
 			if !v.IsZero() {
 				a.Text += fmt.Sprintf(" (it holds %s, written for block %d)", v, v.LBA)
@@ -388,6 +413,7 @@ func analyzeBlock(block uint64, ops []Op) []Anomaly {
 		}
 		src, ok := source(v)
 		if !ok {
+			a.Possible = idx.possible(r)
 			if ws := byValue[v]; len(ws) > 0 {
 				a.Kind, a.Source = FailedWriteApplied, ws[0]
 				a.Text = fmt.Sprintf("block %d: %s: %s returned %s, written by %s, which was reported as certainly not executed",
@@ -403,23 +429,18 @@ func analyzeBlock(block uint64, ops []Op) []Anomaly {
 		a.Source = src
 		if src != nil && src.Call > r.Return {
 			a.Kind = FutureRead
+			a.Possible = idx.possible(r)
 			a.Text = fmt.Sprintf("block %d: %s: %s returned %s, but its write (%s) began only after the read returned",
 				block, a.Kind, describe(r), v, describe(src))
 			out = append(out, a)
 			continue
 		}
-		// A newer value certainly in place before the read began: an
-		// acknowledged write after the source, completed before the read.
-		var newer *Op
-		for _, w := range writes {
-			if w != src && w.Outcome == OK && w.Return < r.Call && before(src, w) {
-				if newer == nil || w.Return > newer.Return {
-					newer = w
-				}
-			}
-		}
-		if newer != nil {
+		// A newer value certainly in place before the read began: the
+		// latest acknowledged write after the source, completed before
+		// the read.
+		if newer := idx.newerThan(src, r, before); newer != nil {
 			a.Newer = newer
+			a.Possible = idx.possible(r)
 			// Did the newer data survive? A later read that returns it,
 			// or a value written after it (and begun before this read),
 			// says the data was there and this read was stale.
@@ -453,48 +474,102 @@ func analyzeBlock(block uint64, ops []Op) []Anomaly {
 			out = append(out, a)
 			continue
 		}
-		// Or a newer value another read had already returned.
-		for _, r2 := range reads {
-			if r2 == r || r2.Corrupt || r2.Return >= r.Call || r2.Value == v {
-				continue
-			}
-			w2, ok := source(r2.Value)
-			if !ok || w2 == nil || w2 == src || !before(src, w2) {
-				continue
-			}
-			a.Kind, a.Newer = StaleRead, r2
-			a.Text = fmt.Sprintf("block %d: %s: %s returned %s%s, but an earlier read (%s) had already returned %s, written by %s after that; "+
-				"it could have returned %s.", block, a.Kind, describe(r), v, srcText(src), describe(r2), r2.Value, describe(w2), values(a.Possible))
-			out = append(out, a)
-			break
+		// Or a newer value another read had already returned: of the
+		// reads done before this one began, the one whose write began
+		// last is the best witness.
+		k := sort.Search(len(known), func(i int) bool { return known[i].r.Return >= r.Call })
+		if k == 0 {
+			continue
 		}
+		best := known[latest[k-1]]
+		if best.w == src || !before(src, best.w) {
+			continue
+		}
+		r2, w2 := best.r, best.w
+		a.Kind, a.Newer = StaleRead, r2
+		a.Possible = idx.possible(r)
+		a.Text = fmt.Sprintf("block %d: %s: %s returned %s%s, but an earlier read (%s) had already returned %s, written by %s after that; "+
+			"it could have returned %s.", block, a.Kind, describe(r), v, srcText(src), describe(r2), r2.Value, describe(w2), values(a.Possible))
+		out = append(out, a)
 	}
 	return out
 }
 
-// possible lists the values r could have returned judging by the writes
-// alone.
-func possible(r *Op, writes []*Op) []Value {
-	overwritten := func(w *Op) bool {
-		for _, w2 := range writes {
-			if w2 != w && w2.Outcome == OK && w2.Return < r.Call && (w == nil || (w.Outcome == OK && w.Return < w2.Call)) {
-				return true
-			}
+// writeIndex answers questions about one block's writes relative to a
+// read: the acknowledged writes sorted by completion, with the latest
+// start among each prefix.
+type writeIndex struct {
+	all     []*Op
+	acked   []*Op           // Outcome OK, by Return
+	maxCall []time.Duration // maxCall[i]: latest Call among acked[:i+1]
+}
+
+func newWriteIndex(writes []*Op) *writeIndex {
+	x := &writeIndex{all: writes}
+	for _, w := range writes {
+		if w.Outcome == OK {
+			x.acked = append(x.acked, w)
 		}
-		return false
+	}
+	slices.SortFunc(x.acked, func(a, b *Op) int { return cmp.Compare(a.Return, b.Return) })
+	x.maxCall = make([]time.Duration, len(x.acked))
+	for i, w := range x.acked {
+		x.maxCall[i] = w.Call
+		if i > 0 {
+			x.maxCall[i] = max(x.maxCall[i], x.maxCall[i-1])
+		}
+	}
+	return x
+}
+
+// ackedBefore is how many acknowledged writes completed before t.
+func (x *writeIndex) ackedBefore(t time.Duration) int {
+	return sort.Search(len(x.acked), func(i int) bool { return x.acked[i].Return >= t })
+}
+
+// newerThan is the acknowledged write that completed last before r
+// began among those certainly after src (before(src, w)), or nil.
+func (x *writeIndex) newerThan(src, r *Op, before func(a, b *Op) bool) *Op {
+	if src != nil && src.Outcome != OK {
+		return nil // nothing is certainly after a write of unknown outcome
+	}
+	for i := x.ackedBefore(r.Call) - 1; i >= 0; i-- {
+		w := x.acked[i]
+		if src != nil && w.Return < src.Return {
+			break // it began before src ended, as every earlier one did
+		}
+		if w != src && before(src, w) {
+			return w
+		}
+	}
+	return nil
+}
+
+// possible lists the values r could have returned judging by the writes
+// alone: zeros unless a write was acknowledged before r began, and every
+// write that may have happened, begun before r returned, and not
+// overwritten by an acknowledged write that began after it was
+// acknowledged and completed before r began.
+func (x *writeIndex) possible(r *Op) []Value {
+	k := x.ackedBefore(r.Call)
+	var latestStart time.Duration
+	if k > 0 {
+		latestStart = x.maxCall[k-1]
 	}
 	var out []Value
-	if !overwritten(nil) {
+	if k == 0 {
 		out = append(out, Value{})
 	}
-	for _, w := range writes {
-		if w.Outcome == Failed || w.Call > r.Return || overwritten(w) {
+	for _, w := range x.all {
+		if w.Outcome == Failed || w.Call > r.Return || (k > 0 && w.Outcome == OK && w.Return < latestStart) {
 			continue
 		}
 		out = append(out, w.Value)
 	}
 	return out
 }
+
+func possible(r *Op, writes []*Op) []Value { return newWriteIndex(writes).possible(r) }
 
 func describe(op *Op) string {
 	verb := "read"

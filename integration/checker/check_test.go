@@ -335,3 +335,23 @@ func FuzzParseStamp(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckSavedHistory checks a history a run saved with SaveJSON (a
+// torture run's history.json), given as CHECKER_HISTORY=path; without
+// it, it skips. It fails when the history is not linearizable, naming
+// the offending operations.
+func TestCheckSavedHistory(t *testing.T) {
+	path := os.Getenv("CHECKER_HISTORY")
+	if path == "" {
+		t.Skip("set CHECKER_HISTORY=path/to/history.json to check a saved history")
+	}
+	h, err := LoadJSON(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := CheckWith(h, Options{Timeout: 5 * time.Minute, HTMLPath: filepath.Join(t.TempDir(), "history.html")})
+	t.Logf("%d ops, %d faults: %s", h.Len(), len(h.Faults()), res)
+	if !res.OK() {
+		t.Fatalf("%s is not linearizable", path)
+	}
+}

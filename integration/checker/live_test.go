@@ -178,7 +178,7 @@ func TestLiveWorkloadWithFreezes(t *testing.T) {
 		Blocks:         16,
 		Seed:           2,
 		Duration:       4 * time.Second,
-		MaxOps:         20000,
+		MaxOps:         200000,
 		OpTimeout:      250 * time.Millisecond,
 		MaxBackoff:     100 * time.Millisecond,
 	}
@@ -221,4 +221,46 @@ func TestLiveWorkloadWithFreezes(t *testing.T) {
 		t.Fatal("latency plot lacks the fault labels")
 	}
 	h.SaveJSON(filepath.Join(dir, "history.json"))
+}
+
+// TestLiveWorkloadPace: with Pace, each client starts at most one
+// operation per Pace.
+func TestLiveWorkloadPace(t *testing.T) {
+	srv := servetest.Start(t, servetest.Options{Size: "64MiB"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := NewHistory()
+	w := Workload{
+		Targets:        []Target{{Site: "site-a", Addr: srv.Addr, IQN: srv.IQN, LUN: srv.LUN}},
+		ClientsPerSite: 2,
+		FirstLBA:       12288,
+		Blocks:         8,
+		Seed:           3,
+		Duration:       time.Second,
+		Pace:           20 * time.Millisecond,
+	}
+	st, err := w.Run(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 clients, 1s at one operation per 20ms: about 100 (a login and a
+	// slow first operation make it fewer).
+	if st.Ops > 2*(50+1) || st.Ops < 40 || st.OK != st.Ops {
+		t.Fatalf("paced workload: %s", st)
+	}
+	for c := range 2 {
+		var calls []time.Duration
+		for _, op := range h.Ops() {
+			if op.Client == c {
+				calls = append(calls, op.Call)
+			}
+		}
+		// The first operation's start is taken after the login, so
+		// spacing counts from the second one.
+		for i := 2; i < len(calls); i++ {
+			if d := calls[i] - calls[i-1]; d < 19*time.Millisecond {
+				t.Fatalf("client %d started operations %d and %d %v apart", c, i-1, i, d)
+			}
+		}
+	}
 }

@@ -33,6 +33,13 @@ const (
 	// FaultLatency adds Latency to inter-site links for Duration; a
 	// closing FaultLatency step with Latency 0 ends the spike.
 	FaultLatency FaultKind = "latency"
+	// FaultPartitionOneWay drops what Target sends to Peer (Peer's
+	// traffic to Target still passes); FaultHeal ends it. Needs a
+	// LinkFaults.
+	FaultPartitionOneWay FaultKind = "partition-oneway"
+	// FaultReset resets every connection between Target and the other
+	// members, as a peer reset would (one step). Needs a LinkFaults.
+	FaultReset FaultKind = "reset"
 )
 
 // Faults executes fault steps on whatever runs the cluster (processes on
@@ -47,6 +54,13 @@ type Faults interface {
 	Heal() error
 	Promote(site string) error
 	Latency(d time.Duration) error
+}
+
+// LinkFaults is implemented by a Faults that can also cut one direction
+// of a link and reset connections (FaultPartitionOneWay, FaultReset).
+type LinkFaults interface {
+	PartitionOneWay(from, to string) error
+	ResetLinks(site string) error
 }
 
 // Step is one timed fault action.
@@ -71,6 +85,8 @@ func (s Step) Label() string {
 	switch s.Kind {
 	case FaultPartition:
 		return fmt.Sprintf("partition %s|%s", s.Target, s.Peer)
+	case FaultPartitionOneWay:
+		return fmt.Sprintf("partition %s->%s", s.Target, s.Peer)
 	case FaultHeal:
 		return "heal"
 	case FaultLatency:
@@ -101,8 +117,9 @@ type ScheduleConfig struct {
 	PartitionPeers []string
 	// Kinds to inject, each chosen with equal probability: FaultKill9,
 	// FaultStop, FaultPartition, FaultRestart, FaultPromote,
-	// FaultLatency. Closing steps (restart after kill9, cont, heal,
-	// latency off) are added by the generator.
+	// FaultLatency, FaultPartitionOneWay, FaultReset. Closing steps
+	// (restart after kill9, cont, heal, latency off) are added by the
+	// generator.
 	Kinds []FaultKind
 	// Quiet time between one fault's end and the next fault's start
 	// (default Duration/20, at least 1ms, to Duration/8).
@@ -133,11 +150,11 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	peers := append(append([]string(nil), cfg.Sites...), cfg.PartitionPeers...)
 	for _, k := range cfg.Kinds {
 		switch k {
-		case FaultKill9, FaultStop, FaultRestart, FaultPromote:
+		case FaultKill9, FaultStop, FaultRestart, FaultPromote, FaultReset:
 			if len(cfg.Sites) == 0 {
 				return Schedule{}, fmt.Errorf("checker: fault %s needs at least one site", k)
 			}
-		case FaultPartition:
+		case FaultPartition, FaultPartitionOneWay:
 			if len(cfg.Sites) == 0 || len(peers) < 2 {
 				return Schedule{}, fmt.Errorf("checker: fault %s needs two sites (or a site and a peer)", k)
 			}
@@ -178,7 +195,7 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 		at := cursor + between(cfg.MinGap, cfg.MaxGap)
 		kind := cfg.Kinds[rng.IntN(len(cfg.Kinds))]
 		length := between(cfg.MinFault, cfg.MaxFault)
-		if kind == FaultPromote || kind == FaultRestart {
+		if kind == FaultPromote || kind == FaultRestart || kind == FaultReset {
 			length = 0
 		}
 		if at+length >= d {
@@ -195,7 +212,7 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			s.Steps = append(s.Steps,
 				Step{At: at, Kind: FaultStop, Target: site, Duration: length},
 				Step{At: at + length, Kind: FaultCont, Target: site})
-		case FaultPartition:
+		case FaultPartition, FaultPartitionOneWay:
 			a := pick(cfg.Sites)
 			var others []string
 			for _, p := range peers {
@@ -207,8 +224,11 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 				return Schedule{}, fmt.Errorf("checker: no partition peer for %s", a)
 			}
 			b := pick(others)
+			if kind == FaultPartitionOneWay && rng.IntN(2) == 0 {
+				a, b = b, a // either direction, the far end included
+			}
 			s.Steps = append(s.Steps,
-				Step{At: at, Kind: FaultPartition, Target: a, Peer: b, Duration: length},
+				Step{At: at, Kind: kind, Target: a, Peer: b, Duration: length},
 				Step{At: at + length, Kind: FaultHeal})
 		case FaultLatency:
 			lat := between(time.Millisecond, cfg.MaxLatency).Round(time.Millisecond)
@@ -220,6 +240,8 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultRestart, Target: pick(cfg.Sites)})
 		case FaultPromote:
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultPromote, Target: pick(cfg.Sites)})
+		case FaultReset:
+			s.Steps = append(s.Steps, Step{At: at, Kind: FaultReset, Target: pick(cfg.Sites)})
 		}
 		cursor = at + length
 	}
@@ -264,7 +286,7 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 		switch {
 		case st.Kind == FaultKill9 || st.Kind == FaultStop:
 			open[string(st.Kind)+" "+st.Target] = st
-		case st.Kind == FaultPartition:
+		case st.Kind == FaultPartition || st.Kind == FaultPartitionOneWay:
 			open["partition"] = st
 		case st.Kind == FaultLatency && st.Latency > 0:
 			open["latency"] = st
@@ -301,7 +323,7 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 						exec(Step{At: time.Since(start), Kind: FaultRestart, Target: o.Target})
 					case FaultStop:
 						exec(Step{At: time.Since(start), Kind: FaultCont, Target: o.Target})
-					case FaultPartition:
+					case FaultPartition, FaultPartitionOneWay:
 						exec(Step{At: time.Since(start), Kind: FaultHeal})
 					case FaultLatency:
 						exec(Step{At: time.Since(start), Kind: FaultLatency})
@@ -333,6 +355,15 @@ func apply(f Faults, st Step) error {
 		return f.Promote(st.Target)
 	case FaultLatency:
 		return f.Latency(st.Latency)
+	case FaultPartitionOneWay, FaultReset:
+		lf, ok := f.(LinkFaults)
+		if !ok {
+			return fmt.Errorf("fault %s needs a LinkFaults", st.Kind)
+		}
+		if st.Kind == FaultReset {
+			return lf.ResetLinks(st.Target)
+		}
+		return lf.PartitionOneWay(st.Target, st.Peer)
 	}
 	return fmt.Errorf("unknown fault kind %q", st.Kind)
 }

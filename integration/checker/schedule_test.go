@@ -268,3 +268,87 @@ func TestPlotLatency(t *testing.T) {
 		t.Fatalf("empty plot: %v", err)
 	}
 }
+
+// linkRecorder is a recorder that also cuts one direction and resets.
+type linkRecorder struct{ recorder }
+
+func (r *linkRecorder) PartitionOneWay(from, to string) error {
+	return r.do("oneway " + from + " " + to)
+}
+func (r *linkRecorder) ResetLinks(s string) error { return r.do("reset " + s) }
+
+func TestScheduleLinkFaults(t *testing.T) {
+	cfg := ScheduleConfig{Seed: 5, Duration: 10 * time.Minute, Sites: []string{"site-a", "site-b"}, PartitionPeers: []string{"witness"},
+		Kinds: []FaultKind{FaultPartitionOneWay, FaultReset}, MinGap: time.Second, MaxGap: 3 * time.Second, MinFault: time.Second, MaxFault: 4 * time.Second}
+	s, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := NewSchedule(cfg)
+	if !reflect.DeepEqual(s, again) {
+		t.Fatal("same seed, different schedules")
+	}
+	fromWitness, oneway, resets := false, 0, 0
+	for i, st := range s.Steps {
+		switch st.Kind {
+		case FaultPartitionOneWay:
+			oneway++
+			if st.Target == st.Peer || st.Peer == "" || st.Duration <= 0 {
+				t.Fatalf("bad one-way partition %v", st)
+			}
+			if st.Target == "witness" {
+				fromWitness = true
+			}
+			if i+1 >= len(s.Steps) || s.Steps[i+1].Kind != FaultHeal {
+				t.Fatalf("%v is not followed by a heal:\n%s", st, s)
+			}
+			if !strings.Contains(st.Label(), st.Target+"->"+st.Peer) {
+				t.Fatalf("label %q", st.Label())
+			}
+		case FaultReset:
+			resets++
+			if st.Target == "" || st.Duration != 0 {
+				t.Fatalf("bad reset %v", st)
+			}
+		}
+	}
+	if oneway < 5 || resets < 5 || !fromWitness {
+		t.Fatalf("%d one-way partitions (one from the witness: %v), %d resets:\n%s", oneway, fromWitness, resets, s)
+	}
+
+	run := Schedule{Steps: []Step{
+		{At: 0, Kind: FaultPartitionOneWay, Target: "a", Peer: "b", Duration: time.Millisecond},
+		{At: time.Millisecond, Kind: FaultHeal},
+		{At: 2 * time.Millisecond, Kind: FaultReset, Target: "a"},
+	}}
+	lr := &linkRecorder{}
+	if err := run.Run(context.Background(), lr, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(lr.calls, "|"); got != "oneway a b|heal|reset a" {
+		t.Fatalf("calls %s", got)
+	}
+	// A Faults without LinkFaults: the steps fail, the heal still runs.
+	r := &recorder{}
+	err = run.Run(context.Background(), r, nil)
+	if err == nil || !strings.Contains(err.Error(), "needs a LinkFaults") {
+		t.Fatalf("Run without LinkFaults: %v", err)
+	}
+	if got := strings.Join(r.calls, "|"); got != "heal" {
+		t.Fatalf("calls %s", got)
+	}
+	// Cancelled during a one-way partition: healed.
+	open := Schedule{Steps: []Step{
+		{At: 0, Kind: FaultPartitionOneWay, Target: "a", Peer: "b", Duration: time.Hour},
+		{At: time.Hour, Kind: FaultHeal},
+	}}
+	lr = &linkRecorder{}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := open.Run(ctx, lr, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := strings.Join(lr.calls, "|"); got != "oneway a b|heal" {
+		t.Fatalf("calls %s", got)
+	}
+}

@@ -64,6 +64,10 @@ type Workload struct {
 	// MaxBackoff bounds the pause after an error (default 500ms; the
 	// pause starts at 10ms and doubles).
 	MaxBackoff time.Duration
+	// Pace, when set, is the least time between the starts of one
+	// client's operations: it bounds the load (and the history's length)
+	// so that the clients do not starve the processes under test.
+	Pace time.Duration
 	// Prefill writes every block once (recorded, as client id
 	// len(Targets)*ClientsPerSite) through the first target before the
 	// clients start, so the region need not start as zeros.
@@ -251,7 +255,22 @@ func (c *client) run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+	var last time.Time
 	for !c.stopped(ctx) {
+		if c.w.Pace > 0 && !last.IsZero() {
+			if d := c.w.Pace - time.Since(last); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+				if c.stopped(ctx) {
+					return
+				}
+			}
+		}
+		last = time.Now()
 		if c.w.MaxOps > 0 && c.issued.Add(1) > int64(c.w.MaxOps) {
 			return
 		}
