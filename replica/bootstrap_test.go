@@ -31,7 +31,10 @@ func TestFirstEpochComparesWrittenImages(t *testing.T) {
 		}
 		until(t, "b in sync", 10*time.Second, func() bool {
 			ok, _ := b.recv.leaseValid(time.Now())
-			return ok && tc.c.inSync("b")
+			tc.c.mu.Lock()
+			readded := slices.Contains(tc.c.adds, "b")
+			tc.c.mu.Unlock()
+			return ok && tc.c.inSync("b") && (readded || !prefilled)
 		})
 		if err := a.Flush(); err != nil {
 			t.Fatal(err)

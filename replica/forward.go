@@ -148,19 +148,19 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	if err != nil {
 		conn.Close()
 		// The frame may have left in part: the outcome is unknown.
-		return -1, &notReady{asc: ascTransition, err: err}
+		return -1, &indeterminate{err: err}
 	}
 	select {
 	case <-op.done:
 	case <-ctx.Done():
-		return -1, &notReady{asc: ascTransition, err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
+		return -1, &indeterminate{err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
 	}
 	r := op.result
 	switch {
 	case r.Err == errNotWriter.Error():
 		return -1, errRetry
 	case r.Err != "":
-		return -1, &notReady{asc: ascTransition, err: errors.New(r.Err)}
+		return -1, &indeterminate{err: errors.New(r.Err)}
 	case r.At != 0:
 		return int(r.At - 1), nil
 	}

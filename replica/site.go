@@ -567,6 +567,14 @@ const (
 )
 
 func (e *notReady) Error() string { return fmt.Sprintf("not ready: %v", e.err) }
+
+// indeterminate: the operation may or may not have taken effect (it was
+// applied somewhere, or sent to a writer that went away). The target
+// answers ABORTED COMMAND (target.ErrOutcomeUnknown).
+type indeterminate struct{ err error }
+
+func (e *indeterminate) Error() string   { return fmt.Sprintf("outcome unknown: %v", e.err) }
+func (e *indeterminate) Unwrap() []error { return []error{e.err, target.ErrOutcomeUnknown} }
 func (e *notReady) Unwrap() error { return e.err }
 
 // As lets the target see it as its NotReadyError.

@@ -243,7 +243,8 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		w.mu.Lock()
 		w.tainted = true
 		w.mu.Unlock()
-		return &notReady{asc: ascTransition, err: errors.Join(errs...)}
+		// Applied here and perhaps elsewhere: not a clean failure.
+		return &indeterminate{err: errors.Join(errs...)}
 	}
 	return nil
 }

@@ -571,12 +571,22 @@ func volumeError(err error, read bool) *scsiResult {
 		}
 		return checkCondition(senseMediumError, asc)
 	}
+	if errors.Is(err, ErrOutcomeUnknown) {
+		return checkCondition(senseAbortedCommand, 0)
+	}
 	var ns *NotReadyError
 	if errors.As(err, &ns) {
 		return checkCondition(senseNotReady, ns.ASC)
 	}
 	return checkCondition(senseHardwareError, ascInternalTargetFailure)
 }
+
+// ErrOutcomeUnknown is returned (wrapped) by a volume when a write may or
+// may not have taken effect: a mirrored volume whose writer went away
+// while the write was on its way. It maps to ABORTED COMMAND, which
+// initiators retry and which, unlike NOT READY, does not say the command
+// was not carried out.
+var ErrOutcomeUnknown = errors.New("volume: outcome of the command unknown")
 
 // NotReadyError is returned by a volume that cannot serve I/O right now
 // (for example a site that lost its lease); it maps to NOT READY with ASC.
