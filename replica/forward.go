@@ -31,13 +31,16 @@ type fwdOp struct {
 
 	mu        sync.Mutex
 	isApplied bool
+	epoch     uint64 // the stream frame that applied it here
+	seq       uint64
 	result    *Frame
 	done      chan struct{}
 }
 
-func (o *fwdOp) applied() {
+func (o *fwdOp) applied(epoch, seq uint64) {
 	o.mu.Lock()
 	o.isApplied = true
+	o.epoch, o.seq = epoch, seq
 	o.check()
 	o.mu.Unlock()
 }
@@ -164,6 +167,12 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	case r.At != 0:
 		return int(r.At - 1), nil
 	}
+	// The writer answers only once every other in-sync site has it, and
+	// it is applied here: readers here need not wait for the commit.
+	op.mu.Lock()
+	ep, seq := op.epoch, op.seq
+	op.mu.Unlock()
+	fw.s.recv.settledHere(ep, seq)
 	return -1, nil
 }
 

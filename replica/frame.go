@@ -49,6 +49,11 @@ const (
 	// Data if its version is still Offset (At = 1 when it was not).
 	FrameMeta
 	FrameFwdMeta
+
+	// FrameCommit: writer -> replica, not a stream frame: every frame up
+	// to Seq is on every in-sync site, so a replica may show it to
+	// readers (writer.settle).
+	FrameCommit
 )
 
 // MaxFrameData bounds the data of one frame; a larger write is split. It
@@ -160,7 +165,7 @@ func (f *Frame) Validate() error {
 		if len(f.Data) != 0 || len(f.From) > maxNameLen {
 			return fmt.Errorf("%w: bad hello", ErrFrame)
 		}
-	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult:
+	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult, FrameCommit:
 		if len(f.Data) != 0 {
 			return fmt.Errorf("%w: kind %d carries data", ErrFrame, f.Kind)
 		}

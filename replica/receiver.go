@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -47,6 +48,83 @@ type receiver struct {
 	leaseEp  uint64
 	reqs     map[uint64]time.Time // lease request id -> when it was sent
 	nextReq  uint64
+
+	// Applied but not yet committed (FrameCommit): readers here wait for
+	// these ranges. vmu orders a store write and its registration against
+	// reads; the fields are guarded by mu.
+	vmu         sync.RWMutex
+	commit      uint64
+	uncommitted []appliedRange
+	visible     chan struct{} // closed and replaced when commit moves
+}
+
+// appliedRange is a write or unmap applied here at seq.
+type appliedRange struct {
+	seq    uint64
+	off, n int64
+}
+
+// committed takes the writer's commit point for the current stream.
+func (r *receiver) committed(conn net.Conn, f *Frame) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if conn != r.cur || f.Epoch != r.epoch || f.Seq <= r.commit {
+		return
+	}
+	r.commit = f.Seq
+	r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq <= f.Seq })
+	r.wake()
+}
+
+// settledHere marks the write applied at seq as on every in-sync site
+// (a forwarded write the writer answered).
+func (r *receiver) settledHere(epoch, seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if epoch != r.epoch {
+		return
+	}
+	n := len(r.uncommitted)
+	r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq == seq })
+	if len(r.uncommitted) != n {
+		r.wake()
+	}
+}
+
+// wake (mu held) wakes readers waiting for ranges to commit.
+func (r *receiver) wake() {
+	if r.visible != nil {
+		close(r.visible)
+	}
+	r.visible = make(chan struct{})
+}
+
+// readCommitted reads p at off once no uncommitted write overlaps it. It
+// reports false (retry after checking the lease again) when it waited.
+func (r *receiver) readCommitted(p []byte, off int64, deadline <-chan time.Time, closing <-chan struct{}) (bool, error) {
+	n := int64(len(p))
+	r.vmu.RLock()
+	r.mu.Lock()
+	busy := slices.ContainsFunc(r.uncommitted, func(a appliedRange) bool { return a.off < off+n && off < a.off+a.n })
+	if r.visible == nil {
+		r.visible = make(chan struct{})
+	}
+	ch := r.visible
+	r.mu.Unlock()
+	if !busy {
+		err := r.store.ReadAt(p, off)
+		r.vmu.RUnlock()
+		return true, err
+	}
+	r.vmu.RUnlock()
+	select {
+	case <-ch:
+		return false, nil
+	case <-closing:
+		return true, &notReady{asc: ascTransition, err: errors.New("site closing")}
+	case <-deadline:
+		return true, &notReady{asc: ascTransition, err: errors.New("a write to these blocks is not yet on every in-sync site")}
+	}
 }
 
 // Applied returns the epoch and the highest applied sequence number.
@@ -131,6 +209,9 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 		r.epoch = hello.Epoch
 	}
 	r.cur, r.first, r.seq = conn, true, 0
+	// A new writer: what the last one left uncommitted is its to settle.
+	r.commit, r.uncommitted = 0, nil
+	r.wake()
 	ack := &Frame{Kind: FrameHelloAck, Epoch: r.epoch}
 	if r.diverged {
 		ack.Flags |= FlagDiverged
@@ -181,8 +262,22 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 			}
 			return err
 		}
-		if f.Kind == FrameLease {
-			r.granted(f)
+		if f.Kind == FrameLease || f.Kind == FrameCommit {
+			if f.Kind == FrameLease {
+				r.granted(f)
+			} else {
+				r.committed(conn, f)
+			}
+			// Acks held back while more input was buffered go out
+			// once none is.
+			if br.Buffered() == 0 {
+				wmu.Lock()
+				err := bw.Flush()
+				wmu.Unlock()
+				if err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		ans, stopNow := r.apply(conn, f)
@@ -217,6 +312,8 @@ func (r *receiver) granted(f *Frame) {
 // apply applies one stream frame and returns the answer; stop is set
 // when the stream must end (a refusal).
 func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
+	r.vmu.Lock() // before mu, as readers take them
+	defer r.vmu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	nack := func(format string, args ...any) (*Frame, bool) {
@@ -285,8 +382,11 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		return nack("%v", err)
 	}
 	r.seq = f.Seq
+	if (f.Kind == FrameWrite || f.Kind == FrameUnmap) && f.Seq > r.commit {
+		r.uncommitted = append(r.uncommitted, appliedRange{seq: f.Seq, off: f.Offset, n: int64(f.Length)})
+	}
 	if op != nil {
-		op.applied()
+		op.applied(f.Epoch, f.Seq)
 	}
 	return &Frame{Kind: FrameAck, Epoch: f.Epoch, Seq: f.Seq, Flags: flags}, false
 }

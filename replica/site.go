@@ -465,11 +465,15 @@ func (s *Site) ReadAt(p []byte, off int64) error {
 		if w := s.activeWriter(); w != nil {
 			// A write still in flight is not yet on every in-sync site;
 			// a read must not see it before that (I1, I3).
-			w.awaitRange(off, int64(len(p)))
-			return s.cfg.Store.ReadAt(p, off)
+			return w.readSettled(p, off)
 		}
 		if ok, _ := s.recv.leaseValid(time.Now()); ok {
-			return s.cfg.Store.ReadAt(p, off)
+			// Likewise a write this replica applied but the writer has
+			// not yet seen on every in-sync site.
+			if done, err := s.recv.readCommitted(p, off, deadline.C, s.closing); done {
+				return err
+			}
+			continue
 		}
 		select {
 		case <-ch:
@@ -575,7 +579,7 @@ type indeterminate struct{ err error }
 
 func (e *indeterminate) Error() string   { return fmt.Sprintf("outcome unknown: %v", e.err) }
 func (e *indeterminate) Unwrap() []error { return []error{e.err, target.ErrOutcomeUnknown} }
-func (e *notReady) Unwrap() error { return e.err }
+func (e *notReady) Unwrap() error        { return e.err }
 
 // As lets the target see it as its NotReadyError.
 func (e *notReady) As(target any) bool {

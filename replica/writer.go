@@ -70,8 +70,20 @@ type writer struct {
 	paused   bool
 	peers    []*peer
 	inflight sync.WaitGroup
-	tainted  bool // a locally applied write failed: this site may have diverged
-	busy     []*busyRange
+	tainted  bool         // a locally applied write failed: this site may have diverged
+	busy     []*busyRange // guarded by rmu
+
+	// Visibility (I3 with forwarding and with several replicas): a write
+	// is visible, to reads here and at every replica, only once every
+	// in-sync site holds it, its origin included. unsettled are the
+	// sequence numbers ordered and not yet there, in order; commit is the
+	// highest below all of them, which the committer sends to the
+	// replicas (FrameCommit).
+	rmu       sync.RWMutex // guards busy; local apply and its busy range vs. reads here
+	unsettled []uint64
+	settledAt map[uint64]bool
+	commit    uint64
+	commitSig chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -81,7 +93,13 @@ type writer struct {
 // startWriter begins epoch at this site.
 func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store)}
+	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
+		commitSig: make(chan struct{}, 1)}
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		w.committer()
+	}()
 	stale := s.markerStale
 	s.setMarker()
 	s.recv.raise(epoch)
@@ -170,18 +188,33 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	}
 	w.seq++
 	f.Epoch, f.Seq = w.epoch, w.seq
+	w.rmu.Lock()
 	if err := apply(); err != nil {
+		w.rmu.Unlock()
 		w.seq--
 		w.mu.Unlock()
 		return err
 	}
 	w.inflight.Add(1)
 	defer w.inflight.Done()
+	seq := f.Seq
+	w.unsettled = append(w.unsettled, seq)
+	var busy *busyRange
 	if n := frameBytes(f); n > 0 {
-		r := &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
-		w.busy = append(w.busy, r)
-		defer w.release(r)
+		busy = &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
+		w.busy = append(w.busy, busy)
 	}
+	w.rmu.Unlock()
+	settling := false
+	defer func() {
+		if !settling && busy != nil {
+			// Failed: the writer is going down; readers here need not
+			// wait for a commit that will not come.
+			w.release(busy)
+		}
+	}()
+	var originCh <-chan Ack
+	var originPeer *peer
 	var waits []pendingWait
 	var dirty []*peer
 	for _, p := range w.peers {
@@ -190,7 +223,9 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			if p.name == origin {
 				ref := *f
 				ref.Data, ref.Flags = nil, f.Flags|FlagRef // f.Ref names the origin's operation
-				p.link.Send(&ref)                          // its ack settles nothing here: the origin answers
+				// The origin answers its initiator; its ack only makes
+				// the write visible (settle).
+				originCh, originPeer = p.link.Send(&ref), p
 				continue
 			}
 			waits = append(waits, pendingWait{p, p.link.Send(f)})
@@ -246,7 +281,96 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		// Applied here and perhaps elsewhere: not a clean failure.
 		return &indeterminate{err: errors.Join(errs...)}
 	}
+	settling = true
+	if originCh == nil {
+		w.settle(seq, busy)
+		return nil
+	}
+	go func() {
+		if a := <-originCh; a.Err != nil {
+			w.failPeer(originPeer, a.Err)
+			if !w.awaitDrop(originPeer) {
+				if busy != nil {
+					w.release(busy)
+				}
+				return
+			}
+		}
+		w.settle(seq, busy)
+	}()
 	return nil
+}
+
+// settle records that seq is on every in-sync site: its range becomes
+// readable here, and the commit point the replicas get moves on.
+func (w *writer) settle(seq uint64, busy *busyRange) {
+	w.mu.Lock()
+	if w.settledAt == nil {
+		w.settledAt = make(map[uint64]bool)
+	}
+	w.settledAt[seq] = true
+	for len(w.unsettled) > 0 && w.settledAt[w.unsettled[0]] {
+		delete(w.settledAt, w.unsettled[0])
+		w.unsettled = w.unsettled[1:]
+	}
+	c := w.seq
+	if len(w.unsettled) > 0 {
+		c = w.unsettled[0] - 1
+	}
+	advanced := c > w.commit
+	if advanced {
+		w.commit = c
+	}
+	w.mu.Unlock()
+	if busy != nil {
+		w.release(busy)
+	}
+	if advanced {
+		select {
+		case w.commitSig <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// committer tells the replicas how far the stream is on every in-sync
+// site, so they may show those writes to their readers.
+// It also ticks, for frames outside the write order (resync copies)
+// and for links that came up since.
+func (w *writer) committer() {
+	sent := map[*Link]uint64{}
+	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-w.commitSig:
+		case <-tick.C:
+		}
+		w.mu.Lock()
+		c := w.seq
+		if len(w.unsettled) > 0 {
+			c = w.unsettled[0] - 1
+		}
+		var links []*Link
+		for _, p := range w.peers {
+			if p.link != nil && (p.state == peerInSync || p.state == peerSyncing) {
+				links = append(links, p.link)
+			}
+		}
+		w.mu.Unlock()
+		live := map[*Link]uint64{}
+		for _, l := range links {
+			if sent[l] < c {
+				l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: c})
+				live[l] = c
+			} else {
+				live[l] = sent[l]
+			}
+		}
+		sent = live
+	}
 }
 
 // busyRange is a write applied here but not yet on every in-sync site.
@@ -256,27 +380,31 @@ type busyRange struct {
 }
 
 func (w *writer) release(r *busyRange) {
-	w.mu.Lock()
+	w.rmu.Lock()
 	w.busy = slices.DeleteFunc(w.busy, func(x *busyRange) bool { return x == r })
-	w.mu.Unlock()
+	w.rmu.Unlock()
 	close(r.done)
 }
 
-// awaitRange waits until no write in flight overlaps off..off+n.
-func (w *writer) awaitRange(off, n int64) {
+// readSettled reads p at off from the local store once no write to it
+// is unsettled, with no write applied between the check and the read.
+func (w *writer) readSettled(p []byte, off int64) error {
+	n := int64(len(p))
 	for {
+		w.rmu.RLock()
 		var wait chan struct{}
-		w.mu.Lock()
 		for _, r := range w.busy {
 			if r.off < off+n && off < r.off+r.n {
 				wait = r.done
 				break
 			}
 		}
-		w.mu.Unlock()
 		if wait == nil {
-			return
+			err := w.s.cfg.Store.ReadAt(p, off)
+			w.rmu.RUnlock()
+			return err
 		}
+		w.rmu.RUnlock()
 		<-wait
 	}
 }
