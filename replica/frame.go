@@ -162,7 +162,9 @@ func (f *Frame) Validate() error {
 			return fmt.Errorf("%w: sum needs a %d-byte digest and a length", ErrFrame, sumLen)
 		}
 	case FrameHello, FrameHelloAck:
-		if len(f.Data) != 0 || len(f.From) > maxNameLen {
+		// A hello answer may list the ranges the site applied and never
+		// saw committed (encodeRanges).
+		if f.Kind == FrameHello && len(f.Data) != 0 || len(f.Data) > maxCarried*16 || len(f.Data)%16 != 0 || len(f.From) > maxNameLen {
 			return fmt.Errorf("%w: bad hello", ErrFrame)
 		}
 	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult, FrameCommit:

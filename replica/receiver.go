@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -74,6 +76,54 @@ func (r *receiver) committed(conn net.Conn, f *Frame) {
 	r.commit = f.Seq
 	r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq <= f.Seq })
 	r.wake()
+}
+
+// carriedSeq marks a range left uncommitted by an earlier stream: no
+// commit clears it, only the end of a resync.
+const carriedSeq = math.MaxUint64
+
+// maxCarried bounds the ranges a hello answer lists.
+const maxCarried = 4096
+
+// carry (mu held) turns every uncommitted range into a carried one,
+// wakes readers and returns them.
+func (r *receiver) carry() []appliedRange {
+	for i := range r.uncommitted {
+		r.uncommitted[i].seq = carriedSeq
+	}
+	r.wake()
+	return slices.Clone(r.uncommitted)
+}
+
+// takeCarried is for this site becoming the writer: its uncommitted
+// ranges, which the writer must make equal at every in-sync site.
+func (r *receiver) takeCarried() []appliedRange {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.carry()
+	r.uncommitted = nil
+	r.wake()
+	return c
+}
+
+func encodeRanges(rs []appliedRange) []byte {
+	b := make([]byte, 0, 16*len(rs))
+	for _, a := range rs {
+		b = binary.BigEndian.AppendUint64(b, uint64(a.off))
+		b = binary.BigEndian.AppendUint64(b, uint64(a.n))
+	}
+	return b
+}
+
+func decodeRanges(b []byte) []appliedRange {
+	var rs []appliedRange
+	for ; len(b) >= 16; b = b[16:] {
+		off, n := int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))
+		if off >= 0 && n > 0 && n <= MaxFrameData {
+			rs = append(rs, appliedRange{seq: carriedSeq, off: off, n: n})
+		}
+	}
+	return rs
 }
 
 // settledHere marks the write applied at seq as on every in-sync site
@@ -209,10 +259,18 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 		r.epoch = hello.Epoch
 	}
 	r.cur, r.first, r.seq = conn, true, 0
-	// A new writer: what the last one left uncommitted is its to settle.
-	r.commit, r.uncommitted = 0, nil
-	r.wake()
+	// A new stream: what the last writer left uncommitted here may be
+	// missing at another site, or present only here. The writer learns
+	// the ranges and resyncs them; readers here wait for them until a
+	// resync ends (FlagSynced) or another writer takes over.
+	carried := r.carry()
+	r.commit = 0
 	ack := &Frame{Kind: FrameHelloAck, Epoch: r.epoch}
+	if len(carried) > maxCarried {
+		ack.Flags |= FlagDiverged // too many to list: a full compare
+	} else {
+		ack.Data = encodeRanges(carried)
+	}
 	if r.diverged {
 		ack.Flags |= FlagDiverged
 	}
@@ -364,6 +422,9 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 	case FrameFlush:
 		err = r.store.Flush()
 		if err == nil && f.Flags&FlagSynced != 0 {
+			// Whole again: carried ranges were resynced.
+			r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq == carriedSeq })
+			r.wake()
 			r.diverged = false
 			if r.synced != nil {
 				r.synced()

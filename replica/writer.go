@@ -39,6 +39,9 @@ type peer struct {
 	name  string
 	addr  string
 	empty bool // its hello answer said its image was never written
+	// carried: ranges it applied that the last writer never committed
+	// (its hello answer); they may differ from this site's.
+	carried []appliedRange
 
 	// Guarded by w.mu.
 	state     string
@@ -85,6 +88,14 @@ type writer struct {
 	commit    uint64
 	commitSig chan struct{}
 
+	// carried: ranges this site applied as a replica that the last
+	// writer never committed. Readers here wait for them until every
+	// in-sync peer is connected clean or dropped for a resync of them
+	// (carriedLeft counts the peers still to go).
+	carried     []appliedRange
+	carriedBusy []*busyRange
+	carriedLeft int
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -102,6 +113,7 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	}()
 	stale := s.markerStale
 	s.setMarker()
+	w.carried = s.recv.takeCarried()
 	s.recv.raise(epoch)
 	for _, name := range s.peerNames() {
 		p := &peer{w: w, name: name, addr: s.cfg.Peers[name], state: peerOut}
@@ -110,7 +122,20 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 		}
 		w.peers = append(w.peers, p)
 	}
-	w.log.Info("writer: starting", "in_sync", v.InSync, "stale_marker", stale)
+	for _, a := range w.carried {
+		b := &busyRange{off: a.off, n: a.n, done: make(chan struct{})}
+		w.carriedBusy = append(w.carriedBusy, b)
+		w.busy = append(w.busy, b)
+	}
+	for _, p := range w.peers {
+		if p.state == peerInSync {
+			w.carriedLeft++
+		}
+	}
+	if w.carriedLeft == 0 {
+		w.releaseCarried()
+	}
+	w.log.Info("writer: starting", "in_sync", v.InSync, "stale_marker", stale, "carried_ranges", len(w.carried))
 	for _, p := range w.peers {
 		w.done.Add(1)
 		go func() {
@@ -299,6 +324,27 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		w.settle(seq, busy)
 	}()
 	return nil
+}
+
+// carriedDone: one more in-sync peer is connected clean or dropped.
+func (w *writer) carriedDone() {
+	w.mu.Lock()
+	w.carriedLeft--
+	last := w.carriedLeft == 0
+	w.mu.Unlock()
+	if last {
+		w.releaseCarried()
+	}
+}
+
+func (w *writer) releaseCarried() {
+	w.mu.Lock()
+	bs := w.carriedBusy
+	w.carriedBusy = nil
+	w.mu.Unlock()
+	for _, b := range bs {
+		w.release(b)
+	}
 }
 
 // settle records that seq is on every in-sync site: its range becomes
@@ -588,6 +634,22 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.mu.Lock()
 		initial := w.epoch == 1 && !(w.empty && p.empty)
 		w.mu.Unlock()
+		w.mu.Lock()
+		fix := append(slices.Clone(w.carried), p.carried...)
+		w.mu.Unlock()
+		if err == nil && !initial && !diverged && !stale && len(fix) > 0 {
+			// A takeover with writes in flight: ranges applied at some
+			// sites and not others. Copy this site's version of them.
+			for _, a := range fix {
+				if err := p.dirty.Mark(a.off, a.n); err != nil {
+					w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+				}
+			}
+			w.log.Warn("takeover: resyncing ranges the last writer left uncommitted", "replica", p.name, "ranges", len(fix))
+			w.failPeer(p, fmt.Errorf("%d ranges left uncommitted by the last writer", len(fix)))
+			w.awaitDrop(p)
+			err, initial, diverged, stale = nil, false, false, false
+		}
 		if err == nil && initial {
 			// The cluster's first epoch: the configuration says every
 			// data site is in sync, which is true only of images that
@@ -610,6 +672,9 @@ func (w *writer) manage(p *peer, stale bool) {
 			w.failPeer(p, err)
 			w.awaitDrop(p)
 		}
+	}
+	if inSync {
+		w.carriedDone()
 	}
 	backoff := 100 * time.Millisecond
 	for w.ctx.Err() == nil {
@@ -723,6 +788,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	w.mu.Unlock()
 	w.mu.Lock()
 	p.empty = ack.Flags&FlagEmpty != 0
+	p.carried = decodeRanges(ack.Data)
 	w.mu.Unlock()
 	return ack.Flags&FlagDiverged != 0, nil
 }
