@@ -11,7 +11,8 @@ import (
 
 // Cluster is the cluster block: the members of a multi-site cluster and
 // the settings they share. Every member's file lists every member, itself
-// included, so that each knows where to dial the others.
+// included, so that each knows where to dial the others; a member added
+// at run time (Join) is known to the others from the Raft state instead.
 //
 // Parse fills in the listen addresses from this member's own member block
 // when the file leaves them out. A Config built in code must set them.
@@ -25,8 +26,12 @@ type Cluster struct {
 	ResyncBandwidth   int64         // bytes/s for resync, 0 = unlimited
 	VerifyBandwidth   int64         // bytes/s for online verify, 0 = unlimited
 	TLS               *TLS          // nil: plain TCP between members
-	Members           []Member      // every member including this one, in file order
-	Preferred         []Preference  // preferred site per initiator IQN (ALUA active/optimized)
+	// Join: this member waits to be added to a running cluster (`metrolun
+	// member add`) instead of bootstrapping a new one with the members
+	// listed. It matters only while the member has no Raft state yet.
+	Join      bool
+	Members   []Member     // every member including this one, in file order
+	Preferred []Preference // preferred site per initiator IQN (ALUA active/optimized)
 }
 
 // TLS names the PEM files for mutually authenticated TLS between members:

@@ -146,6 +146,16 @@ func clusterSrc(extra ...string) string {
 	return b.String()
 }
 
+// TestParseClusterJoin: join is off by default and read when set.
+func TestParseClusterJoin(t *testing.T) {
+	if c := mustParse(t, clusterSrc()); c.Cluster.Join {
+		t.Fatal("join is on by default")
+	}
+	if c := mustParse(t, clusterSrc("join = true")); !c.Cluster.Join {
+		t.Fatal("join = true not read")
+	}
+}
+
 func TestParseClusterDefaults(t *testing.T) {
 	c := mustParse(t, clusterSrc())
 	want := &Cluster{
@@ -344,6 +354,12 @@ func TestClusterProblems(t *testing.T) {
 			[]string{"4:24 cluster.replication_listen: a witness holds no data; remove replication_listen"}},
 		{"witness with target", strings.Replace(clusterSrc(), `name = "a"`, "name = \"w\"\nrole = \"witness\"", 1),
 			[]string{"3:1 target[0]: a witness serves no iSCSI targets"}},
+
+		// Joining a running cluster.
+		{"join without the cluster", "name = \"a\"" + okTarget + "cluster {\n  join = true\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n}\n",
+			[]string{"8:10 cluster.join: this member waits to be added to a running cluster, but the block lists no other member"}},
+		{"join not a bool", clusterSrc(`join = "yes"`),
+			[]string{"8:10 cluster.join: expected true or false"}},
 
 		// Timings and bandwidths.
 		{"lease zero", clusterSrc(`lease = 0`),

@@ -62,7 +62,7 @@ var (
 		Attributes: []hcl.AttributeSchema{
 			{Name: "raft_listen"}, {Name: "replication_listen"}, {Name: "admin_listen"},
 			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
-			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"},
+			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"}, {Name: "join"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "tls"},
@@ -321,6 +321,7 @@ func (d *decoder) cluster(b *hcl.Block) *Cluster {
 	s.duration("replica_timeout", &cl.ReplicaTimeout)
 	s.bandwidth("resync_bandwidth", &cl.ResyncBandwidth)
 	s.bandwidth("verify_bandwidth", &cl.VerifyBandwidth)
+	s.boolean("join", &cl.Join)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		switch cb.Type {

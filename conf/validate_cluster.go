@@ -26,6 +26,22 @@ func (v *validator) cluster(c *Config) {
 	}
 	v.tls(cl.TLS)
 	v.preferences(cl)
+	v.join(c, self)
+}
+
+// join checks that a member that waits to be added lists a cluster that
+// can add it: at least one member besides itself.
+func (v *validator) join(c *Config, self int) {
+	cl := c.Cluster
+	if !cl.Join || self < 0 || v.dropped["cluster.member"] {
+		return
+	}
+	for i, m := range cl.Members {
+		if i != self && m.Name != c.Name {
+			return
+		}
+	}
+	v.fail("cluster.join", "this member waits to be added to a running cluster, but the block lists no other member; list the cluster's members (their admin addresses find it), or remove join to start a new cluster")
 }
 
 // members checks the member blocks and returns the index of this member's

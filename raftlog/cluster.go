@@ -24,6 +24,10 @@ type Peer struct {
 	Name string // Raft server ID and address (ServerAddress = Name; the transport resolves names with Addr)
 	Role string // RoleData or RoleWitness
 	Addr string // host:port this member dials to reach the peer (may be a proxy); for self: ignored
+	// Addrs is what the state records for the peer when the first leader
+	// of a new cluster adds it (Raft defaults to Addr), so that members
+	// added later, whose configs may not list it, know it too.
+	Addrs Addrs
 }
 
 // Config is one member's view of the cluster.
@@ -34,8 +38,13 @@ type Config struct {
 	Dir string
 	// Listen is the bind address of the Raft transport.
 	Listen string
-	// Peers lists every member, self included.
+	// Peers lists every member, self included. Members added at run time
+	// (AddMember) need not be listed: their addresses come from the state.
 	Peers []Peer
+	// Join: without Raft state in Dir, wait to be added to a running
+	// cluster (AddMember at its leader) instead of bootstrapping a new
+	// one from Peers. Ignored once there is state.
+	Join bool
 	// TLS nil: plain TCP. Otherwise mutual TLS: it must carry
 	// Certificates, RootCAs and ClientCAs. Each side also checks that the
 	// other's certificate names a member (CN or DNS SAN); the dialer, that
@@ -169,7 +178,11 @@ type Cluster struct {
 	closeOnce sync.Once
 	closeErr  error
 	handoffs  atomic.Uint64 // leaderships this member handed on because it could not write
-	expiring  atomic.Bool   // an automatic unfence is being proposed (fence.go)
+	// hints are the Raft addresses of members added at run time, as the
+	// log on disk had them at Open: a restarted member can dial them
+	// before it has applied that log again (members.go).
+	hints    map[string]string
+	expiring atomic.Bool // an automatic unfence is being proposed (fence.go)
 
 	mu      sync.Mutex
 	changed chan struct{}
@@ -244,7 +257,10 @@ func Open(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return fail(fmt.Errorf("raftlog: reading state in %s: %w", cfg.Dir, err))
 	}
-	if !has {
+	switch {
+	case !has && cfg.Join:
+		cfg.Logger.Info("no Raft state: waiting to be added to a running cluster (join)")
+	case !has:
 		var servers []raft.Server
 		for _, p := range cfg.Peers {
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.Name), Address: raft.ServerAddress(p.Name)})
@@ -264,6 +280,8 @@ func Open(cfg Config) (*Cluster, error) {
 		changed: make(chan struct{}),
 	}
 	c.fsm = &FSM{onChange: c.notify}
+	c.hints = logAddrs(store, cfg.Logger)
+	stream.more, stream.moreNames = c.stateAddr, c.stateNames
 	r, err := raft.NewRaft(rc, c.fsm, store, store, snaps, trans)
 	if err != nil {
 		return fail(fmt.Errorf("raftlog: %w", err))

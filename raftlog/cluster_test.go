@@ -54,6 +54,11 @@ type member struct {
 	tls        *tls.Config
 	logs       *syncBuf
 	c          *Cluster
+	// peers, when set, are the members this one's config lists (members
+	// added at run time are missing from the others'); join sets
+	// Config.Join.
+	peers []string
+	join  bool
 }
 
 type sites struct {
@@ -138,8 +143,12 @@ func (m *member) config(tc *sites) Config {
 		Logger: hclog.New(&hclog.LoggerOptions{Name: m.name, Level: level, Output: m.logs}),
 	}
 	for _, p := range tc.members {
+		if m.peers != nil && !slices.Contains(m.peers, p.name) {
+			continue
+		}
 		cfg.Peers = append(cfg.Peers, Peer{Name: p.name, Role: p.role, Addr: m.addrs[p.name]})
 	}
+	cfg.Join = m.join
 	return cfg
 }
 

@@ -34,6 +34,20 @@ const (
 type Member struct {
 	Name string `msgpack:"n"`
 	Role string `msgpack:"r"`
+	// Addrs is where the others reach it, as the member that added it was
+	// told; empty for members bootstrapped before addresses were kept. A
+	// member's own config, when it lists the peer, wins (it may name a
+	// proxy).
+	Addrs Addrs `msgpack:"a"`
+}
+
+// Addrs are a member's addresses, host:port each.
+type Addrs struct {
+	Raft        string   `msgpack:"ra,omitempty"`
+	Replication string   `msgpack:"rp,omitempty"` // data sites
+	Admin       string   `msgpack:"ad,omitempty"`
+	ISCSI       []string `msgpack:"is,omitempty"` // data sites: portals initiators use
+	PortalGroup int      `msgpack:"pg,omitempty"` // data sites: target portal group tag
 }
 
 // State is the replicated cluster state.
@@ -53,6 +67,10 @@ type State struct {
 	Released uint64 `msgpack:"rl,omitempty"`
 	// Fenced are the data sites an operator fenced off (fence.go).
 	Fenced []Fence `msgpack:"f,omitempty"`
+	// Leaving are the members being removed (members.go): none can
+	// become writer or rejoin the in-sync set, and the writer drops and
+	// forgets a leaving data site.
+	Leaving []string `msgpack:"lv,omitempty"`
 }
 
 // clone returns a deep copy; every slice or map field added to State must
@@ -60,7 +78,10 @@ type State struct {
 func (s State) clone() State {
 	n := s
 	n.Members, n.InSync = slices.Clone(s.Members), slices.Clone(s.InSync)
-	n.Fenced = slices.Clone(s.Fenced)
+	for i := range n.Members {
+		n.Members[i].Addrs.ISCSI = slices.Clone(n.Members[i].Addrs.ISCSI)
+	}
+	n.Fenced, n.Leaving = slices.Clone(s.Fenced), slices.Clone(s.Leaving)
 	return n
 }
 
@@ -81,7 +102,7 @@ func (s *State) member(name string) (Member, bool) {
 
 // Command kinds.
 const (
-	CmdAddMember  = "add-member"
+	CmdAddMember  = "add-member"  // Name with Role and, if given, Addrs
 	CmdSetWriter  = "set-writer"  // a new epoch with Name as writer
 	CmdDropInSync = "drop-insync" // Name missed writes: out of the in-sync set
 	CmdAddInSync  = "add-insync"  // Name finished resync
@@ -96,6 +117,7 @@ type Command struct {
 	Epoch   uint64 `msgpack:"e,omitempty"` // for set-writer: the new epoch
 	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes and release: the epoch that asks
 	Until   int64  `msgpack:"u,omitempty"` // for fence and unfence (fence.go)
+	Addrs   *Addrs `msgpack:"a,omitempty"` // for add-member
 }
 
 // ErrRefused wraps every reason a command is not applied.
@@ -115,7 +137,10 @@ func refuse(format string, args ...any) error {
 //     the drop stops acknowledging);
 //   - only the writer of the current epoch can release it, once;
 //   - a fenced site cannot become writer nor rejoin the in-sync set, and
-//     a fenced writer's in-sync changes are refused (fence.go).
+//     a fenced writer's in-sync changes are refused (fence.go);
+//   - a member joins out of sync (unless it is the first data site of a
+//     new cluster), and leaves only once out of sync and not the writer
+//     (members.go).
 func (s State) Apply(c Command) (State, error) {
 	n := s.clone()
 	switch c.Kind {
@@ -126,7 +151,15 @@ func (s State) Apply(c Command) (State, error) {
 		if c.Role != RoleData && c.Role != RoleWitness {
 			return s, refuse("member %s: role %q", c.Name, c.Role)
 		}
-		n.Members = append(n.Members, Member{c.Name, c.Role})
+		m := Member{Name: c.Name, Role: c.Role}
+		if c.Addrs != nil {
+			m.Addrs = *c.Addrs
+			m.Addrs.ISCSI = slices.Clone(c.Addrs.ISCSI)
+			if err := s.checkAddrs(m); err != nil {
+				return s, err
+			}
+		}
+		n.Members = append(n.Members, m)
 		// The very first data site starts in sync: there is no data yet.
 		if c.Role == RoleData && s.Epoch == 0 && s.Writer == "" {
 			n.InSync = append(n.InSync, c.Name)
@@ -147,6 +180,9 @@ func (s State) Apply(c Command) (State, error) {
 		}
 		if s.IsFenced(c.Name) {
 			return s, refuse("%s is fenced", c.Name)
+		}
+		if s.IsLeaving(c.Name) {
+			return s, refuse("%s is being removed", c.Name)
 		}
 		n.Writer, n.Epoch = c.Name, c.Epoch
 	case CmdDropInSync, CmdAddInSync:
@@ -176,6 +212,9 @@ func (s State) Apply(c Command) (State, error) {
 			if s.IsFenced(c.Name) {
 				return s, refuse("%s is fenced", c.Name)
 			}
+			if s.IsLeaving(c.Name) {
+				return s, refuse("%s is being removed", c.Name)
+			}
 			n.InSync = append(n.InSync, c.Name)
 		}
 	case CmdRelease:
@@ -191,6 +230,10 @@ func (s State) Apply(c Command) (State, error) {
 		n.Released = s.Epoch
 	case CmdFence, CmdUnfence:
 		if err := n.applyFence(c); err != nil {
+			return s, err
+		}
+	case CmdRetireMember, CmdKeepMember, CmdRemoveMember:
+		if err := n.applyMembership(c); err != nil {
 			return s, err
 		}
 	default:

@@ -273,7 +273,7 @@ func (c *Cluster) leadTerm(ld *leadership) {
 	again := false
 	for !ld.stopped() {
 		s := c.State()
-		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) {
+		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) || s.IsLeaving(c.cfg.Name) {
 			if c.handOff(ld, s) {
 				return
 			}
@@ -350,11 +350,21 @@ func (c *Cluster) bootstrapWriter() string {
 	return ""
 }
 
-// addMembers puts every configured peer missing from the state into it;
-// on the first bootstrap this makes the data sites in sync before any
-// writer exists.
+// addMembers puts every configured peer missing from the state into it,
+// with its addresses, while the cluster is new: this makes the data sites
+// in sync before any writer exists. Once a writer has been elected,
+// membership changes only through AddMember and RemoveMember, so a member
+// removed since (still in the configs of the others) does not come back.
 func (c *Cluster) addMembers(ld *leadership) bool {
 	s := c.State()
+	if s.Epoch != 0 || s.Writer != "" {
+		for _, p := range c.cfg.Peers {
+			if m, ok := s.Member(p.Name); ok && m.Role != p.Role {
+				c.log.Warn("member role differs from the config; the state wins", "member", p.Name, "state", m.Role, "config", p.Role)
+			}
+		}
+		return true
+	}
 	for _, p := range c.cfg.Peers {
 		if m, ok := s.Member(p.Name); ok {
 			if m.Role != p.Role {
@@ -365,7 +375,14 @@ func (c *Cluster) addMembers(ld *leadership) bool {
 		if ld.stopped() {
 			return false
 		}
-		if _, err := c.propose(Command{Kind: CmdAddMember, Name: p.Name, Role: p.Role}); err != nil {
+		a := p.Addrs
+		if a.Raft == "" {
+			a.Raft = p.Addr
+		}
+		if a.Raft == "" && p.Name == c.cfg.Name {
+			a.Raft = c.ownAddr()
+		}
+		if _, err := c.propose(Command{Kind: CmdAddMember, Name: p.Name, Role: p.Role, Addrs: &a}); err != nil {
 			if errors.Is(err, ErrRefused) {
 				c.log.Warn("add-member refused", "member", p.Name, "error", err)
 				continue
@@ -385,11 +402,11 @@ func (c *Cluster) handOff(ld *leadership, s State) bool {
 	// dead member costs a whole election timeout.
 	var to []string
 	for _, n := range s.InSync {
-		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer && !s.IsFenced(n) {
+		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer && !s.IsFenced(n) && !s.IsLeaving(n) {
 			to = append(to, n)
 		}
 	}
-	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) && !s.IsFenced(s.Writer) {
+	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) && !s.IsFenced(s.Writer) && !s.IsLeaving(s.Writer) {
 		to = append(to, s.Writer)
 	}
 	for _, n := range to {
@@ -569,6 +586,8 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 		return refuse("promote: %s is not in sync", name)
 	case s.IsFenced(name):
 		return refuse("promote: %s is fenced", name)
+	case s.IsLeaving(name):
+		return refuse("promote: %s is being removed", name)
 	}
 	if e, _ := c.WriterLease(); name == c.cfg.Name && e != 0 {
 		return nil

@@ -22,8 +22,14 @@ import (
 type streamLayer struct {
 	ln    net.Listener // the TCP listener; TLS is layered per connection
 	self  string
-	addrs map[string]string // member name -> dial address
-	names []string          // every member name, for checking client certificates
+	addrs map[string]string // member name -> dial address, from the config
+	names []string          // every member name in the config
+	// more resolves members the config does not list (added at run
+	// time, members.go): their address and every such name. Set once,
+	// before Raft starts; nil in tests of the layer alone.
+	more func(name string) (string, bool)
+	// moreNames lists the members more knows.
+	moreNames func() []string
 	// server and client are nil without TLS.
 	server, client *tls.Config
 	timeout        time.Duration // bound on a TLS handshake of an accepted connection
@@ -68,7 +74,7 @@ func newStreamLayer(cfg *Config, timeout time.Duration, log hclog.Logger) (*stre
 		}
 	}
 	if cfg.TLS != nil {
-		s.server, s.client = peerTLS(cfg.TLS, s.names)
+		s.server, s.client = peerTLS(cfg.TLS, s.members)
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -78,12 +84,35 @@ func newStreamLayer(cfg *Config, timeout time.Duration, log hclog.Logger) (*stre
 	return s, nil
 }
 
+// members lists every member this one knows: its config's and those
+// added at run time.
+func (s *streamLayer) members() []string {
+	if s.moreNames == nil {
+		return s.names
+	}
+	return append(slices.Clone(s.names), s.moreNames()...)
+}
+
+// resolve returns the address to dial for member name: the config's first
+// (it may be a proxy this member must use), then the cluster's.
+func (s *streamLayer) resolve(name string) (string, bool) {
+	if addr, ok := s.addrs[name]; ok {
+		return addr, true
+	}
+	if s.more != nil {
+		if addr, ok := s.more(name); ok && addr != "" {
+			return addr, true
+		}
+	}
+	return "", false
+}
+
 // peerTLS derives the listener's and the dialer's configurations from the
 // member's own. Both sides authenticate: the listener requires a client
 // certificate from ClientCAs, the dialer verifies the server against
 // RootCAs, and each then checks that the certificate names a member (the
 // dialer: the very member it dialled), by CN or DNS SAN.
-func peerTLS(base *tls.Config, members []string) (server, client *tls.Config) {
+func peerTLS(base *tls.Config, members func() []string) (server, client *tls.Config) {
 	server = base.Clone()
 	server.ClientAuth = tls.RequireAndVerifyClientCert
 	server.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -91,7 +120,7 @@ func peerTLS(base *tls.Config, members []string) (server, client *tls.Config) {
 			return errors.New("no client certificate")
 		}
 		cert := cs.PeerCertificates[0]
-		if slices.ContainsFunc(members, func(m string) bool { return certNames(cert, m) }) {
+		if slices.ContainsFunc(members(), func(m string) bool { return certNames(cert, m) }) {
 			return nil
 		}
 		return fmt.Errorf("client certificate %q names no member", cert.Subject.CommonName)
@@ -184,10 +213,16 @@ func (s *streamLayer) Addr() net.Addr { return s.ln.Addr() }
 // Dial connects to the member named address.
 func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	name := string(address)
-	addr, ok := s.addrs[name]
+	addr, ok := s.resolve(name)
 	if !ok {
 		return nil, fmt.Errorf("raftlog: no member %q to dial", name)
 	}
+	return s.dial(name, addr, timeout)
+}
+
+// dial connects to member name at addr; with TLS, the server must prove
+// it is name.
+func (s *streamLayer) dial(name, addr string, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var d net.Dialer

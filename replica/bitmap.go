@@ -205,5 +205,9 @@ func (b *Bitmap) Clear() error {
 	return b.writeAll()
 }
 
-// Close closes the file.
-func (b *Bitmap) Close() error { return b.f.Close() }
+// Close closes the file. A Mark after it fails.
+func (b *Bitmap) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.f.Close()
+}

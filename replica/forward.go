@@ -308,7 +308,7 @@ func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 
 // hello dials site and opens a connection of the given kind.
 func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64) (net.Conn, *bufio.Reader, error) {
-	addr, ok := s.cfg.Peers[site]
+	addr, ok := s.peerAddr(site)
 	if !ok {
 		return nil, nil, fmt.Errorf("no replication address for site %q", site)
 	}

@@ -27,6 +27,13 @@ type View struct {
 	// Fenced are the sites an operator fenced off (raftlog/fence.go): a
 	// fenced site acts as if it were lost (see fenced).
 	Fenced []string
+	// Peers are the data sites of the cluster (this one may be among
+	// them) with their replication addresses ("" if unknown), members
+	// being removed left out. The writer resyncs a site that appears here
+	// and then puts it in sync; it drops (waiting out its lease) and
+	// forgets one that disappears. nil: the cluster does not say, and
+	// SiteConfig.Peers is the set.
+	Peers map[string]string
 }
 
 // Control is what a site needs from the cluster: the committed view,
@@ -52,7 +59,9 @@ type SiteConfig struct {
 	// Dir holds the dirty bitmaps and the writer marker.
 	Dir string
 	// Peers maps every other data site to the replication address this
-	// site dials (which may be a proxy).
+	// site dials (which may be a proxy). It is where the site starts; the
+	// cluster's View.Peers then says which sites there are, and gives the
+	// address of those Peers does not list.
 	Peers   map[string]string
 	Control Control
 	// Lease is the read lease a writer grants (at most its own).
@@ -225,7 +234,9 @@ func (s *Site) reconcile() time.Duration {
 		if s.w == nil {
 			s.w = s.startWriter(ep, v)
 		}
+		w := s.w
 		s.mu.Unlock()
+		w.syncPeers(v)
 	}
 	s.notify()
 	if writer {
@@ -322,7 +333,7 @@ func (s *Site) serveConn(c net.Conn) error {
 	if hello.Kind != FrameHello {
 		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
 	}
-	if _, ok := s.cfg.Peers[hello.From]; !ok {
+	if !s.knownPeer(hello.From) {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%q is not a data site of this cluster", hello.From)})
 		return fmt.Errorf("hello from unknown site %q", hello.From)
 	}
@@ -335,6 +346,51 @@ func (s *Site) serveConn(c net.Conn) error {
 	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
 	return s.recv.serveStream(c, br, hello)
+}
+
+// peerSet returns the other data sites of v with the address to dial
+// each: this site's config first (it may name a proxy), then the view's.
+func (s *Site) peerSet(v View) map[string]string {
+	out := map[string]string{}
+	if v.Peers == nil {
+		for n, a := range s.cfg.Peers {
+			out[n] = a
+		}
+		return out
+	}
+	for n, a := range v.Peers {
+		if n == s.cfg.Name {
+			continue
+		}
+		if own := s.cfg.Peers[n]; own != "" {
+			a = own
+		}
+		out[n] = a
+	}
+	return out
+}
+
+// peerAddr is where this site dials the data site name.
+func (s *Site) peerAddr(name string) (string, bool) {
+	if a := s.cfg.Peers[name]; a != "" {
+		return a, true
+	}
+	a := s.currentView().Peers[name]
+	return a, a != ""
+}
+
+// knownPeer reports whether name is a data site of the cluster as this
+// site knows it now; a site being removed is not.
+func (s *Site) knownPeer(name string) bool {
+	if name == s.cfg.Name {
+		return false
+	}
+	if v := s.currentView(); v.Peers != nil {
+		_, ok := v.Peers[name]
+		return ok
+	}
+	_, ok := s.cfg.Peers[name]
+	return ok
 }
 
 // op runs one operation: at the writer directly, elsewhere forwarded;

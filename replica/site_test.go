@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -69,6 +70,7 @@ func (f fakeControl) View() View {
 	defer f.c.mu.Unlock()
 	v := f.c.view
 	v.InSync = slices.Clone(v.InSync)
+	v.Peers = maps.Clone(v.Peers)
 	return v
 }
 
@@ -117,6 +119,9 @@ func (f fakeControl) AddInSync(name string, epoch uint64) error {
 	}
 	if slices.Contains(f.c.view.InSync, name) {
 		return errors.New("refused: " + name + " is already in sync")
+	}
+	if _, ok := f.c.view.Peers[name]; f.c.view.Peers != nil && !ok {
+		return errors.New("refused: " + name + " is being removed")
 	}
 	f.c.view.InSync = append(slices.Clone(f.c.view.InSync), name)
 	f.c.adds = append(f.c.adds, name)

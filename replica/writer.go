@@ -51,9 +51,23 @@ type peer struct {
 	resolved  chan struct{} // dropping: closed when the drop is settled
 	resolveOK bool
 	resync    resyncProgress
+	// gone: the peer left the cluster; the writer drops it if it is in
+	// sync and then forgets it (retire).
+	gone bool
 
 	dirty *Bitmap
+	// fresh: the peer joined while this writer ran, so no record of what
+	// it holds can be trusted: its first resync compares everything.
+	fresh bool
+	// ctx ends this peer's goroutines (manage, watchdog, its resync),
+	// with the writer or when the peer is forgotten; wg waits for them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
+
+// errRemoved: the peer was removed from the cluster.
+var errRemoved = errors.New("removed from the cluster")
 
 type resyncProgress struct {
 	Done, Total int // regions
@@ -115,12 +129,25 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	s.setMarker()
 	w.carried = s.recv.takeCarried()
 	s.recv.raise(epoch)
-	for _, name := range s.peerNames() {
-		p := &peer{w: w, name: name, addr: s.cfg.Peers[name], state: peerOut}
+	// Every in-sync site is a peer, even one being removed: the writer
+	// must drop it (waiting out its lease) before it acknowledges writes
+	// without it; syncPeers does that next.
+	set := s.peerSet(v)
+	for _, name := range s.peerNames(v) {
+		addr := set[name]
+		if addr == "" {
+			addr = s.cfg.Peers[name]
+		}
+		p := w.newPeer(name, addr)
+		// Opened here, not only in manage, so that a write never finds
+		// a peer without its record (manage handles an error).
+		p.dirty, _ = s.bitmap(name)
 		if slices.Contains(v.InSync, name) {
 			p.state = peerInSync
 		}
+		w.mu.Lock() // the committer runs already
 		w.peers = append(w.peers, p)
+		w.mu.Unlock()
 	}
 	for _, a := range w.carried {
 		b := &busyRange{off: a.off, n: a.n, done: make(chan struct{})}
@@ -137,23 +164,166 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	}
 	w.log.Info("writer: starting", "in_sync", v.InSync, "stale_marker", stale, "carried_ranges", len(w.carried))
 	for _, p := range w.peers {
-		w.done.Add(1)
-		go func() {
-			defer w.done.Done()
-			w.manage(p, stale)
-		}()
+		w.startPeer(p, stale)
 	}
 	return w
 }
 
-// peerNames lists the other data sites.
-func (s *Site) peerNames() []string {
+// peerNames lists the other data sites of v, and the in-sync ones it
+// leaves out (sites being removed).
+func (s *Site) peerNames(v View) []string {
 	var names []string
-	for n := range s.cfg.Peers {
+	for n := range s.peerSet(v) {
 		names = append(names, n)
+	}
+	for _, n := range v.InSync {
+		if n != s.cfg.Name && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
 	}
 	slices.Sort(names)
 	return names
+}
+
+func (w *writer) newPeer(name, addr string) *peer {
+	p := &peer{w: w, name: name, addr: addr, state: peerOut}
+	p.ctx, p.cancel = context.WithCancel(w.ctx)
+	return p
+}
+
+func (w *writer) startPeer(p *peer, stale bool) {
+	w.done.Add(1)
+	p.wg.Add(1)
+	go func() {
+		defer w.done.Done()
+		defer p.wg.Done()
+		w.manage(p, stale)
+	}()
+}
+
+// syncPeers follows the cluster's data sites while this writer runs: a
+// site that joined becomes a peer (out of sync; manage resyncs it with a
+// full compare and puts it in sync), one that left is retired.
+func (w *writer) syncPeers(v View) {
+	want := w.s.peerSet(v)
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	var newNames []string
+	for n := range want {
+		if !slices.ContainsFunc(w.peers, func(p *peer) bool { return p.name == n }) {
+			newNames = append(newNames, n)
+		}
+	}
+	w.mu.Unlock()
+	// A new peer's bitmap is open before any write can see the peer.
+	bms := map[string]*Bitmap{}
+	for _, n := range newNames {
+		b, err := w.s.bitmap(n)
+		if err != nil {
+			w.log.Error("dirty bitmap for a site that joined; not resyncing it yet", "replica", n, "error", err)
+			continue
+		}
+		bms[n] = b
+	}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	var added, gone []*peer
+	have := map[string]bool{}
+	for _, p := range w.peers {
+		have[p.name] = true
+		if _, ok := want[p.name]; !ok && !p.gone {
+			p.gone = true
+			gone = append(gone, p)
+		}
+	}
+	var names []string
+	for n := range want {
+		if !have[n] && bms[n] != nil {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := w.newPeer(n, want[n])
+		p.fresh, p.dirty = true, bms[n]
+		w.peers = append(w.peers, p)
+		added = append(added, p)
+	}
+	w.mu.Unlock()
+	for _, p := range added {
+		w.log.Info("a data site joined the cluster; resyncing it", "replica", p.name, "addr", p.addr)
+		w.startPeer(p, false)
+	}
+	for _, p := range gone {
+		w.done.Add(1)
+		go func() {
+			defer w.done.Done()
+			w.retire(p)
+		}()
+	}
+	if len(added)+len(gone) > 0 {
+		w.s.notify()
+	}
+}
+
+// retire forgets a peer that left the cluster. One in sync is dropped
+// first, as a lost replica is: the drop committed, then its lease waited
+// out (I2, I3); only then do writes stop waiting for it. Then its link
+// closes and its dirty bitmap is deleted.
+func (w *writer) retire(p *peer) {
+	w.log.Info("a data site left the cluster; dropping and forgetting it", "replica", p.name)
+	for {
+		w.mu.Lock()
+		st := p.state
+		if st != peerInSync && st != peerDrop {
+			// Out of sync or resyncing: it holds no lease from this
+			// writer, and no write waits for it.
+			w.peers = slices.DeleteFunc(w.peers, func(x *peer) bool { return x == p })
+			p.state = peerOut
+			l := p.link
+			w.mu.Unlock()
+			p.cancel()
+			if l != nil {
+				l.Close()
+			}
+			break
+		}
+		w.mu.Unlock()
+		if st == peerInSync {
+			w.failPeer(p, errRemoved)
+		}
+		if !w.awaitDrop(p) {
+			// The drop did not commit: this writer acknowledges nothing
+			// more; the next one retires the site.
+			w.log.Warn("a removed data site could not be dropped", "replica", p.name)
+			return
+		}
+	}
+	p.wg.Wait()
+	w.s.forgetBitmap(p.name)
+	w.log.Info("data site forgotten", "replica", p.name)
+	w.s.notify()
+}
+
+// mark records in p's bitmap that p misses off..off+n.
+func (p *peer) mark(off, n int64) error {
+	if p.dirty == nil {
+		return errors.New("no dirty bitmap")
+	}
+	return p.dirty.Mark(off, n)
+}
+
+// isGone reports whether p was removed from the cluster.
+func (w *writer) isGone(p *peer) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return p.gone
 }
 
 func (w *writer) leaseOK() bool {
@@ -269,7 +439,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	w.mu.Unlock()
 	var errs []error
 	for _, p := range dirty {
-		if err := p.dirty.Mark(f.Offset, frameBytes(f)); err != nil {
+		if err := p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(p) {
 			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", p.name, err))
 		}
 	}
@@ -290,7 +460,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			errs = append(errs, fmt.Errorf("replica %s unreachable and not dropped", pw.p.name))
 			continue
 		}
-		if err := pw.p.dirty.Mark(f.Offset, frameBytes(f)); err != nil {
+		if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
 			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
 		}
 	}
@@ -585,9 +755,9 @@ func (w *writer) grant(p *peer, l *Link, req *Frame) {
 // in-sync peers (dropping those it cannot reach), and it resyncs out of
 // sync peers whenever they are reachable.
 func (w *writer) manage(p *peer, stale bool) {
-	var err error
-	p.dirty, err = w.s.bitmap(p.name)
-	if err != nil {
+	// The bitmap was opened with the peer (startWriter, syncPeers).
+	if p.dirty == nil {
+		_, err := w.s.bitmap(p.name)
 		w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 		w.mu.Lock()
 		if p.state == peerInSync {
@@ -601,8 +771,10 @@ func (w *writer) manage(p *peer, stale bool) {
 		return
 	}
 	// The bitmap is a true record only if this site kept it in every
-	// epoch since: its own previous epoch, or this one.
-	if e := p.dirty.Epoch(); e != w.epoch && e+1 != w.epoch {
+	// epoch since: its own previous epoch, or this one; and never for a
+	// site that joined meanwhile (a bitmap left from a member of that name
+	// removed earlier says nothing about it).
+	if e := p.dirty.Epoch(); p.fresh || e != w.epoch && e+1 != w.epoch {
 		if err := p.dirty.SetFull(); err != nil {
 			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 		}
@@ -611,8 +783,10 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 	}
 	w.done.Add(1)
+	p.wg.Add(1)
 	go func() {
 		defer w.done.Done()
+		defer p.wg.Done()
 		w.watchdog(p)
 	}()
 	w.mu.Lock()
@@ -677,13 +851,16 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.carriedDone()
 	}
 	backoff := 100 * time.Millisecond
-	for w.ctx.Err() == nil {
+	for p.ctx.Err() == nil {
 		w.mu.Lock()
-		st := p.state
+		st, gone := p.state, p.gone
 		w.mu.Unlock()
+		if gone && st != peerInSync && st != peerDrop {
+			return // retire forgets it
+		}
 		if st == peerInSync {
 			select {
-			case <-w.ctx.Done():
+			case <-p.ctx.Done():
 				return
 			case <-time.After(max(w.s.cfg.ReplicaTimeout/8, 10*time.Millisecond)):
 			}
@@ -700,12 +877,12 @@ func (w *writer) manage(p *peer, stale bool) {
 			continue
 		}
 		if err := w.resync(p); err != nil {
-			if w.ctx.Err() != nil {
+			if p.ctx.Err() != nil {
 				return
 			}
 			w.log.Debug("resync", "replica", p.name, "error", err)
 			select {
-			case <-w.ctx.Done():
+			case <-p.ctx.Done():
 				return
 			case <-time.After(backoff):
 			}
@@ -725,7 +902,7 @@ func (w *writer) watchdog(p *peer) {
 	defer t.Stop()
 	for {
 		select {
-		case <-w.ctx.Done():
+		case <-p.ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -753,7 +930,7 @@ func (w *writer) watchdog(p *peer) {
 // connect opens the stream to p and registers its link. It reports
 // whether p says it has diverged.
 func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err error) {
-	ctx, cancel := context.WithTimeout(w.ctx, timeout)
+	ctx, cancel := context.WithTimeout(p.ctx, timeout)
 	defer cancel()
 	conn, err := w.s.cfg.Dial(ctx, p.addr)
 	if err != nil {
@@ -779,7 +956,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	}
 	l := NewLink(conn, br, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
 	w.mu.Lock()
-	if w.closed {
+	if w.closed || p.gone && p.state != peerInSync {
 		w.mu.Unlock()
 		l.Close()
 		return false, errNotWriter
@@ -821,6 +998,10 @@ func (w *writer) resync(p *peer) error {
 	region := b.RegionSize()
 	size := w.s.cfg.Store.Size()
 	w.mu.Lock()
+	if p.gone {
+		w.mu.Unlock()
+		return errRemoved
+	}
 	p.state, p.cursor = peerSyncing, 0
 	p.resync = resyncProgress{Total: b.Regions(), Started: time.Now()}
 	w.mu.Unlock()
@@ -897,7 +1078,7 @@ func (w *writer) resync(p *peer) error {
 			continue
 		}
 		if lim != nil {
-			if err := lim.WaitN(w.ctx, int(n)); err != nil {
+			if err := lim.WaitN(p.ctx, int(n)); err != nil {
 				sendErr = err
 				break
 			}
@@ -1077,6 +1258,25 @@ func syncDir(dir string) {
 	}
 }
 
+// forgetBitmap closes and deletes the dirty bitmap of a peer that left
+// the cluster.
+func (s *Site) forgetBitmap(peer string) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if b := s.bitmaps[peer]; b != nil {
+		b.Close()
+		delete(s.bitmaps, peer)
+	}
+	if err := os.Remove(s.bitmapPath(peer)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("removing the dirty bitmap of a removed site", "replica", peer, "error", err)
+	}
+	syncDir(s.cfg.Dir)
+}
+
+func (s *Site) bitmapPath(peer string) string {
+	return filepath.Join(s.cfg.Dir, "dirty-"+peer+".bitmap")
+}
+
 // bitmap opens the dirty bitmap this site keeps for peer; a new one is
 // full (this writer does not know what the peer has).
 func (s *Site) bitmap(peer string) (*Bitmap, error) {
@@ -1085,7 +1285,7 @@ func (s *Site) bitmap(peer string) (*Bitmap, error) {
 	if b := s.bitmaps[peer]; b != nil {
 		return b, nil
 	}
-	b, err := OpenBitmap(filepath.Join(s.cfg.Dir, "dirty-"+peer+".bitmap"), s.cfg.Store.Size(), s.cfg.RegionSize, true)
+	b, err := OpenBitmap(s.bitmapPath(peer), s.cfg.Store.Size(), s.cfg.RegionSize, true)
 	if err != nil {
 		return nil, err
 	}

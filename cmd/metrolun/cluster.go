@@ -37,7 +37,18 @@ type control struct{ c *raftlog.Cluster }
 
 func (a control) View() replica.View {
 	s := a.c.State()
-	return replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync, Fenced: s.FencedNames()}
+	v := replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync, Fenced: s.FencedNames()}
+	if len(s.Members) > 0 {
+		// The data sites, with members being removed left out: the
+		// writer adds and retires peers by this (raftlog/members.go).
+		v.Peers = map[string]string{}
+		for _, m := range s.Members {
+			if m.Role == raftlog.RoleData && !s.IsLeaving(m.Name) {
+				v.Peers[m.Name] = m.Addrs.Replication
+			}
+		}
+	}
+	return v
 }
 func (a control) Changed() <-chan struct{}               { return a.c.Changed() }
 func (a control) WriterLease() (uint64, time.Time)       { return a.c.WriterLease() }
@@ -81,12 +92,12 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	m := &member{cfg: cfg, log: log, tls: tcfg}
 	var peers []raftlog.Peer
 	for _, p := range cl.Members {
-		peers = append(peers, raftlog.Peer{Name: p.Name, Role: p.Role, Addr: p.Raft})
+		peers = append(peers, raftlog.Peer{Name: p.Name, Role: p.Role, Addr: p.Raft, Addrs: memberAddrs(p)})
 	}
 	m.cluster, err = raftlog.Open(raftlog.Config{
 		Name: cfg.Name, Role: cfg.Role,
 		Dir:    filepath.Join(cfg.DataDir, "raft"),
-		Listen: cl.RaftListen, Peers: peers, TLS: tcfg,
+		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join,
 		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
 		Logger: log.Named("raft"),
 	})
@@ -165,12 +176,16 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 // for is neither claimed best nor hidden, and each site's own answer on
 // its own path says how it really is. This site's state comes from its
 // volume (the target does that).
+//
+// The data sites are the state's, so that a site added at run time is
+// listed everywhere and a removed one nowhere; a site's portals and
+// portal group come from this member's config when it lists the site.
 func (m *member) portGroups(initiator string) []target.PortGroup {
 	cl := m.cfg.Cluster
 	st := m.cluster.State()
 	pref, hasPref := cl.PreferredSite(initiator)
 	var gs []target.PortGroup
-	for _, dm := range cl.DataMembers() {
+	for _, dm := range m.dataMembers(st) {
 		g := target.PortGroup{
 			ID:        uint16(dm.PortalGroup),
 			Portals:   dm.ISCSI,
@@ -191,6 +206,33 @@ func (m *member) portGroups(initiator string) []target.PortGroup {
 	return gs
 }
 
+// dataMembers returns the data sites of the state, or of the config
+// before there is a state.
+func (m *member) dataMembers(st raftlog.State) []conf.Member {
+	cl := m.cfg.Cluster
+	if len(st.Members) == 0 {
+		return cl.DataMembers()
+	}
+	var out []conf.Member
+	for _, sm := range st.Members {
+		if sm.Role != raftlog.RoleData {
+			continue
+		}
+		if cm, ok := m.cfg.Member(sm.Name); ok && cm.Role == conf.RoleData {
+			out = append(out, cm)
+			continue
+		}
+		out = append(out, conf.Member{Name: sm.Name, Role: sm.Role, Raft: sm.Addrs.Raft, Replication: sm.Addrs.Replication,
+			Admin: sm.Addrs.Admin, ISCSI: sm.Addrs.ISCSI, PortalGroup: sm.Addrs.PortalGroup})
+	}
+	return out
+}
+
+// memberAddrs is what the Raft state records of a member block.
+func memberAddrs(p conf.Member) raftlog.Addrs {
+	return raftlog.Addrs{Raft: p.Raft, Replication: p.Replication, Admin: p.Admin, ISCSI: p.ISCSI, PortalGroup: p.PortalGroup}
+}
+
 // close stops in reverse order of start: the volume first (the writer
 // finishes what is in flight), then Raft.
 func (m *member) close() {
@@ -209,19 +251,38 @@ type clusterStatus struct {
 }
 
 type raftStatus struct {
-	State       string   `json:"state"`
-	Leader      string   `json:"leader"`
-	Term        uint64   `json:"term"`
-	CommitIndex uint64   `json:"commit_index"`
-	Writer      string   `json:"writer"`
-	Epoch       uint64   `json:"epoch"`
-	InSync      []string `json:"in_sync"`
-	Members     []string `json:"members"`
-	LeaseLeft   string   `json:"writer_lease_left,omitempty"`
+	State       string `json:"state"`
+	Leader      string `json:"leader"`
+	Term        uint64 `json:"term"`
+	CommitIndex uint64 `json:"commit_index"`
+	// AppliedIndex is how far the state below (writer, in-sync set,
+	// members) has applied the log.
+	AppliedIndex uint64   `json:"applied_index,omitempty"`
+	Writer       string   `json:"writer"`
+	Epoch        uint64   `json:"epoch"`
+	InSync       []string `json:"in_sync"`
+	Members      []string `json:"members"`
+	// MemberInfo is every member of the committed state with what the
+	// state knows of it: how `metrolun status` finds members added at run
+	// time, and knows which were removed.
+	MemberInfo []memberInfo `json:"member_info,omitempty"`
+	LeaseLeft  string       `json:"writer_lease_left,omitempty"`
 	// WriterSince is when this member became writer of Epoch (RFC 3339,
 	// its own clock); only at the writer.
 	WriterSince string        `json:"writer_since,omitempty"`
 	Fenced      []fenceStatus `json:"fenced,omitempty"`
+}
+
+type memberInfo struct {
+	Name        string   `json:"name"`
+	Role        string   `json:"role"`
+	Raft        string   `json:"raft,omitempty"`
+	Replication string   `json:"replication,omitempty"`
+	Admin       string   `json:"admin,omitempty"`
+	ISCSI       []string `json:"iscsi,omitempty"`
+	PortalGroup int      `json:"portal_group,omitempty"`
+	InSync      bool     `json:"in_sync"`
+	Leaving     bool     `json:"leaving,omitempty"`
 }
 
 type fenceStatus struct {
@@ -232,11 +293,20 @@ type fenceStatus struct {
 func (m *member) status() clusterStatus {
 	st := m.cluster.Status()
 	cs := clusterStatus{Member: m.cfg.Name, Role: m.cfg.Role, Raft: raftStatus{
-		State: st.RaftState, Leader: st.Leader, Term: st.Term, CommitIndex: st.CommitIndex,
+		State: st.RaftState, Leader: st.Leader, Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex,
 		Writer: st.State.Writer, Epoch: st.State.Epoch, InSync: st.State.InSync,
 	}}
 	for _, mm := range st.State.Members {
 		cs.Raft.Members = append(cs.Raft.Members, mm.Name+"/"+mm.Role)
+		mi := memberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,
+			Admin: mm.Addrs.Admin, ISCSI: mm.Addrs.ISCSI, PortalGroup: mm.Addrs.PortalGroup,
+			InSync: st.State.IsInSync(mm.Name), Leaving: st.State.IsLeaving(mm.Name)}
+		// This member's config may know better (a proxy, an admin
+		// address the state was not told).
+		if cm, ok := m.cfg.Member(mm.Name); ok && cm.Admin != "" {
+			mi.Admin = cm.Admin
+		}
+		cs.Raft.MemberInfo = append(cs.Raft.MemberInfo, mi)
 	}
 	if st.WriterEpoch != 0 {
 		cs.Raft.LeaseLeft = st.LeaseRemaining.Truncate(time.Millisecond).String()
@@ -304,6 +374,18 @@ func (m *member) adminHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"unfenced": site, "was_fenced": was})
+	})
+	// Membership changes while I/O runs (raftlog/members.go); the leader
+	// serves them.
+	mux.HandleFunc("POST /v1/members", m.addMember)
+	mux.HandleFunc("DELETE /v1/members/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		start := time.Now()
+		err := m.cluster.RemoveMember(name, 30*time.Second)
+		if writeLeaderError(w, err) {
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"removed": name, "took": time.Since(start).Truncate(time.Millisecond).String()})
 	})
 	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
 		if m.site == nil {

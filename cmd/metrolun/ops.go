@@ -21,8 +21,10 @@ import (
 )
 
 // Commands that talk to a running cluster through its members' admin
-// endpoints: status, promote, verify. They find the cluster with
-// --config FILE (any member's config) or --dir DIR (a demo's directory).
+// endpoints: status, promote, verify, member. They find the cluster with
+// --config FILE (any member's config) or --dir DIR (a demo's directory);
+// members added since that config was written are found through the Raft
+// state of those it lists (gatherCluster).
 
 type clusterFlags struct {
 	config string
@@ -66,25 +68,7 @@ func (f *clusterFlags) members() ([]conf.Member, error) {
 var adminClient = &http.Client{Timeout: 15 * time.Second}
 
 func adminCall(ctx context.Context, method, addr, path string, out any) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return resp.StatusCode, err
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return resp.StatusCode, fmt.Errorf("%s%s: %v", addr, path, err)
-		}
-	}
-	return resp.StatusCode, nil
+	return adminSend(ctx, method, addr, path, nil, out)
 }
 
 type memberReport struct {
@@ -123,6 +107,75 @@ func gatherStatus(ctx context.Context, members []conf.Member) []memberReport {
 	return out
 }
 
+// gatherCluster asks the members the config lists, then the members the
+// freshest Raft state among their answers has and the config does not
+// (added at run time). It reports the state's members, in its order, so
+// a member removed since the config was written is left out, and then the
+// members that have no state at all (started with join = true, waiting to
+// be added); without a state it reports the config's members.
+func gatherCluster(ctx context.Context, members []conf.Member) []memberReport {
+	reps := gatherStatus(ctx, members)
+	view := freshestView(reps)
+	if view == nil || len(view.MemberInfo) == 0 {
+		return reps
+	}
+	byName := map[string]memberReport{}
+	for _, r := range reps {
+		byName[r.Name] = r
+	}
+	var missing []conf.Member
+	for _, mi := range view.MemberInfo {
+		if _, ok := byName[mi.Name]; !ok {
+			missing = append(missing, conf.Member{Name: mi.Name, Role: mi.Role, Admin: mi.Admin})
+		}
+	}
+	for _, r := range gatherStatus(ctx, missing) {
+		byName[r.Name] = r
+	}
+	out := make([]memberReport, 0, len(view.MemberInfo))
+	in := map[string]bool{}
+	for _, mi := range view.MemberInfo {
+		out = append(out, byName[mi.Name])
+		in[mi.Name] = true
+	}
+	for _, r := range reps {
+		if !in[r.Name] && r.Status != nil && len(r.Status.Raft.Members) == 0 && r.Status.Raft.CommitIndex == 0 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// freshestView is the committed view that has applied the most of the
+// log among the members that answered (a member may know an entry is
+// committed before its state has it).
+func freshestView(reps []memberReport) *raftStatus {
+	var view *raftStatus
+	for _, r := range reps {
+		if r.Status != nil && (view == nil || r.Status.Raft.AppliedIndex > view.AppliedIndex ||
+			r.Status.Raft.AppliedIndex == view.AppliedIndex && r.Status.Raft.CommitIndex > view.CommitIndex) {
+			v := r.Status.Raft
+			view = &v
+		}
+	}
+	return view
+}
+
+// resyncNote says how far the writer's resync of name is, if it runs.
+func resyncNote(reps []memberReport, name string) string {
+	for _, r := range reps {
+		if r.Status == nil || r.Status.Site == nil || r.Status.Site.Role != "writer" {
+			continue
+		}
+		for _, p := range r.Status.Site.Peers {
+			if p.Name == name && p.ResyncTotal > 0 {
+				return fmt.Sprintf("resync %.1f%% (%d/%d regions)", p.ResyncPct, p.ResyncDone, p.ResyncTotal)
+			}
+		}
+	}
+	return ""
+}
+
 func statusCmd() *cobra.Command {
 	var f clusterFlags
 	var asJSON bool
@@ -135,7 +188,7 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reps := gatherStatus(cmd.Context(), members)
+			reps := gatherCluster(cmd.Context(), members)
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -152,13 +205,7 @@ func statusCmd() *cobra.Command {
 
 func printStatus(w io.Writer, reps []memberReport) {
 	// The most recent committed view among reachable members.
-	var view *raftStatus
-	for _, r := range reps {
-		if r.Status != nil && (view == nil || r.Status.Raft.CommitIndex > view.CommitIndex) {
-			v := r.Status.Raft
-			view = &v
-		}
-	}
+	view := freshestView(reps)
 	if view != nil {
 		fmt.Fprintf(w, "writer: %s   epoch: %d   in sync: %s   raft leader: %s\n\n", orDash(view.Writer), view.Epoch, strings.Join(view.InSync, ","), orDash(view.Leader))
 	} else {
@@ -178,6 +225,9 @@ func printStatus(w io.Writer, reps []memberReport) {
 			if st.Site.Stale {
 				note = "may hold unacknowledged writes (full resync pending)"
 			}
+		}
+		if n := memberNote(view, reps, r.Name, r.Role); n != "" {
+			note = strings.TrimPrefix(note+"; "+n, "; ")
 		}
 		fmt.Fprintf(tw, "%s\t%s\tyes\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, st.Raft.State, siteRole, seq, lease, note)
 	}
@@ -200,6 +250,33 @@ func printStatus(w io.Writer, reps []memberReport) {
 	}
 }
 
+// memberNote says what the committed view says of a member that is not
+// simply there: being removed, or a data site not in sync (with the
+// writer's resync progress, for a site that is joining or returning).
+func memberNote(view *raftStatus, reps []memberReport, name, role string) string {
+	if view == nil || len(view.MemberInfo) == 0 {
+		return ""
+	}
+	if !slices.ContainsFunc(view.MemberInfo, func(mi memberInfo) bool { return mi.Name == name }) {
+		return "not a member: waiting to be added (join)"
+	}
+	for _, mi := range view.MemberInfo {
+		if mi.Name != name {
+			continue
+		}
+		switch {
+		case mi.Leaving:
+			return "leaving"
+		case role == conf.RoleData && !mi.InSync:
+			if p := resyncNote(reps, name); p != "" {
+				return "not in sync: " + p
+			}
+			return "not in sync"
+		}
+	}
+	return ""
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -209,10 +286,10 @@ func orDash(s string) string {
 
 // leaderAdmin finds the Raft leader's admin address.
 func leaderAdmin(ctx context.Context, members []conf.Member) (string, error) {
-	reps := gatherStatus(ctx, members)
+	reps := gatherCluster(ctx, members)
 	byName := map[string]string{}
-	for _, m := range members {
-		byName[m.Name] = m.Admin
+	for _, r := range reps {
+		byName[r.Name] = r.Admin
 	}
 	for _, r := range reps {
 		if r.Status != nil && r.Status.Raft.State == "leader" {
@@ -279,7 +356,7 @@ func verifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reps := gatherStatus(cmd.Context(), members)
+			reps := gatherCluster(cmd.Context(), members)
 			for _, r := range reps {
 				if r.Status == nil || r.Status.Site == nil || r.Status.Site.Role != "writer" {
 					continue
