@@ -34,6 +34,10 @@ type View struct {
 	// forgets one that disappears. nil: the cluster does not say, and
 	// SiteConfig.Peers is the set.
 	Peers map[string]string
+	// Handover: the previous writer released its epoch (a planned
+	// move), so nobody waited out the read leases it granted; this
+	// writer does, for a replica it drops early in its epoch.
+	Handover bool
 }
 
 // Control is what a site needs from the cluster: the committed view,

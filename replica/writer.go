@@ -80,6 +80,11 @@ type writer struct {
 	epoch uint64
 	log   hclog.Logger
 	empty bool // this site's image was never written when the writer started
+	// started, handover: a planned move left read leases granted by the
+	// previous writer running (View.Handover); they end within a lease
+	// of this writer's start.
+	started  time.Time
+	handover bool
 
 	mu       sync.Mutex // orders writes: seq, local apply and send
 	seq      uint64
@@ -119,6 +124,7 @@ type writer struct {
 func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
+		started: time.Now(), handover: v.Handover,
 		commitSig: make(chan struct{}, 1)}
 	w.done.Add(1)
 	go func() {
@@ -710,6 +716,11 @@ func (w *writer) drop(p *peer) {
 	w.mu.Lock()
 	end := p.grantEnd
 	w.mu.Unlock()
+	if e := w.started.Add(w.s.cfg.Lease); w.handover && e.After(end) {
+		// The previous writer released its epoch and may have granted
+		// this replica a lease up to its own lease's end.
+		end = e
+	}
 	// Clock rates differ a little between sites: wait 10% more.
 	if wait := time.Until(end) + w.s.cfg.Lease/10; wait > 0 && !end.IsZero() {
 		w.log.Info("waiting for the dropped replica's lease", "replica", p.name, "wait", wait)

@@ -37,7 +37,8 @@ type control struct{ c *raftlog.Cluster }
 
 func (a control) View() replica.View {
 	s := a.c.State()
-	v := replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync, Fenced: s.FencedNames()}
+	v := replica.View{Epoch: s.Epoch, Writer: s.Writer, InSync: s.InSync, Fenced: s.FencedNames(),
+		Handover: s.Epoch > 1 && s.Released == s.Epoch-1}
 	if len(s.Members) > 0 {
 		// The data sites, with members being removed left out: the
 		// writer adds and retires peers by this (raftlog/members.go).
