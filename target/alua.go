@@ -2,9 +2,12 @@ package target
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // PortGroup is one target port group: the ports through which one site
@@ -104,6 +107,49 @@ func resolvePortGroups(fn PortGroupsFunc, initiator string, own, ownRel uint16, 
 	}
 	slices.SortFunc(out, func(a, b PortGroup) int { return int(a.ID) - int(b.ID) })
 	return out
+}
+
+// checkALUA establishes ASYMMETRIC ACCESS STATE CHANGED (2A/06) for
+// every nexus of the LU when a port group's access state changed since
+// the last check (SPC-4 section 5.15.2.3), so initiators read REPORT
+// TARGET PORT GROUPS again at once (the writer moved, a site went away or
+// came back) instead of at their next poll. The first check only records.
+func (lu *LU) checkALUA() {
+	var b strings.Builder
+	for _, g := range lu.portGroups("") {
+		fmt.Fprintf(&b, "%d:%d;", g.ID, g.State)
+	}
+	d := b.String()
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if lu.aluaSeen != "" && lu.aluaSeen != d {
+		lu.queueUA(ascAsymAccessStateChanged, nil)
+	}
+	lu.aluaSeen = d
+}
+
+// watchALUA runs checkALUA on every LU until stop.
+func (s *Server) watchALUA(stop <-chan struct{}, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		var lus []*LU
+		for _, tg := range s.targets {
+			for _, lu := range tg.lus {
+				lus = append(lus, lu)
+			}
+		}
+		s.mu.Unlock()
+		for _, lu := range lus {
+			lu.checkALUA()
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // portGroups is resolvePortGroups for an LU of this server.

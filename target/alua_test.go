@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -335,4 +336,39 @@ func TestE2EDiscoveryAllSites(t *testing.T) {
 		t.Fatalf("TargetPortalGroupTag %q, want 1", tag)
 	}
 	in2.logout()
+}
+
+// TestALUAStateChangeUnitAttention: when a port group's access state
+// changes (the writer moved), every nexus of the LU gets ASYMMETRIC
+// ACCESS STATE CHANGED once; no change, no unit attention.
+func TestALUAStateChangeUnitAttention(t *testing.T) {
+	e := newLUEnv(t, LUNConfig{})
+	states := map[uint16]PathState{1: PathActiveOptimized, 2: PathActiveNonOptimized}
+	var mu sync.Mutex
+	e.lu.groups = func(initiator string) []PortGroup {
+		mu.Lock()
+		defer mu.Unlock()
+		return sitesProvider(maps.Clone(states))(initiator)
+	}
+	tur := []byte{0, 0, 0, 0, 0, 0}
+	a, b := e.nexus("iqn.host-a", 1), e.nexus("iqn.host-c", 2)
+	for _, n := range []*Nexus{a, b} {
+		for i := 0; e.do(n, tur, nil).status != statusGood; i++ { // the power-on UA first
+			if i == 4 {
+				t.Fatal("TEST UNIT READY keeps failing")
+			}
+		}
+	}
+	e.lu.checkALUA()
+	e.lu.checkALUA()
+	wantGood(t, e.do(a, tur, nil), "no change")
+	mu.Lock()
+	states[1], states[2] = PathActiveNonOptimized, PathActiveOptimized
+	mu.Unlock()
+	e.lu.checkALUA()
+	e.lu.checkALUA()
+	for _, n := range []*Nexus{a, b} {
+		wantSense(t, e.do(n, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "after the writer moved")
+		wantGood(t, e.do(n, tur, nil), "once")
+	}
 }

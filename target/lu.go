@@ -59,6 +59,7 @@ type LU struct {
 	portGroup     uint16
 	relPort       uint16
 	groups        PortGroupsFunc // the other sites' port groups; nil: this one only
+	aluaSeen      string         // port group states at the last checkALUA (mu)
 
 	mu      sync.Mutex
 	nblocks uint64

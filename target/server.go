@@ -52,6 +52,7 @@ type Server struct {
 	conns     map[*conn]struct{}
 	closing   bool
 	wg        sync.WaitGroup
+	aluaStop  chan struct{} // ends watchALUA (cluster mode only)
 }
 
 // Target is one iSCSI target: a name, its access rules and its LUs.
@@ -78,7 +79,7 @@ func NewServer(cfg Config) *Server {
 	if cfg.NOPTimeout == 0 {
 		cfg.NOPTimeout = 30 * time.Second
 	}
-	return &Server{
+	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		targets:  map[string]*Target{},
@@ -86,6 +87,11 @@ func NewServer(cfg Config) *Server {
 		conns:    map[*conn]struct{}{},
 		nextTSIH: 1,
 	}
+	if cfg.PortGroups != nil {
+		s.aluaStop = make(chan struct{})
+		go s.watchALUA(s.aluaStop, 250*time.Millisecond)
+	}
+	return s
 }
 
 // AddTarget registers a target and opens its logical units.
@@ -179,6 +185,9 @@ func (s *Server) Serve(l net.Listener) error {
 // gone or ctx ends (then connections are cut).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing && s.aluaStop != nil {
+		close(s.aluaStop)
+	}
 	s.closing = true
 	for _, l := range s.listeners {
 		l.Close()
