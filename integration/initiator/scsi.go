@@ -58,7 +58,26 @@ func cdbName(cdb []byte) string {
 // exec runs one command: the SCSI Command PDU with immediate data,
 // unsolicited Data-Out up to FirstBurstLength (InitialR2T=No), Data-Out
 // for each R2T, Data-In collection, and the status.
+// exec runs a command, sending it again (up to maxUARetries times) when
+// the target answers with a unit attention, which SAM-5 reports instead
+// of carrying the command out: what an initiator's SCSI layer does after
+// noting the attention (a reset, an ALUA state change).
 func (s *Session) exec(ctx context.Context, name string, lun uint64, cdb []byte, inLen int, out []byte) (result, error) {
+	for try := 0; ; try++ {
+		res, err := s.exec1(ctx, name, lun, cdb, inLen, out)
+		var se *SCSIError
+		if s.opts.NoUARetry || try == maxUARetries || !errors.As(err, &se) ||
+			se.Status != StatusCheckCondition || se.SenseKey != SenseUnitAttention {
+			return res, err
+		}
+		s.stats.UnitAttentions.Add(1)
+	}
+}
+
+// maxUARetries bounds the resends after unit attentions.
+const maxUARetries = 8
+
+func (s *Session) exec1(ctx context.Context, name string, lun uint64, cdb []byte, inLen int, out []byte) (result, error) {
 	var res result
 	if len(cdb) == 0 || len(cdb) > maxCDB {
 		return res, fmt.Errorf("%w: %s: CDB of %d bytes (1 to %d supported)", ErrNotSent, name, len(cdb), maxCDB)

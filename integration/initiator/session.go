@@ -48,6 +48,9 @@ type Options struct {
 	// LoginTimeout bounds dial and login when ctx has no deadline
 	// (default 30s).
 	LoginTimeout time.Duration
+	// NoUARetry returns a unit attention to the caller instead of
+	// sending the command again (the default, as SCSI layers do).
+	NoUARetry bool
 }
 
 func (o *Options) fill() {
@@ -172,6 +175,8 @@ type Stats struct {
 	DataOut     atomic.Uint64 // Data-Out PDUs sent (solicited or not)
 	DataIn      atomic.Uint64 // Data-In PDUs received
 	PingsAnswer atomic.Uint64 // target NOP-In pings answered
+	// UnitAttentions: commands sent again after a unit attention.
+	UnitAttentions atomic.Uint64
 }
 
 // Stats returns the session's counters.
