@@ -131,7 +131,7 @@ func TestDrill(t *testing.T) {
 		t.Fatalf("writer after the drill: %s, want %s back", ms[0].Status.Raft.Writer, w0)
 	}
 
-	report, code = runDrill(t, bin, "--dir", d.Dir, "--settle", "1s", "--fence-writer")
+	report, code = runDrill(t, bin, "--dir", d.Dir, "--settle", "1s", "--fence-writer", "--resync-timeout", "90s")
 	if last := lastLine(report); last != "verdict: pass" || code != 0 {
 		t.Fatalf("fence drill: exit %d, last line %q", code, last)
 	}
