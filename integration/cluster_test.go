@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -158,57 +157,19 @@ func TestClusterMirrorFailoverResync(t *testing.T) {
 	t.Logf("%d acknowledged writes read back from %s", len(writes), other.Name)
 
 	// The old writer comes back and is resynced while writes go on.
-	cfgPath := filepath.Join(d.Dir, w.Name, "metrolun.hcl")
-	logf, err := os.Create(filepath.Join(d.Dir, w.Name+"-restart.log"))
+	cmd, err := RestartMember(d, w.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		waited := make(chan struct{})
-		go func() { cmd.Wait(); close(waited) }()
-		select {
-		case <-waited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-waited
-		}
-	})
+	t.Cleanup(func() { StopMember(cmd) })
 	if err := qemuIO(ctx, other.ISCSI, "write -P 0xc3 8M 1M"); err != nil {
 		t.Fatal(err)
 	}
-	until(t, w.Name+" back in sync", 90*time.Second, func() bool {
-		ms, err := ClusterStatus(ctx, bin, d.Dir)
-		if err != nil {
-			return false
-		}
-		// The writer counts it in sync, and the site itself knows it
-		// (its Raft view) and holds a read lease.
-		writerSays, selfSays := false, false
-		for _, m := range ms {
-			if m.Status == nil || m.Status.Site == nil {
-				continue
-			}
-			if m.Status.Site.Role == "writer" {
-				for _, p := range m.Status.Site.Peers {
-					if p.Name == w.Name && p.State == "in-sync" && slices.Contains(m.Status.Raft.InSync, w.Name) {
-						writerSays = true
-					}
-				}
-			}
-			if m.Name == w.Name && m.Status.Site.Role == "replica" && slices.Contains(m.Status.Raft.InSync, w.Name) {
-				selfSays = true
-			}
-		}
-		return writerSays && selfSays
-	})
+	// The writer counts it in sync, and the site itself knows it (its
+	// Raft view) and holds a read lease.
+	if err := WaitInSync(ctx, bin, d.Dir, w.Name, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if err := qemuIO(ctx, w.ISCSI, "read -P 0xc3 8M 1M", "flush"); err != nil {
 		t.Fatalf("read at the resynced site: %v", err)
 	}
