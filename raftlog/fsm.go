@@ -123,6 +123,14 @@ type Command struct {
 // ErrRefused wraps every reason a command is not applied.
 var ErrRefused = errors.New("raftlog: command refused")
 
+// Refusals that callers act on; each is also ErrRefused.
+var (
+	// ErrNotInSync: drop-in-sync of a site that is already out.
+	ErrNotInSync = errors.New("not in sync")
+	// ErrAlreadyInSync: add-in-sync of a site that is already in.
+	ErrAlreadyInSync = errors.New("already in sync")
+)
+
 func refuse(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
 }
@@ -202,12 +210,12 @@ func (s State) Apply(c Command) (State, error) {
 				return s, refuse("the writer cannot drop itself")
 			}
 			if !in {
-				return s, refuse("%s is not in sync", c.Name)
+				return s, fmt.Errorf("%w: %s: %w", ErrRefused, c.Name, ErrNotInSync)
 			}
 			n.InSync = slices.DeleteFunc(n.InSync, func(x string) bool { return x == c.Name })
 		} else {
 			if in {
-				return s, refuse("%s is already in sync", c.Name)
+				return s, fmt.Errorf("%w: %s: %w", ErrRefused, c.Name, ErrAlreadyInSync)
 			}
 			if s.IsFenced(c.Name) {
 				return s, refuse("%s is fenced", c.Name)

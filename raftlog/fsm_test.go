@@ -142,3 +142,18 @@ type memSink struct{ bytes.Buffer }
 func (*memSink) ID() string    { return "mem" }
 func (*memSink) Cancel() error { return nil }
 func (*memSink) Close() error  { return nil }
+
+// The in-sync refusals a writer acts on have names of their own, and are
+// refusals too.
+func TestInSyncRefusalsAreTyped(t *testing.T) {
+	s := mustApply(t, cluster(t), Command{Kind: CmdDropInSync, Name: "b", ByEpoch: 1})
+	if _, err := s.Apply(Command{Kind: CmdDropInSync, Name: "b", ByEpoch: 1}); !errors.Is(err, ErrNotInSync) || !errors.Is(err, ErrRefused) {
+		t.Errorf("drop of a site already out: %v", err)
+	}
+	if _, err := cluster(t).Apply(Command{Kind: CmdAddInSync, Name: "b", ByEpoch: 1}); !errors.Is(err, ErrAlreadyInSync) || !errors.Is(err, ErrRefused) {
+		t.Errorf("add of a site already in: %v", err)
+	}
+	if _, err := cluster(t).Apply(Command{Kind: CmdDropInSync, Name: "a", ByEpoch: 1}); errors.Is(err, ErrNotInSync) || errors.Is(err, ErrAlreadyInSync) {
+		t.Errorf("the writer dropping itself is another refusal: %v", err)
+	}
+}

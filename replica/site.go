@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +51,9 @@ type Control interface {
 	// WriterLease says until when this site may act as writer of epoch
 	// (zero values: it may not).
 	WriterLease() (epoch uint64, until time.Time)
+	// DropInSync and AddInSync change the in-sync set in the writer's
+	// epoch. A site already out (in) is refused with an error that Is
+	// ErrNotInSync (ErrAlreadyInSync).
 	DropInSync(name string, epoch uint64) error
 	AddInSync(name string, epoch uint64) error
 }
@@ -652,11 +654,8 @@ func (e *notReady) As(target any) bool {
 
 type targetNotReady = target.NotReadyError
 
-func containsAll(s string, subs ...string) bool {
-	for _, x := range subs {
-		if !strings.Contains(s, x) {
-			return false
-		}
-	}
-	return true
-}
+// The refusals a Control gives that the writer acts on.
+var (
+	ErrNotInSync     = errors.New("replica: site not in sync")
+	ErrAlreadyInSync = errors.New("replica: site already in sync")
+)

@@ -103,7 +103,7 @@ func (f fakeControl) DropInSync(name string, epoch uint64) error {
 		return errors.New("refused: not the writer of the current epoch")
 	}
 	if !slices.Contains(f.c.view.InSync, name) {
-		return errors.New("refused: " + name + " is not in sync")
+		return fmt.Errorf("refused: %s: %w", name, ErrNotInSync)
 	}
 	f.c.view.InSync = slices.DeleteFunc(slices.Clone(f.c.view.InSync), func(x string) bool { return x == name })
 	f.c.drops = append(f.c.drops, name)
@@ -118,7 +118,7 @@ func (f fakeControl) AddInSync(name string, epoch uint64) error {
 		return errors.New("refused: not the writer of the current epoch")
 	}
 	if slices.Contains(f.c.view.InSync, name) {
-		return errors.New("refused: " + name + " is already in sync")
+		return fmt.Errorf("refused: %s: %w", name, ErrAlreadyInSync)
 	}
 	if _, ok := f.c.view.Peers[name]; f.c.view.Peers != nil && !ok {
 		return errors.New("refused: " + name + " is being removed")

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 	"time"
 
@@ -56,8 +57,12 @@ func TestTakeoverResyncsUncommittedRanges(t *testing.T) {
 			tc.c.setWriter(next)
 			w := map[string]*Site{"b": b, "c": c}[next]
 			waitWriter(t, w)
-			until(t, "both replicas in sync", 10*time.Second, func() bool {
-				return tc.c.inSync("b") && tc.c.inSync("c") && w.Status().Peers != nil && peersInSync(w)
+			other := map[string]string{"b": "c", "c": "b"}[next]
+			until(t, other+" resynced and back in sync", 10*time.Second, func() bool {
+				tc.c.mu.Lock()
+				readded := slices.Contains(tc.c.adds, other)
+				tc.c.mu.Unlock()
+				return readded && tc.c.inSync("b") && tc.c.inSync("c") && peersInSync(w)
 			})
 			if err := w.Flush(); err != nil {
 				t.Fatal(err)

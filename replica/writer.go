@@ -261,7 +261,8 @@ func (w *writer) syncPeers(v View) {
 		w.peers = append(w.peers, p)
 		added = append(added, p)
 	}
-	w.mu.Unlock()
+	// Started with w.mu held: stop sets closed under it before it waits
+	// for w.done, so no goroutine is added after that.
 	for _, p := range added {
 		w.log.Info("a data site joined the cluster; resyncing it", "replica", p.name, "addr", p.addr)
 		w.startPeer(p, false)
@@ -273,6 +274,7 @@ func (w *writer) syncPeers(v View) {
 			w.retire(p)
 		}()
 	}
+	w.mu.Unlock()
 	if len(added)+len(gone) > 0 {
 		w.s.notify()
 	}
@@ -663,6 +665,12 @@ func (w *writer) failPeer(p *peer, err error) {
 	if p.link != nil {
 		go p.link.Close()
 	}
+	if w.closed {
+		// Stopping: no new goroutines once stop may be waiting for them
+		// (a write still in flight then fails, as the writer's do).
+		close(p.resolved)
+		return
+	}
 	w.done.Add(1)
 	go func() {
 		defer w.done.Done()
@@ -735,9 +743,7 @@ func (w *writer) drop(p *peer) {
 }
 
 // isNotInSync: a refusal saying the site is not in sync, i.e. already out.
-func isNotInSync(err error) bool {
-	return err != nil && containsAll(err.Error(), "not in sync")
-}
+func isNotInSync(err error) bool { return errors.Is(err, ErrNotInSync) }
 
 // grant answers a replica's lease request: only an in-sync replica gets
 // one, never past the writer's own lease (so a replica's lease cannot
@@ -1144,7 +1150,7 @@ func (w *writer) resync(p *peer) error {
 		w.failPeer(p, a.Err)
 		return a.Err
 	}
-	if err := w.s.cfg.Control.AddInSync(p.name, w.epoch); err != nil && !containsAll(err.Error(), "already in sync") {
+	if err := w.s.cfg.Control.AddInSync(p.name, w.epoch); err != nil && !errors.Is(err, ErrAlreadyInSync) {
 		w.failPeer(p, fmt.Errorf("joining the in-sync set: %w", err))
 		return err
 	}

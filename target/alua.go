@@ -122,7 +122,10 @@ func (lu *LU) checkALUA() {
 	d := b.String()
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
-	if lu.aluaSeen != "" && lu.aluaSeen != d {
+	// A cluster that is coming up (no group active/optimized yet: no
+	// writer) gets its first states without a unit attention.
+	settled := strings.Contains(lu.aluaSeen, fmt.Sprintf(":%d;", PathActiveOptimized))
+	if settled && lu.aluaSeen != d {
 		lu.queueUA(ascAsymAccessStateChanged, nil)
 	}
 	lu.aluaSeen = d

@@ -345,7 +345,8 @@ func TestE2EDiscoveryAllSites(t *testing.T) {
 // ACCESS STATE CHANGED once; no change, no unit attention.
 func TestALUAStateChangeUnitAttention(t *testing.T) {
 	e := newLUEnv(t, LUNConfig{})
-	states := map[uint16]PathState{1: PathActiveOptimized, 2: PathActiveNonOptimized}
+	// Coming up: no writer yet, then one. No unit attention for that.
+	states := map[uint16]PathState{1: PathUnavailable, 2: PathUnavailable}
 	var mu sync.Mutex
 	e.lu.groups = func(initiator string) []PortGroup {
 		mu.Lock()
@@ -361,9 +362,15 @@ func TestALUAStateChangeUnitAttention(t *testing.T) {
 			}
 		}
 	}
+	e.vol.setState(PathUnavailable) // this site's own group too
+	e.lu.checkALUA()
+	mu.Lock()
+	states[1], states[2] = PathActiveOptimized, PathActiveNonOptimized
+	mu.Unlock()
+	e.vol.setState(PathActiveOptimized)
 	e.lu.checkALUA()
 	e.lu.checkALUA()
-	wantGood(t, e.do(a, tur, nil), "no change")
+	wantGood(t, e.do(a, tur, nil), "no change after the first writer")
 	mu.Lock()
 	states[1], states[2] = PathActiveNonOptimized, PathActiveOptimized
 	mu.Unlock()

@@ -51,10 +51,24 @@ func (a control) View() replica.View {
 	}
 	return v
 }
-func (a control) Changed() <-chan struct{}               { return a.c.Changed() }
-func (a control) WriterLease() (uint64, time.Time)       { return a.c.WriterLease() }
-func (a control) DropInSync(name string, e uint64) error { return a.c.DropInSync(name, e) }
-func (a control) AddInSync(name string, e uint64) error  { return a.c.AddInSync(name, e) }
+func (a control) Changed() <-chan struct{}         { return a.c.Changed() }
+func (a control) WriterLease() (uint64, time.Time) { return a.c.WriterLease() }
+func (a control) DropInSync(name string, e uint64) error {
+	return inSyncErr(a.c.DropInSync(name, e))
+}
+
+func (a control) AddInSync(name string, e uint64) error { return inSyncErr(a.c.AddInSync(name, e)) }
+
+// inSyncErr gives raftlog's in-sync refusals replica's names.
+func inSyncErr(err error) error {
+	switch {
+	case errors.Is(err, raftlog.ErrNotInSync):
+		return fmt.Errorf("%w: %v", replica.ErrNotInSync, err)
+	case errors.Is(err, raftlog.ErrAlreadyInSync):
+		return fmt.Errorf("%w: %v", replica.ErrAlreadyInSync, err)
+	}
+	return err
+}
 
 // loadTLS builds the mutual-TLS config for inter-site traffic.
 func loadTLS(t *conf.TLS) (*tls.Config, error) {
