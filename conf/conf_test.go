@@ -431,7 +431,7 @@ func TestProblems(t *testing.T) {
 		{"lun path missing", "name = \"a\"\ntarget \"iqn.2026-11.io.metrolun:x\" {\n\n  lun \"0\" {\n    size = \"1GiB\"\n  }\n}\n",
 			[]string{"4:3 target[0].lun[0].path: is required"}},
 		{"lun unknown key at line 6", "name = \"a\"\ntarget \"iqn.2026-11.io.metrolun:x\" {\n  lun \"0\" {\n    path = \"/x\"\n\n    sise = \"1GiB\"\n  }\n}\n",
-			[]string{`6:5 Unsupported argument: An argument named "sise" is not expected here. Did you mean "size"? Arguments allowed here: path, size, block_size, read_only, serial, product, thin, write_cache. No blocks are allowed here.`}},
+			[]string{`6:5 Unsupported argument: An argument named "sise" is not expected here. Did you mean "size"? Arguments allowed here: path, size, block_size, physical_block_size, read_only, serial, product, thin, write_cache. No blocks are allowed here.`}},
 		{"size not a multiple of block_size", "name = \"a\"\ntarget \"iqn.2026-11.io.metrolun:x\" {\n  lun \"0\" {\n    path = \"/x\"\n    block_size = 4096\n    size = \"1000KB\"\n  }\n}\n",
 			[]string{"6:12 target[0].lun[0].size: 1000000 bytes is not a multiple of block_size 4096"}},
 		{"size bad unit", "name = \"a\"\ntarget \"iqn.2026-11.io.metrolun:x\" {\n  lun \"0\" {\n    path = \"/x\"\n    size = \"1 GB2\"\n  }\n}\n",

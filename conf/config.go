@@ -63,6 +63,10 @@ type ISCSI struct {
 	HeaderDigest             []string // offered in this order
 	DataDigest               []string // offered in this order
 	QueueDepth               int      // CmdSN window per session
+	// MemoryBudget caps the buffer memory all iSCSI connections together
+	// may hold, in bytes; a login that would exceed it is refused. 0: no
+	// cap.
+	MemoryBudget int64
 
 	DiscoveryCHAP *CHAP // nil: SendTargets discovery needs no CHAP
 }
@@ -78,15 +82,19 @@ type Target struct {
 
 // LUN is one logical unit and its backing store.
 type LUN struct {
-	ID         int    // 0..16383
-	Path       string // backing file or block device
-	Size       int64  // bytes; 0 means use the size of what Path holds
-	BlockSize  int    // 512 or 4096
-	ReadOnly   bool
-	Serial     string // empty: derived at run time
-	Product    string // INQUIRY PRODUCT IDENTIFICATION
-	Thin       bool   // report thin provisioning and accept UNMAP
-	WriteCache bool   // WCE in the caching mode page
+	ID        int    // 0..16383
+	Path      string // backing file or block device
+	Size      int64  // bytes; 0 means use the size of what Path holds
+	BlockSize int    // 512 or 4096
+	// PhysicalBlockSize is reported to initiators (READ CAPACITY(16),
+	// Block Limits VPD): a power of two multiple of BlockSize; 0 means
+	// BlockSize.
+	PhysicalBlockSize int
+	ReadOnly          bool
+	Serial            string // empty: derived at run time
+	Product           string // INQUIRY PRODUCT IDENTIFICATION
+	Thin              bool   // report thin provisioning and accept UNMAP
+	WriteCache        bool   // WCE in the caching mode page
 }
 
 // CHAP holds the credentials of one CHAP exchange. Username and Secret are

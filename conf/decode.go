@@ -34,7 +34,7 @@ var (
 			{Name: "first_burst_length"}, {Name: "max_outstanding_r2t"},
 			{Name: "immediate_data"}, {Name: "initial_r2t"},
 			{Name: "header_digest"}, {Name: "data_digest"},
-			{Name: "queue_depth"},
+			{Name: "queue_depth"}, {Name: "memory_budget"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{{Type: "discovery_chap"}},
 	}
@@ -47,7 +47,7 @@ var (
 	}
 	lunSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{
-			{Name: "path"}, {Name: "size"}, {Name: "block_size"},
+			{Name: "path"}, {Name: "size"}, {Name: "block_size"}, {Name: "physical_block_size"},
 			{Name: "read_only"}, {Name: "serial"}, {Name: "product"},
 			{Name: "thin"}, {Name: "write_cache"},
 		},
@@ -237,6 +237,7 @@ func (d *decoder) iscsi(b *hcl.Block, dst *ISCSI) {
 	s.strings("header_digest", &dst.HeaderDigest)
 	s.strings("data_digest", &dst.DataDigest)
 	s.integer("queue_depth", &dst.QueueDepth)
+	s.sizeOrZero("memory_budget", &dst.MemoryBudget)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		if d.once(seen, key+".discovery_chap", cb) {
@@ -284,6 +285,7 @@ func (d *decoder) lun(b *hcl.Block, key string) LUN {
 	s.str("path", &l.Path)
 	s.size("size", &l.Size)
 	s.integer("block_size", &l.BlockSize)
+	s.integer("physical_block_size", &l.PhysicalBlockSize)
 	s.boolean("read_only", &l.ReadOnly)
 	s.str("serial", &l.Serial)
 	s.str("product", &l.Product)
@@ -649,6 +651,15 @@ func (s scope) address(name string, dst *string) {
 }
 
 // size reads a byte count written as a number or as a string with a unit.
+// sizeOrZero is size for a limit where 0 means "none".
+func (s scope) sizeOrZero(name string, dst *int64) {
+	if v, _, ok := s.value(name); ok && v.Type() == cty.Number && v.Equals(cty.Zero).True() {
+		*dst = 0
+		return
+	}
+	s.size(name, dst)
+}
+
 func (s scope) size(name string, dst *int64) {
 	v, attr, ok := s.value(name)
 	if !ok {

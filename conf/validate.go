@@ -114,6 +114,11 @@ func (v *validator) config(c *Config) {
 	v.cluster(c)
 }
 
+// connBufferBytes is what one iSCSI connection may hold for solicited
+// write data and large reads (target's connBudget), the fixed part of what
+// it reserves against memory_budget.
+const connBufferBytes = 64 << 20
+
 func (v *validator) iscsi(c *ISCSI) {
 	const key = "iscsi"
 	if len(c.Listen) == 0 {
@@ -151,6 +156,20 @@ func (v *validator) iscsi(c *ISCSI) {
 	v.digests(key+".header_digest", c.HeaderDigest)
 	v.digests(key+".data_digest", c.DataDigest)
 	v.intRange(key+".queue_depth", c.QueueDepth, 1, 1024)
+	// A budget must let at least one session in: a connection reserves
+	// connMemory bytes at login (target/budget.go), at most this.
+	if c.MemoryBudget < 0 {
+		v.fail(key+".memory_budget", "must not be negative, got %d", c.MemoryBudget)
+	} else if c.MemoryBudget != 0 && !v.skip(key+".queue_depth") && !v.skip(key+".first_burst_length") {
+		one := int64(connBufferBytes)
+		if c.ImmediateData || !c.InitialR2T {
+			one += int64(c.QueueDepth) * int64(c.FirstBurstLength)
+		}
+		if c.MemoryBudget < one {
+			v.fail(key+".memory_budget", "%d bytes is less than one connection may reserve (%d: 64 MiB plus queue_depth × first_burst_length); use 0 for no cap",
+				c.MemoryBudget, one)
+		}
+	}
 	v.chap(key+".discovery_chap", c.DiscoveryCHAP)
 }
 
@@ -251,6 +270,13 @@ func (v *validator) lun(key string, l *LUN) {
 	blockOK := l.BlockSize == 512 || l.BlockSize == 4096
 	if !blockOK {
 		v.fail(key+".block_size", "expected 512 or 4096, got %d", l.BlockSize)
+	}
+	// SBC-3 READ CAPACITY(16): LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
+	// is four bits wide.
+	if p := l.PhysicalBlockSize; p != 0 && blockOK && !v.skip(key+".block_size") {
+		if p < l.BlockSize || p%l.BlockSize != 0 || p&(p-1) != 0 || p/l.BlockSize > 1<<15 {
+			v.fail(key+".physical_block_size", "expected block_size (%d) times a power of two up to 32768, got %d", l.BlockSize, p)
+		}
 	}
 	switch {
 	case l.Size < 0:

@@ -70,6 +70,8 @@ type conn struct {
 
 	lastRecv atomic.Int64  // unix nanos of the last PDU received
 	nopOut   atomic.Uint32 // TTT of an unanswered NOP-In ping, 0 if none
+
+	text *textAnswer // a Text Response still being sent (text.go); reader only
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -427,51 +429,6 @@ func (c *conn) keepalive() {
 			c.send(r, txPeek, nil)
 		}
 	}
-}
-
-func (c *conn) textRequest(p *PDU) {
-	if !c.sess.admit(p.CmdSN(), p.Immediate()) {
-		return
-	}
-	defer c.sess.done()
-	kvs, err := ParseText(p.Data)
-	var out []KV
-	if err != nil {
-		c.reject(p, rejectProtocol)
-		return
-	}
-	for _, kv := range kvs {
-		switch kv.Key {
-		case "SendTargets":
-			if c.sess.params.SessionType == "Normal" && kv.Value == "All" {
-				out = append(out, KV{"SendTargets", "Reject"})
-				continue
-			}
-			var local net.Addr = c.nc.LocalAddr()
-			out = append(out, c.srv.sendTargets(kv.Value, c.params.InitiatorName, local)...)
-		default:
-			if _, known := keyDefs[kv.Key]; known {
-				// Renegotiation in full feature phase is not offered.
-				out = append(out, KV{kv.Key, "Reject"})
-			} else {
-				out = append(out, KV{kv.Key, "NotUnderstood"})
-			}
-		}
-	}
-	r := &PDU{}
-	r.BHS[0] = opTextRsp
-	r.BHS[1] = 0x80
-	copy(r.BHS[8:16], p.BHS[8:16])
-	r.put32(16, p.ITT())
-	r.put32(20, 0xffffffff)
-	r.Data = EncodeText(out)
-	if len(r.Data) > c.params.InitiatorRecvDSL {
-		// A longer answer would need continuation PDUs; discovery of one
-		// target fits comfortably, so refuse rather than truncate.
-		c.log.Warn("SendTargets answer exceeds the initiator's MaxRecvDataSegmentLength", "bytes", len(r.Data))
-		r.Data = r.Data[:0]
-	}
-	c.send(r, txStatus, nil)
 }
 
 func (c *conn) logout(p *PDU) error {

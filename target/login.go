@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -243,11 +244,19 @@ func (c *conn) login() error {
 		// Transition to full feature phase.
 		out = neg.finish(out)
 		c.params = neg.p
-		sess, st := c.srv.bindSession(c, neg.p, t, isid, tsih, cmdSN)
+		release, st := c.srv.reserveMemory(connMemory(neg.p, c.srv.cfg.Limits.QueueDepth))
 		if st != nil {
 			c.sendLoginReject(p, st)
 			return st
 		}
+		sess, st := c.srv.bindSession(c, neg.p, t, isid, tsih, cmdSN)
+		if st != nil {
+			release()
+			c.sendLoginReject(p, st)
+			return st
+		}
+		// The connection's context ends with the connection.
+		context.AfterFunc(c.ctx, release)
 		c.sess = sess
 		if tsih == 0 {
 			tsih = sess.tsih

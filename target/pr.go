@@ -290,9 +290,22 @@ func execPROut(c *scsiCmd, data []byte) *scsiResult {
 		return invalidParam(20, 0) // APTPL: nothing here persists power loss
 	}
 	n := c.lu.itn(c.nexus)
-	return c.lu.change(func(p *prState) (*scsiResult, bool) {
-		return p.out(n, sa, rtype, key, saKey)
+	var preempted []string
+	res := c.lu.change(func(p *prState) (*scsiResult, bool) {
+		// change may run this more than once: only the last run counts.
+		preempted = nil
+		res, changed := p.out(n, sa, rtype, key, saKey)
+		if changed && sa == 5 && p.pending != nil && p.pending.asc == ascRegistrationsPreempted {
+			preempted = slices.Clone(p.pending.ports)
+		}
+		return res, changed
 	})
+	if res.status == statusGood {
+		// The tasks of the preempted I_T nexuses at this site are aborted
+		// by the connection, which knows them; each site aborts its own.
+		c.abortPorts = preempted
+	}
+	return res
 }
 
 // out applies one PERSISTENT RESERVE OUT service action from n to p and

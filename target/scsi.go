@@ -72,6 +72,9 @@ type scsiCmd struct {
 	dataIn  bool // the command returns data
 	edtl    int  // the initiator's expected data transfer length
 	alloc   int  // allocation length for Data-In commands
+	// abortPorts: PREEMPT AND ABORT preempted these initiator ports; the
+	// connection aborts their tasks on the LU (SPC-4 section 5.13.11.2.5).
+	abortPorts []string
 }
 
 // saGroups lists the opcodes whose commands are told apart by a service

@@ -27,6 +27,10 @@ type Config struct {
 	NOPTimeout    time.Duration
 	DiscoveryCHAP *CHAPConfig
 	Logger        hclog.Logger
+	// MemoryBudget caps the buffer memory all connections together may
+	// hold (see budget.go); a login that would exceed it is refused. 0:
+	// no cap.
+	MemoryBudget int64
 }
 
 // TargetConfig describes one iSCSI target and its logical units.
@@ -53,6 +57,7 @@ type Server struct {
 	closing   bool
 	wg        sync.WaitGroup
 	aluaStop  chan struct{} // ends watchALUA (cluster mode only)
+	memHeld   int64         // budget.go: memory reserved by logged-in connections
 }
 
 // Target is one iSCSI target: a name, its access rules and its LUs.

@@ -157,7 +157,9 @@ func (lu *LU) vpd(code byte, n *Nexus) ([]byte, bool) {
 		body := make([]byte, 60)
 		body[0] = 0x01 // WSNZ
 		body[1] = maxCompareAndWriteBlocks
-		binary.BigEndian.PutUint16(body[2:], 1)
+		// OPTIMAL TRANSFER LENGTH GRANULARITY: a physical block (SBC-3
+		// section 6.5.3).
+		binary.BigEndian.PutUint16(body[2:], uint16(min(lu.physBlockSize/lu.blockSize, 0xffff)))
 		binary.BigEndian.PutUint32(body[4:], uint32(maxTransferBytes/lu.blockSize))
 		binary.BigEndian.PutUint32(body[8:], uint32(min(1<<20/lu.blockSize, maxTransferBytes/lu.blockSize)))
 		binary.BigEndian.PutUint32(body[12:], uint32(maxTransferBytes/lu.blockSize))

@@ -310,6 +310,9 @@ func (c *conn) execute(t *task) {
 		}
 	}
 	res = t.cmd.exec(t.buf[:min(len(t.buf), t.xfer)])
+	if len(t.cmd.abortPorts) > 0 {
+		c.abortPreempted(t, t.cmd.abortPorts)
+	}
 	if grant > 0 {
 		if res.release != nil {
 			rel := res.release

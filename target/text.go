@@ -101,3 +101,119 @@ func yesNo(b bool) string {
 	}
 	return "No"
 }
+
+// maxTextAnswer bounds a text answer kept for continuation: a SendTargets
+// answer grows with targets and portals, both bounded by configuration.
+const maxTextAnswer = 1 << 20
+
+// textAnswer is a Text Response longer than the initiator's
+// MaxRecvDataSegmentLength, sent one PDU per Text Request (RFC 7143
+// section 11.11.1: C=1 and a Target Transfer Tag on every PDU but the
+// last; the initiator asks for the next with an empty Text Request that
+// carries the tag, section 11.10.4).
+type textAnswer struct {
+	itt  uint32
+	ttt  uint32
+	rest []byte
+}
+
+// textRequest handles a Text Request (RFC 7143 section 11.10) on the
+// reader goroutine.
+func (c *conn) textRequest(p *PDU) {
+	if !c.sess.admit(p.CmdSN(), p.Immediate()) {
+		return
+	}
+	defer c.sess.done()
+	if ttt := p.TTT(); ttt != 0xffffffff {
+		// The initiator wants the next part of an answer.
+		a := c.text
+		if a == nil || a.ttt != ttt || a.itt != p.ITT() {
+			c.reject(p, rejectInvalidField)
+			return
+		}
+		c.sendTextPart(p)
+		return
+	}
+	// A request with TTT 0xffffffff starts afresh: an answer still being
+	// sent is dropped (section 11.10.4).
+	c.text = nil
+	if p.Flags()&0x40 != 0 {
+		// A request spanning PDUs (C=1) is not accepted; SendTargets
+		// requests are short.
+		c.reject(p, rejectProtocol)
+		return
+	}
+	kvs, err := ParseText(p.Data)
+	if err != nil {
+		c.reject(p, rejectProtocol)
+		return
+	}
+	var out []KV
+	for _, kv := range kvs {
+		switch kv.Key {
+		case "SendTargets":
+			if c.sess.params.SessionType == "Normal" && kv.Value == "All" {
+				out = append(out, KV{"SendTargets", "Reject"})
+				continue
+			}
+			out = append(out, c.srv.sendTargets(kv.Value, c.params.InitiatorName, c.nc.LocalAddr())...)
+		default:
+			if _, known := keyDefs[kv.Key]; known {
+				// Renegotiation in full feature phase is not offered.
+				out = append(out, KV{kv.Key, "Reject"})
+			} else {
+				out = append(out, KV{kv.Key, "NotUnderstood"})
+			}
+		}
+	}
+	data := EncodeText(out)
+	if len(data) > maxTextAnswer {
+		c.log.Warn("text answer too long, sent empty", "bytes", len(data), "limit", maxTextAnswer)
+		data = nil
+	}
+	c.text = &textAnswer{itt: p.ITT(), rest: data}
+	c.sendTextPart(p)
+}
+
+// sendTextPart sends the next part of c.text in answer to p: at most
+// MaxRecvDataSegmentLength bytes, cut after a whole key=value pair when
+// one fits (a pair may span PDUs, section 6.1, but not every initiator
+// joins them).
+func (c *conn) sendTextPart(p *PDU) {
+	a := c.text
+	n := textCut(a.rest, c.params.InitiatorRecvDSL)
+	r := &PDU{}
+	r.BHS[0] = opTextRsp
+	copy(r.BHS[8:16], p.BHS[8:16])
+	r.put32(16, a.itt)
+	r.Data = a.rest[:n]
+	a.rest = a.rest[n:]
+	if len(a.rest) == 0 {
+		r.BHS[1] = 0x80 // F: the answer is complete
+		r.put32(20, 0xffffffff)
+		c.text = nil
+	} else {
+		r.BHS[1] = 0x40 // C: more follows
+		c.mu.Lock()
+		a.ttt = c.nextTTT
+		c.nextTTT++
+		if c.nextTTT == 0xffffffff {
+			c.nextTTT = 1
+		}
+		c.mu.Unlock()
+		r.put32(20, a.ttt)
+	}
+	c.send(r, txStatus, nil)
+}
+
+// textCut returns how many bytes of data go in one PDU of at most max
+// bytes: all of them, or up to the last pair's NUL that fits, or max.
+func textCut(data []byte, max int) int {
+	if len(data) <= max {
+		return len(data)
+	}
+	if i := bytes.LastIndexByte(data[:max], 0); i >= 0 {
+		return i + 1
+	}
+	return max
+}

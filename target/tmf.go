@@ -1,6 +1,9 @@
 package target
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Task management functions (RFC 7143 section 11.5, SAM-5 section 7).
 const (
@@ -88,40 +91,13 @@ func (c *conn) taskMgmt(p *PDU) {
 	default:
 		resp = tmfRejected
 	}
-	for _, t := range victims {
-		if t.c != c {
-			// Another nexus's task: with TAS=1 in the control mode page its
-			// initiator hears TASK ABORTED (SAM-5 section 5.6).
-			t.tas.Store(true)
-		}
-		t.aborted.Store(true)
-	}
-	// Tasks still waiting for Data-Out would wait forever: end them now,
-	// on their own connection.
-	for _, t := range victims {
-		tc := t.c
-		tc.mu.Lock()
-		waiting := !t.started && t.need > 0
-		if waiting {
-			t.started = true
-		}
-		tc.mu.Unlock()
-		if waiting {
-			tc.finish(t, nil)
-		}
-	}
+	c.abortTasks(victims)
 	go func() {
 		defer c.sess.done()
 		// The response goes out only after every affected task is gone
 		// (RFC 7143 section 4.2.3.5).
-		deadline := time.After(30 * time.Second)
-		for _, t := range victims {
-			select {
-			case <-t.done:
-			case <-deadline:
-			case <-c.closing:
-				return
-			}
+		if !c.waitTasks(victims) {
+			return
 		}
 		if after != nil {
 			after()
@@ -172,4 +148,67 @@ func (s *Server) tasksOn(t *Target, lun uint64) []*task {
 		out = append(out, c.tasksOn(lun)...)
 	}
 	return out
+}
+
+// abortTasks aborts victims on behalf of c's nexus.
+func (c *conn) abortTasks(victims []*task) {
+	for _, t := range victims {
+		if t.c != c {
+			// Another nexus's task: with TAS=1 in the control mode page its
+			// initiator hears TASK ABORTED (SAM-5 section 5.6).
+			t.tas.Store(true)
+		}
+		t.aborted.Store(true)
+	}
+	// Tasks still waiting for Data-Out would wait forever: end them now,
+	// on their own connection.
+	for _, t := range victims {
+		tc := t.c
+		tc.mu.Lock()
+		waiting := !t.started && t.need > 0
+		if waiting {
+			t.started = true
+		}
+		tc.mu.Unlock()
+		if waiting {
+			tc.finish(t, nil)
+		}
+	}
+}
+
+// abortWait bounds how long an abort waits for a task that is executing
+// (a volume call in progress cannot be interrupted).
+const abortWait = 30 * time.Second
+
+// waitTasks waits until victims are gone, or abortWait has passed; false
+// means c is closing.
+func (c *conn) waitTasks(victims []*task) bool {
+	deadline := time.NewTimer(abortWait)
+	defer deadline.Stop()
+	for _, t := range victims {
+		select {
+		case <-t.done:
+		case <-deadline.C:
+			return true
+		case <-c.closing:
+			return false
+		}
+	}
+	return true
+}
+
+// abortPreempted carries out the abort of PREEMPT AND ABORT (SPC-4
+// section 5.13.11.2.5) at this site: the tasks on self's LU of this
+// site's nexuses of the preempted initiator ports, except self (the PR
+// OUT command), are aborted, and self completes after they are gone.
+// Other sites abort their own nexuses' tasks.
+func (c *conn) abortPreempted(self *task, ports []string) {
+	var victims []*task
+	for _, t := range c.srv.tasksOn(c.sess.target, decodeLUN(self.lunRaw)) {
+		if t != self && slices.Contains(ports, t.c.sess.nexus.id) {
+			victims = append(victims, t)
+		}
+	}
+	c.abortTasks(victims)
+	c.waitTasks(victims)
 }

@@ -157,6 +157,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 		NOPTimeout:    ic.NOPTimeout,
 		DiscoveryCHAP: chapConfig(ic.DiscoveryCHAP),
 		Logger:        log.Named("iscsi"),
+		MemoryBudget:  ic.MemoryBudget,
 	}
 	srv := target.NewServer(tcfg)
 	for _, t := range cfg.Targets {
@@ -200,6 +201,8 @@ func lunConfig(l conf.LUN, vol target.Volume) target.LUNConfig {
 		Product:    l.Product,
 		Thin:       l.Thin,
 		WriteCache: l.WriteCache,
+
+		PhysicalBlockSize: l.PhysicalBlockSize,
 	}
 }
 
