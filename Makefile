@@ -51,9 +51,11 @@ recovery: deps
 
 # Mirroring through the WAN proxy at 0, 1, 10 and 50 ms round trip:
 # latency/RTT at queue depth 1 (at the writer and forwarded), IOPS as a
-# fraction of 32/RTT at queue depth 32, reads at both sites.
-wan:
+# fraction of 32/RTT at queue depth 32, reads at both sites; then the same
+# through iSCSI against a cluster of real processes.
+wan: deps
 	$(GO) test -count=1 -run XXX -bench BenchmarkSiteWAN -benchtime 100x ./replica/
+	$(GO) test -count=1 -run XXX -bench BenchmarkClusterWAN -benchtime 1x ./integration/
 
 # Bounded fuzzing of the decoders that face the network and the config.
 fuzz:
