@@ -240,6 +240,13 @@ func (c *Cluster) RemoveMember(name string, timeout time.Duration) error {
 	case name == c.cfg.Name:
 		return refuse("remove %s: it is the Raft leader; promote another data site first", name)
 	}
+	if m, _ := s.Member(name); m.Role == RoleWitness {
+		// A witness is there to make the voters odd: without it, an
+		// even number of voters stops at the first failure of half.
+		if n := c.voterCount() - 1; n > 1 && n%2 == 0 {
+			return refuse("remove witness %s: it would leave %d voters, an even number, so losing half of them would stop the cluster; remove or add a data site first", name, n)
+		}
+	}
 	if !s.IsLeaving(name) {
 		if _, err := c.propose(Command{Kind: CmdRetireMember, Name: name}); err != nil {
 			return err
@@ -281,6 +288,21 @@ func (c *Cluster) removeServer(name string, deadline time.Time) error {
 }
 
 // isServer reports whether name is in the latest Raft configuration.
+// voterCount is the number of voters in the Raft configuration.
+func (c *Cluster) voterCount() int {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	n := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			n++
+		}
+	}
+	return n
+}
+
 func (c *Cluster) isServer(name string) bool {
 	f := c.raft.GetConfiguration()
 	if f.Error() != nil {

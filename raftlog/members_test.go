@@ -324,16 +324,20 @@ func TestMembershipRefusals(t *testing.T) {
 	if err := x.c.RemoveMember(y.name, 300*time.Millisecond); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("remove without a drop, again: %v", err)
 	}
-	// The writer drops y (late); meanwhile the witness goes too.
+	// Three voters: the witness cannot go (it would leave two).
+	if err := x.c.RemoveMember("w", time.Second); !errors.Is(err, ErrRefused) {
+		t.Fatalf("remove the witness of two data sites: %v", err)
+	}
+	// The writer drops y (late); a second call finishes its removal; then
+	// the witness may go (one voter left).
 	if err := x.c.DropInSync(y.name, epoch); err != nil {
 		t.Fatal(err)
 	}
-	if err := x.c.RemoveMember("w", 5*time.Second); err != nil {
-		t.Fatalf("remove the witness: %v", err)
-	}
-	// A second call finishes the removal of y.
 	if err := x.c.RemoveMember(y.name, 5*time.Second); err != nil {
 		t.Fatalf("finish removing %s: %v", y.name, err)
+	}
+	if err := x.c.RemoveMember("w", 5*time.Second); err != nil {
+		t.Fatalf("remove the witness: %v", err)
 	}
 	if got := voters(x); !slices.Equal(got, []string{x.name}) {
 		t.Fatalf("voters %v, want only %s", got, x.name)
