@@ -71,7 +71,8 @@ type conn struct {
 	lastRecv atomic.Int64  // unix nanos of the last PDU received
 	nopOut   atomic.Uint32 // TTT of an unanswered NOP-In ping, 0 if none
 
-	text *textAnswer // a Text Response still being sent (text.go); reader only
+	text   *textAnswer    // a Text Response still being sent (text.go); reader only
+	textIn *textRequestIn // a Text Request still being received (text.go); reader only
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -106,7 +107,6 @@ func (c *conn) serve() {
 		return
 	}
 	c.nc.SetReadDeadline(time.Time{})
-	c.log = c.log.With("initiator", c.params.InitiatorName, "tsih", c.sess.tsih, "cid", c.cid)
 	c.log.Info("logged in", "session", c.params.SessionType, "target", c.params.TargetName,
 		"header_digest", c.params.HeaderDigest, "data_digest", c.params.DataDigest,
 		"max_burst", c.params.MaxBurstLength, "immediate_data", c.params.ImmediateData, "initial_r2t", c.params.InitialR2T)
@@ -128,6 +128,13 @@ func (c *conn) serve() {
 	<-writerDone
 	c.sess.removeConn(c)
 	c.log.Info("connection closed")
+}
+
+// setLogContext names the session in c's log lines. It is called under
+// the server's mutex before c joins a session, where other goroutines
+// (reinstatement closing it) may start using c.log.
+func (c *conn) setLogContext(initiator string, tsih uint16) {
+	c.log = c.log.With("initiator", initiator, "tsih", tsih, "cid", c.cid)
 }
 
 // close makes the writer and reader stop.

@@ -144,6 +144,15 @@ func (c *conn) login() error {
 					c.sendLoginReject(p, statusNotAllowed("initiator not allowed"))
 					return fmt.Errorf("initiator %s is not in the allow list of %s", neg.p.InitiatorName, t.Name)
 				}
+				// A leading login may be sent elsewhere before any
+				// authentication (section 11.13.5); a connection joining
+				// a session here stays.
+				if tsih == 0 {
+					if st, addr := c.redirect(neg.p.InitiatorName, t.Name); st != nil {
+						c.sendLoginResp(p, false, csg, 0, 0, []KV{{"TargetAddress", addr}}, st)
+						return errRedirected
+					}
+				}
 				if t.chap != nil {
 					authWant = "CHAP"
 					chap = &chapExchange{cfg: t.chap}

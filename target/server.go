@@ -31,6 +31,9 @@ type Config struct {
 	// hold (see budget.go); a login that would exceed it is refused. 0:
 	// no cap.
 	MemoryBudget int64
+	// Redirect, when set, may send a normal session's login to another
+	// portal (redirect.go, RFC 7143 section 11.13.5). Nil: never.
+	Redirect RedirectFunc
 }
 
 // TargetConfig describes one iSCSI target and its logical units.
@@ -239,6 +242,7 @@ func (s *Server) bindSession(c *conn, p Params, t *Target, isid [6]byte, tsih ui
 		if sess == nil || sess.isid != isid || sess.params.InitiatorName != p.InitiatorName {
 			return nil, &loginStatus{0x02, 0x0a, "session to join does not exist"}
 		}
+		c.setLogContext(p.InitiatorName, tsih)
 		if !sess.addConn(c) {
 			return nil, &loginStatus{0x02, 0x06, "too many connections"}
 		}
@@ -261,6 +265,7 @@ func (s *Server) bindSession(c *conn, p Params, t *Target, isid [6]byte, tsih ui
 	sess := newSession(s, t, p, isid, s.nextTSIH, cmdSN)
 	s.nextTSIH++
 	s.sessions[sess.tsih] = sess
+	c.setLogContext(p.InitiatorName, sess.tsih)
 	sess.addConn(c)
 	return sess, nil
 }

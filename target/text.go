@@ -117,6 +117,28 @@ type textAnswer struct {
 	rest []byte
 }
 
+// textRequestIn is a Text Request still being received: the initiator
+// sent it with C=1 (RFC 7143 section 11.10.2) and continues it in further
+// requests with the same Initiator Task Tag and the Target Transfer Tag
+// of our empty answer. buf holds the text so far, at most maxTextLen.
+type textRequestIn struct {
+	itt uint32
+	ttt uint32
+	buf []byte
+}
+
+// takeTTT returns a fresh Target Transfer Tag (never 0xffffffff or 0).
+func (c *conn) takeTTT() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ttt := c.nextTTT
+	c.nextTTT++
+	if c.nextTTT == 0xffffffff {
+		c.nextTTT = 1
+	}
+	return ttt
+}
+
 // textRequest handles a Text Request (RFC 7143 section 11.10) on the
 // reader goroutine.
 func (c *conn) textRequest(p *PDU) {
@@ -124,26 +146,65 @@ func (c *conn) textRequest(p *PDU) {
 		return
 	}
 	defer c.sess.done()
-	if ttt := p.TTT(); ttt != 0xffffffff {
-		// The initiator wants the next part of an answer.
-		a := c.text
-		if a == nil || a.ttt != ttt || a.itt != p.ITT() {
-			c.reject(p, rejectInvalidField)
-			return
-		}
-		c.sendTextPart(p)
-		return
-	}
-	// A request with TTT 0xffffffff starts afresh: an answer still being
-	// sent is dropped (section 11.10.4).
-	c.text = nil
-	if p.Flags()&0x40 != 0 {
-		// A request spanning PDUs (C=1) is not accepted; SendTargets
-		// requests are short.
+	cont := p.Flags()&0x40 != 0
+	if cont && p.Final() {
+		// Section 11.10.2: a request with C=1 has F=0.
+		c.textIn = nil
 		c.reject(p, rejectProtocol)
 		return
 	}
-	kvs, err := ParseText(p.Data)
+	var text []byte
+	if ttt := p.TTT(); ttt != 0xffffffff {
+		if in := c.textIn; in != nil && in.ttt == ttt {
+			// The next part of a request that spans PDUs.
+			c.textIn = nil
+			if in.itt != p.ITT() {
+				c.reject(p, rejectInvalidField)
+				return
+			}
+			if len(in.buf)+len(p.Data) > maxTextLen {
+				c.log.Warn("text request too long, rejected", "limit", maxTextLen)
+				c.reject(p, rejectProtocol)
+				return
+			}
+			text = append(in.buf, p.Data...)
+		} else {
+			// The initiator wants the next part of an answer.
+			a := c.text
+			if a == nil || a.ttt != ttt || a.itt != p.ITT() {
+				c.reject(p, rejectInvalidField)
+				return
+			}
+			c.sendTextPart(p)
+			return
+		}
+	} else {
+		// A request with TTT 0xffffffff starts afresh: an answer still
+		// being sent, or a request still being received, is dropped
+		// (section 11.10.4).
+		c.text, c.textIn = nil, nil
+		if len(p.Data) > maxTextLen {
+			c.reject(p, rejectProtocol)
+			return
+		}
+		text = p.Data
+		if cont {
+			text = append([]byte(nil), text...)
+		}
+	}
+	if cont {
+		// Section 11.10.2: the text continues in the next request, which
+		// carries the tag of this empty answer (section 11.10.4).
+		c.textIn = &textRequestIn{itt: p.ITT(), ttt: c.takeTTT(), buf: text}
+		r := &PDU{}
+		r.BHS[0] = opTextRsp
+		copy(r.BHS[8:16], p.BHS[8:16])
+		r.put32(16, p.ITT())
+		r.put32(20, c.textIn.ttt)
+		c.send(r, txStatus, nil)
+		return
+	}
+	kvs, err := ParseText(text)
 	if err != nil {
 		c.reject(p, rejectProtocol)
 		return
@@ -194,13 +255,7 @@ func (c *conn) sendTextPart(p *PDU) {
 		c.text = nil
 	} else {
 		r.BHS[1] = 0x40 // C: more follows
-		c.mu.Lock()
-		a.ttt = c.nextTTT
-		c.nextTTT++
-		if c.nextTTT == 0xffffffff {
-			c.nextTTT = 1
-		}
-		c.mu.Unlock()
+		a.ttt = c.takeTTT()
 		r.put32(20, a.ttt)
 	}
 	c.send(r, txStatus, nil)
