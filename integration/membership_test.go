@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -150,6 +152,21 @@ func TestMembershipAddRemoveSite(t *testing.T) {
 	same(t, imgA, filepath.Join(d.Dir, "site-b", "lun0.img"))
 	same(t, imgA, c.Image)
 
+	// A site whose LU is not the cluster's is refused before it counts:
+	// site-d's config has 4096-byte blocks (it need not run).
+	dcfg, err := WriteExtraSite(d, "site-d", "127.0.0.5", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rewriteFile(dcfg.Config, "block_size = 512", "block_size = 4096"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("member", "add", "site-d", "--config", dcfg.Config); err == nil || !strings.Contains(err.Error(), "block size 4096") {
+		t.Fatalf("member add of a site with another LU: %v, want a refusal naming the block size", err)
+	} else {
+		t.Logf("member add site-d (4096-byte blocks): %v", err)
+	}
+
 	// site-b leaves while writes go on through site-c.
 	p2, err := StartProber(ctx, "site-c", c.ISCSI, 2048*8, 2048)
 	if err != nil {
@@ -173,11 +190,13 @@ func TestMembershipAddRemoveSite(t *testing.T) {
 	if names := statusNames(t, ctx, bin, d.Dir); slices.Contains(names, "site-b") || !slices.Contains(names, "site-c") {
 		t.Fatalf("status after removing site-b: %v", names)
 	}
-	// The removed site is stopped; the cluster does not miss it.
-	if err := syscall.Kill(b.PID, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	// The removed site stops by itself (it learns of its removal from the
+	// others); the cluster does not miss it.
+	until(t, "the removed site-b stops by itself", 30*time.Second, func() bool {
+		return syscall.Kill(b.PID, 0) == syscall.ESRCH
+	})
 	stopped := time.Now()
+	t.Logf("site-b stopped %v after member remove began", stopped.Sub(removing).Round(time.Millisecond))
 	until(t, "writes through site-c after site-b stopped", 30*time.Second, func() bool {
 		op, ok := p2.FirstAckIssuedAfter(stopped)
 		return ok && len(p2.Acked()) > 0 && op.End.After(stopped)
@@ -270,4 +289,79 @@ func sendTargetsLists(t *testing.T, ctx context.Context, url, portal string) boo
 		}
 	}
 	return false
+}
+
+// rewriteFile replaces old with new in the file at path, which must hold
+// old.
+func rewriteFile(path, old, new string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(b), old) {
+		return fmt.Errorf("%s does not hold %q", path, old)
+	}
+	return os.WriteFile(path, []byte(strings.Replace(string(b), old, new, 1)), 0o644)
+}
+
+// TestLUNMismatchStops: a data site restarted with a config whose LU is
+// not the one the cluster recorded (here 4096-byte blocks instead of 512)
+// stops with the difference in its log instead of serving a device
+// that initiators would take for the same LU; put back, it rejoins.
+func TestLUNMismatchStops(t *testing.T) {
+	bin := metrolunBin(t)
+	base, err := ClusterBasePort(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := StartDemoT(t, DemoOptions{Bin: bin, Size: "16MiB",
+		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
+	ctx := t.Context()
+	ms := mustStatus(t, ctx, bin, d.Dir)
+	other := "site-b"
+	if Writer(ms) == "site-b" {
+		other = "site-a"
+	}
+	m := member(d, other)
+	if err := syscall.Kill(m.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	until(t, other+" stopped", 30*time.Second, func() bool { return syscall.Kill(m.PID, 0) == syscall.ESRCH })
+	cfg := filepath.Join(d.Dir, other, "metrolun.hcl")
+	if err := rewriteFile(cfg, "block_size = 512", "block_size = 4096"); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := RestartMember(d, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Fatalf("%s with another block size exited with status 0", other)
+		}
+	case <-time.After(30 * time.Second):
+		StopMember(cmd)
+		t.Fatalf("%s with another block size still runs after 30 s; log: %s", other, tailFile(filepath.Join(d.Dir, other+"-restart.log"), 10))
+	}
+	logText, _ := os.ReadFile(filepath.Join(d.Dir, other+"-restart.log"))
+	if !strings.Contains(string(logText), "differs from the cluster's: block size 4096 (the cluster's is 512)") {
+		t.Fatalf("%s's log does not say why it stopped: %s", other, tailFile(filepath.Join(d.Dir, other+"-restart.log"), 10))
+	}
+	t.Logf("%s stopped: %s", other, tailFile(filepath.Join(d.Dir, other+"-restart.log"), 1))
+
+	// Put back, it rejoins the in-sync set.
+	if err := rewriteFile(cfg, "block_size = 4096", "block_size = 512"); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err = RestartMember(d, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { StopMember(cmd) })
+	if err := WaitInSync(ctx, bin, d.Dir, other, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -45,6 +45,8 @@ type Config struct {
 	// cluster (AddMember at its leader) instead of bootstrapping a new
 	// one from Peers. Ignored once there is state.
 	Join bool
+	// LUN is the LU a data site serves (lun.go); nil at a witness.
+	LUN *LUN
 	// TLS nil: plain TCP. Otherwise mutual TLS: it must carry
 	// Certificates, RootCAs and ClientCAs. Each side also checks that the
 	// other's certificate names a member (CN or DNS SAN); the dialer, that

@@ -59,6 +59,7 @@ type member struct {
 	// Config.Join.
 	peers []string
 	join  bool
+	lun   *LUN
 }
 
 type sites struct {
@@ -149,6 +150,7 @@ func (m *member) config(tc *sites) Config {
 		cfg.Peers = append(cfg.Peers, Peer{Name: p.name, Role: p.role, Addr: m.addrs[p.name]})
 	}
 	cfg.Join = m.join
+	cfg.LUN = m.lun
 	return cfg
 }
 

@@ -71,6 +71,12 @@ type State struct {
 	// become writer or rejoin the in-sync set, and the writer drops and
 	// forgets a leaving data site.
 	Leaving []string `msgpack:"lv,omitempty"`
+	// LUN is the clustered LU, recorded by the first writer (lun.go).
+	LUN *LUN `msgpack:"lu,omitempty"`
+	// First is the data site an operator chose to start a new cluster as
+	// writer (first-writer); "" means the first data member of the
+	// configuration.
+	First string `msgpack:"fw,omitempty"`
 }
 
 // clone returns a deep copy; every slice or map field added to State must
@@ -82,6 +88,10 @@ func (s State) clone() State {
 		n.Members[i].Addrs.ISCSI = slices.Clone(n.Members[i].Addrs.ISCSI)
 	}
 	n.Fenced, n.Leaving = slices.Clone(s.Fenced), slices.Clone(s.Leaving)
+	if s.LUN != nil {
+		l := *s.LUN
+		n.LUN = &l
+	}
 	return n
 }
 
@@ -107,6 +117,9 @@ const (
 	CmdDropInSync = "drop-insync" // Name missed writes: out of the in-sync set
 	CmdAddInSync  = "add-insync"  // Name finished resync
 	CmdRelease    = "release"     // the writer Name gives up its lease for ByEpoch
+	// CmdFirstWriter: a new cluster (no writer yet) starts with Name as
+	// writer instead of the first data member of the configuration.
+	CmdFirstWriter = "first-writer"
 )
 
 // Command is one entry of the Raft log.
@@ -118,6 +131,9 @@ type Command struct {
 	ByEpoch uint64 `msgpack:"b,omitempty"` // for insync changes and release: the epoch that asks
 	Until   int64  `msgpack:"u,omitempty"` // for fence and unfence (fence.go)
 	Addrs   *Addrs `msgpack:"a,omitempty"` // for add-member
+	// LUN is the LU the member serves, for set-writer (the first one
+	// records it) and add-member of a data site (lun.go).
+	LUN *LUN `msgpack:"l,omitempty"`
 }
 
 // ErrRefused wraps every reason a command is not applied.
@@ -159,6 +175,9 @@ func (s State) Apply(c Command) (State, error) {
 		if c.Role != RoleData && c.Role != RoleWitness {
 			return s, refuse("member %s: role %q", c.Name, c.Role)
 		}
+		if err := s.checkLUN(c); err != nil {
+			return s, err
+		}
 		m := Member{Name: c.Name, Role: c.Role}
 		if c.Addrs != nil {
 			m.Addrs = *c.Addrs
@@ -191,6 +210,13 @@ func (s State) Apply(c Command) (State, error) {
 		}
 		if s.IsLeaving(c.Name) {
 			return s, refuse("%s is being removed", c.Name)
+		}
+		if err := s.checkLUN(c); err != nil {
+			return s, err
+		}
+		if s.LUN == nil && c.LUN != nil {
+			l := *c.LUN
+			n.LUN = &l
 		}
 		n.Writer, n.Epoch = c.Name, c.Epoch
 	case CmdDropInSync, CmdAddInSync:
@@ -236,6 +262,17 @@ func (s State) Apply(c Command) (State, error) {
 			return s, refuse("epoch %d is already released", s.Epoch)
 		}
 		n.Released = s.Epoch
+	case CmdFirstWriter:
+		m, ok := s.member(c.Name)
+		switch {
+		case s.Epoch != 0 || s.Writer != "":
+			return s, refuse("first-writer %s: the cluster has had a writer (epoch %d)", c.Name, s.Epoch)
+		case !ok || m.Role != RoleData:
+			return s, refuse("first-writer %s: not a data site", c.Name)
+		case !s.IsInSync(c.Name):
+			return s, refuse("first-writer %s: not in sync", c.Name)
+		}
+		n.First = c.Name
 	case CmdFence, CmdUnfence:
 		if err := n.applyFence(c); err != nil {
 			return s, err

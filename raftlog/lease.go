@@ -273,7 +273,11 @@ func (c *Cluster) leadTerm(ld *leadership) {
 	again := false
 	for !ld.stopped() {
 		s := c.State()
-		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) || s.IsLeaving(c.cfg.Name) {
+		mismatch := c.LUNMismatch()
+		if mismatch != "" {
+			log.Error("cannot be writer: this member's LU is not the cluster's", "differences", mismatch)
+		}
+		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) || s.IsLeaving(c.cfg.Name) || mismatch != "" {
 			if c.handOff(ld, s) {
 				return
 			}
@@ -288,21 +292,25 @@ func (c *Cluster) leadTerm(ld *leadership) {
 			}
 			continue
 		}
-		if s.Epoch == 0 && c.bootstrapWriter() != c.cfg.Name {
+		if s.Epoch == 0 && c.bootstrapWriter(s) != c.cfg.Name {
 			// A new cluster's first writer is the first data member of
 			// the configuration: the others are compared against its
 			// image, so an operator who brings existing data puts it
 			// there (replica: the first epoch copies differing regions
-			// from the writer).
-			first := c.bootstrapWriter()
+			// from the writer). If it never comes, the operator names
+			// another with `metrolun promote` (first-writer).
+			first := c.bootstrapWriter(s)
 			err := c.raft.LeadershipTransferToServer(raft.ServerID(first), raft.ServerAddress(first)).Error()
 			if err == nil {
 				return
 			}
-			log.Warn("waiting for the first data member to start the cluster as writer", "member", first, "error", err)
+			log.Warn("waiting for the first data member to start the cluster as writer; if it cannot come, choose another with `metrolun promote SITE`",
+				"member", first, "error", err)
+			ch := c.Changed()
 			select {
 			case <-ld.stop:
 				return
+			case <-ch:
 			case <-time.After(c.cfg.ElectionTimeout):
 			}
 			continue
@@ -340,8 +348,12 @@ func (c *Cluster) leadTerm(ld *leadership) {
 	}
 }
 
-// bootstrapWriter is the first data member of the configuration.
-func (c *Cluster) bootstrapWriter() string {
+// bootstrapWriter is the data site an operator chose (first-writer), or
+// else the first data member of the configuration.
+func (c *Cluster) bootstrapWriter(s State) string {
+	if s.First != "" {
+		return s.First
+	}
 	for _, p := range c.cfg.Peers {
 		if p.Role == RoleData {
 			return p.Name
@@ -466,7 +478,7 @@ func (c *Cluster) transfer(ld *leadership, p promoteReq) bool {
 // becomeWriter commits set-writer(self, epoch) and takes the lease.
 func (c *Cluster) becomeWriter(ld *leadership, epoch uint64) (uint64, error) {
 	start := time.Now()
-	idx, err := c.propose(Command{Kind: CmdSetWriter, Name: c.cfg.Name, Epoch: epoch})
+	idx, err := c.propose(Command{Kind: CmdSetWriter, Name: c.cfg.Name, Epoch: epoch, LUN: c.cfg.LUN})
 	if err != nil {
 		return 0, err
 	}
@@ -593,6 +605,17 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 		return nil
 	}
 	e0 := s.Epoch
+	if s.Epoch == 0 && s.Writer == "" {
+		// A new cluster still waiting for its first writer: record the
+		// choice; the leader's duties (leadTerm) hand over to it.
+		if s.First != name {
+			if _, err := c.propose(Command{Kind: CmdFirstWriter, Name: name}); err != nil {
+				return err
+			}
+			c.log.Info("first writer chosen", "member", name)
+		}
+		return c.waitWriter(name, e0, timer)
+	}
 	p := promoteReq{name: name, reply: make(chan error, 1)}
 	select {
 	case ld.promote <- p:
@@ -609,6 +632,11 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 	case <-timer.C:
 		return fmt.Errorf("%w: promote %s: no leadership transfer within %v", ErrTimeout, name, timeout)
 	}
+	return c.waitWriter(name, e0, timer)
+}
+
+// waitWriter waits until name is the writer of an epoch above e0.
+func (c *Cluster) waitWriter(name string, e0 uint64, timer *time.Timer) error {
 	for {
 		ch := c.Changed()
 		if s := c.State(); s.Writer == name && s.Epoch > e0 {
@@ -617,7 +645,7 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 		select {
 		case <-ch:
 		case <-timer.C:
-			return fmt.Errorf("%w: promote %s: not the writer within %v", ErrTimeout, name, timeout)
+			return fmt.Errorf("%w: promote %s: not the writer in time", ErrTimeout, name)
 		case <-c.stop:
 			return ErrClosed
 		}

@@ -164,8 +164,9 @@ func nextPortalGroup(s State) int {
 // group gets the next free one. Only the leader serves it; others return
 // a *NotLeaderError. Adding a member that is there already finishes an
 // earlier call that was cut short, and calls off its removal if one was
-// under way.
-func (c *Cluster) AddMember(m Member, timeout time.Duration) error {
+// under way. lun, when given, is the LU a new data site serves: one that
+// differs from the cluster's is refused (lun.go).
+func (c *Cluster) AddMember(m Member, lun *LUN, timeout time.Duration) error {
 	if !c.isLeader() {
 		return c.notLeader()
 	}
@@ -185,6 +186,9 @@ func (c *Cluster) AddMember(m Member, timeout time.Duration) error {
 			c.log.Info("member removal called off", "member", m.Name)
 		}
 	} else {
+		if err := s.checkLUN(Command{Kind: CmdAddMember, Name: m.Name, LUN: lun}); err != nil {
+			return err
+		}
 		if m.Role == RoleData && m.Addrs.PortalGroup == 0 {
 			m.Addrs.PortalGroup = nextPortalGroup(s)
 		}
@@ -199,7 +203,7 @@ func (c *Cluster) AddMember(m Member, timeout time.Duration) error {
 		}
 		conn.Close()
 		a := m.Addrs
-		if _, err := c.propose(Command{Kind: CmdAddMember, Name: m.Name, Role: m.Role, Addrs: &a}); err != nil {
+		if _, err := c.propose(Command{Kind: CmdAddMember, Name: m.Name, Role: m.Role, Addrs: &a, LUN: lun}); err != nil {
 			return err
 		}
 	}
@@ -217,8 +221,9 @@ func (c *Cluster) AddMember(m Member, timeout time.Duration) error {
 // read lease ran out, then removes it from Raft and from the state. The
 // writer itself cannot be removed (promote another site first), nor the
 // last in-sync data site, nor the leader (this member). Only the leader
-// serves it; others return a *NotLeaderError. After it returns, stop the
-// removed member's process: it gets no updates any more.
+// serves it; others return a *NotLeaderError. After it returns the
+// removed member gets no updates any more; cmd/metrolun's member stops
+// itself once another member's status no longer lists it.
 func (c *Cluster) RemoveMember(name string, timeout time.Duration) error {
 	if !c.isLeader() {
 		return c.notLeader()

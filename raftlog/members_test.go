@@ -160,11 +160,11 @@ func TestMembershipStory(t *testing.T) {
 		t.Fatalf("a joining member has state before it is added: %+v, leader %q", s, c.c.Leader())
 	}
 	var nl *NotLeaderError
-	if err := y.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, time.Second); !errors.As(err, &nl) || nl.Leader != x.name {
+	if err := y.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, nil, time.Second); !errors.As(err, &nl) || nl.Leader != x.name {
 		t.Fatalf("add at a follower: %v", err)
 	}
 	start := time.Now()
-	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, 5*time.Second); err != nil {
+	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, nil, 5*time.Second); err != nil {
 		t.Fatalf("add c: %v", err)
 	}
 	t.Logf("add c took %v", time.Since(start).Round(time.Millisecond))
@@ -191,7 +191,7 @@ func TestMembershipStory(t *testing.T) {
 		}
 	}
 	// Once more: it finishes nothing and changes nothing.
-	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, 5*time.Second); err != nil {
+	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, nil, 5*time.Second); err != nil {
 		t.Fatalf("add c again: %v", err)
 	}
 	// The writer's site resyncs c and puts it in sync.
@@ -286,11 +286,11 @@ func TestMembershipRefusals(t *testing.T) {
 		"existing, new role": {Name: y.name, Role: RoleWitness, Addrs: Addrs{Raft: closedPort}},
 		"someone's address":  {Name: "c", Role: RoleData, Addrs: Addrs{Raft: y.listen, Replication: "h:1"}},
 	} {
-		if err := x.c.AddMember(m, time.Second); !errors.Is(err, ErrRefused) {
+		if err := x.c.AddMember(m, nil, time.Second); !errors.Is(err, ErrRefused) {
 			t.Errorf("%s: err=%v, want a refusal", name, err)
 		}
 	}
-	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: closedPort, Replication: "h:1"}}, time.Second); err == nil {
+	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: closedPort, Replication: "h:1"}}, nil, time.Second); err == nil {
 		t.Fatal("a member nobody can reach was added")
 	} else if _, ok := x.c.State().Member("c"); ok || slices.Contains(voters(x), "c") {
 		t.Fatalf("unreachable c half added: %v", err)
@@ -315,7 +315,7 @@ func TestMembershipRefusals(t *testing.T) {
 		t.Fatalf("promote a leaving site: %v", err)
 	}
 	// Adding it calls the removal off; removing it again starts over.
-	if err := x.c.AddMember(Member{Name: y.name, Role: RoleData, Addrs: Addrs{Raft: y.listen, Replication: "h:1"}}, time.Second); err != nil {
+	if err := x.c.AddMember(Member{Name: y.name, Role: RoleData, Addrs: Addrs{Raft: y.listen, Replication: "h:1"}}, nil, time.Second); err != nil {
 		t.Fatalf("add a leaving site: %v", err)
 	}
 	if s := x.c.State(); s.IsLeaving(y.name) || !s.IsInSync(y.name) {
@@ -374,7 +374,7 @@ func TestAddMemberTLS(t *testing.T) {
 	tc.members = append(tc.members, c)
 	tc.mu.Unlock()
 	c.start(t, tc)
-	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, 5*time.Second); err != nil {
+	if err := x.c.AddMember(Member{Name: "c", Role: RoleData, Addrs: Addrs{Raft: c.listen, Replication: "127.0.0.1:9"}}, nil, 5*time.Second); err != nil {
 		t.Fatalf("add c: %v", err)
 	}
 	if err := x.c.AddInSync("c", epoch); err != nil {

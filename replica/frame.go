@@ -21,8 +21,8 @@ const (
 
 	// Connection set-up: the first frame on every connection says what it
 	// is for; the answer says whether the peer takes it.
-	FrameHello    // From, Epoch; FlagForward for a forwarding connection
-	FrameHelloAck // Epoch is the answerer's; FlagDiverged, Err on refusal
+	FrameHello    // From, Epoch, Offset = the LU's size; FlagForward for a forwarding connection
+	FrameHelloAck // Epoch and Offset (the LU's size) are the answerer's; FlagDiverged, Err on refusal
 
 	// Leases (DESIGN.md I3): a replica asks, the writer grants Length
 	// milliseconds, counted by the replica from when it asked.
@@ -164,7 +164,7 @@ func (f *Frame) Validate() error {
 	case FrameHello, FrameHelloAck:
 		// A hello answer may list the ranges the site applied and never
 		// saw committed (encodeRanges).
-		if f.Kind == FrameHello && len(f.Data) != 0 || len(f.Data) > maxCarried*16 || len(f.Data)%16 != 0 || len(f.From) > maxNameLen {
+		if f.Kind == FrameHello && len(f.Data) != 0 || len(f.Data) > maxCarried*16 || len(f.Data)%16 != 0 || len(f.From) > maxNameLen || f.Offset < 0 {
 			return fmt.Errorf("%w: bad hello", ErrFrame)
 		}
 	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult, FrameCommit:

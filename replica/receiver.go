@@ -265,7 +265,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 	// resync ends (FlagSynced) or another writer takes over.
 	carried := r.carry()
 	r.commit = 0
-	ack := &Frame{Kind: FrameHelloAck, Epoch: r.epoch}
+	ack := &Frame{Kind: FrameHelloAck, Epoch: r.epoch, Offset: r.store.Size()}
 	if len(carried) > maxCarried {
 		ack.Flags |= FlagDiverged // too many to list: a full compare
 	} else {

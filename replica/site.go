@@ -347,6 +347,11 @@ func (s *Site) serveConn(c net.Conn) error {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("site %s is fenced", s.cfg.Name)})
 		return fmt.Errorf("hello from %s refused: this site is fenced", hello.From)
 	}
+	// Sizes: 0 is a peer from before sizes were sent.
+	if size := s.cfg.Store.Size(); hello.Offset != 0 && hello.Offset != size {
+		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%v: %s's LU has %d bytes, %s's %d", ErrSizeMismatch, hello.From, hello.Offset, s.cfg.Name, size)})
+		return fmt.Errorf("hello from %s refused: %w: its LU has %d bytes, this site's %d", hello.From, ErrSizeMismatch, hello.Offset, size)
+	}
 	if hello.Flags&FlagForward != 0 {
 		return s.serveForward(c, br, hello)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,6 +151,7 @@ type testCluster struct {
 	sites map[string]*testSite
 	addrs map[string]string // what peers dial (a proxy, or the listener)
 	opts  func(*SiteConfig)
+	sizes map[string]int64 // a site's LU size when not size
 }
 
 func newTestCluster(t *testing.T, size int64, names ...string) *testCluster {
@@ -180,7 +182,11 @@ func (tc *testCluster) start(n string) *Site {
 	if err := os.MkdirAll(ts.dir, 0o755); err != nil {
 		tc.t.Fatal(err)
 	}
-	store, err := OpenLocal(ts.img, tc.size)
+	size := tc.size
+	if n, ok := tc.sizes[n]; ok {
+		size = n
+	}
+	store, err := OpenLocal(ts.img, size)
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -578,4 +584,35 @@ func TestSiteDivergedWriterGetsFullResync(t *testing.T) {
 	})
 	sameFiles(t, tc.sites["a"].img, tc.sites["b"].img)
 	until(t, "a's marker cleared", 5*time.Second, func() bool { return !a.Status().Stale })
+}
+
+// TestSiteSizeMismatchRefused: a site whose LU has another size is never a
+// copy: the writer's hello is refused, the writer drops it and says why
+// in its status, and writes go on without it.
+func TestSiteSizeMismatchRefused(t *testing.T) {
+	tc := newTestCluster(t, 4<<20, "a", "b")
+	tc.sizes = map[string]int64{"b": 8 << 20}
+	a := tc.start("a")
+	tc.start("b")
+	tc.c.setWriter("a")
+	until(t, "a drops b", 10*time.Second, func() bool {
+		return !slices.Contains(fakeControl{tc.c, "a"}.View().InSync, "b")
+	})
+	waitWriter(t, a)
+	if err := a.WriteAt(block(1, 4096), 0, true); err != nil {
+		t.Fatalf("write without b: %v", err)
+	}
+	var st PeerStatus
+	until(t, "a's status says why", 5*time.Second, func() bool {
+		for _, p := range a.Status().Peers {
+			if p.Name == "b" {
+				st = p
+			}
+		}
+		return strings.Contains(st.Error, "LU sizes differ")
+	})
+	t.Logf("b: %+v", st)
+	if st.Connected || st.State == peerInSync {
+		t.Fatalf("b with another size: %+v", st)
+	}
 }

@@ -33,6 +33,10 @@ type PeerStatus struct {
 	ResyncDone   int     `json:"resync_done,omitempty"`
 	ResyncTotal  int     `json:"resync_total,omitempty"`
 	ResyncPct    float64 `json:"resync_percent,omitempty"`
+	// Error is why the last connection attempt failed ("" once one
+	// succeeds): an unreachable site, a refusal such as different LU
+	// sizes.
+	Error string `json:"error,omitempty"`
 }
 
 // Status returns a snapshot of the site.
@@ -66,7 +70,7 @@ func (s *Site) Status() SiteStatus {
 	}
 	var ps []snap
 	for _, p := range w.peers {
-		x := snap{p: PeerStatus{Name: p.name, State: p.state}, l: p.link, bm: p.dirty}
+		x := snap{p: PeerStatus{Name: p.name, State: p.state, Error: p.lastErr}, l: p.link, bm: p.dirty}
 		if p.state == peerSyncing {
 			x.p.ResyncDone, x.p.ResyncTotal = p.resync.Done, p.resync.Total
 			if p.resync.Total > 0 {

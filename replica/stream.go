@@ -18,6 +18,11 @@ import (
 // (DESIGN.md I2: a replica rejects frames from an older epoch).
 var ErrStaleEpoch = errors.New("replica: frame from an older epoch")
 
+// ErrSizeMismatch: two sites' LUs differ in size, so one can never be a
+// copy of the other; their hello is refused (the cluster also refuses such
+// a site by its LU definition, raftlog/lun.go).
+var ErrSizeMismatch = errors.New("replica: LU sizes differ")
+
 // ErrLinkDown means the replica cannot be reached; the writer must not
 // acknowledge writes that needed it until the cluster drops it.
 var ErrLinkDown = errors.New("replica: link down")

@@ -56,6 +56,9 @@ type peer struct {
 	gone bool
 
 	dirty *Bitmap
+	// lastErr: why the last connect failed, "" after one succeeded
+	// (guarded by w.mu).
+	lastErr string
 	// fresh: the peer joined while this writer ran, so no record of what
 	// it holds can be trusted: its first resync compares everything.
 	fresh bool
@@ -947,6 +950,14 @@ func (w *writer) watchdog(p *peer) {
 // connect opens the stream to p and registers its link. It reports
 // whether p says it has diverged.
 func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err error) {
+	defer func() {
+		w.mu.Lock()
+		p.lastErr = ""
+		if err != nil {
+			p.lastErr = err.Error()
+		}
+		w.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(p.ctx, timeout)
 	defer cancel()
 	conn, err := w.s.cfg.Dial(ctx, p.addr)
@@ -957,7 +968,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 		conn.SetDeadline(dl)
 	}
 	br := bufio.NewReaderSize(conn, 64<<10)
-	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: w.epoch, From: w.s.cfg.Name}); err != nil {
+	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: w.epoch, From: w.s.cfg.Name, Offset: w.s.cfg.Store.Size()}); err != nil {
 		conn.Close()
 		return false, err
 	}
@@ -970,6 +981,10 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	if ack.Kind != FrameHelloAck || ack.Err != "" {
 		conn.Close()
 		return false, fmt.Errorf("refused: %s", ack.Err)
+	}
+	if size := w.s.cfg.Store.Size(); ack.Offset != 0 && ack.Offset != size {
+		conn.Close()
+		return false, fmt.Errorf("%w: %s's LU has %d bytes, this writer's %d", ErrSizeMismatch, p.name, ack.Offset, size)
 	}
 	l := NewLink(conn, br, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
 	w.mu.Lock()

@@ -30,6 +30,11 @@ type member struct {
 	site    *replica.Site // nil at a witness
 	tls     *tls.Config
 	closers []func()
+	// stopc gets why this member must stop on its own (watch): nil
+	// when it was removed from the cluster, an error when its LU is not
+	// the cluster's.
+	stopc chan error
+	done  chan struct{} // closed when the member stops
 }
 
 // control adapts raftlog.Cluster to replica.Control.
@@ -104,38 +109,46 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &member{cfg: cfg, log: log, tls: tcfg}
+	m := &member{cfg: cfg, log: log, tls: tcfg, stopc: make(chan error, 1), done: make(chan struct{})}
 	var peers []raftlog.Peer
 	for _, p := range cl.Members {
 		peers = append(peers, raftlog.Peer{Name: p.Name, Role: p.Role, Addr: p.Raft, Addrs: memberAddrs(p)})
 	}
+	// A data site opens its LU first: the cluster checks it against the
+	// one every site must serve (raftlog/lun.go).
+	var store *replica.LocalFile
+	var def *raftlog.LUN
+	lun := conf.LUN{}
+	if cfg.Role == conf.RoleData {
+		if len(cfg.Targets) != 1 || len(cfg.Targets[0].LUNs) != 1 {
+			return nil, errors.New("a cluster member serves exactly one target with one LUN (the mirrored one)")
+		}
+		lun = cfg.Targets[0].LUNs[0]
+		if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
+			return nil, err
+		}
+		if store, err = replica.OpenLocal(lun.Path, lun.Size); err != nil {
+			return nil, err
+		}
+		def = lunDef(cfg.Targets[0].Name, lun, store.Size())
+	}
 	m.cluster, err = raftlog.Open(raftlog.Config{
 		Name: cfg.Name, Role: cfg.Role,
 		Dir:    filepath.Join(cfg.DataDir, "raft"),
-		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join,
+		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def,
 		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
 		Logger: log.Named("raft"),
 	})
 	if err != nil {
+		if store != nil {
+			store.Close()
+		}
 		return nil, fmt.Errorf("raft: %w", err)
 	}
-	m.closers = append(m.closers, func() { m.cluster.Close() })
+	m.closers = append(m.closers, func() { m.cluster.Close() }, func() { close(m.done) })
+	go m.watch()
 	if cfg.Role != conf.RoleData {
 		return m, nil
-	}
-	if len(cfg.Targets) != 1 || len(cfg.Targets[0].LUNs) != 1 {
-		m.close()
-		return nil, errors.New("a cluster member serves exactly one target with one LUN for now")
-	}
-	lun := cfg.Targets[0].LUNs[0]
-	if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
-		m.close()
-		return nil, err
-	}
-	store, err := replica.OpenLocal(lun.Path, lun.Size)
-	if err != nil {
-		m.close()
-		return nil, err
 	}
 	others := map[string]string{}
 	for _, p := range cl.DataMembers() {
@@ -243,6 +256,13 @@ func (m *member) dataMembers(st raftlog.State) []conf.Member {
 	return out
 }
 
+// lunDef is the definition of the clustered LU that a data site's config
+// gives, size the bytes its backing store holds.
+func lunDef(target string, l conf.LUN, size int64) *raftlog.LUN {
+	return &raftlog.LUN{Target: target, ID: l.ID, Size: size, BlockSize: l.BlockSize,
+		PhysicalBlockSize: l.PhysicalBlockSize, Serial: l.Serial, Product: l.Product}
+}
+
 // memberAddrs is what the Raft state records of a member block.
 func memberAddrs(p conf.Member) raftlog.Addrs {
 	return raftlog.Addrs{Raft: p.Raft, Replication: p.Replication, Admin: p.Admin, ISCSI: p.ISCSI, PortalGroup: p.PortalGroup}
@@ -286,6 +306,8 @@ type raftStatus struct {
 	// its own clock); only at the writer.
 	WriterSince string        `json:"writer_since,omitempty"`
 	Fenced      []fenceStatus `json:"fenced,omitempty"`
+	// LUN is the clustered LU as the state records it (raftlog/lun.go).
+	LUN string `json:"lun,omitempty"`
 }
 
 type memberInfo struct {
@@ -311,6 +333,9 @@ func (m *member) status() clusterStatus {
 		State: st.RaftState, Leader: st.Leader, Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex,
 		Writer: st.State.Writer, Epoch: st.State.Epoch, InSync: st.State.InSync,
 	}}
+	if st.State.LUN != nil {
+		cs.Raft.LUN = st.State.LUN.String()
+	}
 	for _, mm := range st.State.Members {
 		cs.Raft.Members = append(cs.Raft.Members, mm.Name+"/"+mm.Role)
 		mi := memberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,

@@ -34,6 +34,9 @@ type memberRequest struct {
 	// LUNSize, when known, is the new data site's LUN size; the leader
 	// refuses a site whose LUN differs from its own.
 	LUNSize int64 `json:"lun_size,omitempty"`
+	// LUN, when the new data site's config was read, is its LU; the
+	// cluster refuses one that differs from its own (raftlog/lun.go).
+	LUN *raftlog.LUN `json:"lun,omitempty"`
 }
 
 func (r memberRequest) check() error {
@@ -72,7 +75,7 @@ func (m *member) addMember(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	err := m.cluster.AddMember(raftlog.Member{Name: req.Name, Role: req.Role, Addrs: raftlog.Addrs{
 		Raft: req.Raft, Replication: req.Replication, Admin: req.Admin, ISCSI: req.ISCSI, PortalGroup: req.PortalGroup,
-	}}, 15*time.Second)
+	}}, req.LUN, 15*time.Second)
 	if writeLeaderError(w, err) {
 		return
 	}
@@ -176,8 +179,10 @@ func memberFromConfig(name, from, config string) (memberRequest, error) {
 			return memberRequest{}, fmt.Errorf("%s does not set join = true in its cluster block: %s started (or will start) a cluster of its own; "+
 				"set join = true, delete %s/raft and restart it", path, name, c.DataDir)
 		}
-		if len(c.Targets) == 1 && len(c.Targets[0].LUNs) == 1 {
-			req.LUNSize = c.Targets[0].LUNs[0].Size
+		if len(c.Targets) == 1 && len(c.Targets[0].LUNs) == 1 && mb.Role == conf.RoleData {
+			l := c.Targets[0].LUNs[0]
+			req.LUNSize = l.Size
+			req.LUN = lunDef(c.Targets[0].Name, l, l.Size)
 		}
 	}
 	return req, nil
@@ -203,7 +208,7 @@ Stop NAME's metrolun afterwards: it gets no updates any more.`,
 			if err != nil {
 				return fmt.Errorf("member remove %s: %w", args[0], err)
 			}
-			fmt.Printf("removed %s in %v; stop its metrolun now\n", args[0], res["took"])
+			fmt.Printf("removed %s in %v; its metrolun stops by itself once it learns of it (stop it by hand if it was down meanwhile)\n", args[0], res["took"])
 			return nil
 		},
 	}

@@ -207,7 +207,11 @@ func printStatus(w io.Writer, reps []memberReport) {
 	// The most recent committed view among reachable members.
 	view := freshestView(reps)
 	if view != nil {
-		fmt.Fprintf(w, "writer: %s   epoch: %d   in sync: %s   raft leader: %s\n\n", orDash(view.Writer), view.Epoch, strings.Join(view.InSync, ","), orDash(view.Leader))
+		fmt.Fprintf(w, "writer: %s   epoch: %d   in sync: %s   raft leader: %s\n", orDash(view.Writer), view.Epoch, strings.Join(view.InSync, ","), orDash(view.Leader))
+		if view.LUN != "" {
+			fmt.Fprintf(w, "LU: %s\n", view.LUN)
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintln(w, "no member answered")
 	}
@@ -243,6 +247,9 @@ func printStatus(w io.Writer, reps []memberReport) {
 			resync := "-"
 			if p.ResyncTotal > 0 {
 				resync = fmt.Sprintf("%.1f%% (%d/%d regions)", p.ResyncPct, p.ResyncDone, p.ResyncTotal)
+			}
+			if p.Error != "" && !p.Connected {
+				resync = "last error: " + p.Error
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%v\t%d frames, %d bytes\t%d\t%s\n", p.Name, p.State, p.Connected, p.LagFrames, p.LagBytes, p.DirtyRegions, resync)
 		}

@@ -74,7 +74,7 @@ func serve(cfg *conf.Config) error {
 			log.Info("admin endpoint", "addr", cl.AdminListen, "paths", "/v1/status /v1/promote /v1/verify /metrics")
 		}
 		if cfg.Role == conf.RoleWitness {
-			return waitSignal(log, cfg, nil)
+			return waitSignal(log, cfg, nil, mem.stopc)
 		}
 		clustered = metered{mem.site}
 		groups = mem.portGroups
@@ -105,7 +105,11 @@ func serve(cfg *conf.Config) error {
 		go func() { errc <- srv.Serve(l) }()
 	}
 	log.Info("serving", "name", cfg.Name, "portals", cfg.ISCSI.Listen)
-	serveErr := waitSignal(log, cfg, errc)
+	var stop <-chan error
+	if mem != nil {
+		stop = mem.stopc
+	}
+	serveErr := waitSignal(log, cfg, errc, stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
@@ -116,8 +120,10 @@ func serve(cfg *conf.Config) error {
 	return serveErr
 }
 
-// waitSignal blocks until SIGINT/SIGTERM or a listener error.
-func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error) error {
+// waitSignal blocks until SIGINT/SIGTERM, a listener error, or the
+// cluster member must stop (member.watch: nil when it was removed, which
+// is a clean end).
+func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error, stop <-chan error) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	if errc == nil {
@@ -130,6 +136,13 @@ func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error) error {
 	case err := <-errc:
 		log.Error("listener failed", "error", err)
 		return err
+	case err := <-stop:
+		if err != nil {
+			log.Error("stopping", "error", err)
+			return err
+		}
+		log.Info("stopping: removed from the cluster; to bring this site back, start it with join = true and an empty raft directory, then `metrolun member add`")
+		return nil
 	}
 }
 
