@@ -29,9 +29,13 @@ type Cluster struct {
 	// Join: this member waits to be added to a running cluster (`metrolun
 	// member add`) instead of bootstrapping a new one with the members
 	// listed. It matters only while the member has no Raft state yet.
-	Join      bool
-	Members   []Member     // every member including this one, in file order
-	Preferred []Preference // preferred site per initiator IQN (ALUA active/optimized)
+	Join bool
+	// RedirectLogins: a data site that cannot serve the LU (out of sync,
+	// fenced) redirects new sessions' logins to one that can; default
+	// true.
+	RedirectLogins bool
+	Members        []Member     // every member including this one, in file order
+	Preferred      []Preference // preferred site per initiator IQN (ALUA active/optimized)
 }
 
 // TLS names the PEM files for mutually authenticated TLS between members:
@@ -92,6 +96,7 @@ func DefaultClusterBlock() *Cluster {
 		Lease:           DefaultLease,
 		ElectionTimeout: DefaultElectionTimeout,
 		ReplicaTimeout:  DefaultReplicaTimeout,
+		RedirectLogins:  true,
 	}
 }
 

@@ -45,6 +45,7 @@ func TestParseClusterExample(t *testing.T) {
 		ReplicaTimeout:    3 * time.Second,
 		ResyncBandwidth:   100 << 20,
 		VerifyBandwidth:   10e6,
+		RedirectLogins:    false,
 		TLS: &TLS{
 			CA:   "/etc/metrolun/ca.pem",
 			Cert: "/etc/metrolun/site-a.pem",
@@ -164,6 +165,7 @@ func TestParseClusterDefaults(t *testing.T) {
 		Lease:             DefaultLease,
 		ElectionTimeout:   DefaultElectionTimeout,
 		ReplicaTimeout:    DefaultReplicaTimeout,
+		RedirectLogins:    true,
 		Members: []Member{
 			{Name: "a", Role: RoleData, Raft: "10.0.0.1:7400", Replication: "10.0.0.1:7401", PortalGroup: 1},
 			{Name: "b", Role: RoleData, Raft: "10.0.0.2:7400", Replication: "10.0.0.2:7401", PortalGroup: 2},

@@ -2,14 +2,19 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/integration/initiator"
 	"github.com/metrolun/metrolun/replica"
 	"github.com/metrolun/metrolun/target"
 )
@@ -109,4 +114,87 @@ func TestLoginRedirectLibiscsi(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClusterRedirectsFromFencedSite: on a real two-site demo, a data site
+// that cannot serve (here fenced, so out of the in-sync set) sends new
+// logins to the writer's site: the Go initiator sees the temporary
+// redirect, and qemu-io pointed at the fenced site's URL follows it,
+// writes and reads a pattern there, which then reads back through the
+// writer. Unfenced and back in sync, the site takes logins itself again.
+func TestClusterRedirectsFromFencedSite(t *testing.T) {
+	bin := metrolunBin(t)
+	d := startCluster(t)
+	ctx := t.Context()
+	if w := Writer(mustStatus(t, ctx, bin, d.Dir)); w != "site-a" {
+		if res, err := RunTool(ctx, 60*time.Second, nil, bin, "promote", "site-a", "--dir", d.Dir); err != nil {
+			t.Fatalf("promote site-a: %v %s", err, res.Stderr)
+		}
+	}
+	a, b := member(d, "site-a"), member(d, "site-b")
+	portalB, iqn, err := ParseISCSIURL(b.ISCSI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	portalA, _, _ := ParseISCSIURL(a.ISCSI)
+	dialB := func() error {
+		s, err := initiator.Dial(ctx, portalB, iqn, "iqn.2026-11.io.metrolun:redirect-probe", initiator.Options{})
+		if err == nil {
+			s.Close()
+		}
+		return err
+	}
+	if err := dialB(); err != nil {
+		t.Fatalf("login at site-b while in sync: %v", err)
+	}
+	adminPost(t, d, "/v1/fence?site=site-b&for=120s")
+	var le *initiator.LoginError
+	until(t, "site-b redirects logins", 30*time.Second, func() bool {
+		err := dialB()
+		return errors.As(err, &le) && le.Class == 1 && le.Detail == 1
+	})
+	t.Logf("login at fenced site-b: %v", le)
+	if err := qemuIO(ctx, b.ISCSI, "write -P 0x5a 1M 64k", "read -P 0x5a 1M 64k"); err != nil {
+		t.Fatalf("qemu-io at the fenced site-b's URL: %v", err)
+	}
+	if err := qemuIO(ctx, a.ISCSI, "read -P 0x5a 1M 64k"); err != nil {
+		t.Fatalf("the redirected write read through site-a (%s): %v", portalA, err)
+	}
+	adminPost(t, d, "/v1/unfence?site=site-b")
+	if err := WaitInSync(ctx, bin, d.Dir, "site-b", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "site-b takes logins again", 30*time.Second, func() bool { return dialB() == nil })
+	if err := qemuIO(ctx, b.ISCSI, "read -P 0x5a 1M 64k"); err != nil {
+		t.Fatalf("reading at site-b after it is back: %v", err)
+	}
+}
+
+// adminPost posts path to the admin endpoint of whichever member of the
+// demo d answers 200 (the Raft leader serves fence and unfence).
+func adminPost(t *testing.T, d *Demo, path string) {
+	t.Helper()
+	var errs []string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range d.File.Members {
+			c, err := conf.Load(filepath.Join(d.Dir, m.Name, "metrolun.hcl"))
+			if err != nil || c.Cluster == nil || c.Cluster.AdminListen == "" {
+				continue
+			}
+			resp, err := http.Post("http://"+c.Cluster.AdminListen+path, "application/json", nil)
+			if err != nil {
+				errs = append(errs, err.Error())
+				continue
+			}
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			errs = append(errs, fmt.Sprintf("%s: %s %s", m.Name, resp.Status, body))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("POST %s: no member took it: %v", path, errs)
 }

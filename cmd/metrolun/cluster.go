@@ -234,6 +234,39 @@ func (m *member) portGroups(initiator string) []target.PortGroup {
 	return gs
 }
 
+// redirect sends a new session's login elsewhere (a temporary redirect,
+// RFC 7143 section 11.13.5) when this site cannot serve the LU: fenced,
+// or out of the in-sync set (resyncing, joining, being removed). It
+// sends it to the initiator's preferred site when that one is in sync,
+// else to the writer's site. A site that can serve, or that has no
+// committed view yet, takes the login itself; so does one in a
+// partitioned minority, whose view may be stale (its I/O fails until the
+// partition heals, and multipath uses the other paths).
+func (m *member) redirect(initiator, _ string) (string, bool, bool) {
+	if m.site == nil || m.site.State() != target.PathUnavailable {
+		return "", false, false
+	}
+	st := m.cluster.State()
+	if len(st.Members) == 0 || st.Writer == "" {
+		return "", false, false
+	}
+	serving := func(name string) bool {
+		return name != m.cfg.Name && st.IsInSync(name) && !st.IsFenced(name) && !st.IsLeaving(name)
+	}
+	to := ""
+	if pref, ok := m.cfg.Cluster.PreferredSite(initiator); ok && serving(pref) {
+		to = pref
+	} else if serving(st.Writer) {
+		to = st.Writer
+	}
+	for _, dm := range m.dataMembers(st) {
+		if dm.Name == to && len(dm.ISCSI) > 0 {
+			return dm.ISCSI[0], false, true
+		}
+	}
+	return "", false, false
+}
+
 // dataMembers returns the data sites of the state, or of the config
 // before there is a state.
 func (m *member) dataMembers(st raftlog.State) []conf.Member {

@@ -57,6 +57,7 @@ func serve(cfg *conf.Config) error {
 	var mem *member
 	var clustered target.Volume
 	var groups target.PortGroupsFunc
+	var redirect target.RedirectFunc
 	if cfg.Cluster != nil {
 		var err error
 		if mem, err = startMember(cfg, log); err != nil {
@@ -78,8 +79,11 @@ func serve(cfg *conf.Config) error {
 		}
 		clustered = metered{mem.site}
 		groups = mem.portGroups
+		if cfg.Cluster.RedirectLogins {
+			redirect = mem.redirect
+		}
 	}
-	srv, err := buildServer(cfg, log, clustered, groups)
+	srv, err := buildServer(cfg, log, clustered, groups, redirect)
 	if err != nil {
 		return err
 	}
@@ -149,7 +153,7 @@ func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error, stop <-ch
 // buildServer turns the config into a target server with its LUs. In a
 // cluster the one LUN is served from clustered (the mirrored volume), and
 // groups gives every site's port group.
-func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, groups target.PortGroupsFunc) (*target.Server, error) {
+func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, groups target.PortGroupsFunc, redirect target.RedirectFunc) (*target.Server, error) {
 	ic := cfg.ISCSI
 	tcfg := target.Config{
 		Limits: target.Limits{
@@ -166,6 +170,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 		PortalGroup:   uint16(ic.PortalGroup),
 		Portals:       ic.Listen,
 		PortGroups:    groups,
+		Redirect:      redirect,
 		NOPInterval:   ic.NOPInterval,
 		NOPTimeout:    ic.NOPTimeout,
 		DiscoveryCHAP: chapConfig(ic.DiscoveryCHAP),

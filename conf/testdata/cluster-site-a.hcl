@@ -28,6 +28,8 @@ cluster {
   replica_timeout = "3s"
   resync_bandwidth = "100M"
   verify_bandwidth = "10MB/s"
+  # Out-of-sync sites take logins themselves instead of redirecting them.
+  redirect_logins = false
 
   tls {
     ca = "/etc/metrolun/ca.pem"
