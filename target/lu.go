@@ -71,6 +71,8 @@ type LU struct {
 	pr      prState             // reservations and resets; see shared.go
 	shared  sharedLU            // how pr reaches the other sites
 	nexuses map[string]*Nexus   // nexuses that have sent commands
+	san     sanitizeLocal       // this site's sanitize (sanitize.go)
+	xcopy   copyManager         // EXTENDED COPY operations (xcopy.go)
 
 }
 
@@ -123,7 +125,10 @@ func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
 	return lu, nil
 }
 
-func (lu *LU) close() error { return lu.vol.Close() }
+func (lu *LU) close() error {
+	lu.stopSanitize()
+	return lu.vol.Close()
+}
 
 // queueUA adds a unit attention for every known nexus except skip.
 func (lu *LU) queueUA(asc uint16, skip *Nexus) {

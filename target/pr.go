@@ -72,6 +72,8 @@ type prState struct {
 	events []prEvent
 	// pending is the event of a change being computed; not recorded.
 	pending *prEvent
+	// san is the sanitize in progress or failed (sanitize.go).
+	san sanMark
 }
 
 func (p *prState) clone() *prState {

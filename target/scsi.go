@@ -75,6 +75,9 @@ type scsiCmd struct {
 	// abortPorts: PREEMPT AND ABORT preempted these initiator ports; the
 	// connection aborts their tasks on the LU (SPC-4 section 5.13.11.2.5).
 	abortPorts []string
+	// aborted reports the task's abort (task.go), for commands that run
+	// long (SANITIZE, EXTENDED COPY); nil when no task runs the command.
+	aborted func() bool
 }
 
 // saGroups lists the opcodes whose commands are told apart by a service
@@ -180,6 +183,10 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 		if conflict := lu.conflicts(n, o); conflict {
 			lu.mu.Unlock()
 			return nil, reservationConflict()
+		}
+		if res := lu.sanitizeGate(o); res != nil {
+			lu.mu.Unlock()
+			return nil, res
 		}
 		stopped := lu.stopped
 		lu.mu.Unlock()

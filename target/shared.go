@@ -28,11 +28,19 @@ import (
 //
 // where nexus is port:str rel:u16 (an empty port, with rel 0, for none)
 // and str is len:u16 and that many bytes. Nothing may follow.
+//
+// Record format 2 is format 1 followed by a sanitize marker (sanitize.go):
+//
+//	state:u8 sa:u8 flags:u8 (bit 0 AUSE) owner:u16 run:u64 beat:u32 progress:u16
+//
+// It is written only while a marker is present; without one the record is
+// written as format 1, which releases that know only format 1 can read.
 const (
-	sharedMagic     = "MLLU"
-	sharedFormat    = 1
-	maxSharedBytes  = 60 << 10
-	maxSharedEvents = 16
+	sharedMagic          = "MLLU"
+	sharedFormat         = 1
+	sharedFormatSanitize = 2
+	maxSharedBytes       = 60 << 10
+	maxSharedEvents      = 16
 	// maxPortName bounds an initiator port name: an iSCSI name as long as
 	// a text value may be, ",i,0x" and the ISID.
 	maxPortName = maxValueLen + 32
@@ -298,7 +306,7 @@ func (p *prState) encodeUnchecked() ([]byte, error) {
 	}
 	b := make([]byte, 0, 256)
 	b = append(b, sharedMagic...)
-	b = append(b, sharedFormat, flags)
+	b = append(b, p.recordFormat(), flags)
 	b = binary.BigEndian.AppendUint32(b, p.generation)
 	b = append(b, p.rtype)
 	b = appendNexus(b, p.holder)
@@ -324,6 +332,7 @@ func (p *prState) encodeUnchecked() ([]byte, error) {
 			break
 		}
 	}
+	b = p.san.appendRecord(b)
 	if len(b) > maxSharedBytes || len(p.regs) > 0xffff || len(p.events) > maxSharedEvents {
 		return nil, errSharedFull
 	}
@@ -416,8 +425,9 @@ func decodeShared(data []byte) (*prState, error) {
 	if magic := r.next(len(sharedMagic)); string(magic) != sharedMagic {
 		return nil, errors.New("LU state record: not a metrolun LU state record")
 	}
-	if f := r.u8(); f != sharedFormat {
-		return nil, fmt.Errorf("LU state record: format %d, want %d", f, sharedFormat)
+	f := r.u8()
+	if f != sharedFormat && f != sharedFormatSanitize {
+		return nil, fmt.Errorf("LU state record: format %d, want %d or %d", f, sharedFormat, sharedFormatSanitize)
 	}
 	flags := r.u8()
 	if flags&^1 != 0 {
@@ -447,6 +457,9 @@ func decodeShared(data []byte) (*prState, error) {
 			e.ports = append(e.ports, r.str())
 		}
 		p.events = append(p.events, e)
+	}
+	if f == sharedFormatSanitize {
+		p.san = r.sanMark()
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("LU state record: %w", r.err)
@@ -496,6 +509,9 @@ func (p *prState) validate() error {
 		if slices.ContainsFunc(p.regs[:i], func(o registration) bool { return o.port == r.port }) {
 			return bad("%s is registered twice", r.port)
 		}
+	}
+	if err := p.san.validate(); err != nil {
+		return bad("%v", err)
 	}
 	last := p.since
 	for i, e := range p.events {

@@ -519,7 +519,7 @@ func TestSharedRecordRejects(t *testing.T) {
 	}{
 		{"oversize", make([]byte, maxSharedBytes+1), "more than"},
 		{"magic", append([]byte("XXXX"), good[4:]...), "not a metrolun"},
-		{"format", append(append([]byte(sharedMagic), 2), good[5:]...), "format 2"},
+		{"format", append(append([]byte(sharedMagic), 3), good[5:]...), "format 3"},
 		{"flags", append(append([]byte(sharedMagic), 1, 0x80), good[6:]...), "unknown flags"},
 		{"truncated", good[:len(good)-3], "truncated"},
 		{"trailing", append(append([]byte(nil), good...), 0), "after the end"},

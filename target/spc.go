@@ -33,6 +33,7 @@ var commandTable = []*opInfo{
 	{name: "PRE-FETCH(10)", cdbLen: 10, flags: fMedia | fPRRead, parse: parsePrefetch, exec: execPrefetch, usage: []byte{0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
 	{name: "SYNCHRONIZE CACHE(10)", cdbLen: 10, flags: fMedia, parse: parseSync, exec: execSync, usage: []byte{0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
 	{name: "WRITE SAME(10)", exactData: true, cdbLen: 10, flags: fMedia | fWrite, parse: parseWriteSame, exec: execWriteSame, usage: []byte{0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0}},
+	{name: "SANITIZE", cdbLen: 10, flags: fMedia | fWrite, sas: []uint16{sanOverwrite, sanBlockErase, sanExitFailure}, parse: parseSanitize, exec: execSanitize, usage: []byte{0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "UNMAP", cdbLen: 10, flags: fMedia | fWrite, parse: parseUnmap, exec: execUnmap, usage: []byte{0x42, 0x01, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0}},
 	{name: "MODE SELECT(10)", cdbLen: 10, flags: 0, parse: parseModeSelect, exec: execModeSelect, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "MODE SENSE(10)", cdbLen: 10, flags: fPRRead, parse: parseModeSense, exec: execModeSense, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0}},
@@ -59,6 +60,8 @@ var commandTable = []*opInfo{
 	{name: "READ(12)", cdbLen: 12, flags: fMedia | fPRRead, parse: parseRead, exec: execRead, usage: []byte{0xa8, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "WRITE(12)", partialOK: true, cdbLen: 12, flags: fMedia | fWrite, parse: parseWrite, exec: execWrite, usage: []byte{0xaa, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "WRITE AND VERIFY(12)", partialOK: true, cdbLen: 12, flags: fMedia | fWrite, parse: parseWriteVerify, exec: execWriteVerify, usage: []byte{0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
+	{name: "EXTENDED COPY", cdbLen: 16, flags: fMedia, sas: []uint16{0x00}, parse: parseExtendedCopy, exec: execExtendedCopy, usage: []byte{0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
+	{name: "RECEIVE COPY RESULTS", cdbLen: 16, flags: fPRAllowed, sas: []uint16{0x00, 0x01, 0x03, 0x04}, parse: parseReceiveCopyResults, exec: execReceiveCopyResults, usage: []byte{0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0}},
 	{name: "VERIFY(12)", cdbLen: 12, flags: fMedia | fPRRead, parse: parseVerify, exec: execVerify, usage: []byte{0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 }
 
@@ -131,7 +134,7 @@ func pad(s string, n int) []byte {
 	return b
 }
 
-var supportedVPD = []byte{0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2}
+var supportedVPD = []byte{0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2}
 
 // vpd builds a VPD page (SPC-4 section 7.8, SBC-3 section 6.5).
 func (lu *LU) vpd(code byte, n *Nexus) ([]byte, bool) {
@@ -148,6 +151,8 @@ func (lu *LU) vpd(code byte, n *Nexus) ([]byte, bool) {
 		return hdr([]byte(lu.serial)), true
 	case 0x83:
 		return hdr(lu.deviceIdentification()), true
+	case 0x8f:
+		return hdr(lu.thirdPartyCopyVPD()), true
 	case 0x86:
 		body := make([]byte, 60)
 		body[1] = 0x07 // HEADSUP, ORDSUP, SIMPSUP
@@ -176,6 +181,9 @@ func (lu *LU) vpd(code byte, n *Nexus) ([]byte, bool) {
 	case 0xb1:
 		body := make([]byte, 60)
 		binary.BigEndian.PutUint16(body[0:], 1) // non-rotating medium
+		// WABEREQ 01b: a read of a block that BLOCK ERASE sanitized
+		// completes with GOOD (SBC-4 section 6.6.2; it reads zeros).
+		body[3] = 0x40
 		return hdr(body), true
 	case 0xb2:
 		body := make([]byte, 4)
@@ -267,6 +275,8 @@ func execRequestSense(c *scsiCmd, _ []byte) *scsiResult {
 		c.lu.mu.Lock()
 		if asc, ok := c.lu.takeUA(c.nexus); ok {
 			s = senseData{key: senseUnitAttention, asc: asc}
+		} else if ss, ok := c.lu.sanitizeSense(); ok {
+			s = ss
 		} else if c.lu.stopped {
 			s = senseData{key: senseNotReady, asc: ascNotReadyInitCmdRequired}
 		}
@@ -274,8 +284,7 @@ func execRequestSense(c *scsiCmd, _ []byte) *scsiResult {
 	}
 	if c.cdb[1]&1 != 0 {
 		// Descriptor format (SPC-4 section 4.5.2).
-		b := []byte{0x72, s.key, byte(s.asc >> 8), byte(s.asc), 0, 0, 0, 0}
-		return c.trim(b)
+		return c.trim(descriptorSense(s.bytes()))
 	}
 	return c.trim(s.bytes())
 }

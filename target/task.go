@@ -90,6 +90,7 @@ func (c *conn) scsiCommand(p *PDU) {
 		return
 	}
 	t.cmd = cmd
+	cmd.aborted = t.aborted.Load
 	need := cmd.dataOut
 	t.need = need
 	if need == 0 {
