@@ -4,7 +4,8 @@ import "testing"
 
 // FuzzPrepareCDB runs arbitrary CDBs (up to 32 bytes, as an Extended CDB
 // AHS allows) with arbitrary Data-Out through prepare()+exec() against a
-// small LU. DESIGN.md I6: no panic, sense data always fixed format, and
+// small LU. DESIGN.md I6: no panic, sense data always fixed format (18 bytes but for
+// COPY ABORTED), and
 // nothing written outside the volume.
 func FuzzPrepareCDB(f *testing.F) {
 	seeds := [][]byte{
@@ -25,6 +26,17 @@ func FuzzPrepareCDB(f *testing.F) {
 		}
 		f.Add(s, out, byte(i))
 	}
+	// Parameter lists that reach deep: an EXTENDED COPY of 4 blocks within
+	// the LU (named by its NAA, the same for every test LU), and SANITIZE
+	// OVERWRITE with a 4-byte pattern, with and without IMMED.
+	naa := newLUEnv(f, LUNConfig{BlockSize: 512, Volume: newMemVolume(64 * 512)}).lu
+	list := xlist(1, 0, [][]byte{identCSCD(naa)}, [][]byte{segB2B(0, 0, 4, 0, 8)})
+	f.Add(cdbXcopy(len(list)), list, byte(0))
+	f.Add(cdbRCR(0, 1, 64), []byte{}, byte(0))
+	sanitize := []byte{0x01, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef}
+	f.Add([]byte{0x48, 0x01, 0, 0, 0, 0, 0, 0, byte(len(sanitize)), 0}, sanitize, byte(0))
+	f.Add([]byte{0x48, 0x81, 0, 0, 0, 0, 0, 0, byte(len(sanitize)), 0}, sanitize, byte(0x02))
+	f.Add([]byte{0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{}, byte(0x02))
 	f.Fuzz(func(t *testing.T, cdb, out []byte, flags byte) {
 		if len(cdb) == 0 || len(cdb) > 32 {
 			return
@@ -63,8 +75,12 @@ func FuzzPrepareCDB(f *testing.F) {
 			}
 			if res.status == statusCheckCondition {
 				s := res.sense
-				if len(s) != 18 || (s[0] != 0x70 && s[0] != 0xf0) || s[7] != 10 {
-					t.Fatalf("%s: sense % x is not 18-byte fixed format", where, s)
+				// Fixed format; more than 18 bytes only with additional
+				// sense bytes (EXTENDED COPY forwards a copy target's
+				// sense there, SPC-4 section 6.4.6).
+				if len(s) < 18 || len(s) > 252 || (s[0] != 0x70 && s[0] != 0xf0) || int(s[7]) != len(s)-8 ||
+					len(s) > 18 && s[2]&0x0f != 0x0a {
+					t.Fatalf("%s: sense % x is not fixed format", where, s)
 				}
 			} else if len(res.sense) != 0 {
 				t.Fatalf("%s: sense data with status 0x%02x", where, res.status)

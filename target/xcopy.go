@@ -183,7 +183,17 @@ func (c *scsiCmd) parseCopyList(p []byte) (*copyList, *scsiResult) {
 			return nil, paramError(ascTooManySegmentDescs, 8)
 		}
 		d := p[off : off+4+dl]
-		s := segment{off: off, typ: d[0], src: be16(d[4:]), dst: be16(d[6:])}
+		s := segment{off: off, typ: d[0]}
+		// Every segment type here has its source and destination indexes
+		// at bytes 4-7; the length is checked per type before any field
+		// past the header is read.
+		switch s.typ {
+		case segBlockToBlock, segVerifyCSCD:
+			if dl < 4 {
+				return nil, invalidParam(off+2, -1)
+			}
+			s.src, s.dst = be16(d[4:]), be16(d[6:])
+		}
 		switch s.typ {
 		case segBlockToBlock:
 			if dl != 0x18 {
