@@ -23,6 +23,12 @@ type LUNConfig struct {
 	Product           string // INQUIRY product identification, at most 16 bytes
 	Thin              bool   // thin provisioned: UNMAP and WRITE SAME with UNMAP deallocate
 	WriteCache        bool   // WCE in the caching mode page
+	// PRStateFile, for an LU whose Volume does not implement SharedState,
+	// is where its persistent reservations are kept while an initiator
+	// asks for them to survive a power loss (APTPL, SPC-4 section
+	// 6.16.3), and whence a restart reloads them. Empty: APTPL=1 is
+	// refused, and a restart forgets every reservation.
+	PRStateFile string
 }
 
 // Nexus identifies an I_T nexus: initiator port (name + ISID) and the
@@ -122,6 +128,9 @@ func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
 	copy(lu.naa[:], sum[8:16])
 	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
 	lu.attachShared(c.Volume)
+	if err := lu.loadPR(c.PRStateFile); err != nil {
+		return nil, err
+	}
 	return lu, nil
 }
 

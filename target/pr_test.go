@@ -7,17 +7,6 @@ import (
 	"testing"
 )
 
-// PERSISTENT RESERVE OUT service actions (SPC-4 6.16.2).
-const (
-	prsaRegister       = 0
-	prsaReserve        = 1
-	prsaRelease        = 2
-	prsaClear          = 3
-	prsaPreempt        = 4
-	prsaPreemptAbort   = 5
-	prsaRegisterIgnore = 6
-)
-
 func cdbPROut(sa, rtype byte) []byte {
 	c := make([]byte, 10)
 	c[0], c[1], c[2] = 0x5f, sa, rtype
@@ -208,7 +197,11 @@ func TestPRErrors(t *testing.T) {
 	wantConflict(t, e.do(b, cdbPROut(prsaReserve, prWriteExclusive), prParams(0, 0, 0)), "unregistered reserve")
 	wantSense(t, e.do(a, cdbPROut(prsaReserve, 0x02), prParams(0xa, 0, 0)), senseIllegalRequest, ascInvalidFieldInCDB, "type 2")
 	wantSense(t, e.do(a, cdbPROut(prsaReserve, 0x10|prWriteExclusive), prParams(0xa, 0, 0)), senseIllegalRequest, ascInvalidFieldInCDB, "scope 1")
-	wantSense(t, e.do(a, cdbPROut(7, 0), prParams(0xa, 0, 0)), senseIllegalRequest, ascInvalidFieldInCDB, "service action 7")
+	// REPLACE LOST RESERVATION (SPC-5) is refused as unsupported, and so
+	// is every reserved service action.
+	for _, sa := range []byte{prsaReplaceLost, 0x09, 0x1f} {
+		wantSense(t, e.do(a, cdbPROut(sa, 0), prParams(0xa, 0, 0)), senseIllegalRequest, ascInvalidFieldInCDB, fmt.Sprintf("service action %d", sa))
+	}
 	// PREEMPT with SERVICE ACTION RESERVATION KEY 0 and no all-registrants
 	// reservation: INVALID FIELD IN PARAMETER LIST.
 	wantSense(t, e.do(a, cdbPROut(prsaPreempt, prWriteExclusive), prParams(0xa, 0, 0)), senseIllegalRequest, ascInvalidFieldInParam, "preempt key 0")
@@ -284,9 +277,12 @@ func TestPRReadFullStatusAndCapabilities(t *testing.T) {
 		t.Fatalf("REPORT CAPABILITIES % x", r.data)
 	}
 	if r.data[2]&0x01 != 0 {
-		t.Fatal("PTPL_C set, but APTPL is refused")
+		t.Fatal("PTPL_C set, but an LU without a state file refuses APTPL")
 	}
-	if r.data[2]&0x08 != 0 {
-		t.Fatal("SIP_C set, but SPEC_I_PT is refused")
+	if r.data[2]&0x08 == 0 {
+		t.Fatal("SIP_C clear, but SPEC_I_PT is supported")
+	}
+	if r.data[3]&0x01 != 0 {
+		t.Fatal("PTPL_A set without PTPL_C")
 	}
 }

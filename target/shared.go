@@ -1,9 +1,13 @@
 package target
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -27,7 +31,14 @@ import (
 //	since:u64 nevents:u8 { version:u64 by:nexus asc:u16 nports:u16 { port:str } }
 //
 // where nexus is port:str rel:u16 (an empty port, with rel 0, for none)
-// and str is len:u16 and that many bytes. Nothing may follow.
+// and str is len:u16 and that many bytes. Nothing may follow. A port is
+// an initiator port ("name,i,0xISID") or, for a registration made from a
+// format 00b TransportID (SPEC_I_PT, REGISTER AND MOVE; pr.go), an
+// initiator device ("name", no ISID); releases before REGISTER AND MOVE
+// read such a record and match no nexus to the device. APTPL (flags bit
+// 0) is set by REGISTER, REGISTER AND IGNORE EXISTING KEY and REGISTER
+// AND MOVE; the record is on disk at every site, so it survives a power
+// loss either way.
 //
 // Record format 2 is format 1 followed by a sanitize marker (sanitize.go):
 //
@@ -35,6 +46,10 @@ import (
 //
 // It is written only while a marker is present; without one the record is
 // written as format 1, which releases that know only format 1 can read.
+//
+// A single-site LU (no SharedState) whose state must survive a power loss
+// (APTPL) keeps it in a file (LUNConfig.PRStateFile) in format 1 with
+// only the registrations, the reservation and APTPL; see savePR.
 const (
 	sharedMagic          = "MLLU"
 	sharedFormat         = 1
@@ -61,6 +76,11 @@ type sharedLU struct {
 	// changeMu lets one change at a time leave this site, so that the
 	// site's own commands do not make each other retry.
 	changeMu sync.Mutex
+	// file is where a single-site LU keeps its state while APTPL is set
+	// (empty: nowhere, APTPL is refused); saved is what the file holds
+	// (nil: no file). Guarded by the LU's mu.
+	file  string
+	saved []byte
 }
 
 // sharedStateOf finds SharedState on v or on a volume it wraps.
@@ -156,15 +176,34 @@ func (lu *LU) adopt(s *prState, v uint64) {
 // that have sent commands here and those of ports registered here (whose
 // nexus may log in again). The nexus that made the change gets none.
 func (lu *LU) eventUA(old *prState, e prEvent) {
-	for _, port := range e.ports {
-		if port == e.by.port && e.by.rel == lu.relPort {
-			continue
+	for _, who := range e.ports {
+		for _, port := range lu.uaPorts(old, who) {
+			if port == e.by.port && e.by.rel == lu.relPort {
+				continue
+			}
+			lu.addUA(port, e.asc)
 		}
-		if lu.nexuses[port] == nil && !old.registeredVia(port, lu.relPort) {
-			continue
-		}
-		lu.addUA(port, e.asc)
 	}
+}
+
+// uaPorts returns the initiator ports at this site that a unit attention
+// for the registration of who reaches: who's nexus here, or who if it
+// registered here (its nexus may log in again); for an initiator device,
+// the nexuses of its ports here. Caller holds lu.mu.
+func (lu *LU) uaPorts(old *prState, who string) []string {
+	if !isDevice(who) {
+		if lu.nexuses[who] == nil && !old.registeredVia(who, lu.relPort) {
+			return nil
+		}
+		return []string{who}
+	}
+	var out []string
+	for id := range lu.nexuses {
+		if covers(who, id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // diffUA is eventUA's fallback when the record no longer lists every
@@ -174,23 +213,30 @@ func (lu *LU) eventUA(old *prState, e prEvent) {
 // or all-registrants reservation that is gone or changed hands was
 // released for the remaining registrants.
 func (lu *LU) diffUA(old, s *prState) {
-	mine := func(port string) bool {
-		return lu.nexuses[port] != nil || old.registeredVia(port, lu.relPort)
+	has := func(p *prState, who string) bool {
+		return slices.ContainsFunc(p.regs, func(r registration) bool { return r.port == who })
 	}
 	for _, r := range old.regs {
-		if s.reg(r.port) != nil || !mine(r.port) {
+		if has(s, r.port) {
 			continue
 		}
-		if len(s.regs) == 0 {
-			lu.addUA(r.port, ascReservationsPreempted)
-		} else {
-			lu.addUA(r.port, ascRegistrationsPreempted)
+		for _, port := range lu.uaPorts(old, r.port) {
+			if len(s.regs) == 0 {
+				lu.addUA(port, ascReservationsPreempted)
+			} else {
+				lu.addUA(port, ascRegistrationsPreempted)
+			}
 		}
 	}
 	if (regsOnly(old.rtype) || allRegistrants(old.rtype)) && (s.rtype != old.rtype || s.holder != old.holder) {
 		for _, r := range s.regs {
-			if old.reg(r.port) != nil && mine(r.port) && (s.rtype == 0 || !s.isHolder(itNexus{r.port, lu.relPort})) {
-				lu.addUA(r.port, ascReservationsReleased)
+			if !has(old, r.port) {
+				continue
+			}
+			for _, port := range lu.uaPorts(old, r.port) {
+				if s.rtype == 0 || !s.isHolder(itNexus{port, lu.relPort}) {
+					lu.addUA(port, ascReservationsReleased)
+				}
 			}
 		}
 	}
@@ -263,6 +309,10 @@ func (lu *LU) changeLocal(f func(p *prState) (*scsiResult, bool)) *scsiResult {
 		next.events = []prEvent{*e}
 	}
 	next.pending = nil
+	if err := lu.savePR(next); err != nil {
+		// Not GOOD before the state is where a power loss leaves it.
+		return sharedStateFailure()
+	}
 	lu.adopt(next, v)
 	lu.pr.since, lu.pr.events = v, nil
 	return res
@@ -509,6 +559,9 @@ func (p *prState) validate() error {
 		if slices.ContainsFunc(p.regs[:i], func(o registration) bool { return o.port == r.port }) {
 			return bad("%s is registered twice", r.port)
 		}
+		if j := slices.IndexFunc(p.regs[:i], func(o registration) bool { return overlaps(o.port, r.port) }); j >= 0 {
+			return bad("registrations of %s and %s overlap", p.regs[j].port, r.port)
+		}
 	}
 	if err := p.san.validate(); err != nil {
 		return bad("%v", err)
@@ -560,4 +613,118 @@ func checkNexus(n itNexus) error {
 		return nil
 	}
 	return checkPort(n.port)
+}
+
+// durable is what of p survives a power loss with APTPL set: the
+// registrations and the reservation. RESERVE(6) does not (SPC-2), the
+// reset count and events concern nexuses that are gone, and PRgeneration
+// is zero after a power on whatever APTPL (SPC-4 section 6.15.2).
+func (p *prState) durable() *prState {
+	return &prState{regs: slices.Clone(p.regs), holder: p.holder, rtype: p.rtype, aptpl: true}
+}
+
+// loadPR reads a single-site LU's state file, if any, when the LU is
+// created. A cluster's LU has its record and ignores the file. A file
+// that does not decode stops the LU from starting: believing it, or
+// forgetting it, could both let an initiator past a reservation.
+func (lu *LU) loadPR(path string) error {
+	if path == "" || lu.shared.ss != nil {
+		return nil
+	}
+	lu.shared.file = path
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("persistent reservations: %w", err)
+	}
+	s, err := decodeShared(data)
+	if err != nil {
+		return fmt.Errorf("persistent reservations in %s: %w", path, err)
+	}
+	if !s.aptpl {
+		return fmt.Errorf("persistent reservations in %s: APTPL is not set", path)
+	}
+	lu.pr.regs, lu.pr.holder, lu.pr.rtype, lu.pr.aptpl = s.regs, s.holder, s.rtype, true
+	lu.shared.saved = data
+	return nil
+}
+
+// savePR makes the state file of a single-site LU say what next, about to
+// be installed, must leave after a power loss: its registrations and
+// reservation while APTPL is set, nothing (no file) otherwise. The file is
+// replaced whole (written, synced, renamed, directory synced), so a crash
+// leaves the old state or the new one. Caller holds lu.mu.
+func (lu *LU) savePR(next *prState) error {
+	sh := &lu.shared
+	if sh.file == "" {
+		return nil
+	}
+	if !next.aptpl {
+		if sh.saved == nil {
+			return nil
+		}
+		if err := os.Remove(sh.file); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := syncDir(filepath.Dir(sh.file)); err != nil {
+			return err
+		}
+		sh.saved = nil
+		return nil
+	}
+	data, err := next.durable().encode()
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(data, sh.saved) {
+		return nil
+	}
+	if err := writeFileSynced(sh.file, data); err != nil {
+		return err
+	}
+	sh.saved = data
+	return nil
+}
+
+// writeFileSynced replaces path with data durably: a temporary file,
+// fsync, rename, fsync of the directory.
+func writeFileSynced(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

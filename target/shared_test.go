@@ -478,8 +478,23 @@ func sampleState() *prState {
 	}
 }
 
+// deviceState has APTPL set and a reservation held through a
+// registration made for an initiator device (TransportID format 00b).
+func deviceState() *prState {
+	return &prState{
+		generation: 2,
+		regs: []registration{
+			{port: "iqn.a,i,0x800000000001", rel: 1, key: 0xa},
+			{port: "iqn.c", rel: 2, key: 0xc},
+		},
+		holder: itNexus{"iqn.c", 2},
+		rtype:  prExclusiveAccess,
+		aptpl:  true,
+	}
+}
+
 func TestSharedRecordRoundTrip(t *testing.T) {
-	for _, p := range []*prState{{}, sampleState(), {res6: itNexus{"iqn.r,i,0x1", 9}, resets: 1}} {
+	for _, p := range []*prState{{}, sampleState(), {res6: itNexus{"iqn.r,i,0x1", 9}, resets: 1}, deviceState()} {
 		b, err := p.encode()
 		if err != nil {
 			t.Fatal(err)
@@ -528,6 +543,7 @@ func TestSharedRecordRejects(t *testing.T) {
 		{"no holder", mutate(func(p *prState) { p.holder = itNexus{} }), "without a holder"},
 		{"stray holder", mutate(func(p *prState) { p.rtype = 0 }), "holder without"},
 		{"twice", mutate(func(p *prState) { p.regs[1].port = p.regs[0].port }), "registered twice"},
+		{"overlap", mutate(func(p *prState) { p.regs[1].port = "iqn.a" }), "overlap"},
 		{"key 0", mutate(func(p *prState) { p.regs[1].key = 0 }), "key 0"},
 		{"empty port", mutate(func(p *prState) { p.regs[1].port = "" }), "empty initiator port"},
 		{"nul", mutate(func(p *prState) { p.regs[1].port = "a\x00b" }), "NUL"},
@@ -550,8 +566,10 @@ func TestSharedRecordRejects(t *testing.T) {
 func FuzzSharedState(f *testing.F) {
 	good, _ := sampleState().encode()
 	empty, _ := (&prState{}).encode()
+	dev, _ := deviceState().encode()
 	f.Add(good)
 	f.Add(empty)
+	f.Add(dev)
 	f.Add([]byte("MLLU"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := decodeShared(data)

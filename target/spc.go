@@ -38,7 +38,7 @@ var commandTable = []*opInfo{
 	{name: "MODE SELECT(10)", cdbLen: 10, flags: 0, parse: parseModeSelect, exec: execModeSelect, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "MODE SENSE(10)", cdbLen: 10, flags: fPRRead, parse: parseModeSense, exec: execModeSense, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0}},
 	{name: "PERSISTENT RESERVE IN", cdbLen: 10, flags: fPRAllowed, sas: []uint16{0, 1, 2, 3}, parse: parsePRIn, exec: execPRIn, usage: []byte{0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{name: "PERSISTENT RESERVE OUT", cdbLen: 10, flags: fPRAllowed, sas: []uint16{0, 1, 2, 3, 4, 5, 6}, parse: parsePROut, exec: execPROut, usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{name: "PERSISTENT RESERVE OUT", cdbLen: 10, flags: fPRAllowed, sas: []uint16{0, 1, 2, 3, 4, 5, 6, 7}, parse: parsePROut, exec: execPROut, usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 	{name: "READ(16)", cdbLen: 16, flags: fMedia | fPRRead, parse: parseRead, exec: execRead, usage: []byte{0x88, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{name: "COMPARE AND WRITE", exactData: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseCompareAndWrite, exec: execCompareAndWrite, usage: []byte{0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0}},
 	{name: "WRITE(16)", partialOK: true, cdbLen: 16, flags: fMedia | fWrite, parse: parseWrite, exec: execWrite, usage: []byte{0x8a, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},

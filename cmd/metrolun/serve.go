@@ -199,7 +199,11 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
 			}
-			tc.LUNs = append(tc.LUNs, lunConfig(l, vol))
+			lc := lunConfig(l, vol)
+			// A single site keeps APTPL reservations in a file of its own;
+			// a cluster's are in the shared record.
+			lc.PRStateFile = filepath.Join(cfg.DataDir, target.PRStateFileName(t.Name, uint64(l.ID)))
+			tc.LUNs = append(tc.LUNs, lc)
 			log.Info("LUN ready", "target", t.Name, "lun", l.ID, "path", l.Path, "bytes", vol.Size())
 		}
 		if err := srv.AddTarget(tc); err != nil {
