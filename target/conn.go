@@ -31,27 +31,48 @@ const (
 type txItem struct {
 	pdu     *PDU
 	kind    txKind
-	release func()     // called once the PDU is on the wire (or dropped)
-	done    chan error // optional: told when written
+	release func() // called once the PDU is on the wire (or dropped)
 }
 
+// maxQueued bounds the PDUs waiting to be written; a sender waits beyond.
+const maxQueued = 256
+
 // conn is one TCP connection: login, then the full feature phase. One
-// goroutine reads and dispatches PDUs, one writes; each SCSI command
-// executes on its own goroutine.
+// goroutine reads and dispatches PDUs. A SCSI command executes on its own
+// goroutine, or on the reader when nothing else is in flight (inline,
+// task.go). Outgoing PDUs queue in send order; one flusher at a time (the
+// writer goroutine, or a sender that found the write side idle) writes
+// them, stamping StatSN.
 type conn struct {
 	srv *Server
 	nc  net.Conn
 	log hclog.Logger
 	rd  pduReader
+	br  *bufio.Reader // rd's buffer
+	pr  *pollReader   // br's source (busypoll.go)
 	cid uint16
 
 	sess   *session
 	params Params
 
-	// statSN is owned by the writer goroutine after login.
+	// statSN: login uses it directly; afterwards wmu guards it.
 	statSN uint32
 
-	out       chan txItem
+	wmu     sync.Mutex
+	wq      []txItem   // queued, in send order
+	wflush  bool       // someone owns the write side: writes wq until empty
+	wclosed bool       // the write side is gone: new PDUs are dropped
+	wspace  *sync.Cond // on wmu: wq shrank, or wclosed
+	kick    chan struct{}
+	// Flusher only: the batch being written and its wire form.
+	wbatch   []txItem
+	iov      [][]byte
+	scratch  []byte
+	deadline time.Time // the write deadline last set
+
+	// inlineOff: inline execution is off until then (reader only).
+	inlineOff time.Time
+
 	closing   chan struct{}
 	closeOnce sync.Once
 	draining  atomic.Bool
@@ -80,15 +101,18 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv:     s,
 		nc:      nc,
 		log:     s.log.With("remote", nc.RemoteAddr().String()),
-		out:     make(chan txItem, 256),
+		kick:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		tasks:   map[uint32]*task{},
 		nextTTT: 1,
 	}
 	c.idle = sync.NewCond(&c.mu)
+	c.wspace = sync.NewCond(&c.wmu)
 	c.budget = semaphore.NewWeighted(connBudget)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64*1024), maxData: s.cfg.Limits.MaxRecvDataSegmentLength}
+	c.pr = newPollReader(nc)
+	c.br = bufio.NewReaderSize(c.pr, 64*1024)
+	c.rd = pduReader{r: c.br, maxData: s.cfg.Limits.MaxRecvDataSegmentLength}
 	// During login the initiator may send up to 8192 bytes per PDU whatever
 	// it later negotiates (RFC 7143 section 12.12).
 	if c.rd.maxData < 8192 {
@@ -148,6 +172,9 @@ func (c *conn) close(reason string) {
 		c.mu.Lock()
 		c.idle.Broadcast()
 		c.mu.Unlock()
+		c.wmu.Lock()
+		c.wspace.Broadcast()
+		c.wmu.Unlock()
 		c.nc.SetReadDeadline(time.Now())
 	})
 }
@@ -192,89 +219,172 @@ func (c *conn) writeDirect(p *PDU) error {
 	return err
 }
 
-// send queues a PDU for the writer.
+// send queues a PDU and gets it written by the writer goroutine.
 func (c *conn) send(p *PDU, kind txKind, release func()) {
-	select {
-	case c.out <- txItem{pdu: p, kind: kind, release: release}:
-	case <-c.closing:
+	c.queue(p, kind, release)
+	c.push(0)
+}
+
+// queue adds a PDU to the send order without getting it written: the
+// caller calls push when it is done queueing. It waits while the queue is
+// full.
+func (c *conn) queue(p *PDU, kind txKind, release func()) {
+	c.wmu.Lock()
+	for len(c.wq) >= maxQueued && !c.wclosed && !c.isClosing() {
+		if !c.wflush {
+			// Nobody is writing (the caller pushes only later): the
+			// writer goroutine makes room.
+			c.wflush = true
+			c.wake()
+		}
+		c.wspace.Wait()
+	}
+	if c.wclosed || c.isClosing() {
+		c.wmu.Unlock()
 		if release != nil {
 			release()
+		}
+		return
+	}
+	c.wq = append(c.wq, txItem{pdu: p, kind: kind, release: release})
+	c.wmu.Unlock()
+}
+
+// push gets what is queued written. When nobody is writing, the caller
+// writes up to direct batches itself (saving a hand-off to the writer
+// goroutine); with direct 0, or when more is left, the writer goroutine
+// takes over.
+func (c *conn) push(direct int) {
+	c.wmu.Lock()
+	if c.wflush || len(c.wq) == 0 || c.wclosed {
+		c.wmu.Unlock()
+		return
+	}
+	c.wflush = true
+	c.wmu.Unlock()
+	if direct == 0 {
+		c.wake()
+		return
+	}
+	c.flush(direct)
+}
+
+// wake hands the write side to the writer goroutine. The caller has set
+// c.wflush on its behalf, so at most one wake-up is pending.
+func (c *conn) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writer writes whatever it is handed until the connection closes.
+func (c *conn) writer() {
+	for {
+		select {
+		case <-c.kick:
+			c.flush(0)
+		case <-c.closing:
+			// What was handed over before the close still goes out (a
+			// cold reset's TMF response, say); nothing queues after it.
+			select {
+			case <-c.kick:
+				c.flush(0)
+			default:
+			}
+			c.dropQueued()
+			return
 		}
 	}
 }
 
-// writer owns StatSN and the socket's write side. It batches whatever is
-// queued into one vectored write.
-func (c *conn) writer() {
+// flush writes the queue in batches of up to maxBatch PDUs, each in one
+// vectored write, until it is empty. The caller owns the write side
+// (c.wflush). limit > 0 stops after that many batches and hands the rest
+// to the writer goroutine.
+func (c *conn) flush(limit int) {
 	const maxBatch = 64
-	iov := make([][]byte, 0, 8*maxBatch)
-	scratch := make([]byte, 0, 8*maxBatch)
-	var releases []func()
 	hd, dd := c.params.HeaderDigest, c.params.DataDigest
-	for {
-		var it txItem
-		select {
-		case it = <-c.out:
-		case <-c.closing:
-			c.flushQueued()
+	for n := 0; ; n++ {
+		exp, max := c.sess.window()
+		c.wmu.Lock()
+		if len(c.wq) == 0 || c.wclosed {
+			c.wflush = false
+			c.wmu.Unlock()
 			return
 		}
-		iov, scratch, releases = iov[:0], scratch[:0], releases[:0]
-		for n := 0; ; n++ {
-			c.stamp(&it)
-			iov, scratch = it.pdu.appendWire(iov, hd, dd, scratch)
-			if it.release != nil {
-				releases = append(releases, it.release)
-			}
-			if n == maxBatch {
-				break
-			}
-			select {
-			case it = <-c.out:
-				continue
-			default:
-			}
-			break
+		if limit > 0 && n == limit {
+			c.wmu.Unlock()
+			c.wake()
+			return
 		}
-		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.NOPTimeout))
-		bufs := net.Buffers(iov)
+		// StatSN is stamped here, in queue order, which is wire order.
+		k := min(len(c.wq), maxBatch)
+		c.wbatch = append(c.wbatch[:0], c.wq[:k]...)
+		rest := copy(c.wq, c.wq[k:])
+		clear(c.wq[rest:])
+		c.wq = c.wq[:rest]
+		for i := range c.wbatch {
+			c.stamp(&c.wbatch[i], exp, max)
+		}
+		c.wspace.Broadcast()
+		c.wmu.Unlock()
+
+		c.iov, c.scratch = c.iov[:0], c.scratch[:0]
+		for i := range c.wbatch {
+			c.iov, c.scratch = c.wbatch[i].pdu.appendWire(c.iov, hd, dd, c.scratch)
+		}
+		// A write that cannot progress for about NOPTimeout means a dead
+		// initiator. Moving the deadline costs a timer update, so it is
+		// moved only once half of it is used up.
+		now := time.Now()
+		if timeout := c.srv.cfg.NOPTimeout; c.deadline.Sub(now) < timeout/2 {
+			c.deadline = now.Add(timeout)
+			c.nc.SetWriteDeadline(c.deadline)
+		}
+		bufs := net.Buffers(c.iov)
 		_, err := bufs.WriteTo(c.nc)
-		for _, r := range releases {
-			r()
+		clear(c.iov)
+		for i := range c.wbatch {
+			if r := c.wbatch[i].release; r != nil {
+				r()
+			}
 		}
+		clear(c.wbatch)
 		if err != nil {
 			c.log.Debug("write failed", "error", err)
 			c.close("")
 			c.nc.Close()
-			c.flushQueued()
+			c.dropQueued()
 			return
 		}
 	}
 }
 
-// flushQueued releases what is still queued after the writer stopped.
-func (c *conn) flushQueued() {
-	for {
-		select {
-		case it := <-c.out:
-			if it.release != nil {
-				it.release()
-			}
-		default:
-			return
+// dropQueued closes the write side and releases what is still queued.
+func (c *conn) dropQueued() {
+	c.wmu.Lock()
+	c.wclosed = true
+	q := c.wq
+	c.wq = nil
+	c.wspace.Broadcast()
+	c.wmu.Unlock()
+	for _, it := range q {
+		if it.release != nil {
+			it.release()
 		}
 	}
 }
 
 // stamp fills StatSN, ExpCmdSN and MaxCmdSN at the moment of sending so
-// they are always current and StatSN is strictly ordered.
-func (c *conn) stamp(it *txItem) {
+// they are always current and StatSN is strictly ordered. Caller holds
+// c.wmu.
+func (c *conn) stamp(it *txItem, exp, max uint32) {
 	p := it.pdu
 	p.put32(24, c.statSN)
 	if it.kind == txStatus {
 		c.statSN++
 	}
-	exp, max := c.sess.window()
 	p.put32(28, exp)
 	p.put32(32, max)
 }
@@ -481,12 +591,11 @@ func (c *conn) logout(p *PDU) error {
 	c.wg.Wait()
 	c.sess.loggingOut(c, reason)
 	c.sess.done()
-	done := make(chan struct{})
-	select {
-	case c.out <- txItem{pdu: r, kind: txStatus, release: func() { close(done) }}:
-	case <-c.closing:
+	if c.isClosing() {
 		return io.EOF
 	}
+	done := make(chan struct{})
+	c.send(r, txStatus, func() { close(done) })
 	select {
 	case <-done:
 	case <-c.closing:

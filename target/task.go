@@ -3,6 +3,7 @@ package target
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // task is one SCSI command on a connection, from its Command PDU to its
@@ -95,7 +96,7 @@ func (c *conn) scsiCommand(p *PDU) {
 	t.need = need
 	if need == 0 {
 		putBuf(p.Data)
-		go c.execute(t)
+		c.start(t)
 		return
 	}
 	// A write with a short expected transfer length transfers what the
@@ -115,21 +116,27 @@ func (c *conn) scsiCommand(p *PDU) {
 	unsolEnd := min(unsol, t.xfer)
 	c.mu.Lock()
 	t.nextOffset = unsolEnd
-	if unsolEnd >= t.xfer {
-		// Everything arrives unsolicited: bounded by FirstBurstLength, so
-		// no budget is needed.
-		t.buf = getBuf(t.xfer)
-		t.allocated = true
-	} else if unsolEnd > 0 {
-		t.buf = getBuf(unsolEnd)
-	}
-	copy(t.buf, p.Data[:imm])
 	t.received = imm
-	putBuf(p.Data)
+	if imm > 0 && imm == t.xfer && unsolEnd >= t.xfer {
+		// All of it came as immediate data: the task takes the PDU's
+		// buffer rather than a copy.
+		t.buf, t.allocated = p.Data[:imm], true
+	} else {
+		if unsolEnd >= t.xfer {
+			// Everything arrives unsolicited: bounded by
+			// FirstBurstLength, so no budget is needed.
+			t.buf = getBuf(t.xfer)
+			t.allocated = true
+		} else if unsolEnd > 0 {
+			t.buf = getBuf(unsolEnd)
+		}
+		copy(t.buf, p.Data[:imm])
+		putBuf(p.Data)
+	}
 	if t.allocated && t.received >= t.xfer {
 		t.started = true
 		c.mu.Unlock()
-		go c.execute(t)
+		c.start(t)
 		return
 	}
 	c.mu.Unlock()
@@ -165,7 +172,7 @@ func (c *conn) grant(t *task) {
 	c.mu.Unlock()
 	c.sendR2Ts(r2ts)
 	if ready {
-		go c.execute(t)
+		c.execute(t, goroutineFlush)
 	}
 }
 
@@ -289,13 +296,84 @@ func (c *conn) dataOut(p *PDU) error {
 	c.mu.Unlock()
 	c.sendR2Ts(r2ts)
 	if ready {
-		go c.execute(t)
+		c.start(t)
 	}
 	return nil
 }
 
-// execute runs the command on its LU and answers.
-func (c *conn) execute(t *task) {
+// Batches a goroutine that completes a task may write itself when the
+// write side is idle (conn.push): a few, so that under load the writer
+// goroutine takes over rather than one task's goroutine.
+const goroutineFlush = 4
+
+// Inline execution: at queue depth 1 the reader executes a plain READ or
+// WRITE itself and writes its answer, instead of handing the task to a
+// goroutine and the answer to the writer goroutine (two wake-ups, each
+// costing tens of microseconds on a small machine). While it executes,
+// nothing is read, so inline execution is kept to commands that are alone
+// on the connection, have all their data, are small, and go to a volume
+// this site alone serves (one without SharedState, shared.go): a mirrored
+// volume may wait for another site (a WAN round trip, or a lease), and
+// the connection must keep reading then (task management, NOP-Out,
+// further commands). Once it has answered, the reader polls briefly for
+// the next command (busypoll.go).
+const (
+	inlineMaxBytes = 256 << 10
+	// An inline command slower than inlineSlow (a stalled disk) turns
+	// inline execution off for the connection for inlineBackoff.
+	inlineSlow    = 2 * time.Millisecond
+	inlineBackoff = 100 * time.Millisecond
+)
+
+// start executes a task whose data is all in: inline when it may (see
+// above), else on its own goroutine. Called by the reader.
+func (c *conn) start(t *task) {
+	if !c.inline(t) {
+		go c.execute(t, goroutineFlush)
+		return
+	}
+	begin := time.Now()
+	c.execute(t, 1)
+	end := time.Now()
+	if end.Sub(begin) > inlineSlow {
+		c.inlineOff = end.Add(inlineBackoff)
+	}
+	c.pr.answeredAt(end)
+}
+
+// inline reports whether the reader may execute t itself.
+func (c *conn) inline(t *task) bool {
+	cmd := t.cmd
+	if t.lu == nil || t.lu.shared.ss != nil {
+		return false
+	}
+	switch cmd.cdb[0] {
+	case 0x08, 0x28, 0xa8, 0x88: // READ(6/10/12/16)
+		if cmd.alloc > inlineMaxBytes {
+			return false
+		}
+	case 0x0a, 0x2a, 0xaa, 0x8a: // WRITE(6/10/12/16)
+		if cmd.dataOut > inlineMaxBytes {
+			return false
+		}
+	default:
+		return false
+	}
+	// A PDU already waiting means the initiator has more in flight.
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	c.mu.Lock()
+	alone := len(c.tasks) == 1
+	c.mu.Unlock()
+	if !alone {
+		return false
+	}
+	return c.inlineOff.IsZero() || time.Now().After(c.inlineOff)
+}
+
+// execute runs the command on its LU and answers; direct is as for complete.
+func (c *conn) execute(t *task, direct int) {
 	var res *scsiResult
 	if t.aborted.Load() {
 		c.finish(t, nil)
@@ -322,12 +400,20 @@ func (c *conn) execute(t *task) {
 			c.budget.Release(grant)
 		}
 	}
-	c.finish(t, res)
+	c.complete(t, res, direct)
 }
 
-// finish sends the answer (unless the task was aborted), releases the
-// task's resources and opens the CmdSN window.
-func (c *conn) finish(t *task, res *scsiResult) {
+// finish completes t with res; the writer goroutine writes the answer.
+func (c *conn) finish(t *task, res *scsiResult) { c.complete(t, res, 0) }
+
+// complete sends the answer (unless the task was aborted), releases the
+// task's resources and opens the CmdSN window. The answer takes its place
+// in the send order before the task leaves the task table, and is written
+// after: an initiator that reuses the ITT as soon as it sees the answer
+// finds it free, and the answer's MaxCmdSN counts the freed slot. When the
+// write side is idle the caller writes up to direct batches itself (0:
+// the writer goroutine does).
+func (c *conn) complete(t *task, res *scsiResult, direct int) {
 	if t.buf != nil {
 		putBuf(t.buf)
 		t.buf = nil
@@ -357,6 +443,7 @@ func (c *conn) finish(t *task, res *scsiResult) {
 	c.mu.Unlock()
 	close(t.done)
 	c.sess.done()
+	c.push(direct)
 	c.wg.Done()
 }
 
@@ -433,7 +520,7 @@ func (c *conn) sendDataIn(t *task, data []byte, withStatus bool, status, resFlag
 		r.Data = data[off : off+n]
 		dataSN++
 		off += n
-		c.send(r, kind, rel)
+		c.queue(r, kind, rel)
 	}
 }
 
@@ -450,13 +537,14 @@ func (c *conn) sendStatusRes(t *task, res *scsiResult, flags byte, residual uint
 		copy(d[2:], res.sense)
 		r.Data = d
 	}
-	c.send(r, txStatus, res.release)
+	c.queue(r, txStatus, res.release)
 }
 
 // sendStatus answers a command that never became a task.
 func (c *conn) sendStatus(itt uint32, status byte, sense []byte, flags byte, residual uint32) {
 	t := &task{itt: itt}
 	c.sendStatusRes(t, &scsiResult{status: status, sense: sense}, flags, residual)
+	c.push(0)
 }
 
 // abortAll marks every task of this connection aborted (connection loss).
