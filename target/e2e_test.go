@@ -1017,3 +1017,51 @@ func TestE2ELUNResetAbortsOtherSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestE2EDataSNOutOfOrder: a Data-Out out of DataSN order ends its command
+// with CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR (47/05)
+// once all its data has come (RFC 7143 sections 7.8 and 7.9 at
+// ErrorRecoveryLevel 0); the command writes nothing and the connection
+// goes on. Unsolicited and solicited sequences, with DataSN 27 and with
+// two PDUs in reverse order.
+func TestE2EDataSNOutOfOrder(t *testing.T) {
+	s := startServer(t, DefaultLimits(), TargetConfig{}, Config{})
+	in := dial(t, s.addr)
+	in.login(loginOpts{op: []KV{{"ImmediateData", "No"}, {"InitialR2T", "No"}}})
+	wantCRCError := func(r *PDU, what string) {
+		t.Helper()
+		if r.BHS[3] != statusCheckCondition || len(r.Data) < 2 {
+			t.Fatalf("%s: status %x", what, r.BHS[3])
+		}
+		sense := r.Data[2:]
+		checkFixedSense(t, sense, what)
+		if sense[2]&0xf != senseAbortedCommand || sense[12] != 0x47 || sense[13] != 0x05 {
+			t.Fatalf("%s: sense % x, want ABORTED COMMAND 47/05", what, sense)
+		}
+	}
+	data := pattern(1024, 9)
+	zero := make([]byte, 1024)
+
+	// Unsolicited, one PDU with DataSN 27.
+	cmd := in.scsiCmd(cdbRW(0x2a, 10, 2), len(data), false, true, false)
+	in.send(cmd)
+	in.send(in.dataOut(cmd.ITT(), 0xffffffff, 27, 0, data, true))
+	wantCRCError(in.expectResponse(cmd.ITT()), "DataSN 27")
+
+	// Two PDUs in reverse DataSN order (1 then 0).
+	cmd = in.scsiCmd(cdbRW(0x2a, 10, 2), len(data), false, true, false)
+	in.send(cmd)
+	in.send(in.dataOut(cmd.ITT(), 0xffffffff, 1, 0, data[:512], false))
+	in.send(in.dataOut(cmd.ITT(), 0xffffffff, 0, 512, data[512:], true))
+	wantCRCError(in.expectResponse(cmd.ITT()), "DataSN 1, 0")
+	if !bytes.Equal(s.vol.bytes(10*512, 1024), zero) {
+		t.Fatal("a command with a DataSN error wrote data")
+	}
+
+	// The connection goes on: a correct write and read back.
+	in.write(10, data, 65536, 262144, false)
+	if got, _ := in.read(10, 2, 1024); !bytes.Equal(got, data) {
+		t.Fatal("read back after the DataSN errors differs")
+	}
+	in.logout()
+}

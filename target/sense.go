@@ -45,6 +45,7 @@ const (
 	ascInvalidFieldInParam        = 0x2600
 	ascWriteProtected             = 0x2700
 	ascPowerOnReset               = 0x2900
+	ascProtocolCRC                = 0x4705 // PROTOCOL SERVICE CRC ERROR
 	ascBusDeviceReset             = 0x2903
 	ascNexusLoss                  = 0x2907
 	ascModeParamsChanged          = 0x2a01

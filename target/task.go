@@ -28,9 +28,12 @@ type task struct {
 	r2tOut     int               // R2Ts not yet satisfied
 	curTTT     map[uint32]uint32 // outstanding R2Ts: TTT -> next DataSN
 	unsolSN    uint32            // next DataSN of unsolicited Data-Out
-	allocated  bool              // buf holds the whole transfer
-	granted    int64             // budget held for buf
-	started    bool
+	// dataErr: a Data-Out came out of DataSN order; the task ends with a
+	// protocol service CRC error instead of executing (dataOut).
+	dataErr   bool
+	allocated bool  // buf holds the whole transfer
+	granted   int64 // budget held for buf
+	started   bool
 
 	aborted atomic.Bool
 	tas     atomic.Bool // aborted by another nexus: answer TASK ABORTED
@@ -265,13 +268,17 @@ func (c *conn) dataOut(p *PDU) error {
 		}
 		want = sn
 	}
-	// DataSN counts from 0 in each sequence (unsolicited, or one per R2T);
-	// a gap means lost data, which ErrorRecoveryLevel 0 cannot repair
-	// (RFC 7143 section 7.1.4.1).
-	if p.dataSN() != want {
-		c.mu.Unlock()
-		c.reject(p, rejectProtocol)
-		return fmt.Errorf("Data-Out DataSN %d, expected %d (ITT 0x%x)", p.dataSN(), want, t.itt)
+	// DataSN counts from 0 in each sequence (unsolicited, or one per R2T).
+	// One out of order means an earlier Data-Out was lost, a digest error
+	// this side never saw (RFC 7143 section 7.9, sequence errors), which
+	// section 7.8 has the target address at ErrorRecoveryLevel 0 by ending
+	// the task with CHECK CONDITION, PROTOCOL SERVICE CRC ERROR, once all
+	// its data has come: the connection and the other tasks go on, and the
+	// command is not executed (execute).
+	if p.dataSN() != want && !t.dataErr {
+		t.dataErr = true
+		c.log.Warn("Data-Out out of order; the command will end with a protocol service CRC error",
+			"itt", fmt.Sprintf("0x%x", t.itt), "datasn", p.dataSN(), "expected", want)
 	}
 	if ttt == 0xffffffff {
 		t.unsolSN++
@@ -291,6 +298,11 @@ func (c *conn) dataOut(p *PDU) error {
 		delete(t.curTTT, ttt)
 		t.r2tOut--
 		r2ts = c.solicit(t)
+	}
+	if t.dataErr && p.Final() && t.r2tOut == 0 && t.nextOffset >= t.xfer {
+		// After a sequence error, the end of every sequence is the end
+		// of the data, whatever arrived (RFC 7143 section 7.8).
+		t.received = max(t.received, t.xfer)
 	}
 	ready := t.readyLocked()
 	c.mu.Unlock()
@@ -377,6 +389,10 @@ func (c *conn) execute(t *task, direct int) {
 	var res *scsiResult
 	if t.aborted.Load() {
 		c.finish(t, nil)
+		return
+	}
+	if t.dataErr {
+		c.complete(t, checkCondition(senseAbortedCommand, ascProtocolCRC), direct)
 		return
 	}
 	var grant int64
