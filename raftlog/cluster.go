@@ -52,10 +52,11 @@ type Config struct {
 	// other's certificate names a member (CN or DNS SAN); the dialer, that
 	// it names the member it dialled.
 	TLS *tls.Config
-	// Lease is the writer lease (default 1s).
+	// Lease is the writer lease. Required: conf is the only source of
+	// defaults (conf.DefaultLease); a zero value is refused, not filled in.
 	Lease time.Duration
-	// ElectionTimeout is Raft's heartbeat and election timeout (default
-	// 1s); Raft's leader lease is half of it.
+	// ElectionTimeout is Raft's heartbeat and election timeout; Raft's
+	// leader lease is half of it. Required (conf.DefaultElectionTimeout).
 	ElectionTimeout time.Duration
 	// RPCTimeout bounds every Raft RPC on the transport, dial and TLS
 	// handshake included (default ElectionTimeout/2, which is Raft's
@@ -128,16 +129,19 @@ func (cfg *Config) check() error {
 			return bad("%s is negative", d.name)
 		}
 	}
+	// Timings have one source, conf (DESIGN: defaults in one place); a
+	// package that filled in its own once disagreed with it (1s against
+	// 300ms), so a caller that forgets one is told.
+	if cfg.Lease == 0 {
+		return bad("Lease is not set")
+	}
+	if cfg.ElectionTimeout == 0 {
+		return bad("ElectionTimeout is not set")
+	}
 	return nil
 }
 
 func (cfg *Config) defaults() {
-	if cfg.Lease == 0 {
-		cfg.Lease = time.Second
-	}
-	if cfg.ElectionTimeout == 0 {
-		cfg.ElectionTimeout = time.Second
-	}
 	if cfg.RPCTimeout == 0 {
 		cfg.RPCTimeout = cfg.ElectionTimeout / 2
 	}

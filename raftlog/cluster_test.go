@@ -643,7 +643,7 @@ func TestConfigErrors(t *testing.T) {
 	good := func() Config {
 		return Config{Name: "a", Role: RoleData, Dir: t.TempDir(), Listen: "127.0.0.1:0", Peers: []Peer{
 			{Name: "a", Role: RoleData}, {Name: "b", Role: RoleData, Addr: "127.0.0.1:1"},
-		}}
+		}, Lease: testLease, ElectionTimeout: testElection}
 	}
 	cases := map[string]func(*Config){
 		"no name":         func(c *Config) { c.Name = "" },
@@ -655,6 +655,8 @@ func TestConfigErrors(t *testing.T) {
 		"no dir":          func(c *Config) { c.Dir = "" },
 		"tls without CAs": func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{{}}} },
 		"negative lease":  func(c *Config) { c.Lease = -time.Second },
+		"no lease":        func(c *Config) { c.Lease = 0 },
+		"no election":     func(c *Config) { c.ElectionTimeout = 0 },
 	}
 	for name, mod := range cases {
 		cfg := good()

@@ -122,11 +122,14 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 	if cfg.Store == nil || cfg.Control == nil || cfg.Name == "" {
 		return nil, errors.New("replica: site needs a name, a store and a control")
 	}
-	if cfg.Lease <= 0 {
-		cfg.Lease = time.Second
+	// Timings have one source, conf (conf.DefaultLease and
+	// DefaultReplicaTimeout): a package that filled in its own once
+	// disagreed with it, so a zero value is refused.
+	if cfg.Lease <= 0 || cfg.ReplicaTimeout <= 0 {
+		return nil, fmt.Errorf("replica: site %s: Lease (%v) and ReplicaTimeout (%v) must be set", cfg.Name, cfg.Lease, cfg.ReplicaTimeout)
 	}
-	if cfg.ReplicaTimeout <= 0 {
-		cfg.ReplicaTimeout = 3 * time.Second
+	if cfg.ReplicaTimeout <= cfg.Lease {
+		return nil, fmt.Errorf("replica: site %s: ReplicaTimeout %v must exceed Lease %v", cfg.Name, cfg.ReplicaTimeout, cfg.Lease)
 	}
 	if cfg.Hold <= 0 {
 		cfg.Hold = cfg.ReplicaTimeout + 2*cfg.Lease

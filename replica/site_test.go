@@ -616,3 +616,31 @@ func TestSiteSizeMismatchRefused(t *testing.T) {
 		t.Fatalf("b with another size: %+v", st)
 	}
 }
+
+// TestSiteRefusesUnsetTimings: conf is the only source of the timing
+// defaults; a site handed a zero lease or replica timeout refuses to
+// start instead of filling in values of its own.
+func TestSiteRefusesUnsetTimings(t *testing.T) {
+	dir := t.TempDir()
+	store, err := OpenLocal(filepath.Join(dir, "lun.img"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	base := SiteConfig{Name: "a", Store: store, Dir: dir, Control: fakeControl{newFakeCluster("a"), "a"},
+		Lease: 300 * time.Millisecond, ReplicaTimeout: 2 * time.Second}
+	for name, mod := range map[string]func(*SiteConfig){
+		"no lease":           func(c *SiteConfig) { c.Lease = 0 },
+		"no replica timeout": func(c *SiteConfig) { c.ReplicaTimeout = 0 },
+		"timeout under lease": func(c *SiteConfig) {
+			c.ReplicaTimeout = 200 * time.Millisecond
+		},
+	} {
+		cfg := base
+		mod(&cfg)
+		if s, err := NewSite(cfg); err == nil {
+			s.Close()
+			t.Errorf("%s: NewSite accepted %v / %v", name, cfg.Lease, cfg.ReplicaTimeout)
+		}
+	}
+}
