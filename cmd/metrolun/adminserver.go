@@ -1,68 +1,22 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"time"
 
+	"github.com/metrolun/metrolun/cmd/admin"
+	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
-	"github.com/metrolun/metrolun/replica"
 )
 
-// clusterStatus is what /v1/status answers and `metrolun status` shows.
-type clusterStatus struct {
-	Member string              `json:"member"`
-	Role   string              `json:"role"`
-	Raft   raftStatus          `json:"raft"`
-	Site   *replica.SiteStatus `json:"site,omitempty"`
-}
-
-type raftStatus struct {
-	State       string `json:"state"`
-	Leader      string `json:"leader"`
-	Term        uint64 `json:"term"`
-	CommitIndex uint64 `json:"commit_index"`
-	// AppliedIndex is how far the state below (writer, in-sync set,
-	// members) has applied the log.
-	AppliedIndex uint64   `json:"applied_index,omitempty"`
-	Writer       string   `json:"writer"`
-	Epoch        uint64   `json:"epoch"`
-	InSync       []string `json:"in_sync"`
-	Members      []string `json:"members"`
-	// MemberInfo is every member of the committed state with what the
-	// state knows of it: how `metrolun status` finds members added at run
-	// time, and knows which were removed.
-	MemberInfo []memberInfo `json:"member_info,omitempty"`
-	LeaseLeft  string       `json:"writer_lease_left,omitempty"`
-	// WriterSince is when this member became writer of Epoch (RFC 3339,
-	// its own clock); only at the writer.
-	WriterSince string        `json:"writer_since,omitempty"`
-	Fenced      []fenceStatus `json:"fenced,omitempty"`
-	// LUN is the clustered LU as the state records it (raftlog/lun.go).
-	LUN string `json:"lun,omitempty"`
-}
-
-type memberInfo struct {
-	Name        string   `json:"name"`
-	Role        string   `json:"role"`
-	Raft        string   `json:"raft,omitempty"`
-	Replication string   `json:"replication,omitempty"`
-	Admin       string   `json:"admin,omitempty"`
-	ISCSI       []string `json:"iscsi,omitempty"`
-	PortalGroup int      `json:"portal_group,omitempty"`
-	InSync      bool     `json:"in_sync"`
-	Leaving     bool     `json:"leaving,omitempty"`
-}
-
-type fenceStatus struct {
-	Site  string `json:"site"`
-	Until string `json:"until"` // RFC 3339: the leader unfences it then
-}
-
-func (m *member) status() clusterStatus {
+func (m *member) status() admin.Status {
 	st := m.cluster.Status()
-	cs := clusterStatus{Member: m.cfg.Name, Role: m.cfg.Role, Raft: raftStatus{
+	cs := admin.Status{Member: m.cfg.Name, Role: m.cfg.Role, Raft: admin.RaftStatus{
 		State: st.RaftState, Leader: st.Leader, Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex,
 		Writer: st.State.Writer, Epoch: st.State.Epoch, InSync: st.State.InSync,
 	}}
@@ -71,7 +25,7 @@ func (m *member) status() clusterStatus {
 	}
 	for _, mm := range st.State.Members {
 		cs.Raft.Members = append(cs.Raft.Members, mm.Name+"/"+mm.Role)
-		mi := memberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,
+		mi := admin.MemberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,
 			Admin: mm.Addrs.Admin, ISCSI: mm.Addrs.ISCSI, PortalGroup: mm.Addrs.PortalGroup,
 			InSync: st.State.IsInSync(mm.Name), Leaving: st.State.IsLeaving(mm.Name)}
 		// This member's config may know better (a proxy, an admin
@@ -86,7 +40,7 @@ func (m *member) status() clusterStatus {
 		cs.Raft.WriterSince = st.WriterSince.Format(time.RFC3339Nano)
 	}
 	for _, f := range st.State.Fenced {
-		cs.Raft.Fenced = append(cs.Raft.Fenced, fenceStatus{Site: f.Name, Until: time.UnixMilli(f.Until).Format(time.RFC3339)})
+		cs.Raft.Fenced = append(cs.Raft.Fenced, admin.FenceStatus{Site: f.Name, Until: time.UnixMilli(f.Until).Format(time.RFC3339)})
 	}
 	if m.site != nil {
 		s := m.site.Status()
@@ -95,85 +49,175 @@ func (m *member) status() clusterStatus {
 	return cs
 }
 
-// adminHandler serves status, promote, verify and metrics.
-func (m *member) adminHandler() http.Handler {
+// adminGuard is the admin endpoint's authentication and browser checks
+// as the cluster block configures them (conf checked that there is a
+// credential unless admin_insecure).
+func adminGuard(cl *conf.Cluster, tcfg *tls.Config) (*admin.Guard, error) {
+	g := &admin.Guard{PublicMetrics: cl.AdminPublicMetrics}
+	if tcfg != nil {
+		g.Auth = append(g.Auth, admin.ClientCert{})
+	}
+	if cl.AdminTokenFile != "" {
+		secret, err := admin.ReadTokenFile(cl.AdminTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := admin.NewToken(secret)
+		if err != nil {
+			return nil, err
+		}
+		g.Auth = append(g.Auth, tok)
+	}
+	if len(g.Auth) == 0 && !cl.AdminInsecure {
+		return nil, errors.New("the admin endpoint has no credential: set admin_token_file or add a tls block (or admin_insecure = true)")
+	}
+	for _, a := range append([]string{cl.AdminListen}, memberAdmins(cl)...) {
+		if h, _, err := net.SplitHostPort(a); err == nil && h != "" {
+			g.Hosts = append(g.Hosts, h)
+		}
+	}
+	return g, nil
+}
+
+func memberAdmins(cl *conf.Cluster) []string {
+	var out []string
+	for _, mb := range cl.Members {
+		if mb.Admin != "" {
+			out = append(out, mb.Admin)
+		}
+	}
+	return out
+}
+
+// adminTLS is the admin listener's TLS config: the member's certificate;
+// a client certificate from the cluster CA is optional (operators may
+// use the token instead) and, when given, must verify.
+func adminTLS(tcfg *tls.Config) *tls.Config {
+	if tcfg == nil {
+		return nil
+	}
+	c := tcfg.Clone()
+	c.ClientAuth = tls.VerifyClientCertIfGiven
+	c.VerifyConnection = nil
+	c.NextProtos = []string{"http/1.1"}
+	return c
+}
+
+// adminClient is how this member reads the other members' status
+// (watch): with the token, and over TLS with its own certificate.
+func (m *member) adminClient() *admin.Client {
+	c := &admin.Client{Timeout: time.Second}
+	if f := m.cfg.Cluster.AdminTokenFile; f != "" {
+		if tok, err := admin.ReadTokenFile(f); err == nil {
+			c.Token = tok
+		}
+	}
+	if m.tls != nil {
+		c.TLS = &tls.Config{RootCAs: m.tls.RootCAs, Certificates: m.tls.Certificates, MinVersion: tls.VersionTLS13}
+	}
+	return c
+}
+
+// decodeBody reads a state-changing request's JSON body into v.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		admin.WriteJSON(w, http.StatusBadRequest, admin.ErrorResponse{Error: "request: " + err.Error()})
+		return false
+	}
+	return true
+}
+
+func took(start time.Time) string { return time.Since(start).Truncate(time.Millisecond).String() }
+
+// adminHandler serves the admin API (package admin has the contract)
+// behind the guard.
+func (m *member) adminHandler(g *admin.Guard) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.status())
+	mux.HandleFunc("GET "+admin.PathStatus, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, m.status())
 	})
-	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
-		to := r.URL.Query().Get("site")
+	mux.HandleFunc("GET "+admin.PathHealth, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, map[string]string{"member": m.cfg.Name, "raft": m.cluster.Status().RaftState})
+	})
+	mux.HandleFunc("POST "+admin.PathPromote, func(w http.ResponseWriter, r *http.Request) {
+		var req admin.PromoteRequest
+		if !decodeBody(w, r, &req) {
+			return
+		}
 		timeout := 10 * time.Second
 		start := time.Now()
 		var err error
 		if m.site != nil {
-			err = m.site.Handover(timeout, func() error { return m.cluster.Promote(to, timeout) })
+			err = m.site.Handover(timeout, func() error { return m.cluster.Promote(req.Site, timeout) })
 		} else {
-			err = m.cluster.Promote(to, timeout)
+			err = m.cluster.Promote(req.Site, timeout)
 		}
-		var nl *raftlog.NotLeaderError
-		switch {
-		case errors.As(err, &nl):
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error(), "leader": nl.Leader})
-		case err != nil:
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
-		default:
-			writeJSON(w, http.StatusOK, map[string]string{"promoted": to, "took": time.Since(start).Truncate(time.Millisecond).String()})
+		if writeLeaderError(w, err) {
+			return
 		}
+		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: req.Site, Took: took(start)})
 	})
 	// Fencing simulates the loss of a data site through the cluster, for
 	// drills (raftlog/fence.go). The leader serves it; "for" (default
 	// 60s) is when it lifts the fence by itself.
-	mux.HandleFunc("POST /v1/fence", func(w http.ResponseWriter, r *http.Request) {
-		site := r.URL.Query().Get("site")
+	mux.HandleFunc("POST "+admin.PathFence, func(w http.ResponseWriter, r *http.Request) {
+		var req admin.FenceRequest
+		if !decodeBody(w, r, &req) {
+			return
+		}
 		d := 60 * time.Second
-		if v := r.URL.Query().Get("for"); v != "" {
+		if req.For != "" {
 			var err error
-			if d, err = time.ParseDuration(v); err != nil {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "for: " + err.Error()})
+			if d, err = time.ParseDuration(req.For); err != nil {
+				admin.WriteJSON(w, http.StatusBadRequest, admin.ErrorResponse{Error: "for: " + err.Error()})
 				return
 			}
 		}
-		until, err := m.cluster.Fence(site, d)
+		until, err := m.cluster.Fence(req.Site, d)
 		if writeLeaderError(w, err) {
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"fenced": site, "until": until.Format(time.RFC3339Nano)})
+		admin.WriteJSON(w, http.StatusOK, admin.FenceResponse{Fenced: req.Site, Until: until.Format(time.RFC3339Nano)})
 	})
-	mux.HandleFunc("POST /v1/unfence", func(w http.ResponseWriter, r *http.Request) {
-		site := r.URL.Query().Get("site")
-		was, err := m.cluster.Unfence(site)
+	mux.HandleFunc("POST "+admin.PathUnfence, func(w http.ResponseWriter, r *http.Request) {
+		var req admin.UnfenceRequest
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		was, err := m.cluster.Unfence(req.Site)
 		if writeLeaderError(w, err) {
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"unfenced": site, "was_fenced": was})
+		admin.WriteJSON(w, http.StatusOK, admin.UnfenceResponse{Unfenced: req.Site, WasFenced: was})
 	})
 	// Membership changes while I/O runs (raftlog/members.go); the leader
 	// serves them.
-	mux.HandleFunc("POST /v1/members", m.addMember)
-	mux.HandleFunc("DELETE /v1/members/{name}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+admin.PathMembers, m.addMember)
+	mux.HandleFunc("DELETE "+admin.PathMembers+"/{name}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		start := time.Now()
 		err := m.cluster.RemoveMember(name, 30*time.Second)
 		if writeLeaderError(w, err) {
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"removed": name, "took": time.Since(start).Truncate(time.Millisecond).String()})
+		admin.WriteJSON(w, http.StatusOK, admin.RemoveMemberResponse{Removed: name, Took: took(start)})
 	})
-	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+admin.PathVerify, func(w http.ResponseWriter, r *http.Request) {
 		if m.site == nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a witness holds no data"})
+			admin.WriteJSON(w, http.StatusBadRequest, admin.ErrorResponse{Error: "a witness holds no data"})
 			return
 		}
 		rep, err := m.site.Verify(r.Context(), m.cfg.Cluster.VerifyBandwidth)
 		if err != nil {
-			writeJSON(w, http.StatusConflict, map[string]any{"error": err.Error(), "report": rep})
+			admin.WriteJSON(w, http.StatusConflict, admin.ErrorResponse{Error: err.Error(), Report: &rep})
 			return
 		}
-		writeJSON(w, http.StatusOK, rep)
+		admin.WriteJSON(w, http.StatusOK, rep)
 	})
-	mux.Handle("GET /metrics", m.metricsHandler())
-	return mux
+	mux.Handle("GET "+admin.PathMetrics, m.metricsHandler())
+	return g.Wrap(mux)
 }
 
 // writeLeaderError answers err, if any: 409 naming the leader when this
@@ -184,17 +228,9 @@ func writeLeaderError(w http.ResponseWriter, err error) bool {
 	case err == nil:
 		return false
 	case errors.As(err, &nl):
-		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error(), "leader": nl.Leader})
+		admin.WriteJSON(w, http.StatusConflict, admin.ErrorResponse{Error: err.Error(), Leader: nl.Leader})
 	default:
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		admin.WriteJSON(w, http.StatusBadRequest, admin.ErrorResponse{Error: err.Error()})
 	}
 	return true
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }
