@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -35,6 +36,7 @@ type Client struct {
 	// Timeout bounds each call but Verify; 0 means 15s.
 	Timeout time.Duration
 
+	mu sync.Mutex
 	hc *http.Client
 }
 
@@ -60,11 +62,17 @@ func NotLeader(err error) bool {
 }
 
 func (c *Client) httpClient() *http.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.Proxy = nil // admin addresses are dialled directly
 		if c.TLS != nil {
 			tr.DialTLSContext = c.dialTLS
+			// A connection is verified for the member it was dialled
+			// for; the pool knows only addresses, so it is not kept
+			// for another request that may expect another member.
+			tr.DisableKeepAlives = true
 		}
 		c.hc = &http.Client{Transport: tr}
 	}
@@ -187,10 +195,8 @@ func (c *Client) RemoveMember(ctx context.Context, ep Endpoint, name string) (Re
 // so only ctx bounds it. A failed verify returns the report so far too.
 func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) {
 	var r VerifyReport
-	cc := *c
-	cc.Timeout = -1
+	cc := &Client{Token: c.Token, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
 	err := cc.Do(ctx, ep, http.MethodPost, PathVerify, nil, &r)
-	c.hc = cc.hc
 	return r, err
 }
 

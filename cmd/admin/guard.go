@@ -92,9 +92,9 @@ func certPrincipal(c *x509.Certificate) (Principal, bool, error) {
 // and foreign Host names, then authenticates and authorises every request
 // before next sees it.
 type Guard struct {
-	// Auth are tried in order; the first that knows the credential
-	// decides. None: every request is allowed (admin_insecure), after the
-	// browser checks.
+	// Auth are every credential the member accepts (see authorize).
+	// None: every request is allowed (admin_insecure), after the browser
+	// checks.
 	Auth []Authorizer
 	// Hosts are the names besides IP literals and localhost that a
 	// request's Host may carry: the host parts of this member's admin
@@ -171,20 +171,28 @@ func (g *Guard) check(r *http.Request) error {
 	return nil
 }
 
+// authorize asks every Authorizer: a wrong credential refuses the
+// request even when another is right, and of several right ones the
+// strongest role counts (a member's certificate and the operator's token
+// together make an operator).
 func (g *Guard) authorize(r *http.Request) (Principal, error) {
 	if len(g.Auth) == 0 {
 		return Principal{Name: "anyone", Role: RoleOperator}, nil
 	}
+	var best *Principal
 	for _, a := range g.Auth {
 		p, ok, err := a.Authorize(r)
 		if err != nil {
 			return Principal{}, refuse(http.StatusUnauthorized, "%v", err)
 		}
-		if ok {
-			return p, nil
+		if ok && (best == nil || p.Role == RoleOperator) {
+			best = &p
 		}
 	}
-	return Principal{}, refuse(http.StatusUnauthorized, "no credential: send Authorization: Bearer TOKEN (the cluster's admin_token_file) or an operator's client certificate")
+	if best == nil {
+		return Principal{}, refuse(http.StatusUnauthorized, "no credential: send Authorization: Bearer TOKEN (the cluster's admin_token_file) or an operator's client certificate")
+	}
+	return *best, nil
 }
 
 func (g *Guard) hostAllowed(hostport string) bool {

@@ -269,6 +269,8 @@ func TestClientCertRoles(t *testing.T) {
 		{"witness member", client(&witness, ""), 200, 403},
 		{"operator", client(&operator, ""), 200, 200},
 		{"token", client(nil, testToken), 200, 200},
+		{"member certificate and token", client(&member, testToken), 200, 200},
+		{"member certificate and a wrong token", client(&member, strings.Repeat("y", 32)), 401, 401},
 		{"certificate without role", client(&norole, ""), 401, 401},
 		{"foreign CA", client(&other, ""), -1, -1},
 	} {

@@ -251,10 +251,7 @@ func serveAdmin(mem *member, log hclog.Logger) (stop func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin listen on %s: %w", cl.AdminListen, err)
 	}
-	scheme := "http"
-	if tc := adminTLS(mem.tls); tc != nil {
-		al, scheme = tls.NewListener(al, tc), "https"
-	}
+	al, scheme := adminListener(al, mem.tls)
 	hs := &http.Server{Handler: mem.adminHandler(g), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 		ErrorLog: log.Named("admin").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
@@ -266,4 +263,13 @@ func serveAdmin(mem *member, log hclog.Logger) (stop func(), err error) {
 			" can promote, fence, add and remove members")
 	}
 	return func() { hs.Close() }, nil
+}
+
+// adminListener wraps ln in TLS (adminTLS) when the member has a TLS
+// config, and says which scheme clients use.
+func adminListener(ln net.Listener, tcfg *tls.Config) (net.Listener, string) {
+	if tc := adminTLS(tcfg); tc != nil {
+		return tls.NewListener(ln, tc), "https"
+	}
+	return ln, "http"
 }
