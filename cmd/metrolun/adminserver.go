@@ -104,18 +104,24 @@ func adminTLS(tcfg *tls.Config) *tls.Config {
 }
 
 // adminClient is how this member reads the other members' status
-// (watch): with the token, and over TLS with its own certificate.
+// (watch): with the token, and over TLS with its own certificate. One
+// client serves every ask, so connections are reused, not leaked; the
+// token is read again each time, so a rotated one is picked up.
 func (m *member) adminClient() *admin.Client {
-	c := &admin.Client{Timeout: time.Second}
+	m.adminOnce.Do(func() {
+		m.admin = &admin.Client{Timeout: time.Second}
+		if m.tls != nil {
+			m.admin.TLS = &tls.Config{RootCAs: m.tls.RootCAs, Certificates: m.tls.Certificates, MinVersion: tls.VersionTLS13}
+		}
+	})
 	if f := m.cfg.Cluster.AdminTokenFile; f != "" {
 		if tok, err := admin.ReadTokenFile(f); err == nil {
-			c.Token = tok
+			m.admin.Token = tok
+		} else {
+			m.log.Warn("reading the admin token to ask the other members", "error", err)
 		}
 	}
-	if m.tls != nil {
-		c.TLS = &tls.Config{RootCAs: m.tls.RootCAs, Certificates: m.tls.Certificates, MinVersion: tls.VersionTLS13}
-	}
-	return c
+	return m.admin
 }
 
 // decodeBody reads a state-changing request's JSON body into v.

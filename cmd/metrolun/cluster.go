@@ -9,10 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
@@ -28,6 +30,9 @@ type member struct {
 	site    *replica.Site // nil at a witness
 	tls     *tls.Config
 	closers []func()
+	// admin asks the other members' admin endpoints (adminClient).
+	admin     *admin.Client
+	adminOnce sync.Once
 	// stopc gets why this member must stop on its own (watch): nil
 	// when it was removed from the cluster, an error when its LU is not
 	// the cluster's.
