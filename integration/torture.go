@@ -760,7 +760,8 @@ func (c *TortureCluster) Status(ctx context.Context) ([]TortureReport, error) {
 }
 
 // TortureInSync says whether reps show a healthy cluster with every data site
-// in sync, and if not, why: every member answers; one data site is the
+// in sync (admin.InSync) and nothing outstanding, and if not, why: every
+// member answers; one data site is the
 // writer and every member's Raft view names it with its epoch; the
 // writer sees every other data site in sync, connected, with nothing
 // outstanding; every data site is in the in-sync set, holds a lease in
@@ -806,6 +807,9 @@ func TortureInSync(reps []TortureReport, sites []string) (bool, string) {
 		}
 	}
 	for _, s := range sites {
+		if !admin.InSync(reps, s) {
+			return false, fmt.Sprintf("%s is not in sync (admin.InSync)", s)
+		}
 		if s == writer {
 			continue
 		}
