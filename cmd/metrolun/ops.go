@@ -21,7 +21,8 @@ import (
 // endpoints: status, promote, verify, member. They find the cluster with
 // --config FILE (any member's config) or --dir DIR (a demo's directory);
 // members added since that config was written are found through the Raft
-// state of those it lists (gatherCluster).
+// state of those it lists (admin.Client.GatherCluster). They call with the
+// operator's credential, which clusterFlags.client finds.
 
 type clusterFlags struct {
 	config    string
