@@ -26,6 +26,17 @@ type Cluster struct {
 	ResyncBandwidth   int64         // bytes/s for resync, 0 = unlimited
 	VerifyBandwidth   int64         // bytes/s for online verify, 0 = unlimited
 	TLS               *TLS          // nil: plain TCP between members
+	// AdminTokenFile names the file (mode 0600) holding the bearer token
+	// that the admin endpoint requires of operators, and that this member
+	// sends when it reads the other members' status. Relative: to the
+	// working directory, as tls paths.
+	AdminTokenFile string
+	// AdminPublicMetrics lets GET /metrics and /healthz through without
+	// a credential (for Prometheus).
+	AdminPublicMetrics bool
+	// AdminInsecure serves the admin endpoint without any credential;
+	// the member logs a warning at start.
+	AdminInsecure bool
 	// Join: this member waits to be added to a running cluster (`metrolun
 	// member add`) instead of bootstrapping a new one with the members
 	// listed. It matters only while the member has no Raft state yet.
@@ -87,6 +98,8 @@ const (
 	DefaultRaftPort        = 7400
 	DefaultReplicationPort = DefaultRaftPort + 1
 	DefaultAdminPort       = DefaultRaftPort + 2
+	// AdminTokenFileName is the admin token's file in a demo's directory.
+	AdminTokenFileName = "admin.token"
 )
 
 // DefaultClusterBlock returns a cluster block with the default timings and
@@ -173,6 +186,9 @@ func DefaultClusterPorts(dir string, sites int, witness bool, iscsiPort, basePor
 		cl.RaftListen = self.Raft
 		cl.ReplicationListen = self.Replication
 		cl.AdminListen = self.Admin
+		// One token for the whole demo, which `metrolun demo` writes
+		// and the commands find with --dir.
+		cl.AdminTokenFile = filepath.Join(dir, AdminTokenFileName)
 		cl.Members = members()
 		c.Cluster = cl
 		if self.Role == RoleData {

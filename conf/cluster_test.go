@@ -116,6 +116,9 @@ func TestParseClusterWitness(t *testing.T) {
 	if cl.Lease != 1500*time.Millisecond || cl.ElectionTimeout != 500*time.Millisecond || cl.ReplicaTimeout != 3*time.Second {
 		t.Errorf("timings: got %v %v %v", cl.Lease, cl.ElectionTimeout, cl.ReplicaTimeout)
 	}
+	if cl.AdminTokenFile != "/etc/metrolun/admin.token" || cl.AdminInsecure || cl.AdminPublicMetrics {
+		t.Errorf("admin credential: got token file %q, insecure %v, public metrics %v", cl.AdminTokenFile, cl.AdminInsecure, cl.AdminPublicMetrics)
+	}
 	if s := c.Self(); s.Role != RoleWitness || s.PortalGroup != 0 {
 		t.Errorf("Self: got %+v", s)
 	}
@@ -345,9 +348,22 @@ func TestClusterProblems(t *testing.T) {
 			[]string{
 				"9:24 cluster.replication_listen: 0.0.0.0:7400 clashes with cluster.raft_listen on line 8 (:7400): both would bind port 7400",
 				"10:18 cluster.admin_listen: [::]:3260 clashes with",
+				"10:18 cluster.admin_listen: the admin endpoint needs a credential",
 			}},
-		{"listen clashes with a defaulted one", clusterSrc(`admin_listen = "10.0.0.1:7401"`),
+		{"listen clashes with a defaulted one", clusterSrc(`admin_listen = "10.0.0.1:7401"`, `admin_insecure = true`),
 			[]string{"8:18 cluster.admin_listen: 10.0.0.1:7401 clashes with cluster.replication_listen on line 7 (10.0.0.1:7401)"}},
+
+		// The admin endpoint's credential.
+		{"admin without credential", clusterSrc(`admin_listen = "10.0.0.1:7402"`),
+			[]string{"8:18 cluster.admin_listen: the admin endpoint needs a credential: set admin_token_file"}},
+		{"admin member without credential", strings.Replace(clusterSrc(), "    replication = \"10.0.0.1:7401\"\n", "    replication = \"10.0.0.1:7401\"\n    admin = \"10.0.0.1:7402\"\n", 1),
+			[]string{"7:1 cluster.admin_listen: the admin endpoint needs a credential"}},
+		{"admin token file empty", clusterSrc(`admin_token_file = ""`),
+			[]string{"8:22 cluster.admin_token_file: must not be empty"}},
+		{"admin insecure and token", clusterSrc(`admin_token_file = "/t"`, `admin_insecure = true`),
+			[]string{"9:20 cluster.admin_insecure: is true, but admin_token_file is set too"}},
+		{"admin public metrics not a bool", clusterSrc(`admin_public_metrics = "yes"`),
+			[]string{"8:26 cluster.admin_public_metrics: expected true or false"}},
 		{"iscsi listen clashes", strings.Replace(clusterSrc(), `name = "a"`, "name = \"a\"\niscsi {\n  listen = [\"10.0.0.1:7400\"]\n}", 1),
 			[]string{"3:13 iscsi.listen[0]: 10.0.0.1:7400 clashes with cluster.raft_listen on line 10 (10.0.0.1:7400)"}},
 		{"listen set to empty", clusterSrc(`raft_listen = ""`),

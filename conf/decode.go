@@ -64,6 +64,7 @@ var (
 			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
 			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"}, {Name: "join"},
 			{Name: "redirect_logins"},
+			{Name: "admin_token_file"}, {Name: "admin_public_metrics"}, {Name: "admin_insecure"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "tls"},
@@ -326,6 +327,9 @@ func (d *decoder) cluster(b *hcl.Block) *Cluster {
 	s.bandwidth("verify_bandwidth", &cl.VerifyBandwidth)
 	s.boolean("join", &cl.Join)
 	s.boolean("redirect_logins", &cl.RedirectLogins)
+	s.str("admin_token_file", &cl.AdminTokenFile)
+	s.boolean("admin_public_metrics", &cl.AdminPublicMetrics)
+	s.boolean("admin_insecure", &cl.AdminInsecure)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		switch cb.Type {

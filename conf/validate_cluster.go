@@ -25,6 +25,7 @@ func (v *validator) cluster(c *Config) {
 		}
 	}
 	v.tls(cl.TLS)
+	v.adminCredential(cl)
 	v.preferences(cl)
 	v.join(c, self)
 }
@@ -327,6 +328,25 @@ func (v *validator) tls(t *TLS) {
 		for _, name := range missing {
 			v.fail(key+"."+name, "is required: TLS between members needs ca, cert and key")
 		}
+	}
+}
+
+// adminCredential checks that an admin endpoint asks for a credential
+// (DESIGN.md I7): a token file, or an operator's client certificate
+// through the tls block, unless the file says admin_insecure.
+func (v *validator) adminCredential(cl *Cluster) {
+	const key = "cluster"
+	switch {
+	case strings.ContainsRune(cl.AdminTokenFile, 0):
+		v.fail(key+".admin_token_file", "must not contain a NUL byte")
+	case v.set[key+".admin_token_file"] && cl.AdminTokenFile == "":
+		v.fail(key+".admin_token_file", "must not be empty; name the file that holds the admin token (mode 0600)")
+	case cl.AdminInsecure && cl.AdminTokenFile != "":
+		v.fail(key+".admin_insecure", "is true, but admin_token_file is set too: remove one (admin_insecure serves the admin endpoint to anyone)")
+	case cl.AdminListen != "" && cl.AdminTokenFile == "" && cl.TLS == nil && !cl.AdminInsecure &&
+		!v.skip(key+".admin_listen") && !v.skip(key+".tls"):
+		v.fail(key+".admin_listen", "the admin endpoint needs a credential: set admin_token_file to a file (mode 0600) holding a token, "+
+			"or add a tls block (operators then present a client certificate with OU operator); admin_insecure = true serves it to anyone")
 	}
 }
 

@@ -2,13 +2,21 @@ package integration
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
+
+	"github.com/metrolun/metrolun/cmd/admin"
+	"github.com/metrolun/metrolun/conf"
 )
 
 // ClusterBasePort finds a base port p such that p, p+1 and p+2 are free
@@ -39,30 +47,44 @@ func ClusterBasePort(hosts int) (int, error) {
 	return 0, fmt.Errorf("no free cluster base port on 127.0.0.1..%d", hosts)
 }
 
-// MemberStatus is the part of `metrolun status --json` tests read.
-type MemberStatus struct {
-	Name      string `json:"name"`
-	Role      string `json:"role"`
-	Reachable bool   `json:"reachable"`
-	Status    *struct {
-		Raft struct {
-			State  string   `json:"state"`
-			Writer string   `json:"writer"`
-			Epoch  uint64   `json:"epoch"`
-			InSync []string `json:"in_sync"`
-		} `json:"raft"`
-		Site *struct {
-			Role  string `json:"role"`
-			Peers []struct {
-				Name         string  `json:"name"`
-				State        string  `json:"state"`
-				DirtyRegions int     `json:"dirty_regions"`
-				ResyncDone   int     `json:"resync_done"`
-				ResyncTotal  int     `json:"resync_total"`
-				ResyncPct    float64 `json:"resync_percent"`
-			} `json:"peers"`
-		} `json:"site"`
-	} `json:"status"`
+// MemberStatus is one member in `metrolun status --json`: package
+// admin's contract.
+type MemberStatus = admin.MemberReport
+
+// DemoClient returns a client with the credential of the cluster in dir
+// (a demo's, or the torture harness's: DIR/admin.token, DIR/pki/ca.pem
+// or the members' tls block) and the admin endpoints its member configs
+// list.
+func DemoClient(dir string) (*admin.Client, []admin.Endpoint, error) {
+	found, _ := filepath.Glob(filepath.Join(dir, "*", "metrolun.hcl"))
+	slices.Sort(found)
+	for _, p := range found {
+		c, err := conf.Load(p)
+		if err != nil || c.Cluster == nil {
+			continue
+		}
+		client, err := admin.NewClient(admin.Credential{Dir: dir, Cluster: c.Cluster, Config: p})
+		if err != nil {
+			return nil, nil, err
+		}
+		return client, admin.Endpoints(c.Cluster.Members), nil
+	}
+	return nil, nil, fmt.Errorf("%s holds no cluster member config", dir)
+}
+
+// WriteAdminToken writes a new random admin token to path (mode 0600),
+// as `metrolun demo` does, and returns it.
+func WriteAdminToken(path string) (string, error) {
+	b := make([]byte, 32)
+	if _, err := crand.Read(b); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(b)
+	os.Remove(path)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
 }
 
 // ClusterStatus runs `metrolun status --json --dir DIR`.
@@ -81,11 +103,4 @@ func ClusterStatus(ctx context.Context, bin, dir string) ([]MemberStatus, error)
 }
 
 // Writer returns the site that reports itself writer, if any.
-func Writer(ms []MemberStatus) string {
-	for _, m := range ms {
-		if m.Status != nil && m.Status.Site != nil && m.Status.Site.Role == "writer" {
-			return m.Name
-		}
-	}
-	return ""
-}
+func Writer(ms []MemberStatus) string { return admin.SiteWriter(ms) }

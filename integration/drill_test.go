@@ -14,24 +14,9 @@ import (
 	"time"
 )
 
-// drillStatus is the part of `metrolun status --json` the drill tests
-// read, fences included.
-type drillStatus struct {
-	Name   string `json:"name"`
-	Status *struct {
-		Raft struct {
-			Writer string   `json:"writer"`
-			Epoch  uint64   `json:"epoch"`
-			InSync []string `json:"in_sync"`
-			Fenced []struct {
-				Site string `json:"site"`
-			} `json:"fenced"`
-		} `json:"raft"`
-		Site *struct {
-			Role string `json:"role"`
-		} `json:"site"`
-	} `json:"status"`
-}
+// drillStatus is one member in `metrolun status --json`, fences
+// included.
+type drillStatus = MemberStatus
 
 func drillClusterStatus(t *testing.T, bin, dir string) []drillStatus {
 	t.Helper()

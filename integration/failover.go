@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/integration/initiator"
 )
 
@@ -74,31 +75,11 @@ func StopMember(cmd *exec.Cmd) {
 	}
 }
 
-// InSync reports whether name is in sync by every account: the writer
-// counts it in sync, and the site itself sees itself in the Raft in-sync
-// set while acting as a replica.
-func InSync(ms []MemberStatus, name string) bool {
-	writerSays, selfSays := false, false
-	for _, m := range ms {
-		if m.Status == nil || m.Status.Site == nil {
-			continue
-		}
-		if m.Status.Site.Role == "writer" {
-			if m.Name == name {
-				return true
-			}
-			for _, p := range m.Status.Site.Peers {
-				if p.Name == name && p.State == "in-sync" && slices.Contains(m.Status.Raft.InSync, name) {
-					writerSays = true
-				}
-			}
-		}
-		if m.Name == name && m.Status.Site.Role == "replica" && slices.Contains(m.Status.Raft.InSync, name) {
-			selfSays = true
-		}
-	}
-	return writerSays && selfSays
-}
+// InSync is admin.InSync, the one definition of in sync: the cluster
+// counts name in sync and does not fence it, and the site sees itself in
+// the in-sync set as the writer, or as a replica that the writer streams
+// to as in sync.
+func InSync(ms []MemberStatus, name string) bool { return admin.InSync(ms, name) }
 
 // WaitInSync polls `metrolun status` until name is in sync, up to d.
 func WaitInSync(ctx context.Context, bin, dir, name string, d time.Duration) error {

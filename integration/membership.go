@@ -71,6 +71,9 @@ func WriteExtraSite(d *Demo, name, host string, basePort int) (ExtraSite, error)
 	fmt.Fprintf(&b, "cluster {\n  # Wait for `metrolun member add %s`: do not start a cluster of its own.\n  join = true\n", name)
 	fmt.Fprintf(&b, "  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n",
 		q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
+	if cl.AdminTokenFile != "" {
+		fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
+	}
 	for _, m := range append(append([]conf.Member(nil), cl.Members...), self) {
 		fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))
 		if m.Admin != "" {

@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/integration/initiator"
 	"github.com/metrolun/metrolun/replica"
 	"github.com/metrolun/metrolun/target"
@@ -147,7 +145,10 @@ func TestClusterRedirectsFromFencedSite(t *testing.T) {
 	if err := dialB(); err != nil {
 		t.Fatalf("login at site-b while in sync: %v", err)
 	}
-	adminPost(t, d, "/v1/fence?site=site-b&for=120s")
+	atLeader(t, d, func(c *admin.Client, ep admin.Endpoint) error {
+		_, err := c.Fence(ctx, ep, "site-b", 120*time.Second)
+		return err
+	})
 	var le *initiator.LoginError
 	until(t, "site-b redirects logins", 30*time.Second, func() bool {
 		err := dialB()
@@ -160,7 +161,10 @@ func TestClusterRedirectsFromFencedSite(t *testing.T) {
 	if err := qemuIO(ctx, a.ISCSI, "read -P 0x5a 1M 64k"); err != nil {
 		t.Fatalf("the redirected write read through site-a (%s): %v", portalA, err)
 	}
-	adminPost(t, d, "/v1/unfence?site=site-b")
+	atLeader(t, d, func(c *admin.Client, ep admin.Endpoint) error {
+		_, err := c.Unfence(ctx, ep, "site-b")
+		return err
+	})
 	if err := WaitInSync(ctx, bin, d.Dir, "site-b", 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -170,31 +174,17 @@ func TestClusterRedirectsFromFencedSite(t *testing.T) {
 	}
 }
 
-// adminPost posts path to the admin endpoint of whichever member of the
-// demo d answers 200 (the Raft leader serves fence and unfence).
-func adminPost(t *testing.T, d *Demo, path string) {
+// atLeader calls fn at the demo d's Raft leader with the demo's
+// credential, following the leader while it moves.
+func atLeader(t *testing.T, d *Demo, fn func(*admin.Client, admin.Endpoint) error) {
 	t.Helper()
-	var errs []string
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, m := range d.File.Members {
-			c, err := conf.Load(filepath.Join(d.Dir, m.Name, "metrolun.hcl"))
-			if err != nil || c.Cluster == nil || c.Cluster.AdminListen == "" {
-				continue
-			}
-			resp, err := http.Post("http://"+c.Cluster.AdminListen+path, "application/json", nil)
-			if err != nil {
-				errs = append(errs, err.Error())
-				continue
-			}
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			errs = append(errs, fmt.Sprintf("%s: %s %s", m.Name, resp.Status, body))
-		}
-		time.Sleep(100 * time.Millisecond)
+	client, eps, err := DemoClient(d.Dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("POST %s: no member took it: %v", path, errs)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := client.AtLeader(ctx, eps, 60, func(ep admin.Endpoint) error { return fn(client, ep) }); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,10 +18,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/integration/checker"
 	"github.com/metrolun/metrolun/integration/initiator"
 	"github.com/metrolun/metrolun/integration/proxy"
+	"github.com/metrolun/metrolun/replica"
 )
 
 // The torture harness: a cluster of `metrolun serve` processes on
@@ -123,6 +123,9 @@ type TortureCluster struct {
 	cfg     TortureConfig
 	Members []*TortureMember
 	Links   []*TortureLink
+
+	token string        // the admin token, in Dir/admin.token
+	poll  *admin.Client // see pollClient
 
 	mu      sync.Mutex
 	latency time.Duration
@@ -258,6 +261,9 @@ func StartTorture(ctx context.Context, cfg TortureConfig) (_ *TortureCluster, er
 			c.Close()
 		}
 	}()
+	if c.token, err = WriteAdminToken(configs[0].Cluster.AdminTokenFile); err != nil {
+		return nil, err
+	}
 	own := map[string]conf.Member{}
 	for _, m := range configs[0].Cluster.Members {
 		own[m.Name] = m
@@ -382,6 +388,9 @@ func renderTortureConfig(c *conf.Config) string {
 	}
 	fmt.Fprintf(&b, "  admin_listen = %s\n  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n",
 		q(cl.AdminListen), q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
+	if cl.AdminTokenFile != "" {
+		fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
+	}
 	for _, m := range cl.Members {
 		fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))
 		if m.Replication != "" {
@@ -723,46 +732,17 @@ func (c *TortureCluster) LogTails(n int) string {
 	return b.String()
 }
 
-// TortureStatus is the part of a member's /v1/status the harness reads.
-type TortureStatus struct {
-	Member string `json:"member"`
-	Raft   struct {
-		State  string   `json:"state"`
-		Leader string   `json:"leader"`
-		Writer string   `json:"writer"`
-		Epoch  uint64   `json:"epoch"`
-		InSync []string `json:"in_sync"`
-	} `json:"raft"`
-	Site *TortureSiteStatus `json:"site"`
-}
+// TortureStatus is a member's /v1/status (package admin's contract).
+type TortureStatus = admin.Status
 
 // TortureSiteStatus is a data site's volume in /v1/status.
-type TortureSiteStatus struct {
-	Role     string        `json:"role"`
-	Epoch    uint64        `json:"epoch"`
-	Seq      uint64        `json:"seq"`
-	Lease    string        `json:"lease_left"`
-	Diverged bool          `json:"diverged"`
-	Peers    []TorturePeer `json:"peers"`
-}
+type TortureSiteStatus = replica.SiteStatus
 
 // TorturePeer is a replica as the writer's status shows it.
-type TorturePeer struct {
-	Name         string `json:"name"`
-	State        string `json:"state"`
-	Connected    bool   `json:"connected"`
-	LagFrames    int    `json:"lag_frames"`
-	DirtyRegions int    `json:"dirty_regions"`
-}
+type TorturePeer = replica.PeerStatus
 
 // TortureReport is one member in `metrolun status --json`.
-type TortureReport struct {
-	Name      string         `json:"name"`
-	Role      string         `json:"role"`
-	Reachable bool           `json:"reachable"`
-	Error     string         `json:"error"`
-	Status    *TortureStatus `json:"status"`
-}
+type TortureReport = admin.MemberReport
 
 // Status runs `metrolun status --json --dir DIR`.
 func (c *TortureCluster) Status(ctx context.Context) ([]TortureReport, error) {
@@ -780,7 +760,8 @@ func (c *TortureCluster) Status(ctx context.Context) ([]TortureReport, error) {
 }
 
 // TortureInSync says whether reps show a healthy cluster with every data site
-// in sync, and if not, why: every member answers; one data site is the
+// in sync (admin.InSync) and nothing outstanding, and if not, why: every
+// member answers; one data site is the
 // writer and every member's Raft view names it with its epoch; the
 // writer sees every other data site in sync, connected, with nothing
 // outstanding; every data site is in the in-sync set, holds a lease in
@@ -818,7 +799,7 @@ func TortureInSync(reps []TortureReport, sites []string) (bool, string) {
 		if st.Site == nil {
 			return false, fmt.Sprintf("%s: no site status", r.Name)
 		}
-		if st.Site.Diverged {
+		if st.Site.Stale {
 			return false, fmt.Sprintf("%s: diverged", r.Name)
 		}
 		if r.Name != writer && (st.Site.Role != "replica" || st.Site.Epoch != ws.Site.Epoch) {
@@ -826,6 +807,9 @@ func TortureInSync(reps []TortureReport, sites []string) (bool, string) {
 		}
 	}
 	for _, s := range sites {
+		if !admin.InSync(reps, s) {
+			return false, fmt.Sprintf("%s is not in sync (admin.InSync)", s)
+		}
 		if s == writer {
 			continue
 		}
@@ -877,8 +861,6 @@ func (c *TortureCluster) WaitInSync(ctx context.Context, timeout time.Duration) 
 	}
 }
 
-var pollClient = &http.Client{Timeout: 400 * time.Millisecond}
-
 // PollWriters asks every data site's admin endpoint directly (not
 // through a proxy) and returns the sites that say they are the writer
 // (holding the writer lease). A frozen or dead site does not answer and
@@ -886,6 +868,7 @@ var pollClient = &http.Client{Timeout: 400 * time.Millisecond}
 func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 	sites := c.DataSites()
 	out := make([]string, len(sites))
+	client := c.pollClient()
 	var wg sync.WaitGroup
 	var errs []error
 	var mu sync.Mutex
@@ -893,20 +876,14 @@ func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Admin+"/v1/status", nil)
-			if err != nil {
-				return
-			}
-			resp, err := pollClient.Do(req)
+			st, err := client.Status(ctx, admin.Endpoint{Name: m.Name, Role: m.Role, Admin: m.Admin})
 			if err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
 				return
 			}
-			defer resp.Body.Close()
-			var st TortureStatus
-			if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err == nil && st.Site != nil && st.Site.Role == "writer" {
+			if st.Site != nil && st.Site.Role == "writer" {
 				out[i] = m.Name
 			}
 		}()
@@ -914,6 +891,17 @@ func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 	wg.Wait()
 	out = slices.DeleteFunc(out, func(s string) bool { return s == "" })
 	return out, errors.Join(errs...)
+}
+
+// pollClient asks with the cluster's admin token, briefly: a frozen site
+// must not hold up the sample.
+func (c *TortureCluster) pollClient() *admin.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.poll == nil {
+		c.poll = &admin.Client{Token: c.token, Timeout: 400 * time.Millisecond}
+	}
+	return c.poll
 }
 
 // WriterSample is who was writer at one moment (history time).

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 )
 
@@ -125,6 +128,11 @@ func runDemo(o demoOptions) error {
 	if err != nil {
 		return err
 	}
+	if len(configs) > 1 {
+		if err := demoToken(filepath.Join(dir, conf.AdminTokenFileName)); err != nil {
+			return err
+		}
+	}
 	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
 			return err
@@ -171,7 +179,7 @@ func runDemo(o demoOptions) error {
 	}
 	if len(configs) > 1 {
 		// Ready means a writer holds its lease and every site serves.
-		if err := waitWriter(ctx, configs); err != nil {
+		if err := waitWriter(ctx, dir, configs); err != nil {
 			stopAll()
 			return err
 		}
@@ -196,7 +204,7 @@ func runDemo(o demoOptions) error {
 	}
 	fmt.Printf("Try: qemu-img info %s\n", members[0].ISCSI)
 	if len(configs) > 1 {
-		fmt.Printf("     metrolun status --dir %s\n", dir)
+		fmt.Printf("     metrolun status --dir %s   (the admin token is in %s)\n", dir, filepath.Join(dir, conf.AdminTokenFileName))
 	}
 	fmt.Println("Stop with Ctrl-C.")
 
@@ -253,10 +261,15 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 
 // waitWriter polls the members' admin endpoints until one reports that
 // it is the writer with a lease.
-func waitWriter(ctx context.Context, configs []*conf.Config) error {
-	members := configs[0].Cluster.Members
+func waitWriter(ctx context.Context, dir string, configs []*conf.Config) error {
+	eps := endpoints(configs[0].Cluster.Members)
+	// As `metrolun status --dir DIR` would.
+	client, err := (&clusterFlags{dir: dir}).client(configs[0], dir)
+	if err != nil {
+		return err
+	}
 	for {
-		for _, r := range gatherStatus(ctx, members) {
+		for _, r := range client.Gather(ctx, eps) {
 			if r.Status != nil && r.Status.Site != nil && r.Status.Site.Role == "writer" {
 				return nil
 			}
@@ -267,6 +280,25 @@ func waitWriter(ctx context.Context, configs []*conf.Config) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// demoToken returns the demo's admin token, kept in path (mode 0600) so
+// that members restarted by hand and `metrolun ... --dir` find it; a
+// missing or unusable one is replaced by a new random token.
+func demoToken(path string) error {
+	if tok, err := admin.ReadTokenFile(path); err == nil && len(tok) >= 32 {
+		return nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	os.Remove(tmp)
+	if err := os.WriteFile(tmp, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // waitListening polls until addr accepts TCP connections.
@@ -308,6 +340,15 @@ func renderConfig(c *conf.Config) string {
 		}
 		if cl.AdminListen != "" {
 			fmt.Fprintf(&b, "  admin_listen = %s\n", q(cl.AdminListen))
+		}
+		if cl.AdminTokenFile != "" {
+			fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
+		}
+		if cl.AdminPublicMetrics {
+			b.WriteString("  admin_public_metrics = true\n")
+		}
+		if cl.AdminInsecure {
+			b.WriteString("  admin_insecure = true\n")
 		}
 		fmt.Fprintf(&b, "  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n", q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
 		if cl.ResyncBandwidth > 0 {

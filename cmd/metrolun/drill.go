@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/integration/checker"
 	"github.com/metrolun/metrolun/integration/initiator"
@@ -123,6 +122,8 @@ result of an online verify. Its last line is "verdict: pass" or
 type drill struct {
 	o       drillOptions
 	members []conf.Member
+	eps     []admin.Endpoint
+	client  *admin.Client
 	cfgPath string
 	iqn     string
 	lun     uint64
@@ -188,7 +189,11 @@ func newDrill(ctx context.Context, f clusterFlags, o drillOptions) (*drill, erro
 	if err != nil {
 		return nil, err
 	}
-	d := &drill{o: o, members: members, portals: map[string]string{}}
+	eps, client, err := f.connect()
+	if err != nil {
+		return nil, err
+	}
+	d := &drill{o: o, members: members, eps: eps, client: client, portals: map[string]string{}}
 	cfg, path, err := drillConfig(f)
 	if err != nil {
 		return nil, err
@@ -418,7 +423,7 @@ func (d *drill) run(ctx context.Context) bool {
 	// Whatever happened: no site stays fenced by this drill.
 	if d.fenced != "" {
 		c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if _, err := d.leaderPost(c, "/v1/unfence?site="+url.QueryEscape(d.fenced)); err != nil {
+		if err := d.atLeader(c, func(ep admin.Endpoint) error { _, err := d.client.Unfence(c, ep, d.fenced); return err }); err != nil {
 			d.fail("could not unfence %s after the drill (the cluster lifts the fence by itself within %v): %v", d.fenced, d.o.fenceFor, err)
 		} else {
 			d.progress("unfenced %s", d.fenced)
@@ -582,7 +587,7 @@ func (d *drill) promote(ctx context.Context, site string) bool {
 	before := d.view(ctx)
 	st := d.begin("promote "+site, checker.FaultPromote, site, before)
 	st.interrupts = true
-	if _, err := d.leaderPost(ctx, "/v1/promote?site="+url.QueryEscape(site)); err != nil {
+	if err := d.atLeader(ctx, func(ep admin.Endpoint) error { _, err := d.client.Promote(ctx, ep, site); return err }); err != nil {
 		return d.finish(st, d.view(ctx), err)
 	}
 	v, err := d.waitView(ctx, "writer "+site, d.o.stepTimeout, func(v clusterView) bool {
@@ -601,7 +606,7 @@ func (d *drill) fence(ctx context.Context, site string) bool {
 	st := d.begin("fence "+site, "fence", site, before)
 	st.interrupts = true
 	d.windows = append(d.windows, errWindow{site: site, from: st.at, to: -1})
-	if _, err := d.leaderPost(ctx, fmt.Sprintf("/v1/fence?site=%s&for=%s", url.QueryEscape(site), d.o.fenceFor)); err != nil {
+	if err := d.atLeader(ctx, func(ep admin.Endpoint) error { _, err := d.client.Fence(ctx, ep, site, d.o.fenceFor); return err }); err != nil {
 		return d.finish(st, d.view(ctx), err)
 	}
 	d.fenced = site
@@ -628,7 +633,7 @@ func (d *drill) fence(ctx context.Context, site string) bool {
 func (d *drill) unfence(ctx context.Context, site string) bool {
 	before := d.view(ctx)
 	st := d.begin("unfence "+site, "unfence", site, before)
-	if _, err := d.leaderPost(ctx, "/v1/unfence?site="+url.QueryEscape(site)); err != nil {
+	if err := d.atLeader(ctx, func(ep admin.Endpoint) error { _, err := d.client.Unfence(ctx, ep, site); return err }); err != nil {
 		return d.finish(st, d.view(ctx), err)
 	}
 	d.fenced = ""
@@ -662,52 +667,24 @@ func (d *drill) writesAgain(ctx context.Context, st *drillStep) bool {
 	}
 }
 
-// leaderPost posts to the Raft leader's admin endpoint, following the
-// leader while it moves.
-func (d *drill) leaderPost(ctx context.Context, path string) (map[string]any, error) {
-	var last error
-	for attempt := 0; attempt < 20; attempt++ {
-		if attempt > 0 {
-			pause(ctx, 250*time.Millisecond)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		addr, err := leaderAdmin(ctx, d.members)
-		if err != nil {
-			last = err
-			continue
-		}
-		var res map[string]any
-		code, err := adminCall(ctx, http.MethodPost, addr, path, &res)
-		switch {
-		case err != nil:
-			last = err
-		case code == http.StatusOK:
-			return res, nil
-		case code == http.StatusConflict:
-			last = fmt.Errorf("%v", res["error"])
-		default:
-			return nil, fmt.Errorf("%v", res["error"])
-		}
-	}
-	return nil, fmt.Errorf("the Raft leader kept changing: %v", last)
+// atLeader calls fn at the Raft leader, following the leader while it
+// moves.
+func (d *drill) atLeader(ctx context.Context, fn func(admin.Endpoint) error) error {
+	return d.client.AtLeader(ctx, d.eps, 20, fn)
 }
 
 // clusterView is what the members said at one moment.
 type clusterView struct {
-	raft raftStatus // the most recent committed view among them
-	reps []memberReport
+	raft admin.RaftStatus // the most recent committed view among them
+	reps []admin.MemberReport
 }
 
 func (d *drill) view(ctx context.Context) clusterView {
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	v := clusterView{reps: gatherStatus(c, d.members)}
-	for _, r := range v.reps {
-		if r.Status != nil && r.Status.Raft.CommitIndex >= v.raft.CommitIndex {
-			v.raft = r.Status.Raft
-		}
+	v := clusterView{reps: d.client.Gather(c, d.eps)}
+	if f := admin.Freshest(v.reps); f != nil {
+		v.raft = *f
 	}
 	return v
 }
@@ -730,7 +707,7 @@ func (d *drill) waitView(ctx context.Context, what string, timeout time.Duration
 	}
 }
 
-func (v clusterView) member(name string) *clusterStatus {
+func (v clusterView) member(name string) *admin.Status {
 	for _, r := range v.reps {
 		if r.Name == name {
 			return r.Status
@@ -740,14 +717,7 @@ func (v clusterView) member(name string) *clusterStatus {
 }
 
 // siteWriter is the data site whose volume acts as writer.
-func (v clusterView) siteWriter() string {
-	for _, r := range v.reps {
-		if r.Status != nil && r.Status.Site != nil && r.Status.Site.Role == "writer" {
-			return r.Name
-		}
-	}
-	return ""
-}
+func (v clusterView) siteWriter() string { return admin.SiteWriter(v.reps) }
 
 func (v clusterView) writerSince() time.Time {
 	if st := v.member(v.raft.Writer); st != nil && st.Raft.Epoch == v.raft.Epoch && st.Raft.WriterSince != "" {
@@ -759,34 +729,10 @@ func (v clusterView) writerSince() time.Time {
 	return time.Time{}
 }
 
-func (v clusterView) isFenced(site string) bool {
-	return slices.ContainsFunc(v.raft.Fenced, func(f fenceStatus) bool { return f.Site == site })
-}
+func (v clusterView) isFenced(site string) bool { return v.raft.IsFenced(site) }
 
-// inSync: the cluster counts site in sync, the writer streams to it as an
-// in-sync replica, and the site itself knows and holds a read lease.
-func (v clusterView) inSync(site string) bool {
-	if !slices.Contains(v.raft.InSync, site) || v.isFenced(site) {
-		return false
-	}
-	self := v.member(site)
-	if self == nil || self.Site == nil || !slices.Contains(self.Raft.InSync, site) {
-		return false
-	}
-	if self.Site.Role == "writer" {
-		return true
-	}
-	w := v.member(v.siteWriter())
-	if self.Site.Role != "replica" || w == nil || w.Site == nil {
-		return false
-	}
-	for _, p := range w.Site.Peers {
-		if p.Name == site {
-			return p.State == "in-sync"
-		}
-	}
-	return false
-}
+// inSync is admin.InSync: the one definition of in sync.
+func (v clusterView) inSync(site string) bool { return admin.InSync(v.reps, site) }
 
 // readBackResult: the scratch region as every site returned it.
 type readBackResult struct {
@@ -884,43 +830,14 @@ func (d *drill) verify(ctx context.Context) verifyResult {
 	var r verifyResult
 	v := d.view(ctx)
 	w := v.siteWriter()
-	var addr string
-	for _, m := range d.members {
-		if m.Name == w {
-			addr = m.Admin
-		}
-	}
-	if addr == "" {
+	i := slices.IndexFunc(d.eps, func(ep admin.Endpoint) bool { return ep.Name == w })
+	if w == "" || i < 0 || d.eps[i].Admin == "" {
 		r.err = errors.New("no reachable writer to run it")
 		return r
 	}
 	d.progress("online verify at %s", w)
-	var rep struct {
-		Done     int                `json:"regions_done"`
-		Total    int                `json:"regions_total"`
-		Differ   map[string][]int64 `json:"differ"`
-		Region   int64              `json:"region_bytes"`
-		Replicas []string           `json:"replicas"`
-		Error    string             `json:"error"`
-		Report   *struct {
-			Done   int                `json:"regions_done"`
-			Total  int                `json:"regions_total"`
-			Differ map[string][]int64 `json:"differ"`
-		} `json:"report"`
-	}
-	old := adminClient.Timeout
-	adminClient.Timeout = 0 // a verify reads the whole LUN
-	code, err := adminCall(ctx, http.MethodPost, addr, "/v1/verify", &rep)
-	adminClient.Timeout = old
-	switch {
-	case err != nil:
-		r.err = err
-	case code != http.StatusOK:
-		r.err = errors.New(rep.Error)
-		if rep.Report != nil {
-			rep.Done, rep.Total, rep.Differ = rep.Report.Done, rep.Report.Total, rep.Report.Differ
-		}
-	}
+	rep, err := d.client.Verify(ctx, d.eps[i])
+	r.err = err
 	r.done, r.total, r.region, r.replicas, r.differ = rep.Done, rep.Total, rep.Region, rep.Replicas, rep.Differ
 	return r
 }

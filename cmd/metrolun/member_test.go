@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/replica"
 )
@@ -20,28 +21,29 @@ import (
 // removed one (still in the config, answering with an old state) is left
 // out, and a member waiting to be added is shown as such.
 func TestStatusFollowsTheRaftState(t *testing.T) {
-	serve := func(st clusterStatus) string {
+	serve := func(st admin.Status) string {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			json.NewEncoder(w).Encode(st)
 		}))
 		t.Cleanup(srv.Close)
 		return strings.TrimPrefix(srv.URL, "http://")
 	}
-	c := serve(clusterStatus{Member: "c", Role: "data", Raft: raftStatus{State: "follower", CommitIndex: 10},
+	c := serve(admin.Status{Member: "c", Role: "data", Raft: admin.RaftStatus{State: "follower", CommitIndex: 10},
 		Site: &replica.SiteStatus{Name: "c", Role: "none"}})
-	info := []memberInfo{{Name: "a", Role: "data", InSync: true}, {Name: "w", Role: "witness"}, {Name: "c", Role: "data", Admin: c}}
-	a := serve(clusterStatus{Member: "a", Role: "data",
-		Raft: raftStatus{State: "leader", CommitIndex: 10, Writer: "a", InSync: []string{"a"}, Members: []string{"a/data", "w/witness", "c/data"}, MemberInfo: info},
+	info := []admin.MemberInfo{{Name: "a", Role: "data", InSync: true}, {Name: "w", Role: "witness"}, {Name: "c", Role: "data", Admin: c}}
+	a := serve(admin.Status{Member: "a", Role: "data",
+		Raft: admin.RaftStatus{State: "leader", CommitIndex: 10, Writer: "a", InSync: []string{"a"}, Members: []string{"a/data", "w/witness", "c/data"}, MemberInfo: info},
 		Site: &replica.SiteStatus{Name: "a", Role: "writer", Peers: []replica.PeerStatus{
 			{Name: "c", State: "syncing", Connected: true, ResyncDone: 9, ResyncTotal: 20, ResyncPct: 45}}}})
-	b := serve(clusterStatus{Member: "b", Role: "data", Raft: raftStatus{State: "follower", CommitIndex: 5,
-		Members: []string{"a/data", "b/data", "w/witness"}, MemberInfo: []memberInfo{{Name: "a"}, {Name: "b"}, {Name: "w"}}}})
-	d := serve(clusterStatus{Member: "d", Role: "data", Raft: raftStatus{State: "follower"}})
+	b := serve(admin.Status{Member: "b", Role: "data", Raft: admin.RaftStatus{State: "follower", CommitIndex: 5,
+		Members: []string{"a/data", "b/data", "w/witness"}, MemberInfo: []admin.MemberInfo{{Name: "a"}, {Name: "b"}, {Name: "w"}}}})
+	d := serve(admin.Status{Member: "d", Role: "data", Raft: admin.RaftStatus{State: "follower"}})
 	config := []conf.Member{
 		{Name: "a", Role: "data", Admin: a}, {Name: "b", Role: "data", Admin: b},
 		{Name: "w", Role: "witness"}, {Name: "d", Role: "data", Admin: d},
 	}
-	reps := gatherCluster(t.Context(), config)
+	client := &admin.Client{}
+	reps := client.GatherCluster(t.Context(), endpoints(config))
 	var names []string
 	for _, r := range reps {
 		names = append(names, r.Name)
@@ -56,8 +58,8 @@ func TestStatusFollowsTheRaftState(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, out.String())
 		}
 	}
-	if addr, err := leaderAdmin(t.Context(), config); err != nil || addr != a {
-		t.Fatalf("leader at %q (%v), want %s", addr, err, a)
+	if ep, err := client.Leader(t.Context(), endpoints(config)); err != nil || ep.Admin != a {
+		t.Fatalf("leader at %q (%v), want %s", ep.Admin, err, a)
 	}
 }
 

@@ -1,22 +1,19 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
 )
 
@@ -24,20 +21,25 @@ import (
 // endpoints: status, promote, verify, member. They find the cluster with
 // --config FILE (any member's config) or --dir DIR (a demo's directory);
 // members added since that config was written are found through the Raft
-// state of those it lists (gatherCluster).
+// state of those it lists (admin.Client.GatherCluster). They call with the
+// operator's credential, which clusterFlags.client finds.
 
 type clusterFlags struct {
-	config string
-	dir    string
+	config    string
+	dir       string
+	tokenFile string
 }
 
 func (f *clusterFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.config, "config", "", "a member's config file")
 	cmd.Flags().StringVar(&f.dir, "dir", "", "a demo cluster's directory")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the admin token (default: $"+admin.TokenFileEnv+
+		", DIR/admin.token with --dir, or the config's admin_token_file)")
 }
 
-// members returns the cluster's members from the config.
-func (f *clusterFlags) members() ([]conf.Member, error) {
+// load finds the config the cluster is found with: --config, or the
+// first demo member's under --dir.
+func (f *clusterFlags) load() (*conf.Config, string, error) {
 	path := f.config
 	if path == "" && f.dir != "" {
 		found, _ := filepath.Glob(filepath.Join(f.dir, "*", "metrolun.hcl"))
@@ -49,120 +51,60 @@ func (f *clusterFlags) members() ([]conf.Member, error) {
 			}
 		}
 		if path == "" {
-			return nil, fmt.Errorf("%s holds no cluster member config (DIR/*/metrolun.hcl); is it a multi-site demo?", f.dir)
+			return nil, "", fmt.Errorf("%s holds no cluster member config (DIR/*/metrolun.hcl); is it a multi-site demo?", f.dir)
 		}
 	}
 	if path == "" {
-		return nil, errors.New("--config FILE or --dir DIR is required")
+		return nil, "", errors.New("--config FILE or --dir DIR is required")
 	}
 	c, err := conf.Load(path)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if c.Cluster == nil {
-		return nil, fmt.Errorf("%s has no cluster block: a single site has no cluster to ask", path)
+		return nil, "", fmt.Errorf("%s has no cluster block: a single site has no cluster to ask", path)
+	}
+	return c, path, nil
+}
+
+// members returns the cluster's members from the config.
+func (f *clusterFlags) members() ([]conf.Member, error) {
+	c, _, err := f.load()
+	if err != nil {
+		return nil, err
 	}
 	return c.Cluster.Members, nil
 }
 
-var adminClient = &http.Client{Timeout: 15 * time.Second}
-
-func adminCall(ctx context.Context, method, addr, path string, out any) (int, error) {
-	return adminSend(ctx, method, addr, path, nil, out)
+// connect returns the cluster's members' admin endpoints and a client
+// with the operator's credential.
+func (f *clusterFlags) connect() ([]admin.Endpoint, *admin.Client, error) {
+	c, path, err := f.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := f.client(c, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return endpoints(c.Cluster.Members), client, nil
 }
 
-type memberReport struct {
-	Name      string         `json:"name"`
-	Role      string         `json:"role"`
-	Admin     string         `json:"admin"`
-	Reachable bool           `json:"reachable"`
-	Error     string         `json:"error,omitempty"`
-	Status    *clusterStatus `json:"status,omitempty"`
-}
+func endpoints(ms []conf.Member) []admin.Endpoint { return admin.Endpoints(ms) }
 
-func gatherStatus(ctx context.Context, members []conf.Member) []memberReport {
-	out := make([]memberReport, len(members))
-	done := make(chan struct{}, len(members))
-	for i, m := range members {
-		out[i] = memberReport{Name: m.Name, Role: m.Role, Admin: m.Admin}
-		go func() {
-			defer func() { done <- struct{}{} }()
-			if m.Admin == "" {
-				out[i].Error = "no admin address in the config"
-				return
-			}
-			c, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			var st clusterStatus
-			if _, err := adminCall(c, http.MethodGet, m.Admin, "/v1/status", &st); err != nil {
-				out[i].Error = err.Error()
-				return
-			}
-			out[i].Reachable, out[i].Status = true, &st
-		}()
+// client finds the credential (admin.NewClient): --token-file,
+// $METROLUN_ADMIN_TOKEN_FILE, DIR/admin.token, the config's
+// admin_token_file; the CA from the config's tls block or DIR/pki/ca.pem.
+func (f *clusterFlags) client(c *conf.Config, path string) (*admin.Client, error) {
+	tf := f.tokenFile
+	if tf == "" {
+		tf = os.Getenv(admin.TokenFileEnv)
 	}
-	for range members {
-		<-done
-	}
-	return out
-}
-
-// gatherCluster asks the members the config lists, then the members the
-// freshest Raft state among their answers has and the config does not
-// (added at run time). It reports the state's members, in its order, so
-// a member removed since the config was written is left out, and then the
-// members that have no state at all (started with join = true, waiting to
-// be added); without a state it reports the config's members.
-func gatherCluster(ctx context.Context, members []conf.Member) []memberReport {
-	reps := gatherStatus(ctx, members)
-	view := freshestView(reps)
-	if view == nil || len(view.MemberInfo) == 0 {
-		return reps
-	}
-	byName := map[string]memberReport{}
-	for _, r := range reps {
-		byName[r.Name] = r
-	}
-	var missing []conf.Member
-	for _, mi := range view.MemberInfo {
-		if _, ok := byName[mi.Name]; !ok {
-			missing = append(missing, conf.Member{Name: mi.Name, Role: mi.Role, Admin: mi.Admin})
-		}
-	}
-	for _, r := range gatherStatus(ctx, missing) {
-		byName[r.Name] = r
-	}
-	out := make([]memberReport, 0, len(view.MemberInfo))
-	in := map[string]bool{}
-	for _, mi := range view.MemberInfo {
-		out = append(out, byName[mi.Name])
-		in[mi.Name] = true
-	}
-	for _, r := range reps {
-		if !in[r.Name] && r.Status != nil && len(r.Status.Raft.Members) == 0 && r.Status.Raft.CommitIndex == 0 {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// freshestView is the committed view that has applied the most of the
-// log among the members that answered (a member may know an entry is
-// committed before its state has it).
-func freshestView(reps []memberReport) *raftStatus {
-	var view *raftStatus
-	for _, r := range reps {
-		if r.Status != nil && (view == nil || r.Status.Raft.AppliedIndex > view.AppliedIndex ||
-			r.Status.Raft.AppliedIndex == view.AppliedIndex && r.Status.Raft.CommitIndex > view.CommitIndex) {
-			v := r.Status.Raft
-			view = &v
-		}
-	}
-	return view
+	return admin.NewClient(admin.Credential{TokenFile: tf, Dir: f.dir, Cluster: c.Cluster, Config: path})
 }
 
 // resyncNote says how far the writer's resync of name is, if it runs.
-func resyncNote(reps []memberReport, name string) string {
+func resyncNote(reps []admin.MemberReport, name string) string {
 	for _, r := range reps {
 		if r.Status == nil || r.Status.Site == nil || r.Status.Site.Role != "writer" {
 			continue
@@ -184,11 +126,11 @@ func statusCmd() *cobra.Command {
 		Short: "Show the cluster: members, writer, epoch, in-sync set, lag, resync progress",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			members, err := f.members()
+			eps, client, err := f.connect()
 			if err != nil {
 				return err
 			}
-			reps := gatherCluster(cmd.Context(), members)
+			reps := client.GatherCluster(cmd.Context(), eps)
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -203,9 +145,9 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, reps []memberReport) {
+func printStatus(w io.Writer, reps []admin.MemberReport) {
 	// The most recent committed view among reachable members.
-	view := freshestView(reps)
+	view := admin.Freshest(reps)
 	if view != nil {
 		fmt.Fprintf(w, "writer: %s   epoch: %d   in sync: %s   raft leader: %s\n", orDash(view.Writer), view.Epoch, strings.Join(view.InSync, ","), orDash(view.Leader))
 		if view.LUN != "" {
@@ -260,11 +202,11 @@ func printStatus(w io.Writer, reps []memberReport) {
 // memberNote says what the committed view says of a member that is not
 // simply there: being removed, or a data site not in sync (with the
 // writer's resync progress, for a site that is joining or returning).
-func memberNote(view *raftStatus, reps []memberReport, name, role string) string {
+func memberNote(view *admin.RaftStatus, reps []admin.MemberReport, name, role string) string {
 	if view == nil || len(view.MemberInfo) == 0 {
 		return ""
 	}
-	if !slices.ContainsFunc(view.MemberInfo, func(mi memberInfo) bool { return mi.Name == name }) {
+	if !slices.ContainsFunc(view.MemberInfo, func(mi admin.MemberInfo) bool { return mi.Name == name }) {
 		return "not a member: waiting to be added (join)"
 	}
 	for _, mi := range view.MemberInfo {
@@ -291,28 +233,6 @@ func orDash(s string) string {
 	return s
 }
 
-// leaderAdmin finds the Raft leader's admin address.
-func leaderAdmin(ctx context.Context, members []conf.Member) (string, error) {
-	reps := gatherCluster(ctx, members)
-	byName := map[string]string{}
-	for _, r := range reps {
-		byName[r.Name] = r.Admin
-	}
-	for _, r := range reps {
-		if r.Status != nil && r.Status.Raft.State == "leader" {
-			return r.Admin, nil
-		}
-	}
-	for _, r := range reps {
-		if r.Status != nil && r.Status.Raft.Leader != "" {
-			if a := byName[r.Status.Raft.Leader]; a != "" {
-				return a, nil
-			}
-		}
-	}
-	return "", errors.New("no member knows a Raft leader")
-}
-
 func promoteCmd() *cobra.Command {
 	var f clusterFlags
 	cmd := &cobra.Command{
@@ -320,32 +240,20 @@ func promoteCmd() *cobra.Command {
 		Short: "Move the writer to SITE with no failed I/O (planned switchover)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			members, err := f.members()
+			eps, client, err := f.connect()
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			for attempt := 0; attempt < 3; attempt++ {
-				addr, err := leaderAdmin(ctx, members)
-				if err != nil {
-					return err
-				}
-				var res map[string]string
-				code, err := adminCall(ctx, http.MethodPost, addr, "/v1/promote?site="+url.QueryEscape(args[0]), &res)
-				if err != nil {
-					return err
-				}
-				switch code {
-				case http.StatusOK:
-					fmt.Printf("writer is now %s (took %s)\n", res["promoted"], res["took"])
-					return nil
-				case http.StatusConflict:
-					continue // leadership moved meanwhile: ask again
-				default:
-					return fmt.Errorf("promote %s: %s", args[0], res["error"])
-				}
+			var res admin.PromoteResponse
+			err = client.AtLeader(cmd.Context(), eps, 3, func(ep admin.Endpoint) (err error) {
+				res, err = client.Promote(cmd.Context(), ep, args[0])
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("promote %s: %w", args[0], err)
 			}
-			return errors.New("promote: the Raft leader kept changing")
+			fmt.Printf("writer is now %s (took %s)\n", res.Promoted, res.Took)
+			return nil
 		},
 	}
 	f.add(cmd)
@@ -359,28 +267,18 @@ func verifyCmd() *cobra.Command {
 		Short: "Compare every in-sync replica with the writer online and report differing regions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			members, err := f.members()
+			eps, client, err := f.connect()
 			if err != nil {
 				return err
 			}
-			reps := gatherCluster(cmd.Context(), members)
+			reps := client.GatherCluster(cmd.Context(), eps)
 			for _, r := range reps {
 				if r.Status == nil || r.Status.Site == nil || r.Status.Site.Role != "writer" {
 					continue
 				}
-				var rep struct {
-					Done     int                `json:"regions_done"`
-					Total    int                `json:"regions_total"`
-					Differ   map[string][]int64 `json:"differ"`
-					Region   int64              `json:"region_bytes"`
-					Replicas []string           `json:"replicas"`
-					Error    string             `json:"error"`
-				}
-				old := adminClient.Timeout
-				adminClient.Timeout = 0
-				code, err := adminCall(cmd.Context(), http.MethodPost, r.Admin, "/v1/verify", &rep)
-				adminClient.Timeout = old
-				if err != nil {
+				rep, err := client.Verify(cmd.Context(), admin.Endpoint{Name: r.Name, Role: r.Role, Admin: r.Admin})
+				var ae *admin.Error
+				if err != nil && !errors.As(err, &ae) {
 					return err
 				}
 				fmt.Printf("verified %d of %d regions of %d bytes against %s\n", rep.Done, rep.Total, rep.Region, strings.Join(rep.Replicas, ", "))
@@ -389,8 +287,8 @@ func verifyCmd() *cobra.Command {
 					bad += len(offs)
 					fmt.Printf("  %s differs in %d regions, first at byte %d\n", name, len(offs), offs[0])
 				}
-				if code != http.StatusOK {
-					return fmt.Errorf("verify: %s", rep.Error)
+				if err != nil {
+					return fmt.Errorf("verify: %w", err)
 				}
 				if bad > 0 {
 					return fmt.Errorf("verify: %d regions differ", bad)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -65,14 +66,11 @@ func serve(cfg *conf.Config) error {
 		}
 		defer mem.close()
 		if cl := cfg.Cluster; cl.AdminListen != "" {
-			al, err := net.Listen("tcp", cl.AdminListen)
+			stop, err := serveAdmin(mem, log)
 			if err != nil {
-				return fmt.Errorf("admin listen on %s: %w", cl.AdminListen, err)
+				return err
 			}
-			hs := &http.Server{Handler: mem.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
-			go hs.Serve(al)
-			defer hs.Close()
-			log.Info("admin endpoint", "addr", cl.AdminListen, "paths", "/v1/status /v1/promote /v1/verify /metrics")
+			defer stop()
 		}
 		if cfg.Role == conf.RoleWitness {
 			return waitSignal(log, cfg, nil, mem.stopc)
@@ -238,4 +236,40 @@ func chapConfig(c *conf.CHAP) *target.CHAPConfig {
 		MutualUsername: c.MutualUsername,
 		MutualSecret:   string(c.MutualSecret),
 	}
+}
+
+// serveAdmin starts the admin endpoint: HTTPS with the member's
+// certificate when the cluster has a tls block, else plain HTTP; every
+// request behind the guard.
+func serveAdmin(mem *member, log hclog.Logger) (stop func(), err error) {
+	cl := mem.cfg.Cluster
+	g, err := adminGuard(cl, mem.tls)
+	if err != nil {
+		return nil, err
+	}
+	al, err := net.Listen("tcp", cl.AdminListen)
+	if err != nil {
+		return nil, fmt.Errorf("admin listen on %s: %w", cl.AdminListen, err)
+	}
+	al, scheme := adminListener(al, mem.tls)
+	hs := &http.Server{Handler: mem.adminHandler(g), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: log.Named("admin").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	go hs.Serve(al)
+	log.Info("admin endpoint", "url", scheme+"://"+cl.AdminListen, "token", cl.AdminTokenFile != "",
+		"client_certificates", mem.tls != nil, "public_metrics", cl.AdminPublicMetrics)
+	if cl.AdminInsecure {
+		log.Warn("admin endpoint without authentication (admin_insecure = true): anyone who reaches " + cl.AdminListen +
+			" can promote, fence, add and remove members")
+	}
+	return func() { hs.Close() }, nil
+}
+
+// adminListener wraps ln in TLS (adminTLS) when the member has a TLS
+// config, and says which scheme clients use.
+func adminListener(ln net.Listener, tcfg *tls.Config) (net.Listener, string) {
+	if tc := adminTLS(tcfg); tc != nil {
+		return tls.NewListener(ln, tc), "https"
+	}
+	return ln, "http"
 }

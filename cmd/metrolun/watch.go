@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"net/http"
 	"slices"
 	"time"
 
+	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/raftlog"
 )
 
@@ -62,6 +62,7 @@ func (m *member) stopWith(err error) {
 // or "".
 func (m *member) removedBy(applied uint64) string {
 	s := m.cluster.State()
+	client := m.adminClient()
 	for _, o := range s.Members {
 		if o.Name == m.cfg.Name {
 			continue
@@ -73,14 +74,15 @@ func (m *member) removedBy(applied uint64) string {
 		if addr == "" {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		var st clusterStatus
-		_, err := adminCall(ctx, http.MethodGet, addr, "/v1/status", &st)
-		cancel()
-		if err != nil || st.Raft.AppliedIndex <= applied || len(st.Raft.MemberInfo) == 0 {
+		st, err := client.Status(context.Background(), admin.Endpoint{Name: o.Name, Role: o.Role, Admin: addr})
+		if err != nil {
+			m.log.Debug("asking another member whether this one was removed", "member", o.Name, "error", err)
 			continue
 		}
-		if !slices.ContainsFunc(st.Raft.MemberInfo, func(mi memberInfo) bool { return mi.Name == m.cfg.Name }) {
+		if st.Raft.AppliedIndex <= applied || len(st.Raft.MemberInfo) == 0 {
+			continue
+		}
+		if !slices.ContainsFunc(st.Raft.MemberInfo, func(mi admin.MemberInfo) bool { return mi.Name == m.cfg.Name }) {
 			return o.Name
 		}
 	}

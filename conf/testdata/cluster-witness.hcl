@@ -7,6 +7,7 @@ cluster {
   lease = "1500ms"
   election_timeout = "500ms"
   replica_timeout = 3
+  admin_token_file = "/etc/metrolun/admin.token"
 
   member "site-a" {
     raft = "192.0.2.10:7400"

@@ -1,0 +1,366 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Endpoint is a member's admin address and, when known, its name (a
+// server certificate must name it).
+type Endpoint struct {
+	Name  string
+	Role  string
+	Admin string // host:port
+}
+
+// Client calls members' admin endpoints.
+type Client struct {
+	// Token is sent as a bearer token; "" sends none (a client
+	// certificate in TLS, or a member with admin_insecure).
+	Token string
+	// TLS, when not nil, makes the client speak HTTPS: RootCAs verifies
+	// the server, Certificates is this client's certificate if any.
+	TLS *tls.Config
+	// Timeout bounds each call but Verify; 0 means 15s.
+	Timeout time.Duration
+
+	mu sync.Mutex
+	hc *http.Client
+}
+
+// Error is a member's refusal.
+type Error struct {
+	Code   int
+	Msg    string
+	Leader string // with 409: the leader, if the member knows it
+}
+
+func (e *Error) Error() string {
+	if e.Code == http.StatusUnauthorized {
+		return fmt.Sprintf("%s (%d): pass --token-file, --dir or --config to give the admin token", e.Msg, e.Code)
+	}
+	return e.Msg
+}
+
+// NotLeader reports whether err says the member called does not lead
+// Raft (ask the leader).
+func NotLeader(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == http.StatusConflict
+}
+
+func (c *Client) httpClient() *http.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hc == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.Proxy = nil // admin addresses are dialled directly
+		if c.TLS != nil {
+			tr.DialTLSContext = c.dialTLS
+			// A connection is verified for the member it was dialled
+			// for; the pool knows only addresses, so it is not kept
+			// for another request that may expect another member.
+			tr.DisableKeepAlives = true
+		}
+		c.hc = &http.Client{Transport: tr}
+	}
+	return c.hc
+}
+
+// Do sends a request to ep and decodes the answer into out. in, when not
+// nil, is the JSON body; a state-changing request always gets one.
+func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, out any) error {
+	if ep.Admin == "" {
+		return fmt.Errorf("%s has no admin address", ep.Name)
+	}
+	if c.Timeout >= 0 {
+		t := c.Timeout
+		if t == 0 {
+			t = 15 * time.Second
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	var body io.Reader
+	if in == nil && method != http.MethodGet {
+		in = struct{}{}
+	}
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	scheme := "http"
+	if c.TLS != nil {
+		scheme = "https"
+		ctx = withServerName(ctx, ep.Name)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+ep.Admin+path, body)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s%s: %w", ep.Admin, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var er ErrorResponse
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = fmt.Sprintf("%s %s%s: %s", method, ep.Admin, path, resp.Status)
+		}
+		if er.Report != nil {
+			if r, ok := out.(*VerifyReport); ok {
+				*r = *er.Report
+			}
+		}
+		return &Error{Code: resp.StatusCode, Msg: er.Error, Leader: er.Leader}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s%s: %w", ep.Admin, path, err)
+		}
+	}
+	return nil
+}
+
+// Status asks ep for its status.
+func (c *Client) Status(ctx context.Context, ep Endpoint) (Status, error) {
+	var st Status
+	err := c.Do(ctx, ep, http.MethodGet, PathStatus, nil, &st)
+	return st, err
+}
+
+// Promote asks the leader ep to move the writer to site.
+func (c *Client) Promote(ctx context.Context, ep Endpoint, site string) (PromoteResponse, error) {
+	var r PromoteResponse
+	err := c.Do(ctx, ep, http.MethodPost, PathPromote, PromoteRequest{Site: site}, &r)
+	return r, err
+}
+
+// Fence asks the leader ep to fence site for d.
+func (c *Client) Fence(ctx context.Context, ep Endpoint, site string, d time.Duration) (FenceResponse, error) {
+	var r FenceResponse
+	err := c.Do(ctx, ep, http.MethodPost, PathFence, FenceRequest{Site: site, For: d.String()}, &r)
+	return r, err
+}
+
+// Unfence asks the leader ep to lift site's fence.
+func (c *Client) Unfence(ctx context.Context, ep Endpoint, site string) (UnfenceResponse, error) {
+	var r UnfenceResponse
+	err := c.Do(ctx, ep, http.MethodPost, PathUnfence, UnfenceRequest{Site: site}, &r)
+	return r, err
+}
+
+// AddMember asks the leader ep to add a member.
+func (c *Client) AddMember(ctx context.Context, ep Endpoint, req AddMemberRequest) (AddMemberResponse, error) {
+	var r AddMemberResponse
+	err := c.Do(ctx, ep, http.MethodPost, PathMembers, req, &r)
+	return r, err
+}
+
+// RemoveMember asks the leader ep to remove member name.
+func (c *Client) RemoveMember(ctx context.Context, ep Endpoint, name string) (RemoveMemberResponse, error) {
+	var r RemoveMemberResponse
+	err := c.Do(ctx, ep, http.MethodDelete, PathMembers+"/"+url.PathEscape(name), nil, &r)
+	return r, err
+}
+
+// Verify runs an online verify at the writer ep. It reads the whole LUN,
+// so only ctx bounds it. A failed verify returns the report so far too.
+func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) {
+	var r VerifyReport
+	cc := &Client{Token: c.Token, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
+	err := cc.Do(ctx, ep, http.MethodPost, PathVerify, nil, &r)
+	return r, err
+}
+
+// Gather asks every endpoint for its status at once; each gets at most
+// 2s.
+func (c *Client) Gather(ctx context.Context, eps []Endpoint) []MemberReport {
+	out := make([]MemberReport, len(eps))
+	done := make(chan struct{}, len(eps))
+	hc := c.httpClient()
+	for i, ep := range eps {
+		out[i] = MemberReport{Name: ep.Name, Role: ep.Role, Admin: ep.Admin}
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if ep.Admin == "" {
+				out[i].Error = "no admin address in the config"
+				return
+			}
+			cc := Client{Token: c.Token, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
+			st, err := cc.Status(ctx, ep)
+			if err != nil {
+				out[i].Error = err.Error()
+				return
+			}
+			out[i].Reachable, out[i].Status = true, &st
+		}()
+	}
+	for range eps {
+		<-done
+	}
+	return out
+}
+
+// GatherCluster asks the endpoints given, then the members the freshest
+// Raft state among their answers has and eps does not (added at run
+// time). It reports the state's members, in its order, so a member
+// removed since eps was written is left out, and then the members that
+// have no state at all (started with join = true, waiting to be added);
+// without a state it reports eps's members.
+func (c *Client) GatherCluster(ctx context.Context, eps []Endpoint) []MemberReport {
+	reps := c.Gather(ctx, eps)
+	view := Freshest(reps)
+	if view == nil || len(view.MemberInfo) == 0 {
+		return reps
+	}
+	byName := map[string]MemberReport{}
+	for _, r := range reps {
+		byName[r.Name] = r
+	}
+	var missing []Endpoint
+	for _, mi := range view.MemberInfo {
+		if _, ok := byName[mi.Name]; !ok {
+			missing = append(missing, Endpoint{Name: mi.Name, Role: mi.Role, Admin: mi.Admin})
+		}
+	}
+	for _, r := range c.Gather(ctx, missing) {
+		byName[r.Name] = r
+	}
+	out := make([]MemberReport, 0, len(view.MemberInfo))
+	in := map[string]bool{}
+	for _, mi := range view.MemberInfo {
+		out = append(out, byName[mi.Name])
+		in[mi.Name] = true
+	}
+	for _, r := range reps {
+		if !in[r.Name] && r.Status != nil && len(r.Status.Raft.Members) == 0 && r.Status.Raft.CommitIndex == 0 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Leader finds the Raft leader's endpoint among the cluster's members.
+func (c *Client) Leader(ctx context.Context, eps []Endpoint) (Endpoint, error) {
+	reps := c.GatherCluster(ctx, eps)
+	for _, r := range reps {
+		if r.Status != nil && r.Status.Raft.State == "leader" {
+			return Endpoint{Name: r.Name, Role: r.Role, Admin: r.Admin}, nil
+		}
+	}
+	for _, r := range reps {
+		if r.Status == nil || r.Status.Raft.Leader == "" {
+			continue
+		}
+		if i := slices.IndexFunc(reps, func(o MemberReport) bool { return o.Name == r.Status.Raft.Leader }); i >= 0 && reps[i].Admin != "" {
+			return Endpoint{Name: reps[i].Name, Role: reps[i].Role, Admin: reps[i].Admin}, nil
+		}
+	}
+	var why []error
+	for _, r := range reps {
+		if r.Error != "" {
+			why = append(why, fmt.Errorf("%s: %s", r.Name, r.Error))
+		}
+	}
+	return Endpoint{}, errors.Join(append([]error{errors.New("no member knows a Raft leader")}, why...)...)
+}
+
+// AtLeader calls fn with the Raft leader's endpoint, finding it again
+// when fn's member says it no longer leads, up to attempts times.
+func (c *Client) AtLeader(ctx context.Context, eps []Endpoint, attempts int, fn func(Endpoint) error) error {
+	var last error
+	for i := 0; i < attempts; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ep, err := c.Leader(ctx, eps)
+		if err == nil {
+			if err = fn(ep); err == nil || !NotLeader(err) {
+				return err
+			}
+		}
+		last = err
+		if i+1 < attempts {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return fmt.Errorf("the Raft leader kept changing: %w", last)
+}
+
+type serverNameKey struct{}
+
+func withServerName(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, serverNameKey{}, name)
+}
+
+// dialTLS verifies a member's certificate against the CA (TLS.RootCAs)
+// and against the member's name (CN or DNS SAN, as the Raft transport
+// checks members) or, when the name is not known, the address dialled.
+// The name travels in the request's context.
+func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	name, _ := ctx.Value(serverNameKey{}).(string)
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg := c.TLS.Clone()
+	// The standard check matches ServerName against DNS and IP SANs; a
+	// member's certificate names the member, so the chain is verified
+	// here and then the name or the address.
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no server certificate")
+		}
+		opts := x509.VerifyOptions{Roots: c.TLS.RootCAs, Intermediates: x509.NewCertPool(),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		for _, ic := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(ic)
+		}
+		leaf := cs.PeerCertificates[0]
+		if _, err := leaf.Verify(opts); err != nil {
+			return err
+		}
+		if name != "" && (leaf.Subject.CommonName == name || slices.Contains(leaf.DNSNames, name)) {
+			return nil
+		}
+		if err := leaf.VerifyHostname(host); err != nil {
+			return fmt.Errorf("admin endpoint %s: certificate %q names neither member %q nor the address: %v", addr, leaf.Subject.CommonName, name, err)
+		}
+		return nil
+	}
+	d := tls.Dialer{Config: cfg}
+	return d.DialContext(ctx, network, addr)
+}
