@@ -22,7 +22,7 @@ type LocalFile struct {
 	f     *os.File
 	path  string
 	size  int64
-	block bool // a block device: discard instead of punching holes
+	block bool   // a block device: discard instead of punching holes
 	img   *image // the identity block of a cluster data site (identity.go)
 	// cawLock makes COMPARE AND WRITE atomic against writes: writes share
 	// it, a compare-and-write holds it alone.
