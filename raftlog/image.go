@@ -227,8 +227,8 @@ func (c *Cluster) MarkImage(name, why string) error {
 	if !c.isLeader() {
 		return c.notLeader()
 	}
-	if c.State().ImageUntrusted(name) == why {
-		return nil
+	if c.State().ImageUntrusted(name) != "" {
+		return nil // the first reason stands until a full copy
 	}
 	_, err := c.propose(Command{Kind: CmdImage, Name: name, Reason: why})
 	return err

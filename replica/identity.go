@@ -60,11 +60,11 @@ var imageMagic = [8]byte{'M', 'L', 'U', 'N', 'I', 'M', 'G', '1'}
 
 // ImageID is an image's identity as the cluster records it.
 type ImageID struct {
-	UUID string // 32 hex digits
-	Gen  uint64
+	UUID string `msgpack:"u"` // 32 hex digits
+	Gen  uint64 `msgpack:"g"`
 	// Empty: the identity was created on an empty store and the image
 	// has not been in sync since.
-	Empty bool
+	Empty bool `msgpack:"e,omitempty"`
 }
 
 func (id ImageID) String() string {
@@ -350,4 +350,103 @@ func (v *LocalFile) RaiseGeneration(gen uint64) (ImageID, error) {
 	}
 	im.id = id
 	return id, nil
+}
+
+// raiseGeneration raises st's image generation, if it keeps one.
+func raiseGeneration(st Store, gen uint64) error {
+	lf, ok := st.(*LocalFile)
+	if !ok || lf.img == nil {
+		return nil
+	}
+	_, err := lf.RaiseGeneration(gen)
+	return err
+}
+
+// ImageControl is what a writer needs from the cluster to keep images'
+// identities (raftlog, image.go). A Control that also implements it has
+// every peer's image checked at each connect: one the cluster does not
+// recognise is compared in full, never resynced by bitmap, and joins the
+// in-sync set with its new identity recorded.
+type ImageControl interface {
+	// ImageDistrust says why name's image id must not be taken as the
+	// one the cluster recorded ("" when it may).
+	ImageDistrust(name string, id ImageID) string
+	// MarkImage records that name's image is untrusted, and why.
+	MarkImage(name, why string) error
+	// RecordImage records id for the in-sync site name, whose
+	// generation was raised to epoch.
+	RecordImage(name string, epoch uint64, id ImageID) error
+	// AddInSyncImage is Control.AddInSync recording id, the site's image
+	// after its copy, with the join.
+	AddInSyncImage(name string, epoch uint64, id ImageID) error
+}
+
+// imageControl returns the site's ImageControl, if its Control is one.
+func (s *Site) imageControl() ImageControl {
+	ic, _ := s.cfg.Control.(ImageControl)
+	return ic
+}
+
+// checkImage says why p's image, as its hello answer gave it, must be
+// copied in full ("" when its bitmap may be trusted), and marks it in the
+// cluster's state.
+func (w *writer) checkImage(p *peer) string {
+	ic := w.s.imageControl()
+	if ic == nil {
+		return ""
+	}
+	w.mu.Lock()
+	id := p.image
+	w.mu.Unlock()
+	if id == nil {
+		// A site that keeps no identity: the empty identity matches no
+		// record.
+		id = &ImageID{}
+	}
+	why := ic.ImageDistrust(p.name, *id)
+	if why == "" {
+		return ""
+	}
+	w.log.Warn("replica image not recognised: it is copied in full before it is in sync", "replica", p.name, "image", id.String(), "why", why)
+	if err := ic.MarkImage(p.name, why); err != nil {
+		w.log.Warn("cannot mark the replica's image untrusted", "replica", p.name, "error", err)
+	}
+	return why
+}
+
+// recordImage raises an in-sync peer's image generation to this epoch
+// (a flush with FlagGen) and then records its identity.
+func (w *writer) recordImage(p *peer) {
+	ic := w.s.imageControl()
+	w.mu.Lock()
+	id, l := p.image, p.link
+	if ic == nil || id == nil || l == nil || w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.seq++
+	ch := l.Send(&Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagGen})
+	w.mu.Unlock()
+	if a := <-ch; a.Err != nil {
+		w.log.Warn("replica image generation not raised", "replica", p.name, "error", a.Err)
+		return
+	}
+	rec := ImageID{UUID: id.UUID, Gen: w.epoch}
+	if err := ic.RecordImage(p.name, w.epoch, rec); err != nil {
+		w.log.Warn("replica image identity not recorded", "replica", p.name, "error", err)
+	}
+}
+
+// addInSync puts p, whose resync ended with its generation raised to
+// this epoch (FlagSynced), in the in-sync set, with its image's identity
+// when the cluster keeps them.
+func (w *writer) addInSync(p *peer) error {
+	ic := w.s.imageControl()
+	w.mu.Lock()
+	id := p.image
+	w.mu.Unlock()
+	if ic == nil || id == nil {
+		return w.s.cfg.Control.AddInSync(p.name, w.epoch)
+	}
+	return ic.AddInSyncImage(p.name, w.epoch, ImageID{UUID: id.UUID, Gen: w.epoch})
 }

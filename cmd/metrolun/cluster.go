@@ -28,6 +28,7 @@ type member struct {
 	log     hclog.Logger
 	cluster *raftlog.Cluster
 	site    *replica.Site // nil at a witness
+	store   *replica.LocalFile
 	tls     *tls.Config
 	closers []func()
 	// stopc gets why this member must stop on its own (watch): nil
@@ -63,6 +64,63 @@ func (a control) DropInSync(name string, e uint64) error {
 }
 
 func (a control) AddInSync(name string, e uint64) error { return inSyncErr(a.c.AddInSync(name, e)) }
+
+// control is also a replica.ImageControl: the writer checks and records
+// its peers' image identities in the Raft state (raftlog/image.go).
+func (a control) ImageDistrust(name string, id replica.ImageID) string {
+	return a.c.State().ImageDistrust(name, raftlog.ImageID(id))
+}
+func (a control) MarkImage(name, why string) error { return a.c.MarkImage(name, why) }
+func (a control) RecordImage(name string, e uint64, id replica.ImageID) error {
+	return a.c.RecordImage(name, e, raftlog.ImageID(id))
+}
+func (a control) AddInSyncImage(name string, e uint64, id replica.ImageID) error {
+	return inSyncErr(a.c.AddInSyncImage(name, e, raftlog.ImageID(id)))
+}
+
+// siteImage adapts a data site's backing store to raftlog.ImageStore.
+type siteImage struct{ st *replica.LocalFile }
+
+func (i siteImage) Image() raftlog.ImageID {
+	id, _, _ := i.st.Image()
+	return raftlog.ImageID(id)
+}
+
+func (i siteImage) RaiseGeneration(gen uint64) (raftlog.ImageID, error) {
+	id, err := i.st.RaiseGeneration(gen)
+	return raftlog.ImageID(id), err
+}
+
+// openImage opens a data site's backing store with its image identity.
+// Only the first start of a new LU at this site may create the path:
+// with Raft state or an image record in data_dir, this site has held the
+// LU, and a missing path is a lost image (a mount missing at boot), which
+// must not silently become an empty one.
+func openImage(cfg *conf.Config, lun conf.LUN, log hclog.Logger) (*replica.LocalFile, error) {
+	record := filepath.Join(cfg.DataDir, "replica", "image")
+	_, rerr := os.Stat(filepath.Join(cfg.DataDir, "raft"))
+	_, ierr := os.Stat(record)
+	first := errors.Is(rerr, os.ErrNotExist) && errors.Is(ierr, os.ErrNotExist)
+	store, err := replica.OpenImage(lun.Path, lun.Size, replica.ImageOptions{Create: first})
+	if err != nil {
+		return nil, err
+	}
+	id, created, _ := store.Image()
+	if created != "" {
+		log.Warn("the backing store has a new image identity; the cluster copies it in full before it is in sync", "path", lun.Path, "image", id.String(), "why", created)
+	} else {
+		log.Info("image identity", "path", lun.Path, "image", id.String())
+	}
+	if err := os.MkdirAll(filepath.Dir(record), 0o755); err != nil {
+		store.Close()
+		return nil, err
+	}
+	if err := os.WriteFile(record, []byte(fmt.Sprintf("path %s\nimage %s\n", lun.Path, id.UUID)), 0o600); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("image record: %w", err)
+	}
+	return store, nil
+}
 
 // inSyncErr gives raftlog's in-sync refusals replica's names.
 func inSyncErr(err error) error {
@@ -124,18 +182,19 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 			return nil, errors.New("a cluster member serves exactly one target with one LUN (the mirrored one)")
 		}
 		lun = cfg.Targets[0].LUNs[0]
-		if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
-			return nil, err
-		}
-		if store, err = replica.OpenLocal(lun.Path, lun.Size); err != nil {
+		if store, err = openImage(cfg, lun, log); err != nil {
 			return nil, err
 		}
 		def = lunDef(cfg.Targets[0].Name, lun, store.Size())
 	}
+	var img raftlog.ImageStore
+	if store != nil {
+		img = siteImage{store}
+	}
 	m.cluster, err = raftlog.Open(raftlog.Config{
 		Name: cfg.Name, Role: cfg.Role,
 		Dir:    filepath.Join(cfg.DataDir, "raft"),
-		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def,
+		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def, Image: img,
 		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
 		Logger: log.Named("raft"),
 	})
@@ -164,6 +223,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		td := tls.Dialer{NetDialer: &d, Config: tcfg.Clone()}
 		return td.DialContext(ctx, "tcp", addr)
 	}
+	m.store = store
 	m.site, err = replica.NewSite(replica.SiteConfig{
 		Name: cfg.Name, Store: store,
 		Dir:   filepath.Join(cfg.DataDir, "replica"),
@@ -316,6 +376,7 @@ type clusterStatus struct {
 	Role   string              `json:"role"`
 	Raft   raftStatus          `json:"raft"`
 	Site   *replica.SiteStatus `json:"site,omitempty"`
+	Image  *imageStatus        `json:"image,omitempty"`
 }
 
 type raftStatus struct {
@@ -353,6 +414,21 @@ type memberInfo struct {
 	PortalGroup int      `json:"portal_group,omitempty"`
 	InSync      bool     `json:"in_sync"`
 	Leaving     bool     `json:"leaving,omitempty"`
+	// Image is what the state records of a data site's image identity:
+	// "trusted <uuid> gen <n>", "untrusted: <why>", "" for none.
+	Image string `json:"image,omitempty"`
+}
+
+// imageStatus is this data site's own image identity and whether the
+// cluster's record vouches for it.
+type imageStatus struct {
+	UUID string `json:"uuid"`
+	Gen  uint64 `json:"generation"`
+	// Created says why this start gave the image a new identity.
+	Created string `json:"created,omitempty"`
+	// Untrusted says why the cluster does not take this image as its
+	// own (it is copied in full before it is in sync, and never writer).
+	Untrusted string `json:"untrusted,omitempty"`
 }
 
 type fenceStatus struct {
@@ -374,6 +450,11 @@ func (m *member) status() clusterStatus {
 		mi := memberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,
 			Admin: mm.Addrs.Admin, ISCSI: mm.Addrs.ISCSI, PortalGroup: mm.Addrs.PortalGroup,
 			InSync: st.State.IsInSync(mm.Name), Leaving: st.State.IsLeaving(mm.Name)}
+		if im, ok := st.State.Image(mm.Name); ok && im.Untrusted != "" {
+			mi.Image = "untrusted: " + im.Untrusted
+		} else if ok {
+			mi.Image = fmt.Sprintf("trusted %s gen %d", im.UUID, im.Gen)
+		}
 		// This member's config may know better (a proxy, an admin
 		// address the state was not told).
 		if cm, ok := m.cfg.Member(mm.Name); ok && cm.Admin != "" {
@@ -391,6 +472,11 @@ func (m *member) status() clusterStatus {
 	if m.site != nil {
 		s := m.site.Status()
 		cs.Site = &s
+	}
+	if m.store != nil {
+		id, created, _ := m.store.Image()
+		cs.Image = &imageStatus{UUID: id.UUID, Gen: id.Gen, Created: created,
+			Untrusted: st.State.ImageDistrust(m.cfg.Name, raftlog.ImageID(id))}
 	}
 	return cs
 }
