@@ -106,9 +106,12 @@ func openImage(cfg *conf.Config, lun conf.LUN, log hclog.Logger) (*replica.Local
 		return nil, err
 	}
 	id, created, _ := store.Image()
-	if created != "" {
+	switch {
+	case created != "" && first:
+		log.Info("a new image", "path", lun.Path, "image", id.String())
+	case created != "":
 		log.Warn("the backing store has a new image identity; the cluster copies it in full before it is in sync", "path", lun.Path, "image", id.String(), "why", created)
-	} else {
+	default:
 		log.Info("image identity", "path", lun.Path, "image", id.String())
 	}
 	if err := os.MkdirAll(filepath.Dir(record), 0o755); err != nil {
