@@ -62,6 +62,12 @@ type MemberStatus struct {
 				ResyncPct    float64 `json:"resync_percent"`
 			} `json:"peers"`
 		} `json:"site"`
+		// Image is a data site's own image identity (replica/identity.go).
+		Image *struct {
+			UUID      string `json:"uuid"`
+			Gen       uint64 `json:"generation"`
+			Untrusted string `json:"untrusted"`
+		} `json:"image"`
 	} `json:"status"`
 }
 

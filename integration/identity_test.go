@@ -27,6 +27,7 @@ type identityRig struct {
 	bin  string
 	cmds []*exec.Cmd
 	img  string // site-b's backing file
+	uuid string // site-b's image identity before it was damaged
 }
 
 func newIdentityRig(t *testing.T) *identityRig {
@@ -88,6 +89,11 @@ func (r *identityRig) write(t *testing.T, n int) *Prober {
 // stopB stops site-b with SIGTERM and waits until its process is gone.
 func (r *identityRig) stopB(t *testing.T) {
 	t.Helper()
+	if st := r.image(t, "site-b"); st.Untrusted != "" || st.UUID == "" {
+		t.Fatalf("site-b's image before the test: %+v", st)
+	} else {
+		r.uuid = st.UUID
+	}
 	pid := member(r.d, "site-b").PID
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -119,6 +125,15 @@ func (r *identityRig) rejoinAndFailOver(t *testing.T, p *Prober) {
 	ctx := t.Context()
 	if err := WaitInSync(ctx, r.bin, r.d.Dir, "site-b", 120*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	// metrolun status shows the new image, trusted once it was copied.
+	var st imageState
+	until(t, "site-b's new image trusted", 30*time.Second, func() bool {
+		st = r.image(t, "site-b")
+		return st.Untrusted == ""
+	})
+	if st.UUID == r.uuid || st.Gen < 2 {
+		t.Errorf("site-b's image after its copy: %+v (before: %s)", st, r.uuid)
 	}
 	if res, err := RunTool(ctx, 120*time.Second, nil, r.bin, "verify", "--dir", r.d.Dir); err != nil {
 		t.Errorf("verify after site-b rejoined: %v\n%s", err, res.Stdout)
@@ -205,6 +220,27 @@ func TestIdentityMissingPath(t *testing.T) {
 	}
 	r.startB(t)
 	r.rejoinAndFailOver(t, p)
+}
+
+type imageState struct {
+	UUID, Untrusted string
+	Gen             uint64
+}
+
+// image is what `metrolun status` says of site's own image.
+func (r *identityRig) image(t *testing.T, site string) imageState {
+	t.Helper()
+	ms, err := ClusterStatus(t.Context(), r.bin, r.d.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Name == site && m.Status != nil && m.Status.Image != nil {
+			return imageState{m.Status.Image.UUID, m.Status.Image.Untrusted, m.Status.Image.Gen}
+		}
+	}
+	t.Fatalf("metrolun status shows no image for %s", site)
+	return imageState{}
 }
 
 // mustNotStart starts site-b and expects it to exit with an error whose
