@@ -200,17 +200,6 @@ func same(t *testing.T, pa, pb string) {
 	}
 }
 
-// luOnly is the LU part of a data site's backing file: each site's ends
-// with its own image identity (replica/identity.go), 1 MiB reserved past
-// the LU with the block in its last 4 KiB.
-func luOnly(b []byte) []byte {
-	const reserve, block = 1 << 20, 4096
-	if len(b) > reserve && bytes.HasPrefix(b[len(b)-block:], []byte("MLUNIMG1")) {
-		return b[:len(b)-reserve]
-	}
-	return b
-}
-
 func until(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
