@@ -1046,7 +1046,7 @@ func (w *writer) resync(p *peer) error {
 		// The bitmap describes the image this site had, not this one
 		// (I8), or the site may hold writes nobody acknowledged.
 		if err := b.SetFull(); err != nil {
-			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+			return fmt.Errorf("dirty bitmap: %w", err)
 		}
 	}
 	full := b.Full()
