@@ -268,3 +268,61 @@ func (r *identityRig) mustNotStart(t *testing.T, why string) {
 	}
 	t.Logf("site-b refused to start: %s", last)
 }
+
+// TestIdentityLostImageNeverWriter: both data sites die at once (site-b
+// still in the in-sync set), and site-b comes back first with an empty
+// image. With the witness it has a majority, but it must not become the
+// writer on an image that holds none of the acknowledged writes; status
+// says why. Once site-a is back, site-a writes and site-b is copied in
+// full.
+func TestIdentityLostImageNeverWriter(t *testing.T) {
+	r := newIdentityRig(t)
+	p := r.write(t, 1500)
+	ctx := t.Context()
+	for _, s := range []string{"site-a", "site-b"} {
+		if err := syscall.Kill(member(r.d, s).PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{"site-a", "site-b"} {
+		pid := member(r.d, s).PID
+		until(t, s+" exits", 30*time.Second, func() bool { return !processAlive(pid) })
+	}
+	if err := os.WriteFile(r.img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.startB(t)
+	// Time for several elections and lease waits (demo timings: lease
+	// 300ms, election 500ms): nobody may become writer meanwhile.
+	var untrusted string
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		ms, err := ClusterStatus(ctx, r.bin, r.d.Dir)
+		if err != nil {
+			continue
+		}
+		if w := Writer(ms); w != "" {
+			t.Fatalf("%s became writer while site-a was down and site-b's image was empty", w)
+		}
+		for _, m := range ms {
+			if m.Name == "site-b" && m.Status != nil && m.Status.Image != nil {
+				untrusted = m.Status.Image.Untrusted
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if untrusted == "" {
+		t.Error("metrolun status does not say that site-b's image is untrusted")
+	}
+	t.Logf("site-b's image: untrusted: %s", untrusted)
+	cmd, err := RestartMember(r.d, "site-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmds = append(r.cmds, cmd)
+	until(t, "site-a becomes writer", 60*time.Second, func() bool {
+		ms, err := ClusterStatus(ctx, r.bin, r.d.Dir)
+		return err == nil && Writer(ms) == "site-a"
+	})
+	r.rejoinAndFailOver(t, p)
+}

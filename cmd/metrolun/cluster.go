@@ -418,7 +418,7 @@ type memberInfo struct {
 	InSync      bool     `json:"in_sync"`
 	Leaving     bool     `json:"leaving,omitempty"`
 	// Image is what the state records of a data site's image identity:
-	// "trusted <uuid> gen <n>", "untrusted: <why>", "" for none.
+	// "trusted (<uuid prefix> gen <n>)", "untrusted: <why>", "" for none.
 	Image string `json:"image,omitempty"`
 }
 
@@ -456,7 +456,7 @@ func (m *member) status() clusterStatus {
 		if im, ok := st.State.Image(mm.Name); ok && im.Untrusted != "" {
 			mi.Image = "untrusted: " + im.Untrusted
 		} else if ok {
-			mi.Image = fmt.Sprintf("trusted %s gen %d", im.UUID, im.Gen)
+			mi.Image = fmt.Sprintf("trusted (%.8s gen %d)", im.UUID, im.Gen)
 		}
 		// This member's config may know better (a proxy, an admin
 		// address the state was not told).
