@@ -373,6 +373,12 @@ func TestClusterProblems(t *testing.T) {
 		{"witness with target", strings.Replace(clusterSrc(), `name = "a"`, "name = \"w\"\nrole = \"witness\"", 1),
 			[]string{"3:1 target[0]: a witness serves no iSCSI targets"}},
 
+		// Backing store paths of a data member (its image identity).
+		{"path inside data_dir/raft", strings.Replace(strings.Replace(clusterSrc(), `name = "a"`, "name = \"a\"\ndata_dir = \"/srv/m\"", 1), `"/srv/ok.img"`, `"/srv/m/raft/lun.img"`, 1),
+			[]string{`5:12 target[0].lun[0].path: "/srv/m/raft/lun.img" is inside /srv/m/raft, where metrolun keeps this member's cluster state`}},
+		{"path names a directory", strings.Replace(clusterSrc(), `"/srv/ok.img"`, `"/srv/disk/"`, 1),
+			[]string{`4:12 target[0].lun[0].path: "/srv/disk/" names a directory; expected a backing file or block device`}},
+
 		// Joining a running cluster.
 		{"join without the cluster", "name = \"a\"" + okTarget + "cluster {\n  join = true\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n}\n",
 			[]string{"8:10 cluster.join: this member waits to be added to a running cluster, but the block lists no other member"}},

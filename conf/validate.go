@@ -266,6 +266,8 @@ func (v *validator) lun(key string, l *LUN) {
 		v.fail(key+".path", "is required: the backing file or block device")
 	case strings.ContainsRune(l.Path, 0):
 		v.fail(key+".path", "must not contain a NUL byte")
+	case strings.HasSuffix(l.Path, "/"):
+		v.fail(key+".path", "%q names a directory; expected a backing file or block device", l.Path)
 	}
 	blockOK := l.BlockSize == 512 || l.BlockSize == 4096
 	if !blockOK {

@@ -3,6 +3,7 @@ package conf
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -28,6 +29,31 @@ func (v *validator) cluster(c *Config) {
 	v.adminCredential(cl)
 	v.preferences(cl)
 	v.join(c, self)
+	v.imagePaths(c)
+}
+
+// imagePaths checks a data member's backing store paths. Its image
+// carries the identity the cluster checks (replica/identity.go); a path
+// inside the member's own state would mix the two.
+func (v *validator) imagePaths(c *Config) {
+	if c.Role != RoleData {
+		return
+	}
+	state := []string{filepath.Join(c.DataDir, "raft"), filepath.Join(c.DataDir, "replica")}
+	for i, t := range c.Targets {
+		for j, l := range t.LUNs {
+			key := fmt.Sprintf("target[%d].lun[%d].path", i, j)
+			if l.Path == "" || strings.ContainsRune(l.Path, 0) || strings.HasSuffix(l.Path, "/") {
+				continue // lun reported it
+			}
+			p := filepath.Clean(l.Path)
+			for _, s := range state {
+				if p == s || strings.HasPrefix(p, s+string(filepath.Separator)) {
+					v.fail(key, "%q is inside %s, where metrolun keeps this member's cluster state", l.Path, s)
+				}
+			}
+		}
+	}
 }
 
 // join checks that a member that waits to be added lists a cluster that

@@ -167,7 +167,9 @@ func TestDrillFailsOnCorruptReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := st.Size() - 4096 // in the demo's default scratch region, its last 4 MiB
+	// In the demo's default scratch region, its last 4 MiB; the file
+	// ends with the site's image identity, 1 MiB past the LU.
+	at := st.Size() - 1<<20 - 4096
 	if _, err := f.WriteAt([]byte("bit rot"), at); err != nil {
 		t.Fatal(err)
 	}

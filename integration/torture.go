@@ -983,6 +983,17 @@ func FaultGaps(faults []checker.FaultEvent, samples []WriterSample, ops []checke
 	return out
 }
 
+// luOnly is the LU part of a data site's backing file: each site's ends
+// with its own image identity (replica/identity.go), 1 MiB reserved past
+// the LU with the block in its last 4 KiB.
+func luOnly(b []byte) []byte {
+	const reserve, block = 1 << 20, 4096
+	if len(b) > reserve && bytes.HasPrefix(b[len(b)-block:], []byte("MLUNIMG1")) {
+		return b[:len(b)-reserve]
+	}
+	return b
+}
+
 // CompareBacking compares every data site's backing file with the first
 // one's, byte for byte (I4). The error names the first differing block
 // and what each copy holds there (as a checker stamp when it is one).
@@ -1002,6 +1013,12 @@ func (c *TortureCluster) CompareBacking() error {
 		}
 		if len(a) != len(b) {
 			errs = append(errs, fmt.Errorf("I4: %s is %d bytes, %s is %d", ref.Name, len(a), m.Name, len(b)))
+			continue
+		}
+		// Each site's image identity past the LU is its own.
+		a, b := luOnly(a), luOnly(b)
+		if len(a) != len(b) {
+			errs = append(errs, fmt.Errorf("I4: %s's LU is %d bytes, %s's %d", ref.Name, len(a), m.Name, len(b)))
 			continue
 		}
 		if bytes.Equal(a, b) {

@@ -47,6 +47,9 @@ type Config struct {
 	Join bool
 	// LUN is the LU a data site serves (lun.go); nil at a witness.
 	LUN *LUN
+	// Image is a data site's image identity (image.go); nil at a witness,
+	// or where the store keeps none (then no image is checked here).
+	Image ImageStore
 	// TLS nil: plain TCP. Otherwise mutual TLS: it must carry
 	// Certificates, RootCAs and ClientCAs. Each side also checks that the
 	// other's certificate names a member (CN or DNS SAN); the dialer, that
@@ -423,13 +426,18 @@ func (c *Cluster) AddInSync(name string, epoch uint64) error {
 }
 
 func (c *Cluster) changeInSync(kind, name string, epoch uint64) error {
+	return c.writerPropose(Command{Kind: kind, Name: name, ByEpoch: epoch})
+}
+
+// writerPropose commits c, which only the writer of c.ByEpoch may ask.
+func (c *Cluster) writerPropose(cmd Command) error {
 	if !c.isLeader() {
 		return c.notLeader()
 	}
-	if e, _ := c.WriterLease(); e == 0 || e != epoch {
-		return refuse("%s: %s is not the writer of epoch %d", kind, c.cfg.Name, epoch)
+	if e, _ := c.WriterLease(); e == 0 || e != cmd.ByEpoch {
+		return refuse("%s: %s is not the writer of epoch %d", cmd.Kind, c.cfg.Name, cmd.ByEpoch)
 	}
-	_, err := c.propose(Command{Kind: kind, Name: name, ByEpoch: epoch})
+	_, err := c.propose(cmd)
 	return err
 }
 

@@ -60,6 +60,7 @@ type member struct {
 	peers []string
 	join  bool
 	lun   *LUN
+	image ImageStore
 }
 
 type sites struct {
@@ -151,6 +152,7 @@ func (m *member) config(tc *sites) Config {
 	}
 	cfg.Join = m.join
 	cfg.LUN = m.lun
+	cfg.Image = m.image
 	return cfg
 }
 

@@ -77,6 +77,8 @@ type State struct {
 	// writer (first-writer); "" means the first data member of the
 	// configuration.
 	First string `msgpack:"fw,omitempty"`
+	// Images are the data members' recorded image identities (image.go).
+	Images []Image `msgpack:"im,omitempty"`
 }
 
 // clone returns a deep copy; every slice or map field added to State must
@@ -88,6 +90,7 @@ func (s State) clone() State {
 		n.Members[i].Addrs.ISCSI = slices.Clone(n.Members[i].Addrs.ISCSI)
 	}
 	n.Fenced, n.Leaving = slices.Clone(s.Fenced), slices.Clone(s.Leaving)
+	n.Images = slices.Clone(s.Images)
 	if s.LUN != nil {
 		l := *s.LUN
 		n.LUN = &l
@@ -134,6 +137,12 @@ type Command struct {
 	// LUN is the LU the member serves, for set-writer (the first one
 	// records it) and add-member of a data site (lun.go).
 	LUN *LUN `msgpack:"l,omitempty"`
+	// Image is a data site's image identity: for set-writer the new
+	// writer's, raised to Epoch; for add-insync the joining site's after
+	// its copy; for image the one to record (image.go).
+	Image *ImageID `msgpack:"im,omitempty"`
+	// Reason, for image: why the image is untrusted.
+	Reason string `msgpack:"why,omitempty"`
 }
 
 // ErrRefused wraps every reason a command is not applied.
@@ -164,7 +173,10 @@ func refuse(format string, args ...any) error {
 //     a fenced writer's in-sync changes are refused (fence.go);
 //   - a member joins out of sync (unless it is the first data site of a
 //     new cluster), and leaves only once out of sync and not the writer
-//     (members.go).
+//     (members.go);
+//   - a data site whose image is untrusted or does not match its record
+//     cannot become writer, and rejoins the in-sync set only with a new
+//     identity (image.go).
 func (s State) Apply(c Command) (State, error) {
 	n := s.clone()
 	switch c.Kind {
@@ -214,6 +226,9 @@ func (s State) Apply(c Command) (State, error) {
 		if err := s.checkLUN(c); err != nil {
 			return s, err
 		}
+		if err := n.checkWriterImage(s, c); err != nil {
+			return s, err
+		}
 		if s.LUN == nil && c.LUN != nil {
 			l := *c.LUN
 			n.LUN = &l
@@ -249,6 +264,9 @@ func (s State) Apply(c Command) (State, error) {
 			if s.IsLeaving(c.Name) {
 				return s, refuse("%s is being removed", c.Name)
 			}
+			if err := n.checkJoinImage(s, c); err != nil {
+				return s, err
+			}
 			n.InSync = append(n.InSync, c.Name)
 		}
 	case CmdRelease:
@@ -273,6 +291,10 @@ func (s State) Apply(c Command) (State, error) {
 			return s, refuse("first-writer %s: not in sync", c.Name)
 		}
 		n.First = c.Name
+	case CmdImage:
+		if err := n.applyImage(s, c); err != nil {
+			return s, err
+		}
 	case CmdFence, CmdUnfence:
 		if err := n.applyFence(c); err != nil {
 			return s, err

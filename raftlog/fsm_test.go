@@ -117,9 +117,10 @@ func TestRelease(t *testing.T) {
 	}
 }
 
-// The snapshot carries every field, Released included.
+// The snapshot carries every field, Released and Images included.
 func TestSnapshotRoundTrip(t *testing.T) {
-	f := &FSM{state: mustApply(t, cluster(t), Command{Kind: CmdRelease, Name: "a", ByEpoch: 1})}
+	f := &FSM{state: mustApply(t, imaged(t), Command{Kind: CmdRelease, Name: "b", ByEpoch: 2},
+		Command{Kind: CmdImage, Name: "a", Reason: "a new, empty image"})}
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)

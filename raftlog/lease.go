@@ -277,7 +277,12 @@ func (c *Cluster) leadTerm(ld *leadership) {
 		if mismatch != "" {
 			log.Error("cannot be writer: this member's LU is not the cluster's", "differences", mismatch)
 		}
-		if m, _ := s.Member(c.cfg.Name); m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) || s.IsLeaving(c.cfg.Name) || mismatch != "" {
+		m, _ := s.Member(c.cfg.Name)
+		distrust := ""
+		if m.Role == RoleData && s.IsInSync(c.cfg.Name) {
+			distrust = c.ownImageDistrust(s)
+		}
+		if m.Role != RoleData || !s.IsInSync(c.cfg.Name) || s.IsFenced(c.cfg.Name) || s.IsLeaving(c.cfg.Name) || mismatch != "" || distrust != "" {
 			if c.handOff(ld, s) {
 				return
 			}
@@ -414,11 +419,11 @@ func (c *Cluster) handOff(ld *leadership, s State) bool {
 	// dead member costs a whole election timeout.
 	var to []string
 	for _, n := range s.InSync {
-		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer && !s.IsFenced(n) && !s.IsLeaving(n) {
+		if m, ok := s.Member(n); ok && m.Role == RoleData && n != c.cfg.Name && n != s.Writer && !s.IsFenced(n) && !s.IsLeaving(n) && s.ImageUntrusted(n) == "" {
 			to = append(to, n)
 		}
 	}
-	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) && !s.IsFenced(s.Writer) && !s.IsLeaving(s.Writer) {
+	if s.Writer != "" && s.Writer != c.cfg.Name && s.IsInSync(s.Writer) && !s.IsFenced(s.Writer) && !s.IsLeaving(s.Writer) && s.ImageUntrusted(s.Writer) == "" {
 		to = append(to, s.Writer)
 	}
 	for _, n := range to {
@@ -478,7 +483,17 @@ func (c *Cluster) transfer(ld *leadership, p promoteReq) bool {
 // becomeWriter commits set-writer(self, epoch) and takes the lease.
 func (c *Cluster) becomeWriter(ld *leadership, epoch uint64) (uint64, error) {
 	start := time.Now()
-	idx, err := c.propose(Command{Kind: CmdSetWriter, Name: c.cfg.Name, Epoch: epoch, LUN: c.cfg.LUN})
+	cmd := Command{Kind: CmdSetWriter, Name: c.cfg.Name, Epoch: epoch, LUN: c.cfg.LUN}
+	if c.cfg.Image != nil {
+		// The image says it holds epoch's data before the state says so
+		// (image.go): a crash between the two leaves the image ahead.
+		id, err := c.cfg.Image.RaiseGeneration(epoch)
+		if err != nil {
+			return 0, fmt.Errorf("raftlog: raising the image generation to %d: %w", epoch, err)
+		}
+		cmd.Image = &id
+	}
+	idx, err := c.propose(cmd)
 	if err != nil {
 		return 0, err
 	}
@@ -600,6 +615,8 @@ func (c *Cluster) Promote(name string, timeout time.Duration) error {
 		return refuse("promote: %s is fenced", name)
 	case s.IsLeaving(name):
 		return refuse("promote: %s is being removed", name)
+	case s.ImageUntrusted(name) != "":
+		return refuse("promote: %s's image is untrusted: %s", name, s.ImageUntrusted(name))
 	}
 	if e, _ := c.WriterLease(); name == c.cfg.Name && e != 0 {
 		return nil

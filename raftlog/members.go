@@ -118,6 +118,7 @@ func (n *State) applyMembership(c Command) error {
 	n.Members = slices.DeleteFunc(n.Members, func(m Member) bool { return m.Name == c.Name })
 	n.Leaving = slices.DeleteFunc(n.Leaving, not)
 	n.Fenced = slices.DeleteFunc(n.Fenced, func(f Fence) bool { return f.Name == c.Name })
+	n.Images = slices.DeleteFunc(n.Images, func(im Image) bool { return im.Name == c.Name })
 	return nil
 }
 

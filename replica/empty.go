@@ -18,5 +18,10 @@ func storeEmpty(st Store) bool {
 		return false
 	}
 	sys, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && sys.Blocks == 0
+	if ok && sys.Blocks == 0 {
+		return true
+	}
+	// The identity block past the LU (identity.go) is allocated; the LU
+	// may still be all holes.
+	return lf.img != nil && !hasData(lf.f, lf.size)
 }

@@ -79,6 +79,8 @@ type Frame struct {
 	From   string `msgpack:"n,omitempty"` // hello: the sender's site name
 	Ref    uint64 `msgpack:"r,omitempty"` // FlagRef: the forwarder's operation id
 	At     int64  `msgpack:"a,omitempty"` // forward result: 1 + miscompare offset
+	// Image: a hello answer's image identity (identity.go).
+	Image *ImageID `msgpack:"im,omitempty"`
 }
 
 // Frame flags.
@@ -100,6 +102,10 @@ const (
 	// FlagEmpty: a hello answer from a site whose image was never
 	// written (all holes): two such images are equal without a compare.
 	FlagEmpty
+	// FlagGen: a flush after which the replica's image holds every write
+	// of Epoch: it raises its image generation to Epoch (durably) before
+	// it acknowledges. A flush with FlagSynced does too.
+	FlagGen
 )
 
 // maxNameLen bounds a site name in a hello.
@@ -166,6 +172,9 @@ func (f *Frame) Validate() error {
 		// saw committed (encodeRanges).
 		if f.Kind == FrameHello && len(f.Data) != 0 || len(f.Data) > maxCarried*16 || len(f.Data)%16 != 0 || len(f.From) > maxNameLen || f.Offset < 0 {
 			return fmt.Errorf("%w: bad hello", ErrFrame)
+		}
+		if f.Image != nil && (f.Kind == FrameHello || len(f.Image.UUID) > 64) {
+			return fmt.Errorf("%w: bad image identity in a hello", ErrFrame)
 		}
 	case FrameFlush, FrameAck, FrameNack, FrameLeaseReq, FrameLease, FrameFwdFlush, FrameFwdResult, FrameCommit:
 		if len(f.Data) != 0 {

@@ -22,7 +22,8 @@ type LocalFile struct {
 	f     *os.File
 	path  string
 	size  int64
-	block bool // a block device: discard instead of punching holes
+	block bool   // a block device: discard instead of punching holes
+	img   *image // the identity block of a cluster data site (identity.go)
 	// cawLock makes COMPARE AND WRITE atomic against writes: writes share
 	// it, a compare-and-write holds it alone.
 	cawLock sync.RWMutex
@@ -34,6 +35,9 @@ var _ target.Volume = (*LocalFile)(nil)
 // created sparse with the given size; an existing one smaller than size is
 // grown (never shrunk). size 0 means "use what is there".
 func OpenLocal(path string, size int64) (*LocalFile, error) {
+	if err := checkParent(path); err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open backing store: %w", err)

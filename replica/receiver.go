@@ -277,6 +277,11 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 	if storeEmpty(r.store) {
 		ack.Flags |= FlagEmpty
 	}
+	if lf, ok := r.store.(*LocalFile); ok {
+		if id, _, ok := lf.Image(); ok {
+			ack.Image = &id
+		}
+	}
 	r.mu.Unlock()
 	if err := send(ack, true); err != nil {
 		return err
@@ -421,6 +426,9 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		err = r.meta.set(uint64(f.Offset), data)
 	case FrameFlush:
 		err = r.store.Flush()
+		if err == nil && f.Flags&(FlagSynced|FlagGen) != 0 {
+			err = raiseGeneration(r.store, f.Epoch)
+		}
 		if err == nil && f.Flags&FlagSynced != 0 {
 			// Whole again: carried ranges were resynced.
 			r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq == carriedSeq })

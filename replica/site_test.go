@@ -152,6 +152,8 @@ type testCluster struct {
 	addrs map[string]string // what peers dial (a proxy, or the listener)
 	opts  func(*SiteConfig)
 	sizes map[string]int64 // a site's LU size when not size
+	// images: stores keep an image identity (OpenImage, identity.go).
+	images bool
 }
 
 func newTestCluster(t *testing.T, size int64, names ...string) *testCluster {
@@ -186,7 +188,11 @@ func (tc *testCluster) start(n string) *Site {
 	if n, ok := tc.sizes[n]; ok {
 		size = n
 	}
-	store, err := OpenLocal(ts.img, size)
+	open := OpenLocal
+	if tc.images {
+		open = func(p string, n int64) (*LocalFile, error) { return OpenImage(p, n, ImageOptions{Create: true}) }
+	}
+	store, err := open(ts.img, size)
 	if err != nil {
 		tc.t.Fatal(err)
 	}

@@ -38,7 +38,8 @@ type peer struct {
 	w     *writer
 	name  string
 	addr  string
-	empty bool // its hello answer said its image was never written
+	empty bool     // its hello answer said its image was never written
+	image *ImageID // its hello answer's image identity (identity.go)
 	// carried: ranges it applied that the last writer never committed
 	// (its hello answer); they may differ from this site's.
 	carried []appliedRange
@@ -812,12 +813,18 @@ func (w *writer) manage(p *peer, stale bool) {
 	w.mu.Lock()
 	inSync := p.state == peerInSync
 	w.mu.Unlock()
+	record := false
 	if inSync {
 		// A peer in sync answers a new writer's hello within one round
 		// trip; one that does not answer within a lease (a frozen or cut
 		// off old writer, typically) is dropped and resynced later
 		// rather than holding every write for replica_timeout.
 		diverged, err := w.connect(p, min(w.s.cfg.ReplicaTimeout, max(w.s.cfg.Lease, 200*time.Millisecond)))
+		if err == nil && !diverged && w.checkImage(p) != "" {
+			// Not the image the cluster knows in sync (I8): whatever
+			// this site's bitmap says, it describes another image.
+			diverged = true
+		}
 		if err == nil && !diverged && !stale {
 			// In sync and reachable: it has everything so far.
 			if err := p.dirty.Clear(); err != nil {
@@ -831,6 +838,7 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.mu.Lock()
 		fix := append(slices.Clone(w.carried), p.carried...)
 		w.mu.Unlock()
+		keep := err == nil && !initial && !diverged && !stale && len(fix) == 0
 		if err == nil && !initial && !diverged && !stale && len(fix) > 0 {
 			// A takeover with writes in flight: ranges applied at some
 			// sites and not others. Copy this site's version of them.
@@ -866,9 +874,15 @@ func (w *writer) manage(p *peer, stale bool) {
 			w.failPeer(p, err)
 			w.awaitDrop(p)
 		}
+		record = keep
 	}
 	if inSync {
 		w.carriedDone()
+	}
+	if record {
+		// Its image holds every write so far: its generation rises to
+		// this epoch and the cluster records it (identity.go).
+		w.recordImage(p)
 	}
 	backoff := 100 * time.Millisecond
 	for p.ctx.Err() == nil {
@@ -998,6 +1012,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	w.mu.Lock()
 	p.empty = ack.Flags&FlagEmpty != 0
 	p.carried = decodeRanges(ack.Data)
+	p.image = ack.Image
 	w.mu.Unlock()
 	return ack.Flags&FlagDiverged != 0, nil
 }
@@ -1022,10 +1037,18 @@ func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
 // (full), each region's digest is compared first and only different ones
 // are copied. At the end the peer joins the in-sync set through Raft.
 func (w *writer) resync(p *peer) error {
-	if _, err := w.connect(p, w.s.cfg.ReplicaTimeout); err != nil {
+	diverged, err := w.connect(p, w.s.cfg.ReplicaTimeout)
+	if err != nil {
 		return err
 	}
 	b := p.dirty
+	if why := w.checkImage(p); diverged || why != "" {
+		// The bitmap describes the image this site had, not this one
+		// (I8), or the site may hold writes nobody acknowledged.
+		if err := b.SetFull(); err != nil {
+			return fmt.Errorf("dirty bitmap: %w", err)
+		}
+	}
 	full := b.Full()
 	region := b.RegionSize()
 	size := w.s.cfg.Store.Size()
@@ -1165,7 +1188,7 @@ func (w *writer) resync(p *peer) error {
 		w.failPeer(p, a.Err)
 		return a.Err
 	}
-	if err := w.s.cfg.Control.AddInSync(p.name, w.epoch); err != nil && !errors.Is(err, ErrAlreadyInSync) {
+	if err := w.addInSync(p); err != nil && !errors.Is(err, ErrAlreadyInSync) {
 		w.failPeer(p, fmt.Errorf("joining the in-sync set: %w", err))
 		return err
 	}

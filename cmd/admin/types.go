@@ -46,6 +46,20 @@ type Status struct {
 	Role   string              `json:"role"`
 	Raft   RaftStatus          `json:"raft"`
 	Site   *replica.SiteStatus `json:"site,omitempty"`
+	// Image is a data site's own image identity (replica/identity.go).
+	Image *ImageStatus `json:"image,omitempty"`
+}
+
+// ImageStatus is a data site's own image identity and whether the
+// cluster's record vouches for it.
+type ImageStatus struct {
+	UUID string `json:"uuid"`
+	Gen  uint64 `json:"generation"`
+	// Created says why this start gave the image a new identity.
+	Created string `json:"created,omitempty"`
+	// Untrusted says why the cluster does not take this image as its
+	// own (it is copied in full before it is in sync, and never writer).
+	Untrusted string `json:"untrusted,omitempty"`
 }
 
 // RaftStatus is a member's Raft node and the committed cluster state it
@@ -91,6 +105,9 @@ type MemberInfo struct {
 	PortalGroup int      `json:"portal_group,omitempty"`
 	InSync      bool     `json:"in_sync"`
 	Leaving     bool     `json:"leaving,omitempty"`
+	// Image is what the state records of a data site's image identity:
+	// "trusted (<uuid prefix> gen <n>)", "untrusted: <why>", "" for none.
+	Image string `json:"image,omitempty"`
 }
 
 // FenceStatus is a fenced site and when the leader lifts the fence.

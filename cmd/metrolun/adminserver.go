@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +29,11 @@ func (m *member) status() admin.Status {
 		mi := admin.MemberInfo{Name: mm.Name, Role: mm.Role, Raft: mm.Addrs.Raft, Replication: mm.Addrs.Replication,
 			Admin: mm.Addrs.Admin, ISCSI: mm.Addrs.ISCSI, PortalGroup: mm.Addrs.PortalGroup,
 			InSync: st.State.IsInSync(mm.Name), Leaving: st.State.IsLeaving(mm.Name)}
+		if im, ok := st.State.Image(mm.Name); ok && im.Untrusted != "" {
+			mi.Image = "untrusted: " + im.Untrusted
+		} else if ok {
+			mi.Image = fmt.Sprintf("trusted (%.8s gen %d)", im.UUID, im.Gen)
+		}
 		// This member's config may know better (a proxy, an admin
 		// address the state was not told).
 		if cm, ok := m.cfg.Member(mm.Name); ok && cm.Admin != "" {
@@ -45,6 +51,11 @@ func (m *member) status() admin.Status {
 	if m.site != nil {
 		s := m.site.Status()
 		cs.Site = &s
+	}
+	if m.store != nil {
+		id, created, _ := m.store.Image()
+		cs.Image = &admin.ImageStatus{UUID: id.UUID, Gen: id.Gen, Created: created,
+			Untrusted: st.State.ImageDistrust(m.cfg.Name, raftlog.ImageID(id))}
 	}
 	return cs
 }

@@ -28,6 +28,7 @@ type member struct {
 	log     hclog.Logger
 	cluster *raftlog.Cluster
 	site    *replica.Site // nil at a witness
+	store   *replica.LocalFile
 	tls     *tls.Config
 	closers []func()
 	// admin asks the other members' admin endpoints (adminClient).
@@ -66,6 +67,66 @@ func (a control) DropInSync(name string, e uint64) error {
 }
 
 func (a control) AddInSync(name string, e uint64) error { return inSyncErr(a.c.AddInSync(name, e)) }
+
+// control is also a replica.ImageControl: the writer checks and records
+// its peers' image identities in the Raft state (raftlog/image.go).
+func (a control) ImageDistrust(name string, id replica.ImageID) string {
+	return a.c.State().ImageDistrust(name, raftlog.ImageID(id))
+}
+func (a control) MarkImage(name, why string) error { return a.c.MarkImage(name, why) }
+func (a control) RecordImage(name string, e uint64, id replica.ImageID) error {
+	return a.c.RecordImage(name, e, raftlog.ImageID(id))
+}
+func (a control) AddInSyncImage(name string, e uint64, id replica.ImageID) error {
+	return inSyncErr(a.c.AddInSyncImage(name, e, raftlog.ImageID(id)))
+}
+
+// siteImage adapts a data site's backing store to raftlog.ImageStore.
+type siteImage struct{ st *replica.LocalFile }
+
+func (i siteImage) Image() raftlog.ImageID {
+	id, _, _ := i.st.Image()
+	return raftlog.ImageID(id)
+}
+
+func (i siteImage) RaiseGeneration(gen uint64) (raftlog.ImageID, error) {
+	id, err := i.st.RaiseGeneration(gen)
+	return raftlog.ImageID(id), err
+}
+
+// openImage opens a data site's backing store with its image identity.
+// Only the first start of a new LU at this site may create the path:
+// with Raft state or an image record in data_dir, this site has held the
+// LU, and a missing path is a lost image (a mount missing at boot), which
+// must not silently become an empty one.
+func openImage(cfg *conf.Config, lun conf.LUN, log hclog.Logger) (*replica.LocalFile, error) {
+	record := filepath.Join(cfg.DataDir, "replica", "image")
+	_, rerr := os.Stat(filepath.Join(cfg.DataDir, "raft"))
+	_, ierr := os.Stat(record)
+	first := errors.Is(rerr, os.ErrNotExist) && errors.Is(ierr, os.ErrNotExist)
+	store, err := replica.OpenImage(lun.Path, lun.Size, replica.ImageOptions{Create: first})
+	if err != nil {
+		return nil, err
+	}
+	id, created, _ := store.Image()
+	switch {
+	case created != "" && first:
+		log.Info("a new image", "path", lun.Path, "image", id.String())
+	case created != "":
+		log.Warn("the backing store has a new image identity; the cluster copies it in full before it is in sync", "path", lun.Path, "image", id.String(), "why", created)
+	default:
+		log.Info("image identity", "path", lun.Path, "image", id.String())
+	}
+	if err := os.MkdirAll(filepath.Dir(record), 0o755); err != nil {
+		store.Close()
+		return nil, err
+	}
+	if err := os.WriteFile(record, []byte(fmt.Sprintf("path %s\nimage %s\n", lun.Path, id.UUID)), 0o600); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("image record: %w", err)
+	}
+	return store, nil
+}
 
 // inSyncErr gives raftlog's in-sync refusals replica's names.
 func inSyncErr(err error) error {
@@ -127,18 +188,19 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 			return nil, errors.New("a cluster member serves exactly one target with one LUN (the mirrored one)")
 		}
 		lun = cfg.Targets[0].LUNs[0]
-		if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
-			return nil, err
-		}
-		if store, err = replica.OpenLocal(lun.Path, lun.Size); err != nil {
+		if store, err = openImage(cfg, lun, log); err != nil {
 			return nil, err
 		}
 		def = lunDef(cfg.Targets[0].Name, lun, store.Size())
 	}
+	var img raftlog.ImageStore
+	if store != nil {
+		img = siteImage{store}
+	}
 	m.cluster, err = raftlog.Open(raftlog.Config{
 		Name: cfg.Name, Role: cfg.Role,
 		Dir:    filepath.Join(cfg.DataDir, "raft"),
-		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def,
+		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def, Image: img,
 		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
 		Logger: log.Named("raft"),
 	})
@@ -167,6 +229,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		td := tls.Dialer{NetDialer: &d, Config: tcfg.Clone()}
 		return td.DialContext(ctx, "tcp", addr)
 	}
+	m.store = store
 	m.site, err = replica.NewSite(replica.SiteConfig{
 		Name: cfg.Name, Store: store,
 		Dir:   filepath.Join(cfg.DataDir, "replica"),

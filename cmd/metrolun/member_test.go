@@ -29,8 +29,9 @@ func TestStatusFollowsTheRaftState(t *testing.T) {
 		return strings.TrimPrefix(srv.URL, "http://")
 	}
 	c := serve(admin.Status{Member: "c", Role: "data", Raft: admin.RaftStatus{State: "follower", CommitIndex: 10},
-		Site: &replica.SiteStatus{Name: "c", Role: "none"}})
-	info := []admin.MemberInfo{{Name: "a", Role: "data", InSync: true}, {Name: "w", Role: "witness"}, {Name: "c", Role: "data", Admin: c}}
+		Site:  &replica.SiteStatus{Name: "c", Role: "none"},
+		Image: &admin.ImageStatus{UUID: "c0ffee00c0ffee00c0ffee00c0ffee00", Created: "empty backing store", Untrusted: "a new, empty image"}})
+	info := []admin.MemberInfo{{Name: "a", Role: "data", InSync: true, Image: "trusted (aaaaaaaa gen 3)"}, {Name: "w", Role: "witness"}, {Name: "c", Role: "data", Admin: c}}
 	a := serve(admin.Status{Member: "a", Role: "data",
 		Raft: admin.RaftStatus{State: "leader", CommitIndex: 10, Writer: "a", InSync: []string{"a"}, Members: []string{"a/data", "w/witness", "c/data"}, MemberInfo: info},
 		Site: &replica.SiteStatus{Name: "a", Role: "writer", Peers: []replica.PeerStatus{
@@ -53,7 +54,8 @@ func TestStatusFollowsTheRaftState(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printStatus(&out, reps)
-	for _, want := range []string{"not in sync: resync 45.0% (9/20 regions)", "waiting to be added"} {
+	// Image identities (I8): a's from the state's record, c's from c.
+	for _, want := range []string{"not in sync: resync 45.0% (9/20 regions)", "waiting to be added", "trusted (aaaaaaaa gen 3)", "untrusted: a new, empty image"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, out.String())
 		}

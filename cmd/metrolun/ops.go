@@ -158,10 +158,10 @@ func printStatus(w io.Writer, reps []admin.MemberReport) {
 		fmt.Fprintln(w, "no member answered")
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tROLE\tREACHABLE\tRAFT\tSITE ROLE\tSEQ\tLEASE\tNOTE")
+	fmt.Fprintln(tw, "MEMBER\tROLE\tREACHABLE\tRAFT\tSITE ROLE\tSEQ\tLEASE\tIMAGE\tNOTE")
 	for _, r := range reps {
 		if r.Status == nil {
-			fmt.Fprintf(tw, "%s\t%s\tno\t-\t-\t-\t-\t%s\n", r.Name, r.Role, r.Error)
+			fmt.Fprintf(tw, "%s\t%s\tno\t-\t-\t-\t-\t%s\t%s\n", r.Name, r.Role, imageNote(view, nil, r.Name), r.Error)
 			continue
 		}
 		st := r.Status
@@ -175,7 +175,7 @@ func printStatus(w io.Writer, reps []admin.MemberReport) {
 		if n := memberNote(view, reps, r.Name, r.Role); n != "" {
 			note = strings.TrimPrefix(note+"; "+n, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%s\tyes\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, st.Raft.State, siteRole, seq, lease, note)
+		fmt.Fprintf(tw, "%s\t%s\tyes\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, st.Raft.State, siteRole, seq, lease, imageNote(view, st, r.Name), note)
 	}
 	tw.Flush()
 	for _, r := range reps {
@@ -224,6 +224,25 @@ func memberNote(view *admin.RaftStatus, reps []admin.MemberReport, name, role st
 		}
 	}
 	return ""
+}
+
+// imageNote is a data site's image identity state: the site's own
+// account when it answered (it knows its image), else the state's record.
+func imageNote(view *admin.RaftStatus, st *admin.Status, name string) string {
+	if st != nil && st.Image != nil {
+		if st.Image.Untrusted != "" {
+			return "untrusted: " + st.Image.Untrusted
+		}
+		return fmt.Sprintf("trusted (%.8s gen %d)", st.Image.UUID, st.Image.Gen)
+	}
+	if view != nil {
+		for _, mi := range view.MemberInfo {
+			if mi.Name == name && mi.Image != "" {
+				return mi.Image
+			}
+		}
+	}
+	return "-"
 }
 
 func orDash(s string) string {

@@ -188,11 +188,8 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 				tc.LUNs = append(tc.LUNs, lunConfig(l, clustered))
 				continue
 			}
-			if dir := filepath.Dir(l.Path); l.Size > 0 {
-				if err := os.MkdirAll(dir, 0o755); err != nil {
-					return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
-				}
-			}
+			// A missing directory is an error (replica.OpenLocal), never
+			// created: it is most often a mount missing at boot.
 			vol, err := replica.OpenLocal(l.Path, l.Size)
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
