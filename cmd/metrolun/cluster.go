@@ -127,7 +127,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		if err := os.MkdirAll(filepath.Dir(lun.Path), 0o755); err != nil {
 			return nil, err
 		}
-		if store, err = replica.OpenLocal(lun.Path, lun.Size); err != nil {
+		if store, err = openStore(lun.Path, lun.Size, cfg.DataDir, log.Named("store").With("target", cfg.Targets[0].Name, "lun", lun.ID)); err != nil {
 			return nil, err
 		}
 		def = lunDef(cfg.Targets[0].Name, lun, store.Size())
