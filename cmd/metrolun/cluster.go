@@ -64,6 +64,18 @@ func (a control) DropInSync(name string, e uint64) error {
 
 func (a control) AddInSync(name string, e uint64) error { return inSyncErr(a.c.AddInSync(name, e)) }
 
+// MoveWriter hands the writer role of epoch to the in-sync data site to
+// (replica/stepdown.go: this site's store failed).
+func (a control) MoveWriter(epoch uint64, to string) error {
+	if s := a.c.State(); s.Epoch != epoch {
+		return fmt.Errorf("epoch %d is over (now %d)", epoch, s.Epoch)
+	}
+	return a.c.Promote(to, moveWriterTimeout)
+}
+
+// moveWriterTimeout bounds a writer hand-over after a store failure.
+const moveWriterTimeout = 30 * time.Second
+
 // inSyncErr gives raftlog's in-sync refusals replica's names.
 func inSyncErr(err error) error {
 	switch {
