@@ -1,0 +1,300 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/metrolun/metrolun/integration/initiator"
+)
+
+// Storage faults against real processes (DESIGN.md Failures, "Storage
+// fails"): a full file system under a thin LUN (a real tmpfs), and, in a
+// binary built with the metrolun_faults tag, a failed write-back.
+
+// tmpfsLUN mounts a tmpfs of size (mount's -o size=) and links
+// siteDir/lun0.img into it, so that the LUN, and only the LUN, of the
+// demo site siteDir lives on a small file system. It needs root. The
+// mount goes in t.Cleanup, registered before the demo's stop, so it
+// is undone after the processes are gone.
+func tmpfsLUN(t *testing.T, siteDir, size string) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "tmpfs-"+filepath.Base(siteDir))
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount a %s tmpfs (the test needs root): %v: %s", size, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	if err := os.MkdirAll(siteDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(mnt, "lun0.img"), filepath.Join(siteDir, "lun0.img")); err != nil {
+		t.Fatal(err)
+	}
+	return mnt
+}
+
+// fillTo leaves free bytes free on the file system at mnt (a filler file
+// takes the rest) and returns the filler's path.
+func fillTo(t *testing.T, mnt string, free int64) string {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	avail := int64(st.Bavail) * st.Bsize
+	if avail <= free {
+		t.Fatalf("%s has %d bytes free, fewer than the %d to leave", mnt, avail, free)
+	}
+	path := filepath.Join(mnt, "filler")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, avail-free); err != nil {
+		t.Fatalf("fill %s: %v", mnt, err)
+	}
+	return path
+}
+
+// dialLUN logs in to a demo member's LUN URL and takes the unit
+// attention a new nexus gets.
+func dialLUN(t *testing.T, ctx context.Context, url, who string) *initiator.Session {
+	t.Helper()
+	portal, iqn, err := ParseISCSIURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	s, err := initiator.Dial(dctx, portal, iqn, "iqn.2026-11.io.metrolun:storage-"+who, initiator.Options{})
+	if err != nil {
+		t.Fatalf("login to %s: %v", url, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for range 3 {
+		if err := s.TestUnitReady(dctx, 0); err == nil {
+			break
+		}
+	}
+	return s
+}
+
+// senseOf returns err's sense key and ASC/ASCQ; ok is false when err is
+// not a CHECK CONDITION.
+func senseOf(err error) (key, asc, ascq byte, ok bool) {
+	var se *initiator.SCSIError
+	if !errors.As(err, &se) || se.Status != initiator.StatusCheckCondition {
+		return 0, 0, 0, false
+	}
+	return se.SenseKey, se.ASC, se.ASCQ, true
+}
+
+func isSense(err error, key, asc, ascq byte) bool {
+	k, a, q, ok := senseOf(err)
+	return ok && k == key && a == asc && q == ascq
+}
+
+func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
+
+func logHas(t *testing.T, path string, parts ...string) bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// TestStorageFullThinLUN (issue 12, items 1 and 10): a single site whose
+// thin LUN sits on a file system with 4 MiB free. An 8 MiB write, FUA or
+// not, must not be answered GOOD (on the old code the FUA one was: a
+// short pwritev2 count was ignored); it is DATA PROTECT, SPACE
+// ALLOCATION FAILED WRITE PROTECT (07/27/07, SBC-3 section 4.7.3.6),
+// logged with the LU and LBA. What was acknowledged before still reads
+// back, and SYNCHRONIZE CACHE still succeeds: out of space loses nothing.
+func TestStorageFullThinLUN(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	mnt := tmpfsLUN(t, filepath.Join(dir, "site-a"), "16m")
+	d := StartDemoT(t, DemoOptions{Bin: metrolunBin(t), Dir: dir, Size: "64MiB"})
+	ctx := t.Context()
+	s := dialLUN(t, ctx, d.File.DataMembers()[0].ISCSI, "full")
+	before := fill(0x11, 1<<20)
+	if err := s.WriteBlocks(ctx, 0, 0, before, true); err != nil {
+		t.Fatal(err)
+	}
+	fillTo(t, mnt, 4<<20)
+	for _, fua := range []bool{true, false} {
+		lba := uint64(16 << 11) // 16 MiB in 512-byte blocks
+		if !fua {
+			lba = 32 << 11
+		}
+		err := s.WriteBlocks(ctx, 0, lba, fill(0x22, 8<<20), fua)
+		if err == nil {
+			t.Fatalf("an 8 MiB WRITE (FUA %v) on a LUN with 4 MiB free was answered GOOD", fua)
+		}
+		if !isSense(err, initiator.SenseDataProtect, 0x27, 0x07) {
+			t.Fatalf("8 MiB WRITE (FUA %v) with 4 MiB free: %v; want DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (07/27/07)", fua, err)
+		}
+		if !logHas(t, d.Log, "I/O failed", "lba="+strconv.FormatUint(lba, 10), "out of space") {
+			t.Fatalf("no log line for the failed write at LBA %d (lun, lba and cause): %s", lba, tailFile(d.Log, 10))
+		}
+	}
+	got, err := s.ReadBlocks(ctx, 0, 0, uint32(len(before)/512))
+	if err != nil || !bytes.Equal(got, before) {
+		t.Fatalf("data acknowledged before the disk filled: err %v, equal %v", err, bytes.Equal(got, before))
+	}
+	if err := s.SyncCache(ctx, 0); err != nil {
+		t.Fatalf("SYNCHRONIZE CACHE after out of space: %v", err)
+	}
+}
+
+// TestStorageFullSiteCluster (issue 12, items 1 and 2) on a two-site
+// cluster whose replica's LUN sits on a file system with 4 MiB free:
+//   - an 8 MiB write through the replica (forwarded to the writer) is not
+//     answered GOOD while the replica stays in sync without it; once
+//     space is back the replica is resynced and `metrolun verify` finds
+//     no difference (on the old code it was resynced with 0 regions and
+//     verify found the sites different);
+//   - an 8 MiB FUA write through the writer is refused, or answered GOOD
+//     with the replica out of the in-sync set; after kill -9 of the
+//     writer the replica never serves other bytes than the acknowledged
+//     ones (on the old code it stayed in sync with half the write and
+//     served zeros with GOOD).
+func TestStorageFullSiteCluster(t *testing.T) {
+	requireTool(t, "qemu-io")
+	base, err := ClusterBasePort(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := metrolunBin(t)
+	dir := filepath.Join(t.TempDir(), "demo")
+	mnts := map[string]string{}
+	for _, n := range []string{"site-a", "site-b"} {
+		mnts[n] = tmpfsLUN(t, filepath.Join(dir, n), "48m")
+	}
+	d := StartDemoT(t, DemoOptions{Bin: bin, Dir: dir, Size: "64MiB",
+		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
+	ctx := t.Context()
+	ms, err := ClusterStatus(ctx, bin, d.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := Writer(ms)
+	if w == "" {
+		t.Fatalf("no writer: %+v", ms)
+	}
+	r := "site-a"
+	if w == "site-a" {
+		r = "site-b"
+	}
+	inSync := func(name string) bool {
+		ms, err := ClusterStatus(ctx, bin, d.Dir)
+		return err == nil && InSync(ms, name)
+	}
+	verify := func(when string) {
+		t.Helper()
+		if _, err := RunTool(ctx, 60*time.Second, nil, bin, "verify", "--dir", d.Dir); err != nil {
+			t.Fatalf("verify %s: %v", when, err)
+		}
+	}
+	data := fill(0x5a, 8<<20)
+
+	// A write through the full replica (forwarded).
+	filler := fillTo(t, mnts[r], 4<<20)
+	sr := dialLUN(t, ctx, member(d, r).ISCSI, "via-"+r)
+	const lba1 = 16 << 11
+	err = sr.WriteBlocks(ctx, 0, lba1, data, true)
+	t.Logf("8 MiB FUA write through the full %s: %v", r, err)
+	if err == nil && inSync(r) {
+		t.Fatalf("a write %s could not store was answered GOOD with %s in sync", r, r)
+	}
+	if err != nil && !isSense(err, initiator.SenseDataProtect, 0x27, 0x07) {
+		t.Errorf("the failed write's sense: %v; want DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT", err)
+	}
+	until(t, r+" out of the in-sync set", 30*time.Second, func() bool { return !inSync(r) })
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	until(t, r+" back in sync", 60*time.Second, func() bool { return inSync(r) })
+	verify("after the forwarding site's resync")
+
+	// A write through the writer while the replica is full, then the
+	// writer dies.
+	filler = fillTo(t, mnts[r], 4<<20)
+	sw := dialLUN(t, ctx, member(d, w).ISCSI, "via-"+w)
+	const lba2 = 32 << 11
+	werr := sw.WriteBlocks(ctx, 0, lba2, data, true)
+	t.Logf("8 MiB FUA write through the writer %s with %s full: %v", w, r, werr)
+	if werr == nil && inSync(r) {
+		t.Fatalf("the write was answered GOOD with %s, which could not store it, in sync", r)
+	}
+	if err := syscall.Kill(member(d, w).PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// For a while the survivor either serves the acknowledged bytes or
+	// refuses; never GOOD with other bytes (I1).
+	sr2 := dialLUN(t, ctx, member(d, r).ISCSI, "after-kill")
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		got, err := sr2.ReadBlocks(ctx, 0, lba2, uint32(len(data)/512))
+		if err == nil && werr == nil && !bytes.Equal(got, data) {
+			i := 0
+			for i < len(got) && got[i] == data[i] {
+				i++
+			}
+			t.Fatalf("after kill -9 of the writer, %s answers GOOD with other bytes than the acknowledged write (first at byte %d)", r, i)
+		}
+		if err != nil {
+			if _, _, _, ok := senseOf(err); !ok {
+				sr2 = dialLUN(t, ctx, member(d, r).ISCSI, "after-kill")
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := RestartMember(d, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { StopMember(cmd) })
+	until(t, "both sites in sync", 90*time.Second, func() bool { return inSync(r) && inSync(w) })
+	verify("after the writer's restart")
+	if werr == nil {
+		if err := qemuIO(ctx, member(d, r).ISCSI, fmt.Sprintf("read -P 0x5a %d 8M", lba2*512)); err != nil {
+			t.Fatalf("the acknowledged write at %s: %v", r, err)
+		}
+	}
+	if err := qemuIO(ctx, member(d, w).ISCSI, "flush"); err != nil {
+		t.Fatal(err)
+	}
+	same(t, filepath.Join(d.Dir, "site-a", "lun0.img"), filepath.Join(d.Dir, "site-b", "lun0.img"))
+}
