@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -125,20 +126,30 @@ func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
 
 func logHas(t *testing.T, path string, parts ...string) bool {
 	t.Helper()
+	return logCount(t, path, parts...) > 0
+}
+
+// logCount counts the lines of the log at path that contain every part.
+func logCount(t *testing.T, path string, parts ...string) int {
+	t.Helper()
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	n := 0
 	for _, line := range strings.Split(string(b), "\n") {
 		all := true
 		for _, p := range parts {
 			all = all && strings.Contains(line, p)
 		}
 		if all {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // TestStorageFullThinLUN (issue 12, items 1 and 10): a single site whose
@@ -320,4 +331,178 @@ func TestStorageFullSiteCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	same(t, filepath.Join(d.Dir, "site-a", "lun0.img"), filepath.Join(d.Dir, "site-b", "lun0.img"))
+}
+
+var (
+	faultsOnce sync.Once
+	faultsBin  string
+	faultsErr  error
+)
+
+// metrolunFaultsBin builds (once) the metrolun_faults binary, whose
+// store injects faults on demand (cmd/metrolun/faults.go).
+func metrolunFaultsBin(t testing.TB) string {
+	t.Helper()
+	faultsOnce.Do(func() {
+		faultsBin, faultsErr = BuildMetrolunTags(context.Background(), binDir, "metrolun-faults", "metrolun_faults")
+	})
+	if faultsErr != nil {
+		t.Fatalf("no metrolun_faults binary: %v", faultsErr)
+	}
+	return faultsBin
+}
+
+// setFaults writes a site's fault control file (JSON replica.Faults) and
+// waits until the process took it (its log says so).
+func setFaults(t *testing.T, d *Demo, site, faults string) {
+	t.Helper()
+	path := filepath.Join(d.Dir, site, "faults.json")
+	// The log quotes the JSON; the control file's path says which site
+	// took it, one more line than before.
+	logs := []string{d.Log, filepath.Join(d.Dir, site+"-restart.log")}
+	count := func() int {
+		n := 0
+		for _, l := range logs {
+			n += logCount(t, l, "faults set", path)
+		}
+		return n
+	}
+	before := count()
+	if err := os.WriteFile(path, []byte(faults), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	until(t, site+" applies faults "+faults, 10*time.Second, func() bool { return count() > before })
+}
+
+// TestStorageWriteBackErrorSticky (issue 12, item 3): after a write-back
+// fails (the metrolun_faults build makes the next fdatasync fail with
+// EIO and drops the unflushed pages, as Linux does), the first
+// SYNCHRONIZE CACHE reports MEDIUM ERROR and so does every later one,
+// and reads of the data that was lost fail with MEDIUM ERROR, UNRECOVERED
+// READ ERROR instead of returning the older bytes with GOOD, until the
+// region is written again. (The old code had no fault build; with this
+// build and the lost-region record disabled the second flush and the
+// read answer GOOD.)
+func TestStorageWriteBackErrorSticky(t *testing.T) {
+	d := StartDemoT(t, DemoOptions{Bin: metrolunFaultsBin(t), Size: "64MiB"})
+	ctx := t.Context()
+	s := dialLUN(t, ctx, d.File.DataMembers()[0].ISCSI, "writeback")
+	old, lost := fill(0x11, 1<<20), fill(0x22, 1<<20)
+	if err := s.WriteBlocks(ctx, 0, 0, old, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteBlocks(ctx, 0, 0, lost, false); err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, d, "site-a", `{"flush_eio":1}`)
+	for i := range 3 {
+		if err := s.SyncCache(ctx, 0); !isSense(err, initiator.SenseMediumError, 0x0c, 0x00) {
+			t.Fatalf("SYNCHRONIZE CACHE %d after a failed write-back: %v; want MEDIUM ERROR, WRITE ERROR (03/0C/00)", i+1, err)
+		}
+	}
+	got, err := s.ReadBlocks(ctx, 0, 8, 8)
+	if !isSense(err, initiator.SenseMediumError, 0x11, 0x00) {
+		t.Fatalf("read of data whose write-back failed: %v (data %x..); want MEDIUM ERROR, UNRECOVERED READ ERROR (03/11/00)", err, got[:min(4, len(got))])
+	}
+	if !logHas(t, d.Log, "flush failed", "lun0.img") {
+		t.Fatalf("the failed write-back is not logged: %s", tailFile(d.Log, 10))
+	}
+	// Written again, whole: readable and flushable again.
+	again := fill(0x33, 1<<20)
+	if err := s.WriteBlocks(ctx, 0, 0, again, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SyncCache(ctx, 0); err != nil {
+		t.Fatalf("SYNCHRONIZE CACHE once the lost data was rewritten: %v", err)
+	}
+	if got, err := s.ReadBlocks(ctx, 0, 0, uint32(len(again)/512)); err != nil || !bytes.Equal(got, again) {
+		t.Fatalf("read of the rewritten data: err %v, equal %v", err, bytes.Equal(got, again))
+	}
+}
+
+// TestStorageWriteBackErrorCluster: failed write-backs in a two-site
+// cluster (metrolun_faults build).
+//   - At the replica: SYNCHRONIZE CACHE through the writer is refused or
+//     answered with the replica out of the in-sync set; the replica is
+//     resynced with a full compare and then holds the acknowledged data
+//     (`metrolun verify`: no difference).
+//   - At the writer: SYNCHRONIZE CACHE is not GOOD; the writer hands its
+//     role to the in-sync replica, which resyncs the old writer; both
+//     then hold the data the replica had, and verify finds no difference.
+func TestStorageWriteBackErrorCluster(t *testing.T) {
+	base, err := ClusterBasePort(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := metrolunFaultsBin(t)
+	d := StartDemoT(t, DemoOptions{Bin: bin, Size: "64MiB",
+		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
+	ctx := t.Context()
+	status := func() []MemberStatus {
+		ms, err := ClusterStatus(ctx, bin, d.Dir)
+		if err != nil {
+			return nil
+		}
+		return ms
+	}
+	w := Writer(status())
+	if w == "" {
+		t.Fatal("no writer")
+	}
+	r := "site-a"
+	if w == "site-a" {
+		r = "site-b"
+	}
+	verify := func(when string) {
+		t.Helper()
+		if _, err := RunTool(ctx, 60*time.Second, nil, bin, "verify", "--dir", d.Dir); err != nil {
+			t.Fatalf("verify %s: %v", when, err)
+		}
+	}
+	readAt := func(site string, lba uint64, want []byte) {
+		t.Helper()
+		s := dialLUN(t, ctx, member(d, site).ISCSI, "read-"+site)
+		defer s.Close()
+		got, err := s.ReadBlocks(ctx, 0, lba, uint32(len(want)/512))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read at %s, LBA %d: err %v, equal %v", site, lba, err, bytes.Equal(got, want))
+		}
+	}
+	sw := dialLUN(t, ctx, member(d, w).ISCSI, "writer")
+	if err := sw.WriteBlocks(ctx, 0, 0, fill(0x11, 4<<20), true); err != nil {
+		t.Fatal(err)
+	}
+
+	// The replica's write-back fails.
+	one := fill(0x22, 1<<20)
+	if err := sw.WriteBlocks(ctx, 0, 0, one, false); err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, d, r, `{"flush_eio":1}`)
+	err = sw.SyncCache(ctx, 0)
+	t.Logf("SYNCHRONIZE CACHE with %s's write-back failing: %v", r, err)
+	if err == nil && InSync(status(), r) {
+		t.Fatalf("SYNCHRONIZE CACHE answered GOOD with %s, whose write-back failed, in sync", r)
+	}
+	until(t, r+" resynced", 60*time.Second, func() bool { return InSync(status(), r) })
+	verify("after the replica's failed write-back")
+	readAt(r, 0, one)
+
+	// The writer's write-back fails.
+	two := fill(0x44, 1<<20)
+	const lba = 2 << 11
+	if err := sw.WriteBlocks(ctx, 0, lba, two, false); err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, d, w, `{"flush_eio":1}`)
+	if err := sw.SyncCache(ctx, 0); err == nil {
+		t.Fatalf("SYNCHRONIZE CACHE answered GOOD although the writer's write-back failed")
+	} else {
+		t.Logf("SYNCHRONIZE CACHE with the writer's write-back failing: %v", err)
+	}
+	until(t, r+" becomes the writer", 60*time.Second, func() bool { return Writer(status()) == r })
+	until(t, w+" resynced", 60*time.Second, func() bool { return InSync(status(), w) })
+	verify("after the writer's failed write-back")
+	readAt(w, lba, two)
+	readAt(r, lba, two)
 }

@@ -71,7 +71,7 @@ func injectFaults(st *replica.LocalFile, dataDir string, log hclog.Logger) error
 					log.Error("replacing the image", "error", err)
 				}
 			}
-			log.Warn("faults set", "faults", string(bytes.TrimSpace(b)))
+			log.Warn("faults set", "control", path, "faults", string(bytes.TrimSpace(b)))
 		}
 	}()
 	return nil
