@@ -19,8 +19,11 @@ type writeBack struct {
 	mu       sync.Mutex
 	active   []uint64
 	flushing []uint64
-	lost     []uint64
-	nlost    atomic.Int64 // bits set in lost: reads skip the lock at 0
+	// anyActive, anyFlushing: a bit may be set in active (flushing), so
+	// a flush of an idle LU touches no bitmap.
+	anyActive, anyFlushing bool
+	lost                   []uint64
+	nlost                  atomic.Int64 // bits set in lost: reads skip the lock at 0
 }
 
 func (w *writeBack) init(size int64) {
@@ -74,6 +77,7 @@ func (w *writeBack) wrote(off, n int64) {
 	for r := first; r <= last; r++ {
 		setBit(w.active, r)
 	}
+	w.anyActive = true
 	w.rewroteLocked(ff, fl)
 }
 
@@ -118,17 +122,29 @@ func (w *writeBack) lose(off, n int64) {
 func (w *writeBack) startFlush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for i, x := range w.active {
-		w.flushing[i] |= x
-		w.active[i] = 0
+	if !w.anyActive {
+		return
 	}
+	if !w.anyFlushing {
+		// Flushes are serialised and each ends with flushing empty.
+		w.active, w.flushing = w.flushing, w.active
+	} else {
+		for i, x := range w.active {
+			w.flushing[i] |= x
+			w.active[i] = 0
+		}
+	}
+	w.anyActive, w.anyFlushing = false, true
 }
 
 // flushed: the flush succeeded; what it covered is stable.
 func (w *writeBack) flushed() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	clear(w.flushing)
+	if w.anyFlushing {
+		clear(w.flushing)
+		w.anyFlushing = false
+	}
 }
 
 // flushFailed: the kernel may have dropped any page written since the
@@ -138,6 +154,7 @@ func (w *writeBack) flushed() {
 func (w *writeBack) flushFailed() (lo, hi int64, regions int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.anyActive, w.anyFlushing = false, false
 	lo = -1
 	for i := range w.lost {
 		add := w.flushing[i] | w.active[i]
