@@ -56,6 +56,12 @@ func (w *writer) localFailed(f *Frame, err error) {
 		w.log.Warn("no in-sync replica can take over; staying writer with a failing store")
 		return
 	}
+	if n := frameBytes(f); n > 0 {
+		// Until the hand-over, reads here of what the failed write may
+		// have torn fail, rather than show bytes the replicas do not
+		// have (I4); the next writer's full compare rewrites them.
+		w.s.cfg.Store.wb.lose(f.Offset, n)
+	}
 	w.steppingDown = true
 	w.done.Add(1)
 	go func() {
