@@ -493,8 +493,9 @@ func (r *receiver) sameSum(f *Frame) (bool, error) {
 	}
 	buf := make([]byte, n)
 	if err := r.store.ReadAt(buf, f.Offset); err != nil {
-		// Unreadable here (a lost write-back, a bad sector): the
-		// writer's copy of the region rewrites it.
+		// Unreadable here (a lost write-back, a bad sector): not the
+		// same bytes. A resync copies the writer's region over it; a
+		// verify reports it.
 		return false, nil
 	}
 	sum := sha256.Sum256(buf)
