@@ -239,9 +239,23 @@ func (fc *fullCluster) inSync(name string) bool {
 
 func (fc *fullCluster) verify(when string) {
 	fc.t.Helper()
-	if _, err := RunTool(fc.t.Context(), 60*time.Second, nil, fc.bin, "verify", "--dir", fc.d.Dir); err != nil {
-		fc.t.Fatalf("verify %s: %v", when, err)
+	verifySettles(fc.t, fc.bin, fc.d.Dir, when)
+}
+
+// verifySettles runs `metrolun verify` until it finds no difference,
+// for up to a minute. A site the writer has still to drop and resync
+// may show as in sync for a moment (the new writer learns that it
+// diverged when it connects), so one failed verify right after a
+// hand-over proves nothing; a difference that lasts does.
+func verifySettles(t *testing.T, bin, dir, when string) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if _, err = RunTool(t.Context(), 60*time.Second, nil, bin, "verify", "--dir", dir); err == nil {
+			return
+		}
 	}
+	t.Fatalf("verify %s: %v", when, err)
 }
 
 // TestStorageFullForwardingSite (issue 12, item 2): in a two-site
@@ -355,6 +369,41 @@ func TestStorageFullReplica(t *testing.T) {
 		}
 	}
 	if err := qemuIO(ctx, member(d, w).ISCSI, "flush"); err != nil {
+		t.Fatal(err)
+	}
+	same(t, filepath.Join(d.Dir, "site-a", "lun0.img"), filepath.Join(d.Dir, "site-b", "lun0.img"))
+}
+
+// TestStorageFullWriter: the writer itself has 4 MiB free under its thin
+// LUN. An 8 MiB FUA write through it is refused (07/27/07), never GOOD;
+// the writer's image may now hold part of it, which the replica does not
+// have, so the writer hands its role to the in-sync replica, which
+// resyncs the old writer with a full compare; verify then finds no
+// difference. On the old code the write was answered GOOD with half of
+// it missing at the writer.
+func TestStorageFullWriter(t *testing.T) {
+	fc := startFullCluster(t)
+	ctx, d, w, r := t.Context(), fc.d, fc.w, fc.r
+	filler := fillTo(t, fc.mnts[w], 4<<20)
+	sw := dialLUN(t, ctx, member(d, w).ISCSI, "via-"+w)
+	err := sw.WriteBlocks(ctx, 0, 16<<11, fill(0x5a, 8<<20), true)
+	t.Logf("8 MiB FUA write through the full writer %s: %v", w, err)
+	if err == nil {
+		t.Fatalf("a write the writer could not store was answered GOOD")
+	}
+	if !isSense(err, initiator.SenseDataProtect, 0x27, 0x07) {
+		t.Errorf("the failed write's sense: %v; want DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT", err)
+	}
+	until(t, r+" becomes the writer", 60*time.Second, func() bool {
+		ms, err := ClusterStatus(ctx, fc.bin, d.Dir)
+		return err == nil && Writer(ms) == r
+	})
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	until(t, w+" resynced", 60*time.Second, func() bool { return fc.inSync(w) })
+	fc.verify("after the full writer handed over")
+	if err := qemuIO(ctx, member(d, r).ISCSI, "flush"); err != nil {
 		t.Fatal(err)
 	}
 	same(t, filepath.Join(d.Dir, "site-a", "lun0.img"), filepath.Join(d.Dir, "site-b", "lun0.img"))
@@ -482,9 +531,7 @@ func TestStorageWriteBackErrorCluster(t *testing.T) {
 	}
 	verify := func(when string) {
 		t.Helper()
-		if _, err := RunTool(ctx, 60*time.Second, nil, bin, "verify", "--dir", d.Dir); err != nil {
-			t.Fatalf("verify %s: %v", when, err)
-		}
+		verifySettles(t, bin, d.Dir, when)
 	}
 	readAt := func(site string, lba uint64, want []byte) {
 		t.Helper()
