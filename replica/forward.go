@@ -31,16 +31,28 @@ type fwdOp struct {
 
 	mu        sync.Mutex
 	isApplied bool
-	epoch     uint64 // the stream frame that applied it here
-	seq       uint64
-	result    *Frame
-	done      chan struct{}
+	// localErr: applying it here failed (this site's store); the
+	// operation ends with this error whatever the writer answers.
+	localErr error
+	epoch    uint64 // the stream frame that applied it here
+	seq      uint64
+	result   *Frame
+	done     chan struct{}
 }
 
 func (o *fwdOp) applied(epoch, seq uint64) {
 	o.mu.Lock()
 	o.isApplied = true
 	o.epoch, o.seq = epoch, seq
+	o.check()
+	o.mu.Unlock()
+}
+
+func (o *fwdOp) failedHere(err error) {
+	o.mu.Lock()
+	if o.localErr == nil {
+		o.localErr = err
+	}
 	o.check()
 	o.mu.Unlock()
 }
@@ -61,6 +73,10 @@ func (o *fwdOp) check() {
 	case <-o.done:
 		return
 	default:
+	}
+	if o.localErr != nil {
+		close(o.done)
+		return
 	}
 	if o.result == nil {
 		return
@@ -158,7 +174,14 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	case <-ctx.Done():
 		return -1, &indeterminate{err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
 	}
-	r := op.result
+	op.mu.Lock()
+	r, localErr := op.result, op.localErr
+	op.mu.Unlock()
+	if localErr != nil {
+		// Ordered and kept elsewhere, failed here: not GOOD. The
+		// store's error says why (out of space, medium error).
+		return -1, localErr
+	}
 	switch {
 	case r.Err == errNotWriter.Error():
 		return -1, errRetry

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -214,6 +215,10 @@ func OpenImage(path string, size int64, opts ImageOptions) (*LocalFile, error) {
 		f.Close()
 		return nil, err
 	}
+	// The same raw I/O, logger and write-back record as OpenLocal gives
+	// (local.go, writeback.go), over the LU only.
+	v.io, v.log = osFile{int(f.Fd())}, hclog.NewNullLogger()
+	v.wb.init(v.size)
 	return v, nil
 }
 

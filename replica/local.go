@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/metrolun/metrolun/target"
@@ -18,8 +19,22 @@ import (
 
 // LocalFile is a volume backed by a regular file (sparse, thin) or a block
 // device. It implements target.Volume.
+//
+// Storage errors are never swallowed (DESIGN.md Failures):
+//   - a short write is continued until the whole buffer is written or the
+//     kernel reports why not (ENOSPC maps to target.ErrNoSpace, EIO to
+//     target.ErrMedium);
+//   - write-back errors are sticky. Linux reports a failed write-back to
+//     one fsync only and may then drop the dirty pages, so later reads
+//     return what was on disk before with no error. LocalFile therefore
+//     remembers the regions written since the last successful flush; when
+//     a flush (or a FUA write) fails, they become lost: every later Flush
+//     fails and every read touching them fails with MEDIUM ERROR, until
+//     each region is completely rewritten (or unmapped) or a resync ends
+//     (Resynced).
 type LocalFile struct {
 	f     *os.File
+	io    rawIO // the system calls; a FaultStore interposes here
 	path  string
 	size  int64
 	block bool   // a block device: discard instead of punching holes
@@ -27,9 +42,68 @@ type LocalFile struct {
 	// cawLock makes COMPARE AND WRITE atomic against writes: writes share
 	// it, a compare-and-write holds it alone.
 	cawLock sync.RWMutex
+	// flushMu serialises flushes, so that the regions one flush covers
+	// are known (wb.flushing).
+	flushMu sync.Mutex
+	wb      writeBack
+	log     hclog.Logger
 }
 
 var _ target.Volume = (*LocalFile)(nil)
+
+// rawIO is the system calls LocalFile makes on its file. A short count
+// without an error is possible from pwrite; LocalFile handles it.
+type rawIO interface {
+	pwrite(p []byte, off int64, dsync bool) (int, error)
+	pread(p []byte, off int64) (int, error)
+	datasync() error
+	punch(off, n int64) error
+}
+
+// osFile is the real rawIO.
+type osFile struct{ fd int }
+
+func (o osFile) pwrite(p []byte, off int64, dsync bool) (int, error) {
+	for {
+		var n int
+		var err error
+		if dsync {
+			// RWF_DSYNC makes only this write durable, which is cheaper
+			// than an fdatasync of the whole file (Linux 4.7+).
+			n, err = unix.Pwritev2(o.fd, [][]byte{p}, off, unix.RWF_DSYNC)
+		} else {
+			n, err = unix.Pwrite(o.fd, p, off)
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return n, err
+	}
+}
+
+func (o osFile) pread(p []byte, off int64) (int, error) {
+	for {
+		n, err := unix.Pread(o.fd, p, off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return n, err
+	}
+}
+
+func (o osFile) datasync() error {
+	for {
+		err := unix.Fdatasync(o.fd)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err
+	}
+}
+
+func (o osFile) punch(off, n int64) error {
+	return unix.Fallocate(o.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
 
 // OpenLocal opens the backing store at path. A missing regular file is
 // created sparse with the given size; an existing one smaller than size is
@@ -47,7 +121,7 @@ func OpenLocal(path string, size int64) (*LocalFile, error) {
 		f.Close()
 		return nil, err
 	}
-	v := &LocalFile{f: f, path: path}
+	v := &LocalFile{f: f, io: osFile{int(f.Fd())}, path: path, log: hclog.NewNullLogger()}
 	switch {
 	case st.Mode()&os.ModeDevice != 0:
 		v.block = true
@@ -78,17 +152,38 @@ func OpenLocal(path string, size int64) (*LocalFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: empty backing store and no size given", path)
 	}
+	v.wb.init(v.size)
 	return v, nil
+}
+
+// SetLogger names where storage errors are logged (with the LU's fields).
+func (v *LocalFile) SetLogger(l hclog.Logger) {
+	if l != nil {
+		v.log = l
+	}
 }
 
 func (v *LocalFile) Size() int64 { return v.size }
 
 func (v *LocalFile) ReadAt(p []byte, off int64) error {
-	_, err := v.f.ReadAt(p, off)
-	if err == io.EOF {
-		err = nil // a sparse tail reads as zeros
+	if lo, hi, ok := v.wb.lostIn(off, int64(len(p))); ok {
+		// The write-back of these bytes failed earlier: what the file
+		// returns now is older data, not what was acknowledged.
+		return fmt.Errorf("%w: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, v.path, lo, hi)
 	}
-	return wrapIO(err)
+	for done := 0; done < len(p); {
+		n, err := v.io.pread(p[done:], off+int64(done))
+		if err != nil {
+			return v.ioError("read", off, int64(len(p)), err)
+		}
+		if n == 0 {
+			// Past the end of a regular file: a sparse tail reads as zeros.
+			clear(p[done:])
+			return nil
+		}
+		done += n
+	}
+	return nil
 }
 
 func (v *LocalFile) WriteAt(p []byte, off int64, fua bool) error {
@@ -98,27 +193,80 @@ func (v *LocalFile) WriteAt(p []byte, off int64, fua bool) error {
 }
 
 func (v *LocalFile) writeAt(p []byte, off int64, fua bool) error {
-	if fua {
-		// RWF_DSYNC makes only this write durable, which is cheaper than
-		// an fdatasync of the whole file (Linux 4.7+).
-		_, err := unix.Pwritev2(int(v.f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
-		if err == nil {
-			return nil
+	n := int64(len(p))
+	err := v.pwriteAll(p, off, fua)
+	if fua && err != nil && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL)) {
+		// No RWF_DSYNC here: a plain write, then a flush.
+		if err = v.pwriteAll(p, off, false); err == nil {
+			v.wb.wrote(off, n)
+			return v.Flush()
 		}
-		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
-			return wrapIO(err)
-		}
-		if _, err := v.f.WriteAt(p, off); err != nil {
-			return wrapIO(err)
-		}
-		return v.Flush()
 	}
-	_, err := v.f.WriteAt(p, off)
-	return wrapIO(err)
+	if err != nil {
+		if !isNoSpace(err) {
+			// What the failed write left there is unknown, and a page
+			// the kernel could not write back may be dropped: reads of
+			// it must fail rather than return older data.
+			v.wb.lose(off, n)
+			v.log.Error("storage write failed; the range is lost until rewritten or resynced", "path", v.path, "offset", off, "bytes", n, "fua", fua, "error", err)
+		}
+		return v.ioError("write", off, n, err)
+	}
+	if fua {
+		v.wb.rewrote(off, n)
+	} else {
+		v.wb.wrote(off, n)
+	}
+	return nil
 }
 
+// pwriteAll writes all of p: a short count (a file system running out of
+// space, a signal) is continued until the kernel says why it stops.
+func (v *LocalFile) pwriteAll(p []byte, off int64, dsync bool) error {
+	for len(p) > 0 {
+		n, err := v.io.pwrite(p, off, dsync)
+		if n > 0 {
+			p, off = p[n:], off+int64(n)
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+	}
+	return nil
+}
+
+// Flush makes every completed write stable (SYNCHRONIZE CACHE). It fails
+// while any region is lost (see LocalFile).
 func (v *LocalFile) Flush() error {
-	return wrapIO(unix.Fdatasync(int(v.f.Fd())))
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	v.wb.startFlush()
+	if err := v.io.datasync(); err != nil {
+		lo, hi, regions := v.wb.flushFailed()
+		v.log.Error("storage flush failed; the data written since the last flush is lost until rewritten or resynced",
+			"path", v.path, "from_offset", lo, "to_offset", hi, "regions", regions, "error", err)
+		return v.ioError("flush", lo, hi-lo, err)
+	}
+	v.wb.flushed()
+	if lo, hi, ok := v.wb.lostIn(0, v.size); ok {
+		return fmt.Errorf("%w: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, v.path, lo, hi)
+	}
+	return nil
+}
+
+// Lost reports how many regions are lost (see LocalFile).
+func (v *LocalFile) Lost() int { return v.wb.lostCount() }
+
+// Resynced forgets every lost region: a resync rewrote whatever differed
+// from the writer's copy.
+func (v *LocalFile) Resynced() {
+	if n := v.wb.lostCount(); n > 0 {
+		v.log.Info("resync ended; lost regions are whole again", "path", v.path, "regions", n)
+	}
+	v.wb.clearLost()
 }
 
 func (v *LocalFile) Unmap(off, length int64) error {
@@ -126,23 +274,31 @@ func (v *LocalFile) Unmap(off, length int64) error {
 	defer v.cawLock.RUnlock()
 	if v.block {
 		r := [2]uint64{uint64(off), uint64(length)}
-		return wrapIO(ioctlDiscard(int(v.f.Fd()), &r))
+		if err := ioctlDiscard(int(v.f.Fd()), &r); err != nil {
+			return v.ioError("unmap", off, length, err)
+		}
+		v.wb.wrote(off, length)
+		return nil
 	}
-	err := unix.Fallocate(int(v.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	err := v.io.punch(off, length)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		// A file system without hole punching: write zeros instead, so the
 		// range still reads back as zeros (LBPRZ).
 		zero := make([]byte, min(length, 1<<20))
 		for done := int64(0); done < length; {
 			n := min(int64(len(zero)), length-done)
-			if _, err := v.f.WriteAt(zero[:n], off+done); err != nil {
-				return wrapIO(err)
+			if err := v.writeAt(zero[:n], off+done, false); err != nil {
+				return err
 			}
 			done += n
 		}
 		return nil
 	}
-	return wrapIO(err)
+	if err != nil {
+		return v.ioError("unmap", off, length, err)
+	}
+	v.wb.wrote(off, length)
+	return nil
 }
 
 func (v *LocalFile) CompareAndWrite(off int64, cmp, data []byte) (int, error) {
@@ -189,16 +345,29 @@ func (v *LocalFile) State() target.PathState { return target.PathActiveOptimized
 
 func (v *LocalFile) Close() error { return v.f.Close() }
 
-// wrapIO marks I/O errors from the device as medium errors so that the
-// initiator sees MEDIUM ERROR rather than a target failure.
+// ioError says what failed where, and marks the cause for the target:
+// ENOSPC (and EDQUOT) as out of space, EIO as a medium error.
+func (v *LocalFile) ioError(op string, off, n int64, err error) error {
+	return fmt.Errorf("%s %s bytes %d-%d: %w", op, v.path, off, off+n, wrapIO(err))
+}
+
+// wrapIO marks I/O errors from the device so that the initiator sees
+// MEDIUM ERROR, or SPACE ALLOCATION FAILED WRITE PROTECT on a full thin
+// LU (SBC-3 section 4.7.3.6), rather than a target failure.
 func wrapIO(err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if errors.Is(err, unix.EIO) {
+	case errors.Is(err, unix.EIO):
 		return fmt.Errorf("%w: %v", target.ErrMedium, err)
+	case isNoSpace(err):
+		return fmt.Errorf("%w: %w", target.ErrNoSpace, err)
 	}
 	return err
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, target.ErrNoSpace)
 }
 
 // ioctlDiscard issues BLKDISCARD on a block device.

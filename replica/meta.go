@@ -122,7 +122,11 @@ func (m *metaStore) set(version uint64, data []byte) error {
 	if err := os.Rename(tmp, m.path); err != nil {
 		return err
 	}
-	syncDir(filepath.Dir(m.path))
+	if err := syncDir(filepath.Dir(m.path)); err != nil {
+		// The rename may not survive a crash: not applied, as far as
+		// anyone may rely on.
+		return err
+	}
 	m.data = append(m.data[:0], data...)
 	m.version.Store(version)
 	return nil

@@ -28,6 +28,14 @@ type Store interface {
 	Size() int64
 }
 
+// lossTracker is implemented by a store that remembers failed
+// write-backs (LocalFile): Lost counts regions that read back wrong,
+// Resynced forgets them once a resync rewrote whatever differed.
+type lossTracker interface {
+	Lost() int
+	Resynced()
+}
+
 // receiver applies the current writer's stream to the local store, in
 // sequence order, and holds this site's read lease (DESIGN.md I3).
 type receiver struct {
@@ -198,6 +206,14 @@ func (r *receiver) raise(epoch uint64) {
 	}
 }
 
+// setDiverged makes the next hello answer say this site's image may
+// differ from the writer's (a full compare), until a resync ends.
+func (r *receiver) setDiverged() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.diverged = true
+}
+
 // leaseValid reports whether this site may serve reads now, and until when.
 func (r *receiver) leaseValid(now time.Time) (bool, time.Time) {
 	r.mu.Lock()
@@ -272,6 +288,11 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 		ack.Data = encodeRanges(carried)
 	}
 	if r.diverged {
+		ack.Flags |= FlagDiverged
+	}
+	if lt, ok := r.store.(lossTracker); ok && lt.Lost() > 0 {
+		// A failed write-back here: the writer's record cannot know
+		// where this image is wrong; it compares everything.
 		ack.Flags |= FlagDiverged
 	}
 	if storeEmpty(r.store) {
@@ -425,6 +446,12 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		}
 		err = r.meta.set(uint64(f.Offset), data)
 	case FrameFlush:
+		if lt, ok := r.store.(lossTracker); ok && f.Flags&FlagSynced != 0 {
+			// The resync that ends here compared every region (a lost
+			// region reports FlagDiverged) and rewrote those that
+			// differed or could not be read.
+			lt.Resynced()
+		}
 		err = r.store.Flush()
 		if err == nil && f.Flags&(FlagSynced|FlagGen) != 0 {
 			err = raiseGeneration(r.store, f.Epoch)
@@ -448,6 +475,13 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		return nack("unexpected frame kind %d", f.Kind)
 	}
 	if err != nil {
+		if op != nil {
+			// This site's own forwarded operation failed here: its
+			// initiator gets this store's error now, rather than an
+			// unknown outcome after the hold time; the writer drops this
+			// site with the range marked (the nack).
+			op.failedHere(err)
+		}
 		return nack("%v", err)
 	}
 	r.seq = f.Seq
@@ -467,7 +501,10 @@ func (r *receiver) sameSum(f *Frame) (bool, error) {
 	}
 	buf := make([]byte, n)
 	if err := r.store.ReadAt(buf, f.Offset); err != nil {
-		return false, err
+		// Unreadable here (a lost write-back, a bad sector): not the
+		// same bytes. A resync copies the writer's region over it; a
+		// verify reports it.
+		return false, nil
 	}
 	sum := sha256.Sum256(buf)
 	return bytes.Equal(sum[:], f.Data), nil

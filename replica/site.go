@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -107,7 +108,7 @@ type Site struct {
 	view        View
 	changed     chan struct{} // closed and replaced on every change
 	closing     chan struct{}
-	markerStale bool
+	markerStale atomic.Bool
 	listeners   []net.Listener
 	conns       map[net.Conn]struct{}
 	wg          sync.WaitGroup
@@ -165,7 +166,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 	if _, err := os.Stat(s.markerPath()); err == nil {
 		// This site was a writer that did not stop cleanly: it may hold
 		// writes nobody acknowledged.
-		s.markerStale = true
+		s.markerStale.Store(true)
 		s.recv.diverged = true
 		s.log.Warn("this site stopped uncleanly as writer; it needs a full compare before it is in sync again")
 	}

@@ -44,7 +44,7 @@ func (s *Site) Status() SiteStatus {
 	st := SiteStatus{Name: s.cfg.Name, Role: "none"}
 	st.Epoch, st.Seq = s.recv.Applied()
 	s.mu.Lock()
-	st.Stale = s.markerStale
+	st.Stale = s.markerStale.Load()
 	if s.verify != nil {
 		v := *s.verify
 		st.Verify = &v

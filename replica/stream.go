@@ -54,10 +54,14 @@ type Link struct {
 
 type pendingFrame struct {
 	seq  uint64
+	kind uint8
 	off  int64
 	n    int64
 	sent time.Time
 	ch   chan Ack
+	// refused: the replica answered it with a nack (its store failed,
+	// typically), so it certainly does not hold what the frame carried.
+	refused bool
 }
 
 // NewLink starts the acknowledgement reader on conn (after the hello
@@ -84,7 +88,7 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		ch <- Ack{Err: err}
 		return ch
 	}
-	p := pendingFrame{seq: f.Seq, off: f.Offset, sent: time.Now(), ch: ch}
+	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch}
 	if f.Kind == FrameWrite || f.Kind == FrameUnmap {
 		p.n = int64(f.Length)
 	}
@@ -162,8 +166,15 @@ func (l *Link) readAcks(br *bufio.Reader) {
 		l.mu.Lock()
 		var settle []pendingFrame
 		// An answer settles its frame and, acknowledgements being
-		// cumulative in order, every frame before it.
+		// cumulative in order, every frame before it. A refused frame
+		// stays pending: fail hands it to onDown with the rest, so its
+		// range is recorded as missing at the replica before anyone
+		// hears of the refusal.
 		for len(l.pending) > 0 && l.pending[0].seq <= f.Seq {
+			if f.Kind == FrameNack && l.pending[0].seq == f.Seq {
+				l.pending[0].refused = true
+				break
+			}
 			settle = append(settle, l.pending[0])
 			l.pending = l.pending[1:]
 		}
@@ -171,10 +182,6 @@ func (l *Link) readAcks(br *bufio.Reader) {
 		for _, p := range settle {
 			if p.seq != f.Seq {
 				p.ch <- Ack{}
-				continue
-			}
-			if f.Kind == FrameNack {
-				p.ch <- Ack{Err: fmt.Errorf("replica refused seq %d: %s", f.Seq, f.Err)}
 				continue
 			}
 			p.ch <- Ack{Differ: f.Flags&FlagDiffer != 0}

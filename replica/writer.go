@@ -96,8 +96,14 @@ type writer struct {
 	paused   bool
 	peers    []*peer
 	inflight sync.WaitGroup
-	tainted  bool         // a locally applied write failed: this site may have diverged
-	busy     []*busyRange // guarded by rmu
+	tainted  bool // a locally applied write failed: this site may have diverged
+	// markerErr: the writer marker could not be written, so a crash
+	// would not be recognised; this writer acknowledges nothing.
+	markerErr error
+	// steppingDown: the local store failed and the writer role is being
+	// handed to an in-sync replica (localFailed).
+	steppingDown bool
+	busy         []*busyRange // guarded by rmu
 
 	// Visibility (I3 with forwarding and with several replicas): a write
 	// is visible, to reads here and at every replica, only once every
@@ -135,8 +141,8 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 		defer w.done.Done()
 		w.committer()
 	}()
-	stale := s.markerStale
-	s.setMarker()
+	stale := s.markerStale.Load()
+	w.markerErr = s.setMarker()
 	w.carried = s.recv.takeCarried()
 	s.recv.raise(epoch)
 	// Every in-sync site is a peer, even one being removed: the writer
@@ -395,11 +401,18 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	}
 	w.seq++
 	f.Epoch, f.Seq = w.epoch, w.seq
+	if w.markerErr != nil {
+		w.mu.Unlock()
+		return fmt.Errorf("writer marker: %w", w.markerErr)
+	}
 	w.rmu.Lock()
 	if err := apply(); err != nil {
 		w.rmu.Unlock()
 		w.seq--
 		w.mu.Unlock()
+		if !errors.Is(err, errMiscompare) {
+			w.localFailed(f, err)
+		}
 		return err
 	}
 	w.inflight.Add(1)
@@ -448,13 +461,16 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			dirty = append(dirty, p)
 		}
 	}
-	w.mu.Unlock()
+	// Marked before w.mu is released: a resync starting meanwhile could
+	// otherwise pass these regions before they are marked, and end with
+	// the peer in sync without this write (I4).
 	var errs []error
 	for _, p := range dirty {
-		if err := p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(p) {
+		if err := p.mark(f.Offset, frameBytes(f)); err != nil && !p.gone {
 			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", p.name, err))
 		}
 	}
+	w.mu.Unlock()
 	for _, pw := range waits {
 		if bugAckEarly && pw.ch != nil {
 			continue // a known bug, for the torture test (bug_none.go)
@@ -464,16 +480,21 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			if a.Err == nil {
 				continue
 			}
+			// linkDown marked the frame before a.Err came; marking again
+			// costs nothing and says whether that is on disk.
+			if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
+				errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
+			}
 			w.failPeer(pw.p, a.Err)
+		} else if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
+			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
 		}
-		// The replica missed this write. It may go on only once the
-		// cluster has dropped it (I2) and its lease has run out (I3).
+		// The replica missed this write (marked above, before its drop
+		// and before the answer). It may go on only once the cluster
+		// has dropped it (I2) and its lease has run out (I3).
 		if !w.awaitDrop(pw.p) {
 			errs = append(errs, fmt.Errorf("replica %s unreachable and not dropped", pw.p.name))
 			continue
-		}
-		if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
-			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
 		}
 	}
 	if len(errs) == 0 && !w.leaseOK() && !w.leaseReturns() {
@@ -495,6 +516,12 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	}
 	go func() {
 		if a := <-originCh; a.Err != nil {
+			// The origin could not apply its own write (its store
+			// failed): linkDown marked the range for it; it answers its
+			// initiator with the error and leaves the in-sync set.
+			if err := originPeer.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(originPeer) {
+				w.log.Error("dirty bitmap", "replica", originPeer.name, "error", err)
+			}
 			w.failPeer(originPeer, a.Err)
 			if !w.awaitDrop(originPeer) {
 				if busy != nil {
@@ -863,8 +890,8 @@ func (w *writer) manage(p *peer, stale bool) {
 		}
 		if err == nil && (diverged || stale) {
 			// This site or the peer may hold writes nobody acknowledged:
-			// only a full compare makes them equal again.
-			p.dirty.SetFull()
+			// only a full compare makes them equal again (the SetFull
+			// below, which logs a failure).
 			err = fmt.Errorf("diverged (peer %v, here %v)", diverged, stale)
 		}
 		if err != nil {
@@ -1024,6 +1051,19 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 // marking an in-sync peer's lost frames too is harmless.
 func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
 	for _, f := range lost {
+		if f.refused && f.kind == FrameFlush {
+			// The replica's flush failed: whatever it held unflushed
+			// may be gone, and only it knows where. Compare everything.
+			w.log.Error("replica's flush failed; it will be compared in full", "replica", p.name, "error", err)
+			if err := p.dirty.SetFull(); err != nil {
+				w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+			}
+			continue
+		}
+		if f.refused && f.n > 0 {
+			w.log.Error("replica failed to apply a write; its range is dirty for it", "replica", p.name,
+				"offset", f.off, "bytes", f.n, "error", err)
+		}
 		if err := p.dirty.Mark(f.off, f.n); err != nil {
 			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 		}
@@ -1042,10 +1082,18 @@ func (w *writer) resync(p *peer) error {
 		return err
 	}
 	b := p.dirty
-	if why := w.checkImage(p); diverged || why != "" {
+	if why := w.checkImage(p); (diverged && !b.Full()) || why != "" {
 		// The bitmap describes the image this site had, not this one
-		// (I8), or the site may hold writes nobody acknowledged.
+		// (I8), or the peer knows its image differs where no record here
+		// says (it may hold writes nobody acknowledged, a failed
+		// write-back there): compare everything.
+		w.log.Warn("resync: the replica's image is not the one the bitmap describes; comparing everything", "replica", p.name, "diverged", diverged, "image", why)
 		if err := b.SetFull(); err != nil {
+			w.mu.Lock()
+			if p.link != nil {
+				go p.link.Close()
+			}
+			w.mu.Unlock()
 			return fmt.Errorf("dirty bitmap: %w", err)
 		}
 	}
@@ -1293,24 +1341,58 @@ func (w *writer) resume() {
 // writes that no replica acknowledged".
 func (s *Site) markerPath() string { return filepath.Join(s.cfg.Dir, "writer.marker") }
 
-func (s *Site) setMarker() {
-	if err := os.WriteFile(s.markerPath(), []byte("metrolun writer marker\n"), 0o600); err != nil {
-		s.log.Error("writing the writer marker", "error", err)
+func (s *Site) setMarker() error {
+	err := writeFileSync(s.markerPath(), []byte("metrolun writer marker\n"))
+	if err == nil {
+		err = syncDir(s.cfg.Dir)
 	}
-	syncDir(s.cfg.Dir)
+	if err != nil {
+		s.log.Error("writing the writer marker; this writer acknowledges nothing", "error", err)
+	}
+	return err
 }
 
 func (s *Site) clearMarker() {
-	s.markerStale = false
-	os.Remove(s.markerPath())
-	syncDir(s.cfg.Dir)
+	s.markerStale.Store(false)
+	err := os.Remove(s.markerPath())
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if err == nil {
+		err = syncDir(s.cfg.Dir)
+	}
+	if err != nil {
+		// Left in place, the marker only costs a full compare later.
+		s.log.Warn("removing the writer marker", "error", err)
+	}
 }
 
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+// writeFileSync writes a small file and makes it durable.
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
 	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // forgetBitmap closes and deletes the dirty bitmap of a peer that left
@@ -1325,7 +1407,9 @@ func (s *Site) forgetBitmap(peer string) {
 	if err := os.Remove(s.bitmapPath(peer)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("removing the dirty bitmap of a removed site", "replica", peer, "error", err)
 	}
-	syncDir(s.cfg.Dir)
+	if err := syncDir(s.cfg.Dir); err != nil {
+		s.log.Warn("syncing the data directory", "error", err)
+	}
 }
 
 func (s *Site) bitmapPath(peer string) string {

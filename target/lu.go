@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // LUNConfig describes one logical unit.
@@ -66,6 +68,8 @@ type LU struct {
 	relPort       uint16
 	groups        PortGroupsFunc // the other sites' port groups; nil: this one only
 	aluaSeen      string         // port group states at the last checkALUA (mu)
+	log           hclog.Logger   // nil: volume errors are not logged (unit tests)
+	onVolErr      func(VolumeError)
 
 	mu      sync.Mutex
 	nblocks uint64

@@ -562,8 +562,20 @@ func execStartStop(c *scsiCmd, _ []byte) *scsiResult {
 	return resultGood
 }
 
-// volumeError maps a volume failure to sense data.
+// volumeError maps a volume failure to sense data. The result keeps err,
+// so that the command's end logs and counts it once (VolumeError).
 func volumeError(err error, read bool) *scsiResult {
+	res := volumeSense(err, read)
+	res.volErr = err
+	return res
+}
+
+func volumeSense(err error, read bool) *scsiResult {
+	if errors.Is(err, ErrNoSpace) {
+		// SBC-3 section 4.7.3.6: a write to a thin LU that cannot be
+		// given space.
+		return checkCondition(senseDataProtect, ascSpaceAllocFailed)
+	}
 	if errors.Is(err, ErrMedium) {
 		asc := uint16(ascWriteError)
 		if read {

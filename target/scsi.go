@@ -221,7 +221,11 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 }
 
 func (c *scsiCmd) exec(data []byte) *scsiResult {
-	return c.lu.senseFormat(c.execFixed(data))
+	res := c.execFixed(data)
+	if res != nil && res.volErr != nil {
+		c.lu.reportVolumeError(c, res)
+	}
+	return c.lu.senseFormat(res)
 }
 
 func (c *scsiCmd) execFixed(data []byte) *scsiResult {

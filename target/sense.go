@@ -44,6 +44,7 @@ const (
 	ascLUNotSupported             = 0x2500
 	ascInvalidFieldInParam        = 0x2600
 	ascWriteProtected             = 0x2700
+	ascSpaceAllocFailed           = 0x2707 // SPACE ALLOCATION FAILED WRITE PROTECT
 	ascPowerOnReset               = 0x2900
 	ascProtocolCRC                = 0x4705 // PROTOCOL SERVICE CRC ERROR
 	ascBusDeviceReset             = 0x2903
@@ -71,6 +72,8 @@ type scsiResult struct {
 	sense   []byte
 	data    []byte
 	release func()
+	// volErr is the volume failure behind the sense data, if any.
+	volErr error
 }
 
 var resultGood = &scsiResult{status: statusGood}

@@ -34,6 +34,10 @@ type Config struct {
 	// Redirect, when set, may send a normal session's login to another
 	// portal (redirect.go, RFC 7143 section 11.13.5). Nil: never.
 	Redirect RedirectFunc
+	// OnVolumeError, when set, hears of every volume failure that reached
+	// an initiator as sense data (for a metric); the server logs each
+	// one itself.
+	OnVolumeError func(VolumeError)
 }
 
 // TargetConfig describes one iSCSI target and its logical units.
@@ -120,6 +124,8 @@ func (s *Server) AddTarget(tc TargetConfig) error {
 			return fmt.Errorf("target %s: LUN %d: %w", tc.Name, lc.ID, err)
 		}
 		lu.groups = s.cfg.PortGroups
+		lu.log = s.log.With("target", tc.Name, "lun", lc.ID)
+		lu.onVolErr = s.cfg.OnVolumeError
 		t.lus[lc.ID] = lu
 		t.lunList = append(t.lunList, lc.ID)
 	}

@@ -62,3 +62,9 @@ const (
 // ErrMedium marks a volume error that maps to a MEDIUM ERROR sense key
 // rather than a hardware error.
 var ErrMedium = errors.New("medium error")
+
+// ErrNoSpace marks a write that failed because the backing store is out
+// of space (ENOSPC, a quota). On a thin LU it maps to DATA PROTECT, SPACE
+// ALLOCATION FAILED WRITE PROTECT (SBC-3 section 4.7.3.6), which tells
+// the initiator the LU is full rather than broken.
+var ErrNoSpace = errors.New("out of space")

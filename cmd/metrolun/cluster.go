@@ -108,6 +108,12 @@ func openImage(cfg *conf.Config, lun conf.LUN, log hclog.Logger) (*replica.Local
 	if err != nil {
 		return nil, err
 	}
+	slog := log.Named("store").With("target", cfg.Targets[0].Name, "lun", lun.ID)
+	store.SetLogger(slog)
+	if err := injectFaults(store, cfg.DataDir, slog); err != nil {
+		store.Close()
+		return nil, err
+	}
 	id, created, _ := store.Image()
 	switch {
 	case created != "" && first:
@@ -127,6 +133,18 @@ func openImage(cfg *conf.Config, lun conf.LUN, log hclog.Logger) (*replica.Local
 	}
 	return store, nil
 }
+
+// MoveWriter hands the writer role of epoch to the in-sync data site to
+// (replica/stepdown.go: this site's store failed).
+func (a control) MoveWriter(epoch uint64, to string) error {
+	if s := a.c.State(); s.Epoch != epoch {
+		return fmt.Errorf("epoch %d is over (now %d)", epoch, s.Epoch)
+	}
+	return a.c.Promote(to, moveWriterTimeout)
+}
+
+// moveWriterTimeout bounds a writer hand-over after a store failure.
+const moveWriterTimeout = 30 * time.Second
 
 // inSyncErr gives raftlog's in-sync refusals replica's names.
 func inSyncErr(err error) error {

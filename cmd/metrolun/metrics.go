@@ -26,6 +26,15 @@ var ioBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Bytes read and written through this site.",
 }, []string{"op"})
 
+var volumeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "metrolun_volume_errors_total",
+	Help: "Volume failures answered to an initiator as CHECK CONDITION, by command and kind (no_space, medium, outcome_unknown, not_ready, other).",
+}, []string{"op", "kind"})
+
+func countVolumeError(e target.VolumeError) {
+	volumeErrors.WithLabelValues(e.Op, e.Kind()).Inc()
+}
+
 // metered wraps a volume with the I/O metrics.
 type metered struct{ target.Volume }
 
@@ -86,7 +95,7 @@ func (m metered) CompareAndWrite(off int64, cmp, data []byte) (int, error) {
 func (m *member) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(ioLatency, ioBytes)
+	reg.MustRegister(ioLatency, ioBytes, volumeErrors)
 	reg.MustRegister(&clusterCollector{m: m})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

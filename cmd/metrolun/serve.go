@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/metrolun/metrolun/conf"
-	"github.com/metrolun/metrolun/replica"
 	"github.com/metrolun/metrolun/target"
 )
 
@@ -174,6 +173,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 		DiscoveryCHAP: chapConfig(ic.DiscoveryCHAP),
 		Logger:        log.Named("iscsi"),
 		MemoryBudget:  ic.MemoryBudget,
+		OnVolumeError: countVolumeError,
 	}
 	srv := target.NewServer(tcfg)
 	for _, t := range cfg.Targets {
@@ -190,7 +190,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 			}
 			// A missing directory is an error (replica.OpenLocal), never
 			// created: it is most often a mount missing at boot.
-			vol, err := replica.OpenLocal(l.Path, l.Size)
+			vol, err := openStore(l.Path, l.Size, cfg.DataDir, log.Named("store").With("target", t.Name, "lun", l.ID))
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
 			}

@@ -1,0 +1,210 @@
+package replica
+
+import (
+	"math/bits"
+	"sync"
+	"sync/atomic"
+)
+
+// wbRegion is the granularity at which LocalFile remembers unflushed and
+// lost data. 64 KiB keeps the record at 2 MiB per TiB and set each, and a
+// resync (which copies whole bitmap regions, 1 MiB by default) rewrites
+// lost regions completely.
+const wbRegion = 64 << 10
+
+// writeBack is LocalFile's record of the regions written since the last
+// successful flush (active, and flushing while a flush runs) and of the
+// regions whose write-back failed (lost). See LocalFile.
+type writeBack struct {
+	mu       sync.Mutex
+	active   []uint64
+	flushing []uint64
+	// anyActive, anyFlushing: a bit may be set in active (flushing), so
+	// a flush of an idle LU touches no bitmap.
+	anyActive, anyFlushing bool
+	lost                   []uint64
+	nlost                  atomic.Int64 // bits set in lost: reads skip the lock at 0
+}
+
+func (w *writeBack) init(size int64) {
+	n := (size + wbRegion - 1) / wbRegion
+	words := (n + 63) / 64
+	w.active = make([]uint64, words)
+	w.flushing = make([]uint64, words)
+	w.lost = make([]uint64, words)
+}
+
+// span returns the regions off..off+n touches, and the ones it covers
+// completely.
+func span(off, n int64) (first, last, fullFirst, fullLast int64) {
+	first, last = off/wbRegion, (off+n-1)/wbRegion
+	fullFirst, fullLast = (off+wbRegion-1)/wbRegion, (off+n)/wbRegion-1
+	return
+}
+
+func setBit(b []uint64, r int64) bool {
+	i, m := r/64, uint64(1)<<(r%64)
+	if i >= int64(len(b)) || b[i]&m != 0 {
+		return false
+	}
+	b[i] |= m
+	return true
+}
+
+func clearBit(b []uint64, r int64) bool {
+	i, m := r/64, uint64(1)<<(r%64)
+	if i >= int64(len(b)) || b[i]&m == 0 {
+		return false
+	}
+	b[i] &^= m
+	return true
+}
+
+func testBit(b []uint64, r int64) bool {
+	i := r / 64
+	return i < int64(len(b)) && b[i]&(1<<(r%64)) != 0
+}
+
+// wrote records a write that reached the page cache: the regions it
+// covers completely are whole again, and all it touches wait for a flush.
+func (w *writeBack) wrote(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first, last, ff, fl := span(off, n)
+	for r := first; r <= last; r++ {
+		setBit(w.active, r)
+	}
+	w.anyActive = true
+	w.rewroteLocked(ff, fl)
+}
+
+// rewrote records a write that is already stable (FUA).
+func (w *writeBack) rewrote(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, _, ff, fl := span(off, n)
+	w.rewroteLocked(ff, fl)
+}
+
+func (w *writeBack) rewroteLocked(ff, fl int64) {
+	if w.nlost.Load() == 0 {
+		return
+	}
+	for r := ff; r <= fl; r++ {
+		if clearBit(w.lost, r) {
+			w.nlost.Add(-1)
+		}
+	}
+}
+
+// lose marks off..off+n lost (a write that failed).
+func (w *writeBack) lose(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first, last, _, _ := span(off, n)
+	for r := first; r <= last; r++ {
+		if setBit(w.lost, r) {
+			w.nlost.Add(1)
+		}
+	}
+}
+
+// startFlush: the regions written so far are what this flush covers.
+func (w *writeBack) startFlush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.anyActive {
+		return
+	}
+	if !w.anyFlushing {
+		// Flushes are serialised and each ends with flushing empty.
+		w.active, w.flushing = w.flushing, w.active
+	} else {
+		for i, x := range w.active {
+			w.flushing[i] |= x
+			w.active[i] = 0
+		}
+	}
+	w.anyActive, w.anyFlushing = false, true
+}
+
+// flushed: the flush succeeded; what it covered is stable.
+func (w *writeBack) flushed() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.anyFlushing {
+		clear(w.flushing)
+		w.anyFlushing = false
+	}
+}
+
+// flushFailed: the kernel may have dropped any page written since the
+// last successful flush (including those written while this flush ran,
+// whose write-back error it may have reported): all of them are lost. It
+// returns the byte range they span and how many regions are lost now.
+func (w *writeBack) flushFailed() (lo, hi int64, regions int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.anyActive, w.anyFlushing = false, false
+	lo = -1
+	for i := range w.lost {
+		add := w.flushing[i] | w.active[i]
+		w.flushing[i], w.active[i] = 0, 0
+		if add == 0 {
+			continue
+		}
+		if lo < 0 {
+			lo = int64(i*64+bits.TrailingZeros64(add)) * wbRegion
+		}
+		hi = int64(i*64+63-bits.LeadingZeros64(add)+1) * wbRegion
+		w.nlost.Add(int64(bits.OnesCount64(add &^ w.lost[i])))
+		w.lost[i] |= add
+	}
+	if lo < 0 {
+		lo = 0
+	}
+	return lo, hi, int(w.nlost.Load())
+}
+
+// lostIn reports whether off..off+n touches a lost region, and the byte
+// range of the lost regions it touches.
+func (w *writeBack) lostIn(off, n int64) (lo, hi int64, ok bool) {
+	if n <= 0 || w.nlost.Load() == 0 {
+		return 0, 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first, last, _, _ := span(off, n)
+	lo = -1
+	for r := first; r <= last; r++ {
+		if r%64 == 0 && r+63 <= last && w.lost[r/64] == 0 {
+			r += 63
+			continue
+		}
+		if testBit(w.lost, r) {
+			if lo < 0 {
+				lo = r * wbRegion
+			}
+			hi = (r + 1) * wbRegion
+		}
+	}
+	return max(lo, off), min(hi, off+n), lo >= 0
+}
+
+func (w *writeBack) lostCount() int { return int(w.nlost.Load()) }
+
+func (w *writeBack) clearLost() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	clear(w.lost)
+	w.nlost.Store(0)
+}
