@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/replica"
 	"github.com/metrolun/metrolun/target"
 )
 
@@ -188,9 +191,7 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 				tc.LUNs = append(tc.LUNs, lunConfig(l, clustered))
 				continue
 			}
-			// A missing directory is an error (replica.OpenLocal), never
-			// created: it is most often a mount missing at boot.
-			vol, err := openStore(l.Path, l.Size, cfg.DataDir, log.Named("store").With("target", t.Name, "lun", l.ID))
+			vol, err := openSingleLUN(cfg.DataDir, t.Name, l, log.Named("store").With("target", t.Name, "lun", l.ID))
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
 			}
@@ -269,4 +270,37 @@ func adminListener(ln net.Listener, tcfg *tls.Config) (net.Listener, string) {
 		return tls.NewListener(ln, tc), "https"
 	}
 	return ln, "http"
+}
+
+// openSingleLUN opens a standalone site's LUN. A missing directory is an
+// error (replica.OpenLocal), never created: it is most often a mount
+// missing at boot. A missing file is created only at the LU's first start
+// here, which a record in data_dir remembers: after that a missing file
+// is a lost image, and serving a new empty one under the same serial
+// would hand initiators zeros for their data (DESIGN.md I8).
+func openSingleLUN(dataDir, targetName string, l conf.LUN, log hclog.Logger) (*replica.LocalFile, error) {
+	pr := target.PRStateFileName(targetName, uint64(l.ID)) // pr-<target>-<hash>-lun<N>.state
+	record := filepath.Join(dataDir, "lu-"+strings.TrimSuffix(strings.TrimPrefix(pr, "pr-"), ".state")+".created")
+	if _, err := os.Stat(l.Path); errors.Is(err, os.ErrNotExist) {
+		if _, rerr := os.Stat(record); rerr == nil {
+			return nil, fmt.Errorf("%w: %s is missing (a missing mount or disk?), but this LU was started here before (%s). "+
+				"It is created only at the first start; to serve an empty LU under the same identity on purpose, create an empty file there",
+				replica.ErrNoBackingStore, l.Path, record)
+		}
+	}
+	vol, err := openStore(l.Path, l.Size, dataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(record); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dataDir, 0o755); err != nil {
+			vol.Close()
+			return nil, err
+		}
+		if err := os.WriteFile(record, []byte("path "+l.Path+"\n"), 0o600); err != nil {
+			vol.Close()
+			return nil, fmt.Errorf("LU record: %w", err)
+		}
+	}
+	return vol, nil
 }
