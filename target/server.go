@@ -164,7 +164,12 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return err
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
+		// A guarded listener (cmd/netguard) hands out a wrapper that
+		// still has the TCP methods.
+		if tc, ok := nc.(interface {
+			SetNoDelay(bool) error
+			SetKeepAlive(bool) error
+		}); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
 		}
