@@ -61,6 +61,7 @@ type Server struct {
 	wg        sync.WaitGroup
 	aluaStop  chan struct{} // ends watchALUA (cluster mode only)
 	memHeld   int64         // budget.go: memory reserved by logged-in connections
+	auth      *authLimiter  // CHAP guesses per initiator name and address
 }
 
 // Target is one iSCSI target: a name, its access rules and its LUs.
@@ -94,6 +95,7 @@ func NewServer(cfg Config) *Server {
 		sessions: map[uint16]*session{},
 		conns:    map[*conn]struct{}{},
 		nextTSIH: 1,
+		auth:     newAuthLimiter(),
 	}
 	if cfg.PortGroups != nil {
 		s.aluaStop = make(chan struct{})
