@@ -96,12 +96,13 @@ type Listener struct {
 	// wait pauses after an accept error; tests replace it.
 	wait func(time.Duration, <-chan struct{}) bool
 
-	mu      sync.Mutex
-	open    int
-	perIP   map[netip.Addr]int
-	refused int       // since the last log line
-	logged  time.Time // of the last refusal or accept-error log line
-	errs    int       // accept errors since the last log line
+	mu         sync.Mutex
+	open       int
+	perIP      map[netip.Addr]int
+	refused    int // since the last log line about them
+	refusedLog time.Time
+	errs       int // accept errors since the last log line about them
+	errLog     time.Time
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -212,12 +213,12 @@ func (l *Listener) noteRefused(ip netip.Addr) {
 	l.mu.Lock()
 	l.refused++
 	now := time.Now()
-	if now.Sub(l.logged) < logEvery {
+	if now.Sub(l.refusedLog) < logEvery {
 		l.mu.Unlock()
 		return
 	}
 	n, open, fromIP := l.refused, l.open, l.perIP[ip]
-	l.refused, l.logged = 0, now
+	l.refused, l.refusedLog = 0, now
 	l.mu.Unlock()
 	l.log.Warn("connections refused: limit reached", "port", l.name, "refused", n, "last_remote", ip.String(),
 		"open", open, "open_from_remote", fromIP, "max_conns", l.lim.MaxConns, "max_conns_per_ip", l.lim.MaxConnsPerIP)
@@ -227,12 +228,12 @@ func (l *Listener) noteError(err error, delay time.Duration) {
 	l.mu.Lock()
 	l.errs++
 	now := time.Now()
-	if now.Sub(l.logged) < logEvery {
+	if now.Sub(l.errLog) < logEvery {
 		l.mu.Unlock()
 		return
 	}
 	n, open := l.errs, l.open
-	l.errs, l.logged = 0, now
+	l.errs, l.errLog = 0, now
 	l.mu.Unlock()
 	l.log.Error("accept failed; retrying", "port", l.name, "error", err, "errors", n, "retry_in", delay, "open", open)
 }
