@@ -44,12 +44,12 @@ func memberConf(t *testing.T, d *Demo, name string) *conf.Config {
 	return c
 }
 
-// setNoFile sets a process's RLIMIT_NOFILE, soft and hard, as prlimit
-// does.
-func setNoFile(t *testing.T, pid int, n uint64) {
+// setNoFile sets a process's RLIMIT_NOFILE, as prlimit does. The hard
+// limit is never raised again (that needs CAP_SYS_RESOURCE).
+func setNoFile(t *testing.T, pid int, soft, hard uint64) {
 	t.Helper()
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil); err != nil {
-		t.Fatalf("prlimit --pid %d --nofile=%d: %v", pid, n, err)
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: soft, Max: hard}, nil); err != nil {
+		t.Fatalf("prlimit --pid %d --nofile=%d:%d: %v", pid, soft, hard, err)
 	}
 }
 
@@ -159,7 +159,7 @@ func TestLimitsISCSIFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setNoFile(t, m.PID, 1024)
+	setNoFile(t, m.PID, 1024, 1024)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -192,7 +192,7 @@ func TestLimitsISCSIFlood(t *testing.T) {
 	w.wg.Wait()
 
 	// Out of descriptors for real: the member waits and goes on.
-	setNoFile(t, m.PID, uint64(openFiles(m.PID)+8))
+	setNoFile(t, m.PID, uint64(openFiles(m.PID)+8), 1024)
 	var more []net.Conn
 	defer func() { closeAll(more) }()
 	for len(more) < 64 {
@@ -210,7 +210,7 @@ func TestLimitsISCSIFlood(t *testing.T) {
 	}
 	closeAll(conns)
 	closeAll(more)
-	setNoFile(t, m.PID, 1024)
+	setNoFile(t, m.PID, 1024, 1024)
 	var lastErr error
 	if !waitFor(30*time.Second, func() bool { lastErr = loginAndIO(ctx, m.ISCSI, 16); return lastErr == nil }) {
 		t.Fatalf("initiator after descriptors came back: %v", lastErr)
