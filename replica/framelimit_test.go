@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -186,5 +187,34 @@ func TestBodyClasses(t *testing.T) {
 			t.Errorf("body of %d bytes: buffer of %d goes back to class %d, not %d", tc.n, cap(*bp), bodyClass(cap(*bp)), c)
 		}
 		putBody(bp)
+	}
+}
+
+// TestGrowReaderKeepsBuffered: bytes a peer sent right after its hello,
+// already in the small hello buffer, are read first from the larger one.
+func TestGrowReaderKeepsBuffered(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() {
+		var buf bytes.Buffer
+		WriteFrame(&buf, &Frame{Kind: FrameHello, Epoch: 1, From: "site-b"})
+		WriteFrame(&buf, &Frame{Kind: FrameFlush, Epoch: 1, Seq: 5})
+		b.Write(buf.Bytes())
+		WriteFrame(b, &Frame{Kind: FrameFlush, Epoch: 1, Seq: 6})
+	}()
+	small := bufio.NewReaderSize(a, MaxHelloLen)
+	if f, err := ReadFrame(small, MaxHelloLen); err != nil || f.Kind != FrameHello {
+		t.Fatalf("hello: %v", err)
+	}
+	if small.Buffered() == 0 {
+		t.Fatal("the test meant the next frame to be buffered with the hello")
+	}
+	br := growReader(small, a, 256<<10)
+	for _, seq := range []uint64{5, 6} {
+		f, err := ReadFrame(br, MaxDataFrameLen)
+		if err != nil || f.Seq != seq {
+			t.Fatalf("frame %d after the hello: %+v, %v", seq, f, err)
+		}
 	}
 }
