@@ -107,7 +107,8 @@ func serve(cfg *conf.Config) error {
 			srv.Shutdown(context.Background())
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
-		listeners = append(listeners, guard(l, "iscsi", netguard.ISCSI, log))
+		lim := netguard.Limits{MaxConns: cfg.ISCSI.MaxConnections, MaxConnsPerIP: cfg.ISCSI.MaxConnectionsPerIP}
+		listeners = append(listeners, guard(l, "iscsi", lim, log))
 	}
 	if addr := os.Getenv("METROLUN_PPROF"); addr != "" {
 		// Profiling for developers: net/http/pprof on an address of

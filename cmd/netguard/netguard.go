@@ -35,14 +35,12 @@ type Limits struct {
 	MaxConnsPerIP int
 }
 
-// Default caps per port. The process's descriptors (RLIMIT_NOFILE, 20000
-// on a usual host after Go raises the soft limit) must cover four ports,
-// the volumes, Raft's log and the peers' outgoing connections with room to
+// Caps of the ports only members use (the iSCSI port's are in the
+// config). The process's descriptors (RLIMIT_NOFILE, 20000 on a usual
+// host after Go raises the soft limit) must cover four ports, the
+// volumes, Raft's log and the peers' outgoing connections with room to
 // spare; Clamp lowers these on a host with fewer.
 var (
-	// An initiator host may run one session per VM (QEMU), several
-	// paths each.
-	ISCSI = Limits{MaxConns: 1024, MaxConnsPerIP: 256}
 	// Members open a handful of connections each (Raft's pool of three
 	// plus a pipeline; a stream and a forwarding connection per site);
 	// a whole test cluster shares 127.0.0.1.
