@@ -2,39 +2,38 @@ package raftlog
 
 import (
 	"net"
+	"sync"
 	"time"
 )
 
 // Raft's NetworkTransport reads an accepted connection with no deadline,
-// so a connection that is opened and left silent holds a descriptor and a
-// goroutine forever. An accepted connection must show its first byte (of
-// a TLS handshake or an RPC) within firstByteTimeout: a member sends its
-// first RPC as soon as it has dialled. After that it may be idle for
-// idleTimeout: a leader's heartbeats keep its connections busy, and the
-// pool connections a member keeps for elections stay usable this long
-// (one older than that fails its next RPC once, as after a restart).
-const (
-	firstByteTimeout = 5 * time.Second
-	idleTimeout      = 5 * time.Minute
-)
+// so a connection that is opened and left silent held a descriptor and a
+// goroutine forever. An accepted connection must now earn its first
+// answer (an RPC decoded and answered, or the server's side of a TLS
+// handshake, which its own timeout bounds) within firstAnswerTimeout of
+// being accepted: a member sends its first RPC as soon as it has
+// dialled, and the cluster state a snapshot carries is small.
+//
+// After that the connection may stay idle: Raft keeps up to three
+// connections per peer in a pool for the next RPC and cannot tell one the
+// other side has closed, so cutting an idle pooled connection would fail
+// the next RPC on it, a RequestVote at the next failover. The ports' caps
+// (cmd/netguard) bound what such connections can hold.
+const firstAnswerTimeout = 10 * time.Second
 
-// idleConn closes an accepted connection that stays silent too long.
-// Only Raft's reader goroutine reads it.
-type idleConn struct {
+// unprovenConn closes an accepted connection that has not been answered
+// in time.
+type unprovenConn struct {
 	net.Conn
-	first, idle time.Duration
-	started     bool
+	once sync.Once
 }
 
-func (c *idleConn) Read(b []byte) (int, error) {
-	d := c.idle
-	if !c.started {
-		d = c.first
-	}
-	c.Conn.SetReadDeadline(time.Now().Add(d))
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.started = true
-	}
-	return n, err
+func newUnprovenConn(c net.Conn, within time.Duration) *unprovenConn {
+	c.SetReadDeadline(time.Now().Add(within))
+	return &unprovenConn{Conn: c}
+}
+
+func (c *unprovenConn) Write(b []byte) (int, error) {
+	c.once.Do(func() { c.Conn.SetReadDeadline(time.Time{}) })
+	return c.Conn.Write(b)
 }

@@ -2,46 +2,54 @@ package raftlog
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"testing"
 	"time"
 )
 
-// TestIdleConn: an accepted connection that sends nothing is cut after
-// the first-byte bound; one that has spoken gets the longer idle bound,
-// renewed by every read.
-func TestIdleConn(t *testing.T) {
+// TestUnprovenConn: an accepted connection is cut when it has not been
+// answered within its bound, even if it trickles bytes; once answered it
+// is left alone however long it idles.
+func TestUnprovenConn(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
-	c := &idleConn{Conn: a, first: 50 * time.Millisecond, idle: 400 * time.Millisecond}
+	c := newUnprovenConn(a, 100*time.Millisecond)
+	go func() {
+		for range 10 {
+			if _, err := b.Write([]byte{1}); err != nil {
+				return
+			}
+			time.Sleep(30 * time.Millisecond) // a trickle, each byte within the bound
+		}
+	}()
 	start := time.Now()
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("silent connection: %v, want a deadline error", err)
+	_, err := io.Copy(io.Discard, c)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("unanswered connection: %v, want a deadline error", err)
 	}
-	if el := time.Since(start); el > 300*time.Millisecond {
-		t.Fatalf("silent connection cut after %v, want about 50ms", el)
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("unanswered connection cut after %v, want about 100ms", el)
 	}
 
-	a, b = net.Pipe()
-	defer b.Close()
-	c = &idleConn{Conn: a, first: 50 * time.Millisecond, idle: 400 * time.Millisecond}
+	a2, b2 := net.Pipe()
+	defer b2.Close()
+	c = newUnprovenConn(a2, 100*time.Millisecond)
 	go func() {
-		b.Write([]byte{1})
-		time.Sleep(150 * time.Millisecond) // longer than the first-byte bound, shorter than idle
-		b.Write([]byte{2})
+		b2.Write([]byte{1})
+		io.ReadFull(b2, make([]byte, 1))
+		time.Sleep(300 * time.Millisecond) // idle past the bound after the answer
+		b2.Write([]byte{2})
 	}()
 	buf := make([]byte, 1)
-	for i := range 2 {
-		if _, err := c.Read(buf); err != nil {
-			t.Fatalf("read %d of a connection that has spoken: %v", i, err)
-		}
+	if _, err := c.Read(buf); err != nil {
+		t.Fatal(err)
 	}
-	start = time.Now()
-	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("idle connection: %v, want a deadline error", err)
+	if _, err := c.Write([]byte{9}); err != nil {
+		t.Fatal(err)
 	}
-	if el := time.Since(start); el < 300*time.Millisecond {
-		t.Fatalf("idle connection cut after %v, want about 400ms", el)
+	if _, err := c.Read(buf); err != nil || buf[0] != 2 {
+		t.Fatalf("answered connection after idling: %v", err)
 	}
 }

@@ -185,7 +185,7 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &idleConn{Conn: c, first: firstByteTimeout, idle: idleTimeout}
+	c = newUnprovenConn(c, firstAnswerTimeout)
 	if s.server != nil {
 		c = &serverConn{Conn: tls.Server(c, s.server), s: s}
 	}
