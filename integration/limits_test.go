@@ -303,10 +303,9 @@ func TestLimitsReplicationFrameMemory(t *testing.T) {
 
 // TestLimitsIdlePorts: connections that are opened and never speak are
 // closed on every cluster port: Raft (they never were, issue 12 item 8;
-// now unless answered within 10 s),
-// replication (the hello must come within the replica timeout), admin
-// (headers within 5 s). And one address cannot hold more than its share
-// of the Raft port.
+// now when not answered within 10 s), replication (the hello must come
+// within the replica timeout), admin (headers within 5 s). And one
+// address cannot hold more than its share of the Raft port.
 func TestLimitsIdlePorts(t *testing.T) {
 	d := startCluster(t)
 	cfg := memberConf(t, d, "site-a")
