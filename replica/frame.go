@@ -309,26 +309,22 @@ func takeFrameMemory(n int64) error {
 	return nil
 }
 
-// Bodies are reused from pools by size class: powers of two from 4 KiB
-// to MaxFrameData, then one class of maxFrameLen, so that a maximal write
-// does not take a buffer twice its size.
+// Bodies are reused from pools by size class: a power of two of data,
+// 4 KiB to MaxFrameData, plus the envelope's room, so that a write of a
+// power-of-two size does not take a buffer twice its size.
 const (
 	minBodyShift = 12
-	topClass     = 26 - minBodyShift // 1<<26 > MaxFrameData
+	bodySlack    = maxFrameLen - MaxFrameData
+	topClass     = 25 - minBodyShift // 1<<25 == MaxFrameData
 )
 
 var bodyPools [topClass + 1]sync.Pool
 
 func bodyClass(n int) int {
-	return min(max(bits.Len(uint(n-1))-minBodyShift, 0), topClass)
+	return min(max(bits.Len(uint(max(n-bodySlack, 1)-1))-minBodyShift, 0), topClass)
 }
 
-func classSize(c int) int {
-	if c == topClass {
-		return maxFrameLen
-	}
-	return 1 << (c + minBodyShift)
-}
+func classSize(c int) int { return 1<<(c+minBodyShift) + bodySlack }
 
 func getBody(c int) *[]byte {
 	if bp, ok := bodyPools[c].Get().(*[]byte); ok {

@@ -176,7 +176,7 @@ func TestFrameMemoryBudget(t *testing.T) {
 
 func TestBodyClasses(t *testing.T) {
 	for _, tc := range []struct{ n, size int }{
-		{1, 4096}, {4096, 4096}, {4097, 8192}, {1 << 20, 1 << 20}, {MaxFrameData, MaxFrameData}, {MaxFrameData + 1, maxFrameLen}, {maxFrameLen, maxFrameLen},
+		{1, 8192}, {8192, 8192}, {8193, 12288}, {128<<10 + 60, 128<<10 + 4096}, {MaxFrameData, maxFrameLen}, {maxFrameLen, maxFrameLen},
 	} {
 		c := bodyClass(tc.n)
 		if classSize(c) != tc.size {
