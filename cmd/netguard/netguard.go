@@ -42,10 +42,11 @@ type Limits struct {
 // spare; Clamp lowers these on a host with fewer.
 var (
 	// Members open a handful of connections each (Raft's pool of three
-	// plus a pipeline; a stream and a forwarding connection per site);
-	// a whole test cluster shares 127.0.0.1.
-	Replication = Limits{MaxConns: 256, MaxConnsPerIP: 64}
-	Raft        = Limits{MaxConns: 256, MaxConnsPerIP: 64}
+	// per peer plus heartbeats; a stream and a forwarding connection per
+	// site), but a demo or test cluster of up to 26 members shares
+	// 127.0.0.1.
+	Replication = Limits{MaxConns: 512, MaxConnsPerIP: 128}
+	Raft        = Limits{MaxConns: 512, MaxConnsPerIP: 128}
 	Admin       = Limits{MaxConns: 256, MaxConnsPerIP: 64}
 )
 
