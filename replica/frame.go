@@ -252,11 +252,11 @@ var frameBudget = semaphore.NewWeighted(FrameMemory)
 // ErrFrameMemory: FrameMemory stayed exhausted for budgetWait.
 var ErrFrameMemory = errors.New("replica: frame memory exhausted")
 
-// ReadFrame decodes one frame of at most max encoded bytes (MaxHelloLen,
+// ReadFrame decodes one frame of at most limit encoded bytes (MaxHelloLen,
 // MaxControlLen, MaxHelloAckLen or MaxDataFrameLen). The length prefix is
 // checked before any allocation, a body above budgetFree waits for its
 // share of FrameMemory, every length inside the body must fit in it, and
-// the frame is validated: a hostile peer costs at most one body of max
+// the frame is validated: a hostile peer costs at most one body of limit
 // bytes, within the global budget, and never yields an unchecked frame.
 func ReadFrame(r *bufio.Reader, limit int) (*Frame, error) {
 	var hdr [4]byte
