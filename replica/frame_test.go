@@ -78,6 +78,8 @@ func FuzzReadFrame(f *testing.F) {
 	WriteFrame(&buf, &Frame{Kind: FrameAck, Epoch: 1, Seq: 9})
 	f.Add(buf.Bytes())
 	f.Add([]byte{0, 0, 0, 1, 0x80})
+	// A bin claiming 2 GiB inside an 11-byte body (msgpack allocated it).
+	f.Add([]byte{0, 0, 0, 11, 0x81, 0xa1, 'd', 0xc6, 0x7f, 0xff, 0xff, 0x00, 1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bufio.NewReader(bytes.NewReader(b))
 		for i := 0; i < 8; i++ {
