@@ -77,6 +77,8 @@ func TestParseExample(t *testing.T) {
 			HeaderDigest:             []string{"CRC32C", "None"},
 			DataDigest:               []string{"None"},
 			QueueDepth:               64,
+			MaxConnections:           512,
+			MaxConnectionsPerIP:      32,
 			DiscoveryCHAP:            &CHAP{Username: "discovery", Secret: "discovery-secret-1"},
 		},
 		Targets: []Target{
@@ -170,6 +172,8 @@ target "iqn.2026-11.io.metrolun:demo" {
 			HeaderDigest:             []string{"None", "CRC32C"},
 			DataDigest:               []string{"None", "CRC32C"},
 			QueueDepth:               128,
+			MaxConnections:           1024,
+			MaxConnectionsPerIP:      256,
 		},
 		Targets: []Target{{
 			Name: "iqn.2026-11.io.metrolun:demo",
@@ -595,6 +599,8 @@ func TestValidateInCode(t *testing.T) {
 			`iscsi.header_digest: expected at least one of "None" and "CRC32C"`,
 			`iscsi.data_digest: expected at least one of "None" and "CRC32C"`,
 			"iscsi.queue_depth: must be between 1 and 1024, got 0",
+			"iscsi.max_connections: must be between 1 and 65535, got 0",
+			"iscsi.max_connections_per_ip: must be between 1 and 65535, got 0",
 		}},
 		{"lun fields", func(c *Config) {
 			l := &c.Targets[0].LUNs[0]

@@ -67,6 +67,11 @@ type ISCSI struct {
 	// may hold, in bytes; a login that would exceed it is refused. 0: no
 	// cap.
 	MemoryBudget int64
+	// MaxConnections and MaxConnectionsPerIP cap the connections open on
+	// the iSCSI port, in all and from one initiator address; a
+	// connection over a cap is closed at once (cmd/netguard).
+	MaxConnections      int
+	MaxConnectionsPerIP int
 
 	DiscoveryCHAP *CHAP // nil: SendTargets discovery needs no CHAP
 }
@@ -130,6 +135,8 @@ func DefaultISCSI() ISCSI {
 		HeaderDigest:             []string{DigestNone, DigestCRC32C},
 		DataDigest:               []string{DigestNone, DigestCRC32C},
 		QueueDepth:               128,
+		MaxConnections:           1024,
+		MaxConnectionsPerIP:      256,
 	}
 }
 

@@ -35,6 +35,7 @@ var (
 			{Name: "immediate_data"}, {Name: "initial_r2t"},
 			{Name: "header_digest"}, {Name: "data_digest"},
 			{Name: "queue_depth"}, {Name: "memory_budget"},
+			{Name: "max_connections"}, {Name: "max_connections_per_ip"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{{Type: "discovery_chap"}},
 	}
@@ -240,6 +241,8 @@ func (d *decoder) iscsi(b *hcl.Block, dst *ISCSI) {
 	s.strings("data_digest", &dst.DataDigest)
 	s.integer("queue_depth", &dst.QueueDepth)
 	s.sizeOrZero("memory_budget", &dst.MemoryBudget)
+	s.integer("max_connections", &dst.MaxConnections)
+	s.integer("max_connections_per_ip", &dst.MaxConnectionsPerIP)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		if d.once(seen, key+".discovery_chap", cb) {

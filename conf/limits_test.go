@@ -100,3 +100,35 @@ func wantOneProblem(t *testing.T, src, want string) {
 		t.Fatalf("%q: problems %v, want one at %s containing %q", src, err, at, frag)
 	}
 }
+
+func TestConnectionCaps(t *testing.T) {
+	for _, tc := range []struct {
+		src      string
+		max, per int
+		err      string
+	}{
+		{iscsiSrc(""), 1024, 256, ""},
+		{iscsiSrc("max_connections = 100", "max_connections_per_ip = 100"), 100, 100, ""},
+		{iscsiSrc("max_connections = 0"), 0, 0, "iscsi.max_connections"},
+		{iscsiSrc("max_connections_per_ip = 70000"), 0, 0, "iscsi.max_connections_per_ip"},
+		{iscsiSrc("max_connections = 10", "max_connections_per_ip = 11"), 0, 0, "exceeds max_connections 10"},
+	} {
+		c, err := Parse("t.hcl", []byte(tc.src))
+		if err == nil {
+			err = c.Validate()
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want one about %s", tc.src, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.src, err)
+			continue
+		}
+		if c.ISCSI.MaxConnections != tc.max || c.ISCSI.MaxConnectionsPerIP != tc.per {
+			t.Errorf("%q: caps %d/%d, want %d/%d", tc.src, c.ISCSI.MaxConnections, c.ISCSI.MaxConnectionsPerIP, tc.max, tc.per)
+		}
+	}
+}

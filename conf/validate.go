@@ -170,6 +170,12 @@ func (v *validator) iscsi(c *ISCSI) {
 				c.MemoryBudget, one)
 		}
 	}
+	v.intRange(key+".max_connections", c.MaxConnections, 1, 65535)
+	v.intRange(key+".max_connections_per_ip", c.MaxConnectionsPerIP, 1, 65535)
+	if c.MaxConnectionsPerIP > c.MaxConnections && !v.skip(key+".max_connections") {
+		v.fail(key+".max_connections_per_ip", "%d exceeds max_connections %d; it must not",
+			c.MaxConnectionsPerIP, c.MaxConnections)
+	}
 	v.chap(key+".discovery_chap", c.DiscoveryCHAP)
 }
 

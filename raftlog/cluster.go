@@ -67,6 +67,9 @@ type Config struct {
 	// also bounds how old the acknowledgements behind a lease renewal can
 	// be, so a new writer waits it out on top of Lease (see lease.go).
 	RPCTimeout time.Duration
+	// Guard, when set, wraps the Raft listener (cmd/netguard: connection
+	// caps, accept errors waited out). Nil: the bare listener.
+	Guard func(net.Listener) net.Listener
 	// Logger gets this package's lines, and Raft's under Named("raft") at
 	// the same level: Warn keeps elections and refusals, Info adds each
 	// writer change. Nil: no logs.

@@ -80,6 +80,9 @@ func newStreamLayer(cfg *Config, timeout time.Duration, log hclog.Logger) (*stre
 	if err != nil {
 		return nil, fmt.Errorf("raftlog: listen %s: %w", cfg.Listen, err)
 	}
+	if cfg.Guard != nil {
+		ln = cfg.Guard(ln)
+	}
 	s.ln = ln
 	return s, nil
 }
@@ -182,6 +185,7 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c = newUnprovenConn(c, firstAnswerTimeout)
 	if s.server != nil {
 		c = &serverConn{Conn: tls.Server(c, s.server), s: s}
 	}

@@ -47,7 +47,7 @@ func helloTo(t *testing.T, addr, from string, epoch uint64) *Frame {
 	if err := WriteFrame(c, &Frame{Kind: FrameHello, Epoch: epoch, From: from}); err != nil {
 		t.Fatal(err)
 	}
-	ack, err := ReadFrame(bufio.NewReader(c))
+	ack, err := ReadFrame(bufio.NewReader(c), MaxHelloAckLen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 
 func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
 	for {
-		f, err := ReadFrame(br)
+		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil || f.Kind != FrameFwdResult {
 			break
 		}
@@ -261,7 +261,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame) error
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		f, err := ReadFrame(br)
+		f, err := ReadFrame(br, MaxDataFrameLen)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -348,7 +348,7 @@ func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64
 		conn.Close()
 		return nil, nil, err
 	}
-	ack, err := ReadFrame(br)
+	ack, err := ReadFrame(br, MaxHelloAckLen)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err

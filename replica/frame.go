@@ -2,11 +2,17 @@ package replica
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -215,23 +221,82 @@ func WriteFrame(w io.Writer, f *Frame) error {
 	return err
 }
 
-// ReadFrame decodes one frame. The length prefix is bounded before any
-// allocation and the frame is validated, so a hostile peer can cost at
-// most one maximal frame of memory and never yields an unchecked frame.
-func ReadFrame(r *bufio.Reader) (*Frame, error) {
+// Frame size limits, checked against the length prefix before anything
+// is allocated. A connection's first frame is a hello, from a peer that
+// has proved nothing yet, so it may cost no more than a few KiB; frames
+// that never carry data stay small for the whole connection; only the
+// stream from a writer and forwarded operations may carry MaxFrameData.
+const (
+	// MaxHelloLen bounds a hello: names, an epoch, a size and flags.
+	MaxHelloLen = 4 << 10
+	// MaxControlLen bounds acks, lease and forwarding results, whose
+	// largest field is an error text of at most 4096 bytes.
+	MaxControlLen = 8 << 10
+	// MaxHelloAckLen bounds a hello answer, which may list the ranges a
+	// site applied and never saw committed.
+	MaxHelloAckLen = maxCarried*16 + MaxControlLen
+	// MaxDataFrameLen bounds a frame on a writer's stream or a
+	// forwarding connection.
+	MaxDataFrameLen = maxFrameLen
+)
+
+// FrameMemory bounds the frame bodies being received by every connection
+// of the process together (a body is held from its length prefix until it
+// is decoded), so that the memory replication takes does not grow with
+// the number of connections. A connection holds one body at a time, so a
+// few peers streaming maximal frames at once fit.
+const FrameMemory = 4 * maxFrameLen
+
+// budgetFree: bodies up to this size take no share of FrameMemory (their
+// total is bounded by the connection caps on the port) and no wait.
+const budgetFree = 64 << 10
+
+// budgetWait is how long a frame waits for FrameMemory before its
+// connection is dropped as if it had sent an oversize frame; the peer
+// reconnects.
+const budgetWait = 10 * time.Second
+
+var frameBudget = semaphore.NewWeighted(FrameMemory)
+
+// ErrFrameMemory: FrameMemory stayed exhausted for budgetWait.
+var ErrFrameMemory = errors.New("replica: frame memory exhausted")
+
+// ReadFrame decodes one frame of at most limit encoded bytes (MaxHelloLen,
+// MaxControlLen, MaxHelloAckLen or MaxDataFrameLen). The length prefix is
+// checked before any allocation, a body above budgetFree waits for its
+// share of FrameMemory, every length inside the body must fit in it, and
+// the frame is validated: a hostile peer costs at most one body of limit
+// bytes, within the global budget, and never yields an unchecked frame.
+func ReadFrame(r *bufio.Reader, limit int) (*Frame, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > maxFrameLen {
-		return nil, fmt.Errorf("%w: length prefix %d not in 1..%d", ErrFrame, n, maxFrameLen)
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if limit = min(limit, maxFrameLen); n == 0 || n > limit {
+		return nil, fmt.Errorf("%w: length prefix %d not in 1..%d", ErrFrame, n, limit)
 	}
-	body := make([]byte, n)
+	c := bodyClass(n)
+	if size := int64(classSize(c)); size > budgetFree {
+		if err := takeFrameMemory(size); err != nil {
+			return nil, err
+		}
+		defer frameBudget.Release(size)
+	}
+	bp := getBody(c)
+	defer putBody(bp)
+	body := (*bp)[:n]
 	if _, err := io.ReadFull(r, body); err != nil {
 		return nil, err
 	}
+	// msgpack allocates a bin or str from its length header before it
+	// reads the bytes: a 10-byte body claiming 4 GiB would allocate it.
+	if err := msgpackFits(body); err != nil {
+		return nil, err
+	}
 	f := &Frame{}
+	// Unmarshal copies Data and the strings out of body, which is
+	// reused.
 	if err := msgpack.Unmarshal(body, f); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrFrame, err)
 	}
@@ -239,4 +304,154 @@ func ReadFrame(r *bufio.Reader) (*Frame, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+func takeFrameMemory(n int64) error {
+	if frameBudget.TryAcquire(n) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budgetWait)
+	defer cancel()
+	if err := frameBudget.Acquire(ctx, n); err != nil {
+		return fmt.Errorf("%w: %w: a frame of %d bytes waited %v", ErrFrame, ErrFrameMemory, n, budgetWait)
+	}
+	return nil
+}
+
+// Bodies are reused from pools by size class: a power of two of data,
+// 4 KiB to MaxFrameData, plus the envelope's room, so that a write of a
+// power-of-two size does not take a buffer twice its size.
+const (
+	minBodyShift = 12
+	bodySlack    = maxFrameLen - MaxFrameData
+	topClass     = 25 - minBodyShift // 1<<25 == MaxFrameData
+)
+
+var bodyPools [topClass + 1]sync.Pool
+
+func bodyClass(n int) int {
+	return min(max(bits.Len(uint(max(n-bodySlack, 1)-1))-minBodyShift, 0), topClass)
+}
+
+func classSize(c int) int { return 1<<(c+minBodyShift) + bodySlack }
+
+func getBody(c int) *[]byte {
+	if bp, ok := bodyPools[c].Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, classSize(c))
+	return &b
+}
+
+func putBody(bp *[]byte) {
+	bodyPools[bodyClass(cap(*bp))].Put(bp)
+}
+
+// msgpackFits checks that b holds one msgpack value in which every
+// length (of a str, bin, ext, array or map) fits in the bytes left, so
+// that decoding it cannot allocate more than len(b) per field.
+func msgpackFits(b []byte) error {
+	if _, err := msgpackSkip(b, 0); err != nil {
+		return fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	return nil
+}
+
+var errMsgpackShort = errors.New("msgpack value longer than its frame")
+
+// msgpackSkip returns b after the value it starts with.
+func msgpackSkip(b []byte, depth int) ([]byte, error) {
+	if depth > 8 {
+		return nil, errors.New("msgpack nested too deep")
+	}
+	if len(b) == 0 {
+		return nil, errMsgpackShort
+	}
+	c := b[0]
+	b = b[1:]
+	// size reads a big-endian length of w bytes.
+	size := func(w int) (int, error) {
+		if len(b) < w {
+			return 0, errMsgpackShort
+		}
+		var n uint64
+		for _, x := range b[:w] {
+			n = n<<8 | uint64(x)
+		}
+		b = b[w:]
+		if n > uint64(len(b)) {
+			return 0, errMsgpackShort
+		}
+		return int(n), nil
+	}
+	skip := func(n int) ([]byte, error) {
+		if n > len(b) {
+			return nil, errMsgpackShort
+		}
+		return b[n:], nil
+	}
+	elems := func(n int) ([]byte, error) {
+		var err error
+		for range n {
+			if b, err = msgpackSkip(b, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		return b, nil
+	}
+	var n, w int
+	var err error
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		return b, nil
+	case c&0xf0 == 0x80:
+		return elems(2 * int(c&0x0f))
+	case c&0xf0 == 0x90:
+		return elems(int(c & 0x0f))
+	case c&0xe0 == 0xa0:
+		return skip(int(c & 0x1f))
+	case c == 0xcc || c == 0xd0:
+		return skip(1)
+	case c == 0xcd || c == 0xd1:
+		return skip(2)
+	case c == 0xca || c == 0xce || c == 0xd2:
+		return skip(4)
+	case c == 0xcb || c == 0xcf || c == 0xd3:
+		return skip(8)
+	case c >= 0xd4 && c <= 0xd8: // fixext 1, 2, 4, 8, 16 after a type byte
+		return skip(1 + 1<<(c-0xd4))
+	case c == 0xc4 || c == 0xd9: // bin8, str8
+		w = 1
+	case c == 0xc5 || c == 0xda:
+		w = 2
+	case c == 0xc6 || c == 0xdb:
+		w = 4
+	case c >= 0xc7 && c <= 0xc9: // ext 8, 16, 32: the length, a type byte, the data
+		if n, err = size(1 << (c - 0xc7)); err != nil {
+			return nil, err
+		}
+		return skip(1 + n)
+	case c == 0xdc || c == 0xdd: // array 16, 32: each element takes a byte at least
+		if n, err = size(2 << (c - 0xdc)); err != nil {
+			return nil, err
+		}
+		if n > len(b) {
+			return nil, errMsgpackShort
+		}
+		return elems(n)
+	case c == 0xde || c == 0xdf:
+		if n, err = size(2 << (c - 0xde)); err != nil {
+			return nil, err
+		}
+		if 2*n > len(b) {
+			return nil, errMsgpackShort
+		}
+		return elems(2 * n)
+	default: // 0xc1 is never used
+		return nil, fmt.Errorf("msgpack code 0x%02x", c)
+	}
+	if n, err = size(w); err != nil {
+		return nil, err
+	}
+	return skip(n)
 }

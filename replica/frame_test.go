@@ -28,7 +28,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	}
 	r := bufio.NewReader(&buf)
 	for i, want := range frames {
-		got, err := ReadFrame(r)
+		got, err := ReadFrame(r, MaxDataFrameLen)
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
@@ -63,7 +63,7 @@ func TestFrameRejects(t *testing.T) {
 		"not msgpack":     append(binary.BigEndian.AppendUint32(nil, 3), 0xc1, 0xc1, 0xc1),
 	}
 	for name, b := range cases {
-		_, err := ReadFrame(bufio.NewReader(bytes.NewReader(b)))
+		_, err := ReadFrame(bufio.NewReader(bytes.NewReader(b)), MaxDataFrameLen)
 		if !errors.Is(err, ErrFrame) {
 			t.Errorf("%s: got %v, want ErrFrame", name, err)
 		}
@@ -78,10 +78,12 @@ func FuzzReadFrame(f *testing.F) {
 	WriteFrame(&buf, &Frame{Kind: FrameAck, Epoch: 1, Seq: 9})
 	f.Add(buf.Bytes())
 	f.Add([]byte{0, 0, 0, 1, 0x80})
+	// A bin claiming 2 GiB inside an 11-byte body (msgpack allocated it).
+	f.Add([]byte{0, 0, 0, 11, 0x81, 0xa1, 'd', 0xc6, 0x7f, 0xff, 0xff, 0x00, 1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bufio.NewReader(bytes.NewReader(b))
 		for i := 0; i < 8; i++ {
-			fr, err := ReadFrame(r)
+			fr, err := ReadFrame(r, MaxDataFrameLen)
 			if err != nil {
 				return
 			}
@@ -95,7 +97,7 @@ func FuzzReadFrame(f *testing.F) {
 			if err := WriteFrame(&out, fr); err != nil {
 				t.Fatal(err)
 			}
-			back, err := ReadFrame(bufio.NewReader(&out))
+			back, err := ReadFrame(bufio.NewReader(&out), MaxDataFrameLen)
 			if err != nil || back.Seq != fr.Seq || !bytes.Equal(back.Data, fr.Data) {
 				t.Fatalf("round trip failed: %v", err)
 			}

@@ -339,7 +339,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 	}()
 
 	for {
-		f, err := ReadFrame(br)
+		f, err := ReadFrame(br, MaxDataFrameLen)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -325,7 +326,12 @@ func (s *Site) Serve(l net.Listener) error {
 				delete(s.conns, c)
 				s.mu.Unlock()
 			}()
-			if err := s.serveConn(c); err != nil {
+			if err := s.serveConn(c); errors.Is(err, ErrFrame) {
+				// A peer that breaks the protocol is worth an
+				// operator's look (DESIGN.md I6); a peer going away
+				// is not.
+				s.log.Warn("replication connection dropped: bad frame", "remote", c.RemoteAddr(), "error", err)
+			} else if err != nil {
 				s.log.Debug("replication connection ended", "remote", c.RemoteAddr(), "error", err)
 			}
 		}()
@@ -333,13 +339,16 @@ func (s *Site) Serve(l net.Listener) error {
 }
 
 func (s *Site) serveConn(c net.Conn) error {
-	br := bufio.NewReaderSize(c, 256<<10)
+	// Until the hello is in, the connection gets a small buffer and a
+	// small frame: a peer that has proved nothing costs little.
+	hbr := bufio.NewReaderSize(c, MaxHelloLen)
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReplicaTimeout))
-	hello, err := ReadFrame(br)
+	hello, err := ReadFrame(hbr, MaxHelloLen)
 	if err != nil {
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
+	br := growReader(hbr, c, 256<<10)
 	if hello.Kind != FrameHello {
 		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
 	}
@@ -361,6 +370,18 @@ func (s *Site) serveConn(c net.Conn) error {
 	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
 	return s.recv.serveStream(c, br, hello)
+}
+
+// growReader returns a reader of size bytes on c that first yields what
+// small has buffered (a peer may send its next frame before the answer to
+// its hello).
+func growReader(small *bufio.Reader, c net.Conn, size int) *bufio.Reader {
+	n := small.Buffered()
+	if n == 0 {
+		return bufio.NewReaderSize(c, size)
+	}
+	rest, _ := small.Peek(n)
+	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(slices.Clone(rest)), c), size)
 }
 
 // peerSet returns the other data sites of v with the address to dial

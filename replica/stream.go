@@ -147,7 +147,7 @@ func (l *Link) Err() error {
 func (l *Link) readAcks(br *bufio.Reader) {
 	defer close(l.done)
 	for {
-		f, err := ReadFrame(br)
+		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil {
 			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 			return

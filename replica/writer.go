@@ -1013,7 +1013,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 		conn.Close()
 		return false, err
 	}
-	ack, err := ReadFrame(br)
+	ack, err := ReadFrame(br, MaxHelloAckLen)
 	if err != nil {
 		conn.Close()
 		return false, err

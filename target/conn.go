@@ -92,6 +92,11 @@ type conn struct {
 	lastRecv atomic.Int64  // unix nanos of the last PDU received
 	nopOut   atomic.Uint32 // TTT of an unanswered NOP-In ping, 0 if none
 
+	// Login only: the names the initiator gave, and the status of a
+	// login reject sent, for the log line of a failed login.
+	loginName, loginTarget string
+	rejected               *loginStatus
+
 	text   *textAnswer    // a Text Response still being sent (text.go); reader only
 	textIn *textRequestIn // a Text Request still being received (text.go); reader only
 }
@@ -121,12 +126,29 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return c
 }
 
+// remoteHost is the initiator's address without the port.
+func (c *conn) remoteHost() string {
+	if ta, ok := c.nc.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	h, _, err := net.SplitHostPort(c.nc.RemoteAddr().String())
+	if err != nil {
+		return c.nc.RemoteAddr().String()
+	}
+	return h
+}
+
 func (c *conn) serve() {
 	defer c.nc.Close()
 	c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if err := c.login(); err != nil {
-		if !errors.Is(err, io.EOF) {
-			c.log.Debug("login ended", "error", err)
+		if st := c.rejected; st != nil {
+			// Who tried, from where (c.log names the remote) and why,
+			// for an operator tracing a failed or hostile login.
+			c.log.Warn("login rejected", "initiator", c.loginName, "target", c.loginTarget,
+				"status", fmt.Sprintf("0x%02x%02x", st.class, st.detail), "reason", st.msg, "error", err)
+		} else if !errors.Is(err, io.EOF) {
+			c.log.Debug("login ended", "initiator", c.loginName, "target", c.loginTarget, "error", err)
 		}
 		return
 	}

@@ -125,6 +125,7 @@ func (c *conn) login() error {
 		}
 		if first {
 			first = false
+			c.loginName, c.loginTarget = neg.p.InitiatorName, neg.p.TargetName
 			if neg.p.InitiatorName == "" {
 				c.sendLoginReject(p, statusMissingParam("InitiatorName missing"))
 				return errors.New("login without InitiatorName")
@@ -203,10 +204,21 @@ func (c *conn) login() error {
 				c.sendLoginReject(p, statusAuthFailed("unexpected CHAP keys"))
 				return errors.New("CHAP keys without CHAP negotiation")
 			}
+			var ticket *authTicket
+			if chap.state == chapChallenged {
+				// This request answers the challenge: one guess.
+				if ticket, err = c.srv.auth.admit(c.ctx, neg.p.InitiatorName, c.remoteHost()); err != nil {
+					c.sendLoginReject(p, statusAuthFailed("authentication failed"))
+					return fmt.Errorf("CHAP response not checked: %w", err)
+				}
+			}
 			ans, err := chap.step(chapKeys)
 			if err != nil {
 				c.sendLoginReject(p, statusAuthFailed("authentication failed"))
-				return fmt.Errorf("initiator %s: %w", neg.p.InitiatorName, err)
+				return err
+			}
+			if ticket != nil {
+				ticket.Succeeded()
 			}
 			out = append(out, ans...)
 			if chap.state == chapDone {
@@ -342,8 +354,10 @@ func (c *conn) sendLoginResp(req *PDU, transit bool, csg, nsg int, tsih uint16, 
 	c.writeDirect(r)
 }
 
+// sendLoginReject answers req with a failure status; serve logs it once
+// the login has returned its cause.
 func (c *conn) sendLoginReject(req *PDU, st *loginStatus) {
-	c.log.Warn("login rejected", "status", fmt.Sprintf("0x%02x%02x", st.class, st.detail), "reason", st.msg)
+	c.rejected = st
 	flags := req.Flags()
 	c.sendLoginResp(req, false, int(flags>>2)&3, 0, 0, nil, st)
 }

@@ -65,6 +65,7 @@ type Server struct {
 	wg        sync.WaitGroup
 	aluaStop  chan struct{} // ends watchALUA (cluster mode only)
 	memHeld   int64         // budget.go: memory reserved by logged-in connections
+	auth      *authLimiter  // CHAP guesses per initiator name and address
 }
 
 // Target is one iSCSI target: a name, its access rules and its LUs.
@@ -98,6 +99,7 @@ func NewServer(cfg Config) *Server {
 		sessions: map[uint16]*session{},
 		conns:    map[*conn]struct{}{},
 		nextTSIH: 1,
+		auth:     newAuthLimiter(),
 	}
 	if cfg.PortGroups != nil {
 		s.aluaStop = make(chan struct{})
@@ -170,7 +172,12 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return err
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
+		// A guarded listener (cmd/netguard) hands out a wrapper that
+		// still has the TCP methods.
+		if tc, ok := nc.(interface {
+			SetNoDelay(bool) error
+			SetKeepAlive(bool) error
+		}); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/metrolun/metrolun/cmd/admin"
+	"github.com/metrolun/metrolun/cmd/netguard"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
@@ -220,6 +221,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		Dir:    filepath.Join(cfg.DataDir, "raft"),
 		Listen: cl.RaftListen, Peers: peers, TLS: tcfg, Join: cl.Join, LUN: def, Image: img,
 		Lease: cl.Lease, ElectionTimeout: cl.ElectionTimeout,
+		Guard:  func(l net.Listener) net.Listener { return guard(l, "raft", netguard.Raft, log) },
 		Logger: log.Named("raft"),
 	})
 	if err != nil {
@@ -268,6 +270,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		m.close()
 		return nil, fmt.Errorf("replication listen on %s: %w", cl.ReplicationListen, err)
 	}
+	ln = guard(ln, "replication", netguard.Replication, log)
 	if tcfg != nil {
 		ln = tls.NewListener(ln, tcfg)
 	}

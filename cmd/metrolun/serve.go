@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/metrolun/metrolun/cmd/netguard"
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/replica"
 	"github.com/metrolun/metrolun/target"
@@ -97,7 +98,8 @@ func serve(cfg *conf.Config) error {
 			srv.Shutdown(context.Background())
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
-		listeners = append(listeners, l)
+		lim := netguard.Limits{MaxConns: cfg.ISCSI.MaxConnections, MaxConnsPerIP: cfg.ISCSI.MaxConnectionsPerIP}
+		listeners = append(listeners, guard(l, "iscsi", lim, log))
 	}
 	if addr := os.Getenv("METROLUN_PPROF"); addr != "" {
 		// Profiling for developers: net/http/pprof on an address of
@@ -122,6 +124,14 @@ func serve(cfg *conf.Config) error {
 	}
 	log.Info("stopped")
 	return serveErr
+}
+
+// guard caps what the port l can hold (cmd/netguard), within the
+// process's descriptors.
+func guard(l net.Listener, name string, lim netguard.Limits, log hclog.Logger) net.Listener {
+	lim = lim.Clamp(netguard.NoFile())
+	log.Debug("port limits", "port", name, "addr", l.Addr().String(), "max_conns", lim.MaxConns, "max_conns_per_ip", lim.MaxConnsPerIP)
+	return netguard.Wrap(l, name, lim, log)
 }
 
 // waitSignal blocks until SIGINT/SIGTERM, a listener error, or the
@@ -249,9 +259,12 @@ func serveAdmin(mem *member, log hclog.Logger) (stop func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin listen on %s: %w", cl.AdminListen, err)
 	}
-	al, scheme := adminListener(al, mem.tls)
+	// The guard caps connections before the TLS handshake costs anything.
+	al, scheme := adminListener(guard(al, "admin", netguard.Admin, log), mem.tls)
+	// Requests are small and answered at once; /v1/verify may take long
+	// to answer, so writes are not bounded.
 	hs := &http.Server{Handler: mem.adminHandler(g), ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ReadTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: log.Named("admin").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 	go hs.Serve(al)
 	log.Info("admin endpoint", "url", scheme+"://"+cl.AdminListen, "token", cl.AdminTokenFile != "",

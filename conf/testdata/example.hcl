@@ -22,6 +22,8 @@ iscsi {
   header_digest = ["CRC32C", "None"]
   data_digest = ["None"]
   queue_depth = 64
+  max_connections = 512
+  max_connections_per_ip = 32
 
   discovery_chap {
     username = "discovery"
