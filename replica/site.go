@@ -82,10 +82,18 @@ type SiteConfig struct {
 	ResyncBandwidth int64
 	// RegionSize is the bytes per dirty-bitmap bit; default 1 MiB.
 	RegionSize int64
-	// Dial opens a connection to a peer (TLS when configured); default
-	// plain TCP.
-	Dial   func(ctx context.Context, addr string) (net.Conn, error)
-	Logger hclog.Logger
+	// Dial opens a connection to the data site name at addr (TLS when
+	// configured: the server must prove it is name, whatever addr is, as
+	// addr may be a proxy); default plain TCP.
+	Dial func(ctx context.Context, name, addr string) (net.Conn, error)
+	// Authenticate says whether the other end of an accepted replication
+	// connection proved to be the data site from, which its hello names
+	// (with TLS: a member certificate that names from and does not state
+	// another role). It runs before anything in the hello is acted on.
+	// nil: names are taken on trust (plain TCP, which the config must ask
+	// for explicitly).
+	Authenticate func(c net.Conn, from string) error
+	Logger       hclog.Logger
 }
 
 // Site is one data site's view of the mirrored LUN. It implements
@@ -112,6 +120,7 @@ type Site struct {
 	conns       map[net.Conn]struct{}
 	wg          sync.WaitGroup
 	verify      *VerifyStatus
+	warned      map[string]time.Time // refused peers logged lately (refused)
 }
 
 var _ target.Volume = (*Site)(nil)
@@ -136,7 +145,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
-		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+		cfg.Dial = func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -339,6 +348,13 @@ func (s *Site) serveConn(c net.Conn) error {
 	if hello.Kind != FrameHello {
 		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
 	}
+	if s.cfg.Authenticate != nil {
+		if err := s.cfg.Authenticate(c, hello.From); err != nil {
+			WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("not authenticated as %q: %v", hello.From, err)})
+			s.refused(c, hello.From, err)
+			return fmt.Errorf("hello as %q from %s: not authenticated: %w", hello.From, c.RemoteAddr(), err)
+		}
+	}
 	if !s.knownPeer(hello.From) {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%q is not a data site of this cluster", hello.From)})
 		return fmt.Errorf("hello from unknown site %q", hello.From)
@@ -355,8 +371,64 @@ func (s *Site) serveConn(c net.Conn) error {
 	if hello.Flags&FlagForward != 0 {
 		return s.serveForward(c, br, hello)
 	}
+	if err := s.admitStream(hello); err != nil {
+		WriteFrame(c, &Frame{Kind: FrameHelloAck, Epoch: s.cfg.Control.View().Epoch, Err: err.Error()})
+		return fmt.Errorf("stream from %s refused: %w", hello.From, err)
+	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
 	return s.recv.serveStream(c, br, hello)
+}
+
+// admitStream accepts a stream only from the writer of the committed
+// view, at that view's epoch (DESIGN.md I2): a replica never records an
+// epoch the cluster did not commit, so no hello, however authenticated,
+// can make it refuse the real writer. A writer's hello may arrive a
+// moment before this site's Raft state commits its epoch, so a newer
+// epoch is waited for, bounded by half the replica timeout (the writer
+// waits a whole one for the answer).
+func (s *Site) admitStream(hello *Frame) error {
+	deadline := time.NewTimer(s.cfg.ReplicaTimeout / 2)
+	defer deadline.Stop()
+	for {
+		ch := s.cfg.Control.Changed()
+		v := s.cfg.Control.View()
+		switch {
+		case hello.Epoch < v.Epoch:
+			return fmt.Errorf("%w: writer epoch %d < %d", ErrStaleEpoch, hello.Epoch, v.Epoch)
+		case hello.Epoch == v.Epoch && hello.From == v.Writer:
+			return nil
+		case hello.Epoch == v.Epoch:
+			return fmt.Errorf("%s is not the writer of epoch %d (%s is)", hello.From, v.Epoch, v.Writer)
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return fmt.Errorf("epoch %d is not committed here (the cluster is at %d)", hello.Epoch, v.Epoch)
+		case <-s.closing:
+			return errors.New("site closing")
+		}
+	}
+}
+
+// refused logs a connection this site refused, as a warning once a
+// minute per claimed name and remote host: a misconfigured peer retries
+// all the time and would flood the log.
+func (s *Site) refused(c net.Conn, from string, err error) {
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	key := from + "@" + host
+	now := time.Now()
+	s.mu.Lock()
+	if s.warned == nil {
+		s.warned = map[string]time.Time{}
+	}
+	last, ok := s.warned[key]
+	if ok && now.Sub(last) < time.Minute {
+		s.mu.Unlock()
+		return
+	}
+	s.warned[key] = now
+	s.mu.Unlock()
+	s.log.Warn("refused replication peer", "claimed", from, "remote", c.RemoteAddr().String(), "error", err)
 }
 
 // peerSet returns the other data sites of v with the address to dial

@@ -960,7 +960,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	}()
 	ctx, cancel := context.WithTimeout(p.ctx, timeout)
 	defer cancel()
-	conn, err := w.s.cfg.Dial(ctx, p.addr)
+	conn, err := w.s.cfg.Dial(ctx, p.name, p.addr)
 	if err != nil {
 		return false, err
 	}
