@@ -63,7 +63,7 @@ var (
 			{Name: "raft_listen"}, {Name: "replication_listen"}, {Name: "admin_listen"},
 			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
 			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"}, {Name: "join"},
-			{Name: "redirect_logins"},
+			{Name: "redirect_logins"}, {Name: "plaintext"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "tls"},
@@ -326,6 +326,7 @@ func (d *decoder) cluster(b *hcl.Block) *Cluster {
 	s.bandwidth("verify_bandwidth", &cl.VerifyBandwidth)
 	s.boolean("join", &cl.Join)
 	s.boolean("redirect_logins", &cl.RedirectLogins)
+	s.boolean("plaintext", &cl.Plaintext)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		switch cb.Type {

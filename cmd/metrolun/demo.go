@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/raftlog"
 )
 
 const demoTarget = "iqn.2026-11.io.metrolun:demo"
@@ -124,6 +125,11 @@ func runDemo(o demoOptions) error {
 	configs, err := demoConfigs(o, dir, size)
 	if err != nil {
 		return err
+	}
+	if len(configs) > 1 {
+		if err := demoPKI(dir, configs); err != nil {
+			return err
+		}
 	}
 	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
@@ -251,6 +257,35 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 	return configs, nil
 }
 
+// demoOperator names the operator certificate `metrolun demo` makes.
+const demoOperator = "operator"
+
+// demoPKI makes DIR/pki, once: the cluster CA, a certificate per member
+// (the files conf.DemoCertFiles names) and an operator's. A demo
+// restarted on the same DIR keeps them, so its members keep trusting each
+// other.
+func demoPKI(dir string, configs []*conf.Config) error {
+	ca, _, _ := conf.DemoCertFiles(dir, "")
+	pki := filepath.Dir(ca)
+	if _, err := os.Stat(ca); errors.Is(err, os.ErrNotExist) {
+		if err := pkiInit(pki, defaultCADays); err != nil {
+			return err
+		}
+	}
+	issue := func(name, role string) error {
+		if _, err := os.Stat(filepath.Join(pki, name+".pem")); err == nil {
+			return nil
+		}
+		return pkiIssue(pki, name, role, nil, defaultCertDays)
+	}
+	for _, c := range configs {
+		if err := issue(c.Name, c.Role); err != nil {
+			return err
+		}
+	}
+	return issue(demoOperator, raftlog.RoleOperator)
+}
+
 // waitWriter polls the members' admin endpoints until one reports that
 // it is the writer with a lease.
 func waitWriter(ctx context.Context, configs []*conf.Config) error {
@@ -312,6 +347,11 @@ func renderConfig(c *conf.Config) string {
 		fmt.Fprintf(&b, "  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n", q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
 		if cl.ResyncBandwidth > 0 {
 			fmt.Fprintf(&b, "  resync_bandwidth = %d\n", cl.ResyncBandwidth)
+		}
+		if t := cl.TLS; t != nil {
+			fmt.Fprintf(&b, "\n  tls {\n    ca = %s\n    cert = %s\n    key = %s\n  }\n", q(t.CA), q(t.Cert), q(t.Key))
+		} else if cl.Plaintext {
+			b.WriteString("  plaintext = true\n")
 		}
 		for _, m := range cl.Members {
 			fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))

@@ -8,6 +8,12 @@ cluster {
   election_timeout = "500ms"
   replica_timeout = 3
 
+  tls {
+    ca = "/etc/metrolun/ca.pem"
+    cert = "/etc/metrolun/witness.pem"
+    key = "/etc/metrolun/witness-key.pem"
+  }
+
   member "site-a" {
     raft = "192.0.2.10:7400"
     replication = "192.0.2.10:7401"
