@@ -47,9 +47,18 @@ type MemberStatus struct {
 	Status    *struct {
 		Raft struct {
 			State  string   `json:"state"`
+			Term   uint64   `json:"term"`
 			Writer string   `json:"writer"`
 			Epoch  uint64   `json:"epoch"`
 			InSync []string `json:"in_sync"`
+			// MemberInfo is every member's addresses as the cluster
+			// knows them.
+			MemberInfo []struct {
+				Name        string `json:"name"`
+				Role        string `json:"role"`
+				Raft        string `json:"raft"`
+				Replication string `json:"replication"`
+			} `json:"member_info"`
 		} `json:"raft"`
 		Site *struct {
 			Role  string `json:"role"`

@@ -79,6 +79,9 @@ func TestOutsiderVoteRefused(t *testing.T) {
 			req := &raft.RequestVoteRequest{
 				RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(y.name), Addr: []byte(y.name)},
 				Term:      math.MaxUint64, LastLogIndex: math.MaxUint64, LastLogTerm: math.MaxUint64,
+				// Past the "we have a leader" refusal, as a leadership
+				// transfer is.
+				LeadershipTransfer: true,
 			}
 			var resp raft.RequestVoteResponse
 			err = trans.RequestVote(raft.ServerID(target.name), raft.ServerAddress(target.listen), req, &resp)
