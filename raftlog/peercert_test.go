@@ -103,3 +103,52 @@ func TestOutsiderVoteRefused(t *testing.T) {
 		t.Fatalf("the cluster cannot commit after the votes: %v", err)
 	}
 }
+
+// TestMemberInsaneTermRefused: even a member (here the witness, with its
+// own valid certificate) cannot push a term near 2^64 on the others, by
+// RequestVote or by a heartbeat: the RPC is refused before Raft sees it,
+// so the cluster keeps its writer and can still elect leaders later.
+func TestMemberInsaneTermRefused(t *testing.T) {
+	ca := newCA(t, "metrolun test CA")
+	tc := newMembers(t)
+	for _, m := range tc.members {
+		m.tls = memberTLS(ca, ca.issueRole(t, m.name, true, m.role))
+	}
+	tc.startAll()
+	x, epoch := tc.writer(0)
+	w := tc.get("w")
+	for _, target := range tc.members {
+		if target == w {
+			continue
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		trans := raft.NewNetworkTransport(&outsiderLayer{tls: w.tls, ln: ln, server: target.name}, 1, 2*time.Second, io.Discard)
+		hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(w.name), Addr: []byte(w.name)}
+		var vr raft.RequestVoteResponse
+		err = trans.RequestVote(raft.ServerID(target.name), raft.ServerAddress(target.listen), &raft.RequestVoteRequest{
+			RPCHeader: hdr, Term: math.MaxUint64, LastLogIndex: math.MaxUint64, LastLogTerm: math.MaxUint64, LeadershipTransfer: true,
+		}, &vr)
+		if err == nil {
+			t.Errorf("RequestVote with term 2^64-1 to %s answered %+v", target.name, vr)
+		}
+		var ar raft.AppendEntriesResponse
+		err = trans.AppendEntries(raft.ServerID(target.name), raft.ServerAddress(target.listen), &raft.AppendEntriesRequest{
+			RPCHeader: hdr, Term: math.MaxUint64 - 1, Leader: []byte(w.name),
+		}, &ar)
+		if err == nil {
+			t.Errorf("heartbeat with term 2^64-2 to %s answered %+v", target.name, ar)
+		}
+		trans.Close()
+	}
+	for _, m := range tc.members {
+		if got := m.c.Status().Term; got > 1<<32 {
+			t.Errorf("%s's term is %d", m.name, got)
+		}
+	}
+	if err := x.c.DropInSync(tc.other(x).name, epoch); err != nil {
+		t.Fatalf("the cluster cannot commit after the votes: %v", err)
+	}
+}

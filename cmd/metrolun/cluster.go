@@ -28,6 +28,12 @@ type member struct {
 	log     hclog.Logger
 	cluster *raftlog.Cluster
 	site    *replica.Site // nil at a witness
+	// tls is the member's own TLS config (its certificate, the cluster
+	// CA as RootCAs and ClientCAs), nil with plaintext = true. A plane
+	// derives its listener's and dialer's configs from it with
+	// raftlog.ServerTLS and raftlog.ClientTLS, and reads who a peer is
+	// with raftlog.PeerIdentity (raftlog/peercert.go): an operator's
+	// certificate has Role raftlog.RoleOperator.
 	tls     *tls.Config
 	closers []func()
 	// stopc gets why this member must stop on its own (watch): nil
