@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -342,6 +343,10 @@ func (s *Site) serveConn(c net.Conn) error {
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReplicaTimeout))
 	hello, err := ReadFrame(br)
 	if err != nil {
+		// With TLS a refused certificate ends here, before any hello.
+		if !errors.Is(err, io.EOF) {
+			s.refused(c, "", err)
+		}
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
@@ -428,6 +433,10 @@ func (s *Site) refused(c net.Conn, from string, err error) {
 	}
 	s.warned[key] = now
 	s.mu.Unlock()
+	if from == "" {
+		s.log.Warn("refused replication peer before its hello", "remote", c.RemoteAddr().String(), "error", err)
+		return
+	}
 	s.log.Warn("refused replication peer", "claimed", from, "remote", c.RemoteAddr().String(), "error", err)
 }
 
