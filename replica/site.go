@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -415,16 +416,31 @@ func (s *Site) admitStream(hello *Frame) error {
 	}
 }
 
+// maxWarned bounds the refused peers remembered for rate limiting.
+const maxWarned = 1024
+
 // refused logs a connection this site refused, as a warning once a
 // minute per claimed name and remote host: a misconfigured peer retries
 // all the time and would flood the log.
 func (s *Site) refused(c net.Conn, from string, err error) {
+	if len(from) > 64 {
+		from = from[:64] + "..." // the name is the peer's, and so is its length
+	}
 	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
 	key := from + "@" + host
 	now := time.Now()
 	s.mu.Lock()
 	if s.warned == nil {
 		s.warned = map[string]time.Time{}
+	}
+	if len(s.warned) >= maxWarned {
+		// Bounded whatever names a peer makes up: forget what is past
+		// its minute, and stay quiet if that is not enough.
+		maps.DeleteFunc(s.warned, func(_ string, t time.Time) bool { return now.Sub(t) >= time.Minute })
+		if len(s.warned) >= maxWarned {
+			s.mu.Unlock()
+			return
+		}
 	}
 	last, ok := s.warned[key]
 	if ok && now.Sub(last) < time.Minute {
