@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
@@ -199,4 +202,56 @@ func TestReplicationDialChecksName(t *testing.T) {
 		}
 		ln.Close()
 	}
+}
+
+// TestPlaintextWarns: a member whose config asks for plain TCP says at
+// start that peers' names are taken on trust; one with TLS does not.
+func TestPlaintextWarns(t *testing.T) {
+	for _, plain := range []bool{true, false} {
+		l, err := net.Listen("tcp", "127.0.0.2:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		dir := t.TempDir()
+		cfg := conf.DefaultClusterPorts(dir, 1, true, 3260, base)[1] // the witness, on 127.0.0.2
+		if plain {
+			cfg.Cluster.TLS, cfg.Cluster.Plaintext = nil, true
+		} else {
+			pki := testPKI(t, [2]string{"witness", "witness"})
+			c, k := certPaths(pki, "witness")
+			cfg.Cluster.TLS = &conf.TLS{CA: filepath.Join(pki, caFile), Cert: c, Key: k}
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		var buf syncBuffer
+		m, err := startMember(cfg, hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Warn}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.close()
+		warned := strings.Contains(buf.String(), "plaintext = true") && strings.Contains(buf.String(), "taken on trust")
+		if warned != plain {
+			t.Errorf("plaintext %v: log %q", plain, buf.String())
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
