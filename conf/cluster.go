@@ -25,7 +25,13 @@ type Cluster struct {
 	ReplicaTimeout    time.Duration // a replica that does not answer for this long is dropped; default DefaultReplicaTimeout; > Lease
 	ResyncBandwidth   int64         // bytes/s for resync, 0 = unlimited
 	VerifyBandwidth   int64         // bytes/s for online verify, 0 = unlimited
-	TLS               *TLS          // nil: plain TCP between members
+	// TLS authenticates and encrypts Raft and replication (and the
+	// admin API) with the cluster's certificates. A cluster block needs
+	// either TLS or Plaintext.
+	TLS *TLS
+	// Plaintext: plain TCP between members, every peer's name taken on
+	// trust. It must be asked for explicitly, and logs a warning at start.
+	Plaintext bool
 	// AdminTokenFile names the file (mode 0600) holding the bearer token
 	// that the admin endpoint requires of operators, and that this member
 	// sends when it reads the other members' status. Relative: to the
@@ -129,7 +135,8 @@ func DefaultCluster(dir string, sites int, witness bool) []*Config {
 // "witness" and uses the next address, 127.0.0.(sites+1). Each member has
 // iSCSI on iscsiPort (data sites only), Raft on basePort, replication on
 // basePort+1 (data sites only) and admin on basePort+2. A data site's
-// portal group is i+1. Every member keeps its state in dir/NAME; data
+// portal group is i+1. Every member authenticates with the certificates
+// DemoCertFiles names, under dir/pki. Every member keeps its state in dir/NAME; data
 // site NAME serves target iqn.2026-11.io.metrolun:demo with LUN 0 at
 // dir/NAME/lun0.img, 1 GiB. Every config lists every member and validates.
 //
@@ -190,6 +197,8 @@ func DefaultClusterPorts(dir string, sites int, witness bool, iscsiPort, basePor
 		// and the commands find with --dir.
 		cl.AdminTokenFile = filepath.Join(dir, AdminTokenFileName)
 		cl.Members = members()
+		ca, cert, key := DemoCertFiles(dir, self.Name)
+		cl.TLS = &TLS{CA: ca, Cert: cert, Key: key}
 		c.Cluster = cl
 		if self.Role == RoleData {
 			c.ISCSI.PortalGroup = self.PortalGroup
@@ -200,6 +209,14 @@ func DefaultClusterPorts(dir string, sites int, witness bool, iscsiPort, basePor
 		configs = append(configs, c)
 	}
 	return configs
+}
+
+// DemoCertFiles are the PEM files DefaultClusterPorts' member name uses
+// (`metrolun demo` makes them; so does `metrolun certs` given dir/pki):
+// the cluster CA and name's certificate and key.
+func DemoCertFiles(dir, name string) (ca, cert, key string) {
+	pki := filepath.Join(dir, "pki")
+	return filepath.Join(pki, "ca.pem"), filepath.Join(pki, name+".pem"), filepath.Join(pki, name+"-key.pem")
 }
 
 // demoSiteName names data site i: site-a to site-z, then site-aa, ...

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,13 +127,15 @@ func TestParseClusterWitness(t *testing.T) {
 
 // clusterSrc is a valid data site "a" of a cluster with members a, b and
 // w. The cluster block opens on line 7; extra goes at its start, on line 8
-// and after.
+// and after. It says plaintext = true (last in the block) unless extra
+// has a tls block.
 func clusterSrc(extra ...string) string {
 	var b strings.Builder
 	b.WriteString("name = \"a\"\n" + strings.TrimPrefix(okTarget, "\n") + "cluster {\n")
 	for _, l := range extra {
 		b.WriteString("  " + l + "\n")
 	}
+	tlsBlock := slices.ContainsFunc(extra, func(l string) bool { return strings.HasPrefix(l, "tls") })
 	b.WriteString(`  member "a" {
     raft = "10.0.0.1:7400"
     replication = "10.0.0.1:7401"
@@ -145,8 +148,11 @@ func clusterSrc(extra ...string) string {
     role = "witness"
     raft = "10.0.0.3:7400"
   }
-}
 `)
+	if !tlsBlock {
+		b.WriteString("  plaintext = true\n")
+	}
+	b.WriteString("}\n")
 	return b.String()
 }
 
@@ -169,6 +175,7 @@ func TestParseClusterDefaults(t *testing.T) {
 		ElectionTimeout:   DefaultElectionTimeout,
 		ReplicaTimeout:    DefaultReplicaTimeout,
 		RedirectLogins:    true,
+		Plaintext:         true,
 		Members: []Member{
 			{Name: "a", Role: RoleData, Raft: "10.0.0.1:7400", Replication: "10.0.0.1:7401", PortalGroup: 1},
 			{Name: "b", Role: RoleData, Raft: "10.0.0.2:7400", Replication: "10.0.0.2:7401", PortalGroup: 2},
@@ -275,14 +282,17 @@ func TestClusterProblems(t *testing.T) {
 	cases := []tc{
 		// The block itself.
 		{"cluster twice", clusterSrc() + "cluster {\n}\n",
-			[]string{"21:1 cluster: only one cluster block is allowed here; the first is on line 7"}},
+			[]string{"22:1 cluster: only one cluster block is allowed here; the first is on line 7"}},
 		{"unknown key", clusterSrc(`raft = "x"`),
 			[]string{`8:3 Unsupported argument: An argument named "raft" is not expected here. Arguments allowed here: raft_listen, replication_listen, admin_listen`}},
 		{"empty cluster", "name = \"a\"" + okTarget + "cluster {\n}\n",
-			[]string{`7:1 cluster: expected a member block for every member of the cluster, this one ("a") included, and at least one with role = "data"`}},
+			[]string{`7:1 cluster: expected a member block for every member of the cluster, this one ("a") included, and at least one with role = "data"`,
+				"7:1 cluster: has no tls block: members authenticate each other with certificates"}},
+		{"plaintext and tls", clusterSrc(`tls {`, `  ca = "ca.pem"`, `  cert = "a.pem"`, `  key = "a-key.pem"`, `}`, `plaintext = true`),
+			[]string{"13:15 cluster.plaintext: is true, but the block also has a tls block; remove one"}},
 		{"this member missing", strings.Replace(clusterSrc(), `member "a"`, `member "c"`, 1),
 			[]string{`7:1 cluster: has no member block for this member (name = "a"); list every member, this one included`}},
-		{"member without label", "name = \"a\"" + okTarget + "cluster {\n  member {\n  }\n}\n",
+		{"member without label", "name = \"a\"" + okTarget + "cluster {\n  member {\n  }\n  plaintext = true\n}\n",
 			[]string{"8:10 Missing name for member"}},
 
 		// Member blocks.
@@ -294,7 +304,7 @@ func TestClusterProblems(t *testing.T) {
 			[]string{`17:12 cluster.member[2].role: expected "data" or "witness", got "voter"`}},
 		{"own role differs", strings.Replace(clusterSrc(), `name = "a"`, "name = \"w\"\nrole = \"data\"", 1),
 			[]string{`18:12 cluster.member[2].role: is "witness", but this block is this member's own (name = "w") and the top-level role is "data"; the two must agree`}},
-		{"no data member", "name = \"w\"\nrole = \"witness\"\ncluster {\n  member \"w\" {\n    role = \"witness\"\n    raft = \"10.0.0.3:7400\"\n  }\n}\n",
+		{"no data member", "name = \"w\"\nrole = \"witness\"\ncluster {\n  member \"w\" {\n    role = \"witness\"\n    raft = \"10.0.0.3:7400\"\n  }\n  plaintext = true\n}\n",
 			[]string{`3:1 cluster.member: expected at least one member with role = "data"; a witness alone holds no data`}},
 		{"raft missing", strings.Replace(clusterSrc(), "    raft = \"10.0.0.2:7400\"\n", "", 1),
 			[]string{"12:3 cluster.member[1].raft: is required: the host:port other members dial for Raft"}},
@@ -368,7 +378,7 @@ func TestClusterProblems(t *testing.T) {
 			[]string{"3:13 iscsi.listen[0]: 10.0.0.1:7400 clashes with cluster.raft_listen on line 10 (10.0.0.1:7400)"}},
 		{"listen set to empty", clusterSrc(`raft_listen = ""`),
 			[]string{"8:17 cluster.raft_listen: is required: the host:port to bind for Raft"}},
-		{"witness replication_listen", "name = \"w\"\nrole = \"witness\"\ncluster {\n  replication_listen = \"10.0.0.3:7401\"\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n  member \"w\" {\n    role = \"witness\"\n    raft = \"10.0.0.3:7400\"\n  }\n}\n",
+		{"witness replication_listen", "name = \"w\"\nrole = \"witness\"\ncluster {\n  replication_listen = \"10.0.0.3:7401\"\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n  member \"w\" {\n    role = \"witness\"\n    raft = \"10.0.0.3:7400\"\n  }\n  plaintext = true\n}\n",
 			[]string{"4:24 cluster.replication_listen: a witness holds no data; remove replication_listen"}},
 		{"witness with target", strings.Replace(clusterSrc(), `name = "a"`, "name = \"w\"\nrole = \"witness\"", 1),
 			[]string{"3:1 target[0]: a witness serves no iSCSI targets"}},
@@ -380,7 +390,7 @@ func TestClusterProblems(t *testing.T) {
 			[]string{`4:12 target[0].lun[0].path: "/srv/disk/" names a directory; expected a backing file or block device`}},
 
 		// Joining a running cluster.
-		{"join without the cluster", "name = \"a\"" + okTarget + "cluster {\n  join = true\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n}\n",
+		{"join without the cluster", "name = \"a\"" + okTarget + "cluster {\n  join = true\n  member \"a\" {\n    raft = \"10.0.0.1:7400\"\n    replication = \"10.0.0.1:7401\"\n  }\n  plaintext = true\n}\n",
 			[]string{"8:10 cluster.join: this member waits to be added to a running cluster, but the block lists no other member"}},
 		{"join not a bool", clusterSrc(`join = "yes"`),
 			[]string{"8:10 cluster.join: expected true or false"}},
@@ -417,7 +427,7 @@ func TestClusterProblems(t *testing.T) {
 
 		// TLS.
 		{"tls empty", clusterSrc(`tls {`, `}`),
-			[]string{"8:3 cluster.tls: expected ca, cert and key (PEM files); remove the block for plain TCP between members"}},
+			[]string{"8:3 cluster.tls: expected ca, cert and key (PEM files); for plain TCP between members replace the block with plaintext = true"}},
 		{"tls partial", clusterSrc(`tls {`, `  ca = "ca.pem"`, `}`),
 			[]string{
 				"8:3 cluster.tls.cert: is required: TLS between members needs ca, cert and key",
@@ -480,6 +490,7 @@ func TestClusterValidateInCode(t *testing.T) {
 			"cluster.lease: must be between 10ms and 10m, got 0s",
 			"cluster.election_timeout: must be between 10ms and 10m, got 0s",
 			"cluster.replica_timeout: must be between 10ms and 10m, got 0s",
+			"cluster: has no tls block: members authenticate each other with certificates (metrolun certs init, then metrolun certs issue NAME per member; see docs/security.md); for unauthenticated plain TCP between members say plaintext = true",
 		}},
 		{"listen addresses are not filled in", func(c *Config) {
 			c.Cluster.RaftListen, c.Cluster.ReplicationListen, c.Cluster.AdminListen = "", "", ""
@@ -627,7 +638,8 @@ func TestDefaultCluster(t *testing.T) {
 	}
 	cl := b.Cluster
 	if cl.Lease != DefaultLease || cl.ElectionTimeout != DefaultElectionTimeout || cl.ReplicaTimeout != DefaultReplicaTimeout ||
-		cl.TLS != nil || cl.Preferred != nil || cl.ResyncBandwidth != 0 {
+		cl.TLS == nil || cl.TLS.CA != filepath.Join(dir, "pki", "ca.pem") || cl.TLS.Cert != filepath.Join(dir, "pki", "site-b.pem") ||
+		cl.TLS.Key != filepath.Join(dir, "pki", "site-b-key.pem") || cl.Plaintext || cl.Preferred != nil || cl.ResyncBandwidth != 0 {
 		t.Errorf("site-b cluster: got %s", dump(cl))
 	}
 	if names := DefaultCluster(dir, 28, false); names[25].Name != "site-z" || names[26].Name != "site-aa" || names[27].Name != "site-ab" {

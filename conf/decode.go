@@ -64,7 +64,7 @@ var (
 			{Name: "raft_listen"}, {Name: "replication_listen"}, {Name: "admin_listen"},
 			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
 			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"}, {Name: "join"},
-			{Name: "redirect_logins"},
+			{Name: "redirect_logins"}, {Name: "plaintext"},
 			{Name: "admin_token_file"}, {Name: "admin_public_metrics"}, {Name: "admin_insecure"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{
@@ -333,6 +333,7 @@ func (d *decoder) cluster(b *hcl.Block) *Cluster {
 	s.str("admin_token_file", &cl.AdminTokenFile)
 	s.boolean("admin_public_metrics", &cl.AdminPublicMetrics)
 	s.boolean("admin_insecure", &cl.AdminInsecure)
+	s.boolean("plaintext", &cl.Plaintext)
 	seen := map[string]hcl.Range{}
 	for _, cb := range content.Blocks {
 		switch cb.Type {

@@ -16,6 +16,10 @@ const maxISCSINameLen = 223
 
 // checkMemberName enforces [a-z0-9-]{1,63}: a name that fits a DNS label,
 // a file name and a metric label without escaping.
+// CheckMemberName checks a cluster member's name (also a certificate's,
+// `metrolun certs`): 1 to 63 of a-z, 0-9 and -, so that it is a DNS label.
+func CheckMemberName(s string) error { return checkMemberName(s) }
+
 func checkMemberName(s string) error {
 	if s == "" {
 		return errors.New("is required; expected 1 to 63 of a-z, 0-9 and -")

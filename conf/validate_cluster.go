@@ -27,6 +27,7 @@ func (v *validator) cluster(c *Config) {
 	}
 	v.tls(cl.TLS)
 	v.adminCredential(cl)
+	v.transport(cl)
 	v.preferences(cl)
 	v.join(c, self)
 	v.imagePaths(c)
@@ -349,7 +350,7 @@ func (v *validator) tls(t *TLS) {
 	switch len(missing) {
 	case 0:
 	case len(files):
-		v.fail(key, "expected ca, cert and key (PEM files); remove the block for plain TCP between members")
+		v.fail(key, "expected ca, cert and key (PEM files); for plain TCP between members replace the block with plaintext = true")
 	default:
 		for _, name := range missing {
 			v.fail(key+"."+name, "is required: TLS between members needs ca, cert and key")
@@ -373,6 +374,18 @@ func (v *validator) adminCredential(cl *Cluster) {
 		!v.skip(key+".admin_listen") && !v.skip(key+".tls"):
 		v.fail(key+".admin_listen", "the admin endpoint needs a credential: set admin_token_file to a file (mode 0600) holding a token, "+
 			"or add a tls block (operators then present a client certificate with OU operator); admin_insecure = true serves it to anyone")
+	}
+}
+
+// transport checks that the block says how members talk: TLS, or plain
+// TCP asked for by name (secure by default, DESIGN.md I7).
+func (v *validator) transport(cl *Cluster) {
+	switch {
+	case cl.TLS != nil && cl.Plaintext:
+		v.fail("cluster.plaintext", "is true, but the block also has a tls block; remove one (plaintext = true turns TLS between members off)")
+	case cl.TLS == nil && !cl.Plaintext && !v.skip("cluster.plaintext"):
+		v.fail("cluster", "has no tls block: members authenticate each other with certificates (metrolun certs init, then metrolun certs issue NAME per member; see docs/security.md); "+
+			"for unauthenticated plain TCP between members say plaintext = true")
 	}
 }
 

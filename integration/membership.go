@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,6 +76,18 @@ func WriteExtraSite(d *Demo, name, host string, basePort int) (ExtraSite, error)
 	if cl.AdminTokenFile != "" {
 		fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
 	}
+	if cl.TLS != nil {
+		// Its own certificate, from the demo's CA.
+		if err := issueCert(context.Background(), d.bin, filepath.Dir(cl.TLS.CA), name, conf.RoleData); err != nil {
+			return ExtraSite{}, err
+		}
+		own := *cl
+		pki := filepath.Dir(cl.TLS.CA)
+		own.TLS = &conf.TLS{CA: cl.TLS.CA, Cert: filepath.Join(pki, name+".pem"), Key: filepath.Join(pki, name+"-key.pem")}
+		b.WriteString(tlsBlock(&own))
+	} else {
+		b.WriteString(tlsBlock(cl))
+	}
 	for _, m := range append(append([]conf.Member(nil), cl.Members...), self) {
 		fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))
 		if m.Admin != "" {
@@ -102,4 +116,43 @@ func WriteExtraSite(d *Demo, name, host string, basePort int) (ExtraSite, error)
 		return ExtraSite{}, fmt.Errorf("the extra site's config: %w", err)
 	}
 	return es, nil
+}
+
+// tlsBlock renders how a cluster block's members talk: its tls block, or
+// plaintext = true.
+func tlsBlock(cl *conf.Cluster) string {
+	q := strconv.Quote
+	if t := cl.TLS; t != nil {
+		return fmt.Sprintf("\n  tls {\n    ca = %s\n    cert = %s\n    key = %s\n  }\n", q(t.CA), q(t.Cert), q(t.Key))
+	}
+	if cl.Plaintext {
+		return "  plaintext = true\n"
+	}
+	return ""
+}
+
+// IssueCerts makes the PKI the configs' tls blocks name (the layout of
+// conf.DemoCertFiles under dir): the CA and a certificate per member,
+// with `metrolun certs`, as an operator would.
+func IssueCerts(ctx context.Context, bin, dir string, configs []*conf.Config) error {
+	ca, _, _ := conf.DemoCertFiles(dir, "")
+	pki := filepath.Dir(ca)
+	if out, err := exec.CommandContext(ctx, bin, "certs", "init", "--dir", pki).CombinedOutput(); err != nil {
+		return fmt.Errorf("metrolun certs init: %v: %s", err, out)
+	}
+	for _, c := range configs {
+		if err := issueCert(ctx, bin, pki, c.Name, c.Role); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// issueCert runs `metrolun certs issue NAME --role ROLE --dir PKI`.
+func issueCert(ctx context.Context, bin, pki, name, role string) error {
+	out, err := exec.CommandContext(ctx, bin, "certs", "issue", name, "--role", role, "--dir", pki).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("metrolun certs issue %s: %v: %s", name, err, out)
+	}
+	return nil
 }

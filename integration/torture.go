@@ -294,6 +294,12 @@ func StartTorture(ctx context.Context, cfg TortureConfig) (_ *TortureCluster, er
 			}
 		}
 	}
+	// Every member authenticates with its certificate, as a demo's do;
+	// the proxies pass TLS through as bytes, and each member checks the
+	// name of the one it meant to reach, not the proxy's address.
+	if err := IssueCerts(ctx, cfg.Bin, dir, configs); err != nil {
+		return nil, err
+	}
 	for _, mc := range configs {
 		mc.LogLevel = cfg.LogLevel
 		cl := mc.Cluster
@@ -391,6 +397,7 @@ func renderTortureConfig(c *conf.Config) string {
 	if cl.AdminTokenFile != "" {
 		fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
 	}
+	b.WriteString(tlsBlock(cl))
 	for _, m := range cl.Members {
 		fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))
 		if m.Replication != "" {

@@ -237,7 +237,7 @@ func Open(cfg Config) (*Cluster, error) {
 		store.Close()
 		return nil, err
 	}
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+	trans := newTermGuard(raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
 		// No pipelining: every AppendEntries then has its own I/O deadline
@@ -246,7 +246,7 @@ func Open(cfg Config) (*Cluster, error) {
 		MaxRPCsInFlight: 1,
 		Timeout:         cfg.RPCTimeout,
 		Logger:          rlog.Named("transport"),
-	})
+	}), store)
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
@@ -299,6 +299,7 @@ func Open(cfg Config) (*Cluster, error) {
 		return fail(fmt.Errorf("raftlog: %w", err))
 	}
 	c.raft = r
+	trans.raft.Store(r)
 	c.obsCh = make(chan raft.Observation, 16)
 	c.obs = raft.NewObserver(c.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {

@@ -3,8 +3,6 @@ package raftlog
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -111,54 +109,22 @@ func (s *streamLayer) resolve(name string) (string, bool) {
 }
 
 // peerTLS derives the listener's and the dialer's configurations from the
-// member's own. Both sides authenticate: the listener requires a client
-// certificate from ClientCAs, the dialer verifies the server against
-// RootCAs, and each then checks that the certificate names a member (the
-// dialer: the very member it dialled), by CN or DNS SAN.
+// member's own (peercert.go). Both sides authenticate: the listener
+// requires a client certificate from the CA that names a current member
+// and is no operator's, so nothing from anyone else is ever decoded as a
+// Raft RPC; the dialer requires the server's to name the very member it
+// dialled, whatever address (a proxy) it dialled.
 func peerTLS(base *tls.Config, members func() []string) (server, client *tls.Config) {
-	server = base.Clone()
-	server.ClientAuth = tls.RequireAndVerifyClientCert
-	server.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return errors.New("no client certificate")
-		}
-		cert := cs.PeerCertificates[0]
-		if slices.ContainsFunc(members(), func(m string) bool { return certNames(cert, m) }) {
-			return nil
-		}
-		return fmt.Errorf("client certificate %q names no member", cert.Subject.CommonName)
-	}
-	client = base.Clone()
-	// The standard check matches ServerName against DNS SANs only; ours
-	// accepts the CN too, so the chain is verified here instead.
-	client.InsecureSkipVerify = true
-	client.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return errors.New("no server certificate")
-		}
-		opts := x509.VerifyOptions{
-			Roots:         base.RootCAs,
-			Intermediates: x509.NewCertPool(),
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}
-		for _, c := range cs.PeerCertificates[1:] {
-			opts.Intermediates.AddCert(c)
-		}
-		cert := cs.PeerCertificates[0]
-		if _, err := cert.Verify(opts); err != nil {
+	server = ServerTLS(base, func(id Identity) error {
+		if err := id.CheckRole(RoleData, RoleWitness); err != nil {
 			return err
 		}
-		if !certNames(cert, cs.ServerName) {
-			return fmt.Errorf("server certificate %q is not member %s", cert.Subject.CommonName, cs.ServerName)
+		if slices.ContainsFunc(members(), id.Is) {
+			return nil
 		}
-		return nil
-	}
-	return server, client
-}
-
-// certNames reports whether cert's CN or one of its DNS SANs is name.
-func certNames(cert *x509.Certificate, name string) bool {
-	return name != "" && (cert.Subject.CommonName == name || slices.Contains(cert.DNSNames, name))
+		return fmt.Errorf("client certificate %q names no member", id.Name)
+	})
+	return server, ClientTLS(base, RoleData, RoleWitness)
 }
 
 func (s *streamLayer) track(c net.Conn) bool {

@@ -55,6 +55,12 @@ func newCA(t *testing.T, name string) *testCA {
 // san false the name is only in the CN.
 func (ca *testCA) issue(t *testing.T, name string, san bool) tls.Certificate {
 	t.Helper()
+	return ca.issueRole(t, name, san, "")
+}
+
+// issueRole is issue with a stated role (the Subject OU, peercert.go).
+func (ca *testCA) issueRole(t *testing.T, name string, san bool, role string) tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +76,9 @@ func (ca *testCA) issue(t *testing.T, name string, san bool) tls.Certificate {
 	}
 	if san {
 		tmpl.DNSNames = []string{name}
+	}
+	if role != "" {
+		tmpl.Subject.OrganizationalUnit = []string{role}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -162,8 +171,12 @@ func TestMutualTLS(t *testing.T) {
 func TestCertNames(t *testing.T) {
 	c := &x509.Certificate{Subject: pkix.Name{CommonName: "a"}, DNSNames: []string{"b", "c"}}
 	for name, want := range map[string]bool{"a": true, "b": true, "c": true, "d": false, "": false} {
-		if got := certNames(c, name); got != want {
-			t.Errorf("certNames(%q) = %v", name, got)
+		id, err := CertIdentity(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := id.Is(name); got != want {
+			t.Errorf("Is(%q) = %v", name, got)
 		}
 	}
 }

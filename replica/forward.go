@@ -337,7 +337,7 @@ func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 	defer cancel()
-	conn, err := s.cfg.Dial(ctx, addr)
+	conn, err := s.cfg.Dial(ctx, site, addr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -84,10 +85,18 @@ type SiteConfig struct {
 	ResyncBandwidth int64
 	// RegionSize is the bytes per dirty-bitmap bit; default 1 MiB.
 	RegionSize int64
-	// Dial opens a connection to a peer (TLS when configured); default
-	// plain TCP.
-	Dial   func(ctx context.Context, addr string) (net.Conn, error)
-	Logger hclog.Logger
+	// Dial opens a connection to the data site name at addr (TLS when
+	// configured: the server must prove it is name, whatever addr is, as
+	// addr may be a proxy); default plain TCP.
+	Dial func(ctx context.Context, name, addr string) (net.Conn, error)
+	// Authenticate says whether the other end of an accepted replication
+	// connection proved to be the data site from, which its hello names
+	// (with TLS: a member certificate that names from and does not state
+	// another role). It runs before anything in the hello is acted on.
+	// nil: names are taken on trust (plain TCP, which the config must ask
+	// for explicitly).
+	Authenticate func(c net.Conn, from string) error
+	Logger       hclog.Logger
 }
 
 // Site is one data site's view of the mirrored LUN. It implements
@@ -114,6 +123,7 @@ type Site struct {
 	conns       map[net.Conn]struct{}
 	wg          sync.WaitGroup
 	verify      *VerifyStatus
+	warned      map[string]time.Time // refused peers logged lately (refused)
 }
 
 var _ target.Volume = (*Site)(nil)
@@ -141,7 +151,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
-		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+		cfg.Dial = func(ctx context.Context, _, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -345,12 +355,23 @@ func (s *Site) serveConn(c net.Conn) error {
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReplicaTimeout))
 	hello, err := ReadFrame(hbr, MaxHelloLen)
 	if err != nil {
+		// With TLS a refused certificate ends here, before any hello.
+		if !errors.Is(err, io.EOF) {
+			s.refused(c, "", err)
+		}
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
 	br := growReader(hbr, c, 256<<10)
 	if hello.Kind != FrameHello {
 		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
+	}
+	if s.cfg.Authenticate != nil {
+		if err := s.cfg.Authenticate(c, hello.From); err != nil {
+			WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("not authenticated as %q: %v", hello.From, err)})
+			s.refused(c, hello.From, err)
+			return fmt.Errorf("hello as %q from %s: not authenticated: %w", hello.From, c.RemoteAddr(), err)
+		}
 	}
 	if !s.knownPeer(hello.From) {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Err: fmt.Sprintf("%q is not a data site of this cluster", hello.From)})
@@ -368,6 +389,10 @@ func (s *Site) serveConn(c net.Conn) error {
 	if hello.Flags&FlagForward != 0 {
 		return s.serveForward(c, br, hello)
 	}
+	if err := s.admitStream(hello); err != nil {
+		WriteFrame(c, &Frame{Kind: FrameHelloAck, Epoch: s.cfg.Control.View().Epoch, Err: err.Error()})
+		return fmt.Errorf("stream from %s refused: %w", hello.From, err)
+	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
 	return s.recv.serveStream(c, br, hello)
 }
@@ -382,6 +407,77 @@ func growReader(small *bufio.Reader, c net.Conn, size int) *bufio.Reader {
 	}
 	rest, _ := small.Peek(n)
 	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(slices.Clone(rest)), c), size)
+}
+
+// admitStream accepts a stream only from the writer of the committed
+// view, at that view's epoch (DESIGN.md I2): a replica never records an
+// epoch the cluster did not commit, so no hello, however authenticated,
+// can make it refuse the real writer. A writer's hello may arrive a
+// moment before this site's Raft state commits its epoch, so a newer
+// epoch is waited for, bounded by half the replica timeout (the writer
+// waits a whole one for the answer).
+func (s *Site) admitStream(hello *Frame) error {
+	deadline := time.NewTimer(s.cfg.ReplicaTimeout / 2)
+	defer deadline.Stop()
+	for {
+		ch := s.cfg.Control.Changed()
+		v := s.cfg.Control.View()
+		switch {
+		case hello.Epoch < v.Epoch:
+			return fmt.Errorf("%w: writer epoch %d < %d", ErrStaleEpoch, hello.Epoch, v.Epoch)
+		case hello.Epoch == v.Epoch && hello.From == v.Writer:
+			return nil
+		case hello.Epoch == v.Epoch:
+			return fmt.Errorf("%s is not the writer of epoch %d (%s is)", hello.From, v.Epoch, v.Writer)
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return fmt.Errorf("epoch %d is not committed here (the cluster is at %d)", hello.Epoch, v.Epoch)
+		case <-s.closing:
+			return errors.New("site closing")
+		}
+	}
+}
+
+// maxWarned bounds the refused peers remembered for rate limiting.
+const maxWarned = 1024
+
+// refused logs a connection this site refused, as a warning once a
+// minute per claimed name and remote host: a misconfigured peer retries
+// all the time and would flood the log.
+func (s *Site) refused(c net.Conn, from string, err error) {
+	if len(from) > 64 {
+		from = from[:64] + "..." // the name is the peer's, and so is its length
+	}
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	key := from + "@" + host
+	now := time.Now()
+	s.mu.Lock()
+	if s.warned == nil {
+		s.warned = map[string]time.Time{}
+	}
+	if len(s.warned) >= maxWarned {
+		// Bounded whatever names a peer makes up: forget what is past
+		// its minute, and stay quiet if that is not enough.
+		maps.DeleteFunc(s.warned, func(_ string, t time.Time) bool { return now.Sub(t) >= time.Minute })
+		if len(s.warned) >= maxWarned {
+			s.mu.Unlock()
+			return
+		}
+	}
+	last, ok := s.warned[key]
+	if ok && now.Sub(last) < time.Minute {
+		s.mu.Unlock()
+		return
+	}
+	s.warned[key] = now
+	s.mu.Unlock()
+	if from == "" {
+		s.log.Warn("refused replication peer before its hello", "remote", c.RemoteAddr().String(), "error", err)
+		return
+	}
+	s.log.Warn("refused replication peer", "claimed", from, "remote", c.RemoteAddr().String(), "error", err)
 }
 
 // peerSet returns the other data sites of v with the address to dial

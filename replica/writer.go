@@ -1001,7 +1001,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	}()
 	ctx, cancel := context.WithTimeout(p.ctx, timeout)
 	defer cancel()
-	conn, err := w.s.cfg.Dial(ctx, p.addr)
+	conn, err := w.s.cfg.Dial(ctx, p.name, p.addr)
 	if err != nil {
 		return false, err
 	}
@@ -1294,16 +1294,33 @@ func (w *writer) stop() {
 		w.tainted = true
 		w.mu.Unlock()
 	}
-	w.cancel()
 	w.mu.Lock()
-	var links []*Link
+	var links, live []*Link
+	c := w.seq
+	if len(w.unsettled) > 0 {
+		c = w.unsettled[0] - 1
+	}
 	for _, p := range w.peers {
 		if p.link != nil {
 			links = append(links, p.link)
+			if p.state == peerInSync || p.state == peerSyncing {
+				live = append(live, p.link)
+			}
 		}
 	}
 	tainted := w.tainted
 	w.mu.Unlock()
+	if !tainted {
+		// What drained is on every in-sync site: say so before the
+		// streams close. Left to the committer's next tick (a handover
+		// is quicker, the more so over TLS), each replica would carry
+		// those ranges as uncommitted, and the next writer would drop
+		// it to resync them.
+		for _, l := range live {
+			l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: c})
+		}
+	}
+	w.cancel()
 	for _, l := range links {
 		l.Close()
 	}

@@ -30,6 +30,12 @@ type member struct {
 	cluster *raftlog.Cluster
 	site    *replica.Site // nil at a witness
 	store   *replica.LocalFile
+	// tls is the member's own TLS config (its certificate, the cluster
+	// CA as RootCAs and ClientCAs), nil with plaintext = true. A plane
+	// derives its listener's and dialer's configs from it with
+	// raftlog.ServerTLS and raftlog.ClientTLS, and reads who a peer is
+	// with raftlog.PeerIdentity (raftlog/peercert.go): an operator's
+	// certificate has Role raftlog.RoleOperator.
 	tls     *tls.Config
 	closers []func()
 	// admin asks the other members' admin endpoints (adminClient).
@@ -184,6 +190,49 @@ func loadTLS(t *conf.TLS) (*tls.Config, error) {
 	}, nil
 }
 
+// replicationServerTLS is the replication listener's config: a client
+// certificate from the cluster CA that states no role other than data (a
+// witness never sends data, an operator never connects here). Which data
+// site it is comes with the hello (replicationPeer).
+func replicationServerTLS(base *tls.Config) *tls.Config {
+	return raftlog.ServerTLS(base, func(id raftlog.Identity) error { return id.CheckRole(raftlog.RoleData) })
+}
+
+// replicationPeer is replica.SiteConfig.Authenticate with TLS: the
+// certificate the connection's peer presented must name from, the data
+// site its hello claims to be, and state no other role. (The replica
+// then checks from is a data site of the committed view.)
+func replicationPeer(c net.Conn, from string) error {
+	cs, ok := connState(c)
+	if !ok {
+		return errors.New("not a TLS connection")
+	}
+	id, err := raftlog.PeerIdentity(cs)
+	if err != nil {
+		return err
+	}
+	if !id.Is(from) {
+		return fmt.Errorf("the certificate names %v, not %q", id.Names, from)
+	}
+	return id.CheckRole(raftlog.RoleData)
+}
+
+// connState finds the TLS state of c, looking through wrappers that say
+// what they wrap (NetConn, as tls.Conn itself does).
+func connState(c net.Conn) (tls.ConnectionState, bool) {
+	for range 8 {
+		switch x := c.(type) {
+		case interface{ ConnectionState() tls.ConnectionState }:
+			return x.ConnectionState(), true
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return tls.ConnectionState{}, false
+		}
+	}
+	return tls.ConnectionState{}, false
+}
+
 // startMember opens Raft and, at a data site, the mirrored volume of the
 // (single) clustered LUN. It returns the volume to serve over iSCSI.
 func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
@@ -193,6 +242,11 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		return nil, err
 	}
 	m := &member{cfg: cfg, log: log, tls: tcfg, stopc: make(chan error, 1), done: make(chan struct{})}
+	if tcfg == nil {
+		log.Warn("cluster.plaintext = true: Raft and replication run over plain TCP, unauthenticated and unencrypted; " +
+			"a peer's name is taken on trust, so anyone who reaches these ports can write into the LUN and disrupt the cluster " +
+			"(metrolun certs makes a CA and certificates; see docs/security.md)")
+	}
 	var peers []raftlog.Peer
 	for _, p := range cl.Members {
 		peers = append(peers, raftlog.Peer{Name: p.Name, Role: p.Role, Addr: p.Raft, Addrs: memberAddrs(p)})
@@ -241,15 +295,27 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 			others[p.Name] = p.Replication
 		}
 	}
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+	var dialTLS *tls.Config
+	if tcfg != nil {
+		dialTLS = raftlog.ClientTLS(tcfg, raftlog.RoleData)
+	}
+	dial := func(ctx context.Context, name, addr string) (net.Conn, error) {
 		var d net.Dialer
-		if tcfg == nil {
+		if dialTLS == nil {
 			return d.DialContext(ctx, "tcp", addr)
 		}
-		td := tls.Dialer{NetDialer: &d, Config: tcfg.Clone()}
+		// The name, not the address (a proxy, maybe), is what the peer's
+		// certificate must prove.
+		cfg := dialTLS.Clone()
+		cfg.ServerName = name
+		td := tls.Dialer{NetDialer: &d, Config: cfg}
 		return td.DialContext(ctx, "tcp", addr)
 	}
 	m.store = store
+	var auth func(net.Conn, string) error
+	if tcfg != nil {
+		auth = replicationPeer
+	}
 	m.site, err = replica.NewSite(replica.SiteConfig{
 		Name: cfg.Name, Store: store,
 		Dir:   filepath.Join(cfg.DataDir, "replica"),
@@ -257,6 +323,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		Lease: cl.Lease, ReplicaTimeout: cl.ReplicaTimeout,
 		ResyncBandwidth: cl.ResyncBandwidth,
 		Dial:            dial,
+		Authenticate:    auth,
 		Logger:          log.Named("replica"),
 	})
 	if err != nil {
@@ -272,7 +339,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	}
 	ln = guard(ln, "replication", netguard.Replication, log)
 	if tcfg != nil {
-		ln = tls.NewListener(ln, tcfg)
+		ln = tls.NewListener(ln, replicationServerTLS(tcfg))
 	}
 	go m.site.Serve(ln)
 	log.Info("LUN mirrored", "path", lun.Path, "bytes", store.Size(), "replication", cl.ReplicationListen, "peers", others)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/raftlog"
 )
 
 const demoTarget = "iqn.2026-11.io.metrolun:demo"
@@ -130,6 +131,9 @@ func runDemo(o demoOptions) error {
 	}
 	if len(configs) > 1 {
 		if err := demoToken(filepath.Join(dir, conf.AdminTokenFileName)); err != nil {
+			return err
+		}
+		if err := demoPKI(dir, configs); err != nil {
 			return err
 		}
 	}
@@ -259,6 +263,35 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 	return configs, nil
 }
 
+// demoOperator names the operator certificate `metrolun demo` makes.
+const demoOperator = "operator"
+
+// demoPKI makes DIR/pki, once: the cluster CA, a certificate per member
+// (the files conf.DemoCertFiles names) and an operator's. A demo
+// restarted on the same DIR keeps them, so its members keep trusting each
+// other.
+func demoPKI(dir string, configs []*conf.Config) error {
+	ca, _, _ := conf.DemoCertFiles(dir, "")
+	pki := filepath.Dir(ca)
+	if _, err := os.Stat(ca); errors.Is(err, os.ErrNotExist) {
+		if err := pkiInit(pki, defaultCADays); err != nil {
+			return err
+		}
+	}
+	issue := func(name, role string) error {
+		if _, err := os.Stat(filepath.Join(pki, name+".pem")); err == nil {
+			return nil
+		}
+		return pkiIssue(pki, name, role, nil, defaultCertDays)
+	}
+	for _, c := range configs {
+		if err := issue(c.Name, c.Role); err != nil {
+			return err
+		}
+	}
+	return issue(demoOperator, raftlog.RoleOperator)
+}
+
 // waitWriter polls the members' admin endpoints until one reports that
 // it is the writer with a lease.
 func waitWriter(ctx context.Context, dir string, configs []*conf.Config) error {
@@ -353,6 +386,11 @@ func renderConfig(c *conf.Config) string {
 		fmt.Fprintf(&b, "  lease = %s\n  election_timeout = %s\n  replica_timeout = %s\n", q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
 		if cl.ResyncBandwidth > 0 {
 			fmt.Fprintf(&b, "  resync_bandwidth = %d\n", cl.ResyncBandwidth)
+		}
+		if t := cl.TLS; t != nil {
+			fmt.Fprintf(&b, "\n  tls {\n    ca = %s\n    cert = %s\n    key = %s\n  }\n", q(t.CA), q(t.Cert), q(t.Key))
+		} else if cl.Plaintext {
+			b.WriteString("  plaintext = true\n")
 		}
 		for _, m := range cl.Members {
 			fmt.Fprintf(&b, "\n  member %s {\n    role = %s\n    raft = %s\n", q(m.Name), q(m.Role), q(m.Raft))

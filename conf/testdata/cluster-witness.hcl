@@ -9,6 +9,12 @@ cluster {
   replica_timeout = 3
   admin_token_file = "/etc/metrolun/admin.token"
 
+  tls {
+    ca = "/etc/metrolun/ca.pem"
+    cert = "/etc/metrolun/witness.pem"
+    key = "/etc/metrolun/witness-key.pem"
+  }
+
   member "site-a" {
     raft = "192.0.2.10:7400"
     replication = "192.0.2.10:7401"

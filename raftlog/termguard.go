@@ -1,0 +1,115 @@
+package raftlog
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+)
+
+// maxTermJump bounds how far ahead of this member's term an RPC's term
+// may be. Terms grow by one per election (pre-vote keeps a partitioned
+// member from raising its own), so a million is beyond any real history;
+// a term near 2^64 is not, and would leave the cluster without a leader
+// for good (no candidate can go higher), restarts included. The stream
+// layer already keeps everyone but members out (peerTLS); this keeps a
+// member that misbehaves, or runs a broken build, from doing it.
+const maxTermJump = 1 << 20
+
+// termGuard is the Raft transport with every incoming RPC's term checked
+// against the member's own before Raft sees it. It embeds the network
+// transport so that raft finds the same optional interfaces (pre-vote,
+// close, peers) on it.
+type termGuard struct {
+	*raft.NetworkTransport
+	// current is this member's term; set once Raft exists. Until then
+	// the stable store's is read.
+	raft   atomic.Pointer[raft.Raft]
+	stable raft.StableStore
+
+	out  chan raft.RPC
+	done chan struct{}
+	once sync.Once
+}
+
+func newTermGuard(t *raft.NetworkTransport, stable raft.StableStore) *termGuard {
+	g := &termGuard{NetworkTransport: t, stable: stable, out: make(chan raft.RPC), done: make(chan struct{})}
+	go g.run()
+	return g
+}
+
+// currentTerm is the term RPCs are measured against.
+func (g *termGuard) currentTerm() uint64 {
+	if r := g.raft.Load(); r != nil {
+		return r.CurrentTerm()
+	}
+	// Raft's own key for its term (raft.go keyCurrentTerm).
+	t, _ := g.stable.GetUint64([]byte("CurrentTerm"))
+	return t
+}
+
+// check refuses an RPC whose term is absurdly ahead of this member's.
+func (g *termGuard) check(cmd any) error {
+	var term uint64
+	switch c := cmd.(type) {
+	case *raft.RequestVoteRequest:
+		term = c.Term
+	case *raft.RequestPreVoteRequest:
+		term = c.Term
+	case *raft.AppendEntriesRequest:
+		term = c.Term
+	case *raft.InstallSnapshotRequest:
+		term = c.Term
+	default:
+		return nil
+	}
+	if cur := g.currentTerm(); term > cur && term-cur > maxTermJump {
+		return fmt.Errorf("raftlog: refused an RPC with term %d, this member is at %d", term, cur)
+	}
+	return nil
+}
+
+func (g *termGuard) run() {
+	in := g.NetworkTransport.Consumer()
+	for {
+		select {
+		case rpc := <-in:
+			if err := g.check(rpc.Command); err != nil {
+				rpc.Respond(nil, err)
+				continue
+			}
+			select {
+			case g.out <- rpc:
+			case <-g.done:
+				rpc.Respond(nil, raft.ErrTransportShutdown)
+				return
+			}
+		case <-g.done:
+			return
+		}
+	}
+}
+
+// Consumer gives Raft the RPCs that passed check.
+func (g *termGuard) Consumer() <-chan raft.RPC { return g.out }
+
+// SetHeartbeatHandler checks heartbeats too: they bypass the consumer.
+func (g *termGuard) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
+	if cb == nil {
+		g.NetworkTransport.SetHeartbeatHandler(nil)
+		return
+	}
+	g.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
+		if err := g.check(rpc.Command); err != nil {
+			rpc.Respond(nil, err)
+			return
+		}
+		cb(rpc)
+	})
+}
+
+func (g *termGuard) Close() error {
+	g.once.Do(func() { close(g.done) })
+	return g.NetworkTransport.Close()
+}
