@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -31,8 +33,9 @@ import (
 // fault proxies, one per directed member pair and link, so that a fault
 // schedule can partition any member from any other (one or both
 // directions), add latency and reset connections, besides killing,
-// freezing, restarting and promoting sites. It implements checker.Faults
-// and checker.LinkFaults.
+// freezing, restarting and promoting sites; with a metrolun_faults build
+// it also makes a site's disk fail. It implements checker.Faults,
+// checker.LinkFaults and checker.StorageFaults.
 
 // TortureTarget is the iSCSI target every data site serves (the demo's).
 const TortureTarget = "iqn.2026-11.io.metrolun:demo"
@@ -60,6 +63,9 @@ type TortureConfig struct {
 	KillResetsLinks bool
 	// Logf, when set, is told about every fault as it is applied.
 	Logf func(format string, args ...any)
+	// StorageFaults says Bin is a metrolun_faults build, whose LUN store
+	// fails on demand (cmd/metrolun/faults.go): StorageFault needs it.
+	StorageFaults bool
 }
 
 // TortureMember is one member process.
@@ -130,6 +136,17 @@ type TortureCluster struct {
 	mu      sync.Mutex
 	latency time.Duration
 	closed  bool
+
+	// Storage faults, guarded by storageMu (held while one is applied:
+	// they are applied one at a time).
+	storageMu sync.Mutex
+	// storageOpen is the fault in effect per site.
+	storageOpen map[string]checker.FaultKind
+	// injectedBase is a site's faults.json.injected when its fault was
+	// set; injected sums, per site and kind, what each fault added (a
+	// process counts from zero again after a restart).
+	injectedBase map[string]map[string]int
+	injected     map[string]map[string]int
 }
 
 // Member returns the member called name, or nil.
@@ -255,7 +272,8 @@ func StartTorture(ctx context.Context, cfg TortureConfig) (_ *TortureCluster, er
 		return nil, err
 	}
 	configs := conf.DefaultClusterPorts(dir, cfg.Sites, witness, base+3, base)
-	c := &TortureCluster{cfg: cfg}
+	c := &TortureCluster{cfg: cfg, storageOpen: map[string]checker.FaultKind{},
+		injectedBase: map[string]map[string]int{}, injected: map[string]map[string]int{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -680,6 +698,151 @@ func (c *TortureCluster) ResetLinks(site string) error {
 	return nil
 }
 
+// storageControl is the content of faults.json (replica.Faults as JSON)
+// for each storage fault kind.
+func storageControl(kind checker.FaultKind, delay time.Duration) (string, error) {
+	switch kind {
+	case checker.FaultStorageEIO:
+		return `{"write_eio":true}`, nil
+	case checker.FaultStorageFull:
+		// No space left at all: every write fails with ENOSPC.
+		return `{"no_space":true,"space_left":0}`, nil
+	case checker.FaultFlushEIO:
+		return `{"flush_eio":1}`, nil
+	case checker.FaultStorageSlow:
+		if delay <= 0 {
+			return "", errors.New("a slow store needs a delay")
+		}
+		return fmt.Sprintf(`{"delay":%d}`, int64(delay)), nil
+	case checker.FaultShortWrite:
+		return `{"short_write":true}`, nil
+	case checker.FaultStorageClear:
+		return `{}`, nil
+	}
+	return "", fmt.Errorf("not a storage fault: %s", kind)
+}
+
+// StorageFault puts a storage fault in effect at a data site, or clears
+// it (checker.FaultStorageClear), by writing the site's faults.json, and
+// returns once the process says it took the new setting (its log line
+// "faults set" naming the file, after which faults.json.injected holds
+// what the previous setting injected).
+func (c *TortureCluster) StorageFault(site string, kind checker.FaultKind, delay time.Duration) error {
+	c.logf("torture: storage %s at %s (delay %v)", kind, site, delay)
+	if !c.cfg.StorageFaults {
+		return errors.New("storage faults need a metrolun_faults build (TortureConfig.StorageFaults)")
+	}
+	m, err := c.member(site)
+	if err != nil {
+		return err
+	}
+	if m.Role != conf.RoleData {
+		return fmt.Errorf("%s has no store", site)
+	}
+	control, err := storageControl(kind, delay)
+	if err != nil {
+		return err
+	}
+	c.storageMu.Lock()
+	defer c.storageMu.Unlock()
+	path := filepath.Join(filepath.Dir(m.Config), "faults.json")
+	if kind != checker.FaultStorageClear {
+		c.injectedBase[site] = readInjected(path)
+	}
+	if old, err := os.ReadFile(path); err == nil && string(old) == control {
+		// The process acts on a change only (and read the file at its
+		// start): this is in effect already.
+		return nil
+	}
+	if !m.Running() {
+		return fmt.Errorf("%s is not running", site)
+	}
+	fi, err := os.Stat(m.Log)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(control), 0o600); err != nil {
+		return err
+	}
+	if kind == checker.FaultStorageClear {
+		delete(c.storageOpen, site)
+	} else {
+		c.storageOpen[site] = kind
+	}
+	// The process polls the file every 20ms; a live one answers well
+	// within this even on a loaded machine.
+	if err := waitLogLine(m, fi.Size(), 15*time.Second, "faults set", path); err != nil {
+		return err
+	}
+	if kind == checker.FaultStorageClear {
+		base, now := c.injectedBase[site], readInjected(path)
+		if c.injected[site] == nil {
+			c.injected[site] = map[string]int{}
+		}
+		for k, n := range now {
+			d := n - base[k]
+			if d < 0 {
+				d = n // counted from zero since a restart
+			}
+			c.injected[site][k] += d
+		}
+		delete(c.injectedBase, site)
+	}
+	return nil
+}
+
+// readInjected reads a faults.json.injected (empty if there is none).
+func readInjected(control string) map[string]int {
+	out := map[string]int{}
+	if b, err := os.ReadFile(control + ".injected"); err == nil {
+		json.Unmarshal(b, &out)
+	}
+	return out
+}
+
+// waitLogLine waits up to d for a line containing every part in m's
+// log past offset from (polling: the log is a file another process
+// appends to).
+func waitLogLine(m *TortureMember, from int64, d time.Duration, parts ...string) error {
+	deadline := time.Now().Add(d)
+	for {
+		if f, err := os.Open(m.Log); err == nil {
+			b, _ := io.ReadAll(io.NewSectionReader(f, from, 1<<40))
+			f.Close()
+			for _, line := range strings.Split(string(b), "\n") {
+				all := true
+				for _, p := range parts {
+					all = all && strings.Contains(line, p)
+				}
+				if all {
+					return nil
+				}
+			}
+		}
+		if !m.Running() {
+			return fmt.Errorf("%s exited before its log said %q", m.Name, strings.Join(parts, " "))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s's log did not say %q within %v", m.Name, strings.Join(parts, " "), d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// StorageInjected returns the storage faults injected so far, by site
+// and kind (faults.json.injected's kinds: write_eio, no_space,
+// flush_eio, slow, short_write, ...), counting those of faults that were
+// cleared.
+func (c *TortureCluster) StorageInjected() map[string]map[string]int {
+	c.storageMu.Lock()
+	defer c.storageMu.Unlock()
+	out := map[string]map[string]int{}
+	for site, kinds := range c.injected {
+		out[site] = maps.Clone(kinds)
+	}
+	return out
+}
+
 // Promote runs `metrolun promote SITE --dir DIR`.
 func (c *TortureCluster) Promote(site string) error {
 	c.logf("torture: promote %s", site)
@@ -700,6 +863,12 @@ func (c *TortureCluster) HealAll() error {
 		}
 		if !m.Running() {
 			errs = append(errs, c.Restart(m.Name))
+		}
+		c.storageMu.Lock()
+		_, open := c.storageOpen[m.Name]
+		c.storageMu.Unlock()
+		if open {
+			errs = append(errs, c.StorageFault(m.Name, checker.FaultStorageClear, 0))
 		}
 	}
 	errs = append(errs, c.Heal(), c.Latency(0))
@@ -900,13 +1069,21 @@ func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 	return out, errors.Join(errs...)
 }
 
-// pollClient asks with the cluster's admin token, briefly: a frozen site
-// must not hold up the sample.
+// pollClient asks with the cluster's admin token over TLS (the admin
+// endpoints speak HTTPS, verified against the cluster's CA in
+// Dir/pki), briefly: a frozen site must not hold up the sample.
 func (c *TortureCluster) pollClient() *admin.Client {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.poll == nil {
-		c.poll = &admin.Client{Token: c.token, Timeout: 400 * time.Millisecond}
+		client, err := admin.NewClient(admin.Credential{Dir: c.cfg.Dir})
+		if err != nil {
+			// Every poll then fails and says why (no writer is seen).
+			client = &admin.Client{Token: c.token}
+			c.logf("torture: admin client: %v", err)
+		}
+		client.Timeout = 400 * time.Millisecond
+		c.poll = client
 	}
 	return c.poll
 }

@@ -3,8 +3,10 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,7 +22,11 @@ import (
 // heal, a wait for every site to be in sync, a final read of every block
 // at every site, the linearizability check of the whole history (I1,
 // I2, I3), a byte comparison of the backing files (I4) and a latency
-// plot with the faults marked.
+// plot with the faults marked. Storage faults (a site's disk answering
+// EIO or ENOSPC, a failed write-back, short writes, slow I/O) run the
+// metrolun_faults build; a write answered with an I/O error counts as
+// not acknowledged (it may or may not have happened), a read answered
+// with one as no read.
 //
 // Environment:
 //
@@ -57,6 +63,8 @@ type tortureRun struct {
 	// writer as "WRITER" (the writer when the clients start).
 	schedule []checker.Step
 	kinds    []checker.FaultKind
+	// require: kinds the generated schedule must hold at least once.
+	require []checker.FaultKind
 	// killResetsLinks: see TortureConfig.
 	killResetsLinks bool
 	out             string
@@ -70,12 +78,16 @@ type tortureResult struct {
 	i4       error
 	finalErr error
 	summary  string
+	// storageSteps counts storage faults applied without error;
+	// injected is what the sites' stores injected, by kind.
+	storageSteps int
+	injected     map[string]int
 }
 
-var allTortureKinds = []checker.FaultKind{
+var allTortureKinds = append([]checker.FaultKind{
 	checker.FaultKill9, checker.FaultStop, checker.FaultPartition, checker.FaultPartitionOneWay,
 	checker.FaultRestart, checker.FaultPromote, checker.FaultLatency, checker.FaultReset,
-}
+}, checker.StorageKinds...)
 
 const (
 	tortureFirstLBA = 1024
@@ -85,7 +97,20 @@ const (
 	// a second in all, which leaves the members CPU on two cores.
 	tortureClientsPerSite = 2
 	torturePace           = 2 * time.Millisecond
+	// tortureSyncPercent of the operations are SYNCHRONIZE CACHE, so
+	// that stores write back (and a failed write-back can happen).
+	tortureSyncPercent = 3
 )
+
+// storageScheduled says whether r's schedule may hold storage faults:
+// then the cluster runs the metrolun_faults build.
+func storageScheduled(r tortureRun) bool {
+	kinds := slices.Concat(r.kinds, r.require)
+	for _, st := range r.schedule {
+		kinds = append(kinds, st.Kind)
+	}
+	return slices.ContainsFunc(kinds, checker.FaultKind.IsStorage)
+}
 
 func tortureSeed(t *testing.T) uint64 {
 	t.Helper()
@@ -168,6 +193,11 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	if r.kinds == nil {
 		r.kinds = allTortureKinds
 	}
+	storage := storageScheduled(r)
+	if storage {
+		// The tags are the point: a store that fails on demand.
+		r.bin = metrolunFaultsBin(t)
+	}
 	t.Logf("torture: seed %d (replay with TORTURE_SEED=%d), %d data sites, %s timings, %v of faults, output in %s",
 		r.seed, r.seed, r.sites, r.timings.name, r.duration, r.out)
 	// Everything below is bounded by this.
@@ -178,7 +208,7 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	c, err := StartTorture(ctx, TortureConfig{
 		Bin: r.bin, Dir: filepath.Join(r.out, "cluster"), Sites: r.sites,
 		Lease: r.timings.lease, ElectionTimeout: r.timings.electionTimeout, ReplicaTimeout: r.timings.replicaTimeout,
-		KillResetsLinks: r.killResetsLinks,
+		KillResetsLinks: r.killResetsLinks, StorageFaults: storage,
 		Logf: func(format string, args ...any) {
 			logMu.Lock()
 			faultLog = append(faultLog, fmt.Sprintf("%v "+format, append([]any{time.Since(start).Round(time.Millisecond)}, args...)...))
@@ -222,14 +252,16 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 		}
 		// Latency spikes stay below Raft's RPC timeout (half the election
 		// timeout) per round trip.
+		// A slow disk's delay per system call is bounded the same way:
+		// a replica's backlog of a few writes stays within its timeout.
 		unit, lat := 4*et, et/5
 		var witness []string
 		if c.Member("witness") != nil {
 			witness = []string{"witness"}
 		}
 		sched, err = checker.NewSchedule(checker.ScheduleConfig{
-			Seed: r.seed, Duration: r.duration, Sites: siteNames, PartitionPeers: witness, Kinds: r.kinds,
-			MinGap: unit, MaxGap: 3 * unit, MinFault: unit / 2, MaxFault: 3 * unit, MaxLatency: lat,
+			Seed: r.seed, Duration: r.duration, Sites: siteNames, PartitionPeers: witness, Kinds: r.kinds, Require: r.require,
+			MinGap: unit, MaxGap: 3 * unit, MinFault: unit / 2, MaxFault: 3 * unit, MaxLatency: lat, MaxStorageDelay: lat,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -246,6 +278,7 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 		FirstLBA:       tortureFirstLBA,
 		Blocks:         tortureBlocks,
 		FUAPercent:     10,
+		SyncPercent:    tortureSyncPercent,
 		Seed:           r.seed,
 		Duration:       r.duration,
 		// Longer than a site holds an operation waiting for a writer,
@@ -275,7 +308,13 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	if err != nil {
 		t.Fatalf("after the run: %v", err)
 	}
-	res := tortureResult{h: h, stats: stats}
+	res := tortureResult{h: h, stats: stats, injected: map[string]int{}}
+	injectedBySite := c.StorageInjected()
+	for _, kinds := range injectedBySite {
+		for k, n := range kinds {
+			res.injected[k] += n
+		}
+	}
 	res.finalErr = c.ReadAll(ctx, h, len(c.DataSites())*w.ClientsPerSite+1, tortureFirstLBA, tortureBlocks)
 
 	if err := h.SaveJSON(filepath.Join(r.out, "history.json")); err != nil {
@@ -315,6 +354,22 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 		}
 	}
 	fmt.Fprintf(&b, "  faults: %d steps applied, %d of them failed\n", len(faults), failedSteps)
+	byKind := map[checker.FaultKind]int{}
+	for _, f := range faults {
+		if f.Err == "" {
+			byKind[f.Step.Kind]++
+			if f.Step.Kind.IsStorage() && f.Step.Kind != checker.FaultStorageClear {
+				res.storageSteps++
+			}
+		}
+	}
+	fmt.Fprintf(&b, "  fault steps by kind: %s\n", countsText(byKind))
+	if storage {
+		fmt.Fprintf(&b, "  storage faults injected by the stores (faults.json.injected): %s\n", countsText(res.injected))
+		for _, s := range siteNames {
+			fmt.Fprintf(&b, "    at %s: %s\n", s, countsText(injectedBySite[s]))
+		}
+	}
 	fmt.Fprintf(&b, "  in sync %v after the heal; final reads: %v\n", syncTook.Round(time.Millisecond), errOrOK(res.finalErr))
 	fmt.Fprintf(&b, "  checker: %s (%d ops checked in %v)\n", res.check.Verdict, res.check.Ops, checkTook.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  I4 backing files: %v\n", errOrOK(res.i4))
@@ -345,6 +400,19 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	t.Logf("harness log (times since the cluster was started):\n%s", strings.Join(faultLog, "\n"))
 	logMu.Unlock()
 	return res
+}
+
+// countsText is "a 1, b 2" in key order ("none" when empty).
+func countsText[K ~string](m map[K]int) string {
+	keys := slices.Sorted(maps.Keys(m))
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func overlappingWriters(samples []WriterSample) int {
@@ -389,16 +457,28 @@ func requireTortureOK(t *testing.T, res tortureResult) {
 	if res.stats.OK < 100 || res.stats.Corrupt != 0 {
 		t.Errorf("workload: %s, %d corrupt reads (first error %q)", res.stats, res.stats.Corrupt, res.stats.FirstError)
 	}
+	total := 0
+	for _, n := range res.injected {
+		total += n
+	}
+	if res.storageSteps > 0 && total == 0 {
+		// The disks were to fail and none did: the run proved nothing
+		// about storage faults.
+		t.Errorf("%d storage faults applied, none injected by the stores", res.storageSteps)
+	}
 }
 
 // TestTortureShort is the CI torture run: two data sites and a witness
 // with short timings, every fault kind for TORTURE_DURATION (40s), about
-// a minute and a half in all.
+// a minute and a half in all. A site's disk fails at least twice (EIO on
+// write, then or before a failed write-back), so CI always sees storage
+// faults.
 func TestTortureShort(t *testing.T) {
 	bin := metrolunBin(t)
 	res := runTorture(t, tortureRun{
 		bin: bin, seed: tortureSeed(t), sites: tortureSites(t), timings: tortureTiming(t, fastTimings),
 		duration: tortureDuration(t, 40*time.Second), out: tortureOut(t, "run"),
+		require: []checker.FaultKind{checker.FaultStorageEIO, checker.FaultFlushEIO},
 	})
 	requireTortureOK(t, res)
 }

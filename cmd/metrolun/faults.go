@@ -45,34 +45,48 @@ func injectFaults(st *replica.LocalFile, dataDir string, log hclog.Logger) error
 		var last, lastInjected []byte
 		for {
 			time.Sleep(faultPoll)
+			set := readFaultControl(path, &last, log)
+			if set != nil {
+				fs.Set(set.Faults)
+				if set.Replace {
+					if err := fs.Replace(); err != nil {
+						log.Error("replacing the image", "error", err)
+					}
+				}
+			}
+			// The counts are written after a change took effect and
+			// before it is logged: once a test sees the log line, the
+			// file holds every fault the previous setting injected.
 			if out, err := json.Marshal(fs.Injected()); err == nil && !bytes.Equal(out, lastInjected) {
 				if os.WriteFile(path+".injected", out, 0o600) == nil {
 					lastInjected = out
 				}
 			}
-			b, err := os.ReadFile(path)
-			if errors.Is(err, os.ErrNotExist) {
-				b, err = nil, nil
+			if set != nil {
+				log.Warn("faults set", "control", path, "faults", string(bytes.TrimSpace(last)))
 			}
-			if err != nil || bytes.Equal(b, last) {
-				continue
-			}
-			last = b
-			var fc faultControl
-			if len(bytes.TrimSpace(b)) > 0 {
-				if err := json.Unmarshal(b, &fc); err != nil {
-					log.Error("fault control file", "path", path, "error", err)
-					continue
-				}
-			}
-			fs.Set(fc.Faults)
-			if fc.Replace {
-				if err := fs.Replace(); err != nil {
-					log.Error("replacing the image", "error", err)
-				}
-			}
-			log.Warn("faults set", "control", path, "faults", string(bytes.TrimSpace(b)))
 		}
 	}()
 	return nil
+}
+
+// readFaultControl returns the control file's content when it changed
+// since *last (which it updates), nil when it did not or cannot be read.
+func readFaultControl(path string, last *[]byte, log hclog.Logger) *faultControl {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		b, err = nil, nil
+	}
+	if err != nil || bytes.Equal(b, *last) {
+		return nil
+	}
+	*last = b
+	var fc faultControl
+	if len(bytes.TrimSpace(b)) > 0 {
+		if err := json.Unmarshal(b, &fc); err != nil {
+			log.Error("fault control file", "path", path, "error", err)
+			return nil
+		}
+	}
+	return &fc
 }

@@ -40,7 +40,37 @@ const (
 	// FaultReset resets every connection between Target and the other
 	// members, as a peer reset would (one step). Needs a LinkFaults.
 	FaultReset FaultKind = "reset"
+
+	// Storage faults (DESIGN.md Failures, "Storage fails") make Target's
+	// LUN store fail for Duration; a closing FaultStorageClear step ends
+	// each. Only one is in effect at a time. They need a StorageFaults.
+	//
+	// FaultStorageEIO: every write fails with EIO and stores nothing.
+	FaultStorageEIO FaultKind = "storage-eio"
+	// FaultStorageFull: the file system is full, every write fails with
+	// ENOSPC.
+	FaultStorageFull FaultKind = "storage-full"
+	// FaultFlushEIO: the next write-back (fdatasync) fails with EIO and
+	// drops what was written since the last one, as Linux does; one
+	// failure per step.
+	FaultFlushEIO FaultKind = "flush-eio"
+	// FaultStorageSlow adds Latency to every system call of the store.
+	FaultStorageSlow FaultKind = "storage-slow"
+	// FaultShortWrite: every write stores half of what it is given and
+	// reports that count without an error.
+	FaultShortWrite FaultKind = "short-write"
+	// FaultStorageClear ends Target's storage fault (closing step).
+	FaultStorageClear FaultKind = "storage-clear"
 )
+
+// StorageKinds are the storage fault kinds (opening steps).
+var StorageKinds = []FaultKind{FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite}
+
+// IsStorage reports whether k is a storage fault step (closing one
+// included).
+func (k FaultKind) IsStorage() bool {
+	return k == FaultStorageClear || slices.Contains(StorageKinds, k)
+}
 
 // Faults executes fault steps on whatever runs the cluster (processes on
 // loopback, a proxy, ...). Methods should return once the fault is in
@@ -63,6 +93,14 @@ type LinkFaults interface {
 	ResetLinks(site string) error
 }
 
+// StorageFaults is implemented by a Faults that can make a site's store
+// fail (the storage fault kinds). StorageFault puts kind in effect at
+// site, replacing what was; delay is the added time per system call of
+// FaultStorageSlow; FaultStorageClear ends every storage fault there.
+type StorageFaults interface {
+	StorageFault(site string, kind FaultKind, delay time.Duration) error
+}
+
 // Step is one timed fault action.
 type Step struct {
 	// At is the time since the schedule started.
@@ -75,7 +113,8 @@ type Step struct {
 	// Duration is how long the fault lasts until its closing step (zero
 	// for closing steps and promote).
 	Duration time.Duration `json:"duration,omitempty"`
-	// Latency is the added delay of a latency step (0 ends a spike).
+	// Latency is the added delay of a latency step (0 ends a spike),
+	// and of each system call in a FaultStorageSlow step.
 	Latency time.Duration `json:"latency,omitempty"`
 }
 
@@ -94,6 +133,8 @@ func (s Step) Label() string {
 			return "latency off"
 		}
 		return fmt.Sprintf("latency +%v", s.Latency)
+	case FaultStorageSlow:
+		return fmt.Sprintf("%s %s +%v", s.Kind, s.Target, s.Latency)
 	}
 	return string(s.Kind) + " " + s.Target
 }
@@ -117,10 +158,15 @@ type ScheduleConfig struct {
 	PartitionPeers []string
 	// Kinds to inject, each chosen with equal probability: FaultKill9,
 	// FaultStop, FaultPartition, FaultRestart, FaultPromote,
-	// FaultLatency, FaultPartitionOneWay, FaultReset. Closing steps
-	// (restart after kill9, cont, heal, latency off) are added by the
-	// generator.
+	// FaultLatency, FaultPartitionOneWay, FaultReset and the
+	// StorageKinds. Closing steps (restart after kill9, cont, heal,
+	// latency off, storage-clear) are added by the generator.
 	Kinds []FaultKind
+	// Require lists kinds that must each be in the schedule at least
+	// once: they come first, in an order drawn from the seed, and
+	// NewSchedule fails if Duration cannot hold them. They need not be
+	// in Kinds.
+	Require []FaultKind
 	// Quiet time between one fault's end and the next fault's start
 	// (default Duration/20, at least 1ms, to Duration/8).
 	MinGap, MaxGap time.Duration
@@ -128,6 +174,9 @@ type ScheduleConfig struct {
 	MinFault, MaxFault time.Duration
 	// MaxLatency bounds latency spikes (default 200ms; at least 1ms).
 	MaxLatency time.Duration
+	// MaxStorageDelay bounds the delay per system call of
+	// FaultStorageSlow (default 50ms; at least 1ms).
+	MaxStorageDelay time.Duration
 }
 
 // Schedule is a deterministic list of fault steps: the same config (seed
@@ -144,13 +193,14 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	if cfg.Duration <= 0 {
 		return Schedule{}, errors.New("checker: schedule duration must be positive")
 	}
-	if len(cfg.Kinds) == 0 {
+	if len(cfg.Kinds) == 0 && len(cfg.Require) == 0 {
 		return Schedule{Seed: cfg.Seed, Duration: cfg.Duration}, nil
 	}
 	peers := append(append([]string(nil), cfg.Sites...), cfg.PartitionPeers...)
-	for _, k := range cfg.Kinds {
+	for _, k := range slices.Concat(cfg.Kinds, cfg.Require) {
 		switch k {
-		case FaultKill9, FaultStop, FaultRestart, FaultPromote, FaultReset:
+		case FaultKill9, FaultStop, FaultRestart, FaultPromote, FaultReset,
+			FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite:
 			if len(cfg.Sites) == 0 {
 				return Schedule{}, fmt.Errorf("checker: fault %s needs at least one site", k)
 			}
@@ -159,8 +209,8 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 				return Schedule{}, fmt.Errorf("checker: fault %s needs two sites (or a site and a peer)", k)
 			}
 		case FaultLatency:
-		case FaultCont, FaultHeal:
-			return Schedule{}, fmt.Errorf("checker: %s is a closing step, implied by %s", k, map[FaultKind]FaultKind{FaultCont: FaultStop, FaultHeal: FaultPartition}[k])
+		case FaultCont, FaultHeal, FaultStorageClear:
+			return Schedule{}, fmt.Errorf("checker: %s is a closing step, implied by %s", k, map[FaultKind]FaultKind{FaultCont: FaultStop, FaultHeal: FaultPartition, FaultStorageClear: FaultStorageEIO}[k])
 		default:
 			return Schedule{}, fmt.Errorf("checker: unknown fault kind %q", k)
 		}
@@ -181,6 +231,9 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	if cfg.MaxLatency < time.Millisecond {
 		cfg.MaxLatency = 200 * time.Millisecond
 	}
+	if cfg.MaxStorageDelay < time.Millisecond {
+		cfg.MaxStorageDelay = 50 * time.Millisecond
+	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x6661756c74)) // "fault"
 	between := func(lo, hi time.Duration) time.Duration {
 		if hi <= lo {
@@ -190,15 +243,32 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	}
 	pick := func(list []string) string { return list[rng.IntN(len(list))] }
 	s := Schedule{Seed: cfg.Seed, Duration: d}
+	// The required kinds first, in a seeded order (drawn from a source
+	// of its own, so that a config without Require gives the schedules
+	// it always gave).
+	required := slices.Clone(cfg.Require)
+	rand.New(rand.NewPCG(cfg.Seed, 0x72657175697265)).Shuffle(len(required), func(i, j int) { // "require"
+		required[i], required[j] = required[j], required[i]
+	})
 	var cursor time.Duration
 	for {
 		at := cursor + between(cfg.MinGap, cfg.MaxGap)
-		kind := cfg.Kinds[rng.IntN(len(cfg.Kinds))]
+		var kind FaultKind
+		if len(required) > 0 {
+			kind, required = required[0], required[1:]
+		} else if len(cfg.Kinds) > 0 {
+			kind = cfg.Kinds[rng.IntN(len(cfg.Kinds))]
+		} else {
+			break
+		}
 		length := between(cfg.MinFault, cfg.MaxFault)
 		if kind == FaultPromote || kind == FaultRestart || kind == FaultReset {
 			length = 0
 		}
 		if at+length >= d {
+			if slices.Contains(cfg.Require, kind) && !slices.ContainsFunc(s.Steps, func(st Step) bool { return st.Kind == kind }) {
+				return Schedule{}, fmt.Errorf("checker: a schedule of %v cannot hold the required fault %s (and those before it)", d, kind)
+			}
 			break
 		}
 		switch kind {
@@ -242,6 +312,13 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultPromote, Target: pick(cfg.Sites)})
 		case FaultReset:
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultReset, Target: pick(cfg.Sites)})
+		case FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite:
+			site := pick(cfg.Sites)
+			st := Step{At: at, Kind: kind, Target: site, Duration: length}
+			if kind == FaultStorageSlow {
+				st.Latency = between(time.Millisecond, cfg.MaxStorageDelay).Round(time.Millisecond)
+			}
+			s.Steps = append(s.Steps, st, Step{At: at + length, Kind: FaultStorageClear, Target: site})
 		}
 		cursor = at + length
 	}
@@ -290,6 +367,10 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 			open["partition"] = st
 		case st.Kind == FaultLatency && st.Latency > 0:
 			open["latency"] = st
+		case st.Kind == FaultStorageClear:
+			delete(open, "storage "+st.Target)
+		case st.Kind.IsStorage():
+			open["storage "+st.Target] = st
 		case st.Kind == FaultRestart:
 			delete(open, "kill9 "+st.Target)
 		case st.Kind == FaultCont:
@@ -327,6 +408,10 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 						exec(Step{At: time.Since(start), Kind: FaultHeal})
 					case FaultLatency:
 						exec(Step{At: time.Since(start), Kind: FaultLatency})
+					default:
+						if o.Kind.IsStorage() {
+							exec(Step{At: time.Since(start), Kind: FaultStorageClear, Target: o.Target})
+						}
 					}
 				}
 				return errors.Join(append([]error{ctx.Err()}, errs...)...)
@@ -364,6 +449,13 @@ func apply(f Faults, st Step) error {
 			return lf.ResetLinks(st.Target)
 		}
 		return lf.PartitionOneWay(st.Target, st.Peer)
+	}
+	if st.Kind.IsStorage() {
+		sf, ok := f.(StorageFaults)
+		if !ok {
+			return fmt.Errorf("fault %s needs a StorageFaults", st.Kind)
+		}
+		return sf.StorageFault(st.Target, st.Kind, st.Latency)
 	}
 	return fmt.Errorf("unknown fault kind %q", st.Kind)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -181,6 +182,98 @@ func TestScheduleRun(t *testing.T) {
 	}
 	if len(h.Faults()) != 2 {
 		t.Fatalf("events %+v", h.Faults())
+	}
+}
+
+// storageRecorder is a recorder that also takes storage faults.
+type storageRecorder struct{ recorder }
+
+func (r *storageRecorder) StorageFault(site string, kind FaultKind, delay time.Duration) error {
+	return r.do(fmt.Sprintf("%s %s %v", kind, site, delay))
+}
+
+func TestScheduleStorage(t *testing.T) {
+	sites := []string{"site-a", "site-b"}
+	cfg := ScheduleConfig{Seed: 7, Duration: time.Minute, Sites: sites, Kinds: StorageKinds,
+		MinGap: time.Second, MaxGap: 3 * time.Second, MinFault: time.Second, MaxFault: 4 * time.Second, MaxStorageDelay: 30 * time.Millisecond}
+	seen := map[FaultKind]bool{}
+	for seed := range uint64(10) {
+		cfg.Seed = seed
+		s, err := NewSchedule(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each storage fault is closed at its site before the next opens.
+		open := Step{}
+		for _, st := range s.Steps {
+			seen[st.Kind] = true
+			switch {
+			case st.Kind == FaultStorageClear:
+				if open.Kind == "" || open.Target != st.Target || st.At != open.At+open.Duration {
+					t.Fatalf("%v closes %v:\n%s", st, open, s)
+				}
+				open = Step{}
+			case st.Kind.IsStorage():
+				if open.Kind != "" || st.Duration <= 0 || !slices.Contains(sites, st.Target) {
+					t.Fatalf("%v opens while %v is open, or without a duration or site:\n%s", st, open, s)
+				}
+				if st.Kind == FaultStorageSlow && (st.Latency < time.Millisecond || st.Latency > 30*time.Millisecond) {
+					t.Fatalf("%v: delay out of bounds", st)
+				}
+				open = st
+			default:
+				t.Fatalf("%v in a storage-only schedule", st)
+			}
+		}
+		if open.Kind != "" {
+			t.Fatalf("%v open at the end:\n%s", open, s)
+		}
+	}
+	for _, k := range append(StorageKinds, FaultStorageClear) {
+		if !seen[k] {
+			t.Errorf("no %s step in ten minutes of storage faults", k)
+		}
+	}
+
+	// Require puts its kinds first, whatever Kinds say, and fails when
+	// they do not fit.
+	cfg = ScheduleConfig{Seed: 3, Duration: 20 * time.Second, Sites: sites, Kinds: []FaultKind{FaultStop},
+		Require: []FaultKind{FaultStorageEIO, FaultFlushEIO}, MinGap: time.Second, MaxGap: 2 * time.Second, MinFault: time.Second, MaxFault: 2 * time.Second}
+	s, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Steps) < 4 || !slices.Contains(cfg.Require, s.Steps[0].Kind) || !slices.Contains(cfg.Require, s.Steps[2].Kind) || s.Steps[0].Kind == s.Steps[2].Kind {
+		t.Fatalf("required kinds not first:\n%s", s)
+	}
+	cfg.Duration = 3 * time.Second
+	if _, err := NewSchedule(cfg); err == nil {
+		t.Fatal("two required faults of at least 2s each (gap and fault) fit in 3s")
+	}
+	if _, err := NewSchedule(ScheduleConfig{Duration: time.Second, Kinds: []FaultKind{FaultStorageClear}, Sites: sites}); err == nil {
+		t.Fatal("a closing step accepted as a kind")
+	}
+
+	// Run: storage steps go to a StorageFaults; without one they fail;
+	// a cancelled run clears the open storage fault.
+	run := Schedule{Steps: []Step{
+		{At: 0, Kind: FaultStorageSlow, Target: "site-a", Duration: 5 * time.Millisecond, Latency: 3 * time.Millisecond},
+		{At: 5 * time.Millisecond, Kind: FaultStorageClear, Target: "site-a"},
+		{At: 6 * time.Millisecond, Kind: FaultStorageFull, Target: "site-b", Duration: time.Hour},
+		{At: time.Hour, Kind: FaultStorageClear, Target: "site-b"},
+	}}
+	r := &storageRecorder{}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := run.Run(ctx, r, NewHistory()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v", err)
+	}
+	want := "storage-slow site-a 3ms|storage-clear site-a 0s|storage-full site-b 0s|storage-clear site-b 0s"
+	if got := strings.Join(r.calls, "|"); got != want {
+		t.Fatalf("calls %s, want %s", got, want)
+	}
+	if err := (Schedule{Steps: run.Steps[:1]}).Run(context.Background(), &recorder{}, nil); err == nil || !strings.Contains(err.Error(), "StorageFaults") {
+		t.Fatalf("a storage step without a StorageFaults: %v", err)
 	}
 }
 

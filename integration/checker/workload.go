@@ -43,6 +43,11 @@ type Workload struct {
 	ReadWeight, WriteWeight int
 	// FUAPercent of the writes are sent with FUA.
 	FUAPercent int
+	// SyncPercent of the operations are SYNCHRONIZE CACHE instead of a
+	// read or a write: what makes a store write back, so that failed
+	// write-backs (a storage fault) happen. A sync changes no block, so
+	// it is not in the history; Stats counts it.
+	SyncPercent int
 	// Seed makes each client's choice of blocks and operations
 	// reproducible (math/rand/v2 PCG seeded with Seed and the client id).
 	Seed uint64
@@ -94,14 +99,21 @@ type Stats struct {
 	// ClientsWithoutSuccess counts clients none of whose operations
 	// succeeded.
 	ClientsWithoutSuccess int
+	// Syncs counts SYNCHRONIZE CACHE commands (not in Ops), SyncsFailed
+	// those not answered GOOD.
+	Syncs, SyncsFailed int
 
 	mu        sync.Mutex
 	clientsOK []bool
 }
 
 func (s *Stats) String() string {
-	return fmt.Sprintf("%d ops (%d reads, %d writes): %d ok, %d failed, %d indeterminate; %d logins, %d connect failures; %v",
+	str := fmt.Sprintf("%d ops (%d reads, %d writes): %d ok, %d failed, %d indeterminate; %d logins, %d connect failures; %v",
 		s.Ops, s.Reads, s.Writes, s.OK, s.Failed, s.Indeterminate, s.Logins, s.ConnectFailures, s.Elapsed.Round(time.Millisecond))
+	if s.Syncs > 0 {
+		str += fmt.Sprintf("; %d syncs, %d not GOOD", s.Syncs, s.SyncsFailed)
+	}
+	return str
 }
 
 func (w *Workload) fill() error {
@@ -119,6 +131,9 @@ func (w *Workload) fill() error {
 	}
 	if w.ReadWeight == 0 && w.WriteWeight == 0 {
 		w.ReadWeight, w.WriteWeight = 1, 1
+	}
+	if w.SyncPercent < 0 || w.SyncPercent > 100 {
+		return errors.New("checker: SyncPercent out of 0..100")
 	}
 	if w.OpTimeout <= 0 {
 		w.OpTimeout = 5 * time.Second
@@ -274,6 +289,12 @@ func (c *client) run(ctx context.Context) {
 		if c.w.MaxOps > 0 && c.issued.Add(1) > int64(c.w.MaxOps) {
 			return
 		}
+		if c.w.SyncPercent > 0 && c.rng.IntN(100) < c.w.SyncPercent {
+			if c.sess != nil {
+				c.sync(ctx, pause)
+				continue
+			}
+		}
 		lba := c.w.FirstLBA + uint64(c.rng.IntN(c.w.Blocks))
 		kind := Write
 		if c.rng.IntN(c.w.ReadWeight+c.w.WriteWeight) < c.w.ReadWeight {
@@ -333,6 +354,28 @@ func (c *client) run(ctx context.Context) {
 			backoff = 0
 		}
 	}
+}
+
+// sync sends SYNCHRONIZE CACHE on the open session and counts it.
+func (c *client) sync(ctx context.Context, pause func()) {
+	opCtx, cancel := context.WithTimeout(ctx, c.w.OpTimeout)
+	err := c.sess.SyncCache(opCtx, c.t.LUN)
+	cancel()
+	c.st.mu.Lock()
+	c.st.Syncs++
+	if err != nil {
+		c.st.SyncsFailed++
+	}
+	c.st.mu.Unlock()
+	if err == nil {
+		return
+	}
+	if c.sess.Err() != nil {
+		c.logf("client %d (%s): session ended: %v", c.id, c.t.Site, err)
+		c.sess.Close()
+		c.sess = nil
+	}
+	pause()
 }
 
 func (c *client) record(op Op, connectFailure bool) {

@@ -218,7 +218,7 @@ var ErrTargetLogout = errors.New("iscsi: target requested logout or dropped the 
 //     MISCOMPARE: these are reported before any data is changed
 //     (SBC-3: a write is checked for LBA range, protection and readiness
 //     before it transfers; COMPARE AND WRITE writes nothing on a
-//     miscompare).
+//     miscompare), except SPACE ALLOCATION FAILED WRITE PROTECT below.
 //
 // Possibly executed (true):
 //   - connection errors, timeouts and ctx cancellation after the command
@@ -231,6 +231,11 @@ var ErrTargetLogout = errors.New("iscsi: target requested logout or dropped the 
 //     may already have applied the write; safe side), MEDIUM ERROR and
 //     HARDWARE ERROR (a write may be partly done), RECOVERED ERROR (the
 //     command completed), NO SENSE and anything unknown;
+//   - DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (27/07): a thin
+//     LU ran out of space while it wrote, so part of the write may be
+//     stored (SBC-3 section 4.7.3.6 does not say otherwise), and a
+//     mirrored LU answers it from a site whose own disk is full while
+//     the writer and the other sites keep the data;
 //   - a *ResidualError: part of the transfer was acted on.
 //
 // Any other error is treated as indeterminate.
@@ -254,6 +259,9 @@ func Indeterminate(err error) bool {
 		case StatusBusy, StatusReservationConflict, StatusTaskSetFull, StatusACAActive:
 			return false
 		case StatusCheckCondition:
+			if se.SenseKey == SenseDataProtect && se.ASC == 0x27 && se.ASCQ == 0x07 {
+				return true
+			}
 			switch se.SenseKey {
 			case SenseNotReady, SenseIllegalRequest, SenseDataProtect, SenseMiscompare:
 				return false

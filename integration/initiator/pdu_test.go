@@ -222,6 +222,8 @@ func TestIndeterminate(t *testing.T) {
 		{"NOT READY", cc(SenseNotReady), false},
 		{"ILLEGAL REQUEST", cc(SenseIllegalRequest), false},
 		{"DATA PROTECT", cc(SenseDataProtect), false},
+		{"DATA PROTECT, WRITE PROTECTED", &SCSIError{Status: StatusCheckCondition, SenseKey: SenseDataProtect, ASC: 0x27}, false},
+		{"SPACE ALLOCATION FAILED", &SCSIError{Status: StatusCheckCondition, SenseKey: SenseDataProtect, ASC: 0x27, ASCQ: 0x07}, true},
 		{"MISCOMPARE", cc(SenseMiscompare), false},
 		{"ABORTED COMMAND", cc(SenseAbortedCommand), true},
 		{"UNIT ATTENTION", cc(SenseUnitAttention), true},
