@@ -25,6 +25,9 @@ type Bitmap struct {
 	epoch  uint64 // the last writer epoch that kept this record
 	bits   []byte
 	count  int // bits set
+	// marks counts Mark, MarkRegions and SetFull calls, so that ClearIf
+	// keeps what was recorded after a resync's last pass.
+	marks uint64
 }
 
 const (
@@ -118,6 +121,7 @@ func (b *Bitmap) Mark(off, n int64) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.marks++
 	if b.full {
 		return nil
 	}
@@ -143,10 +147,47 @@ func (b *Bitmap) Mark(off, n int64) error {
 	return unix.Fdatasync(int(b.f.Fd()))
 }
 
+// MarkRegions records that regions rs are missing at the replica and
+// returns once that is on disk (one write and one sync for all of them).
+func (b *Bitmap) MarkRegions(rs []int64) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.marks++
+	if b.full {
+		return nil
+	}
+	lo, hi := -1, -1
+	for _, r := range rs {
+		if r < 0 || r >= int64(b.Regions()) {
+			continue
+		}
+		i, m := int(r/8), byte(1)<<(r%8)
+		if b.bits[i]&m == 0 {
+			b.bits[i] |= m
+			b.count++
+			if lo < 0 || i < lo {
+				lo = i
+			}
+			hi = max(hi, i)
+		}
+	}
+	if lo < 0 {
+		return nil
+	}
+	if _, err := b.f.WriteAt(b.bits[lo:hi+1], bitmapHeader+int64(lo)); err != nil {
+		return err
+	}
+	return unix.Fdatasync(int(b.f.Fd()))
+}
+
 // SetFull marks everything as possibly different, persistently.
 func (b *Bitmap) SetFull() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.marks++
 	if b.full {
 		return nil
 	}
@@ -203,6 +244,27 @@ func (b *Bitmap) Clear() error {
 	clear(b.bits)
 	b.count, b.full = 0, false
 	return b.writeAll()
+}
+
+// Marks is a token for ClearIf.
+func (b *Bitmap) Marks() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.marks
+}
+
+// ClearIf clears as Clear does, unless something was marked since Marks
+// returned marks: a replica that failed after its resync's last pass has
+// its new misses kept. It reports whether it cleared.
+func (b *Bitmap) ClearIf(marks uint64) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.marks != marks {
+		return false, nil
+	}
+	clear(b.bits)
+	b.count, b.full = 0, false
+	return true, b.writeAll()
 }
 
 // Close closes the file. A Mark after it fails.

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -244,4 +245,44 @@ func (fs *FaultStore) punch(off, n int64) error {
 	}
 	fs.keepPreImage(off, n)
 	return fs.raw.punch(off, n)
+}
+
+// Unflushed returns how many pages hold data written since the last
+// successful flush: what a power loss would take.
+func (fs *FaultStore) Unflushed() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return len(fs.pre)
+}
+
+// PowerLoss puts back on the file what it held at the last successful
+// flush, as a power cut does to a page cache, and returns how many pages
+// it put back. Close the site first: a machine that lost power answers
+// nothing more, and closing flushes nothing. The file is written by path
+// because the store's own descriptor is closed by then.
+func (fs *FaultStore) PowerLoss() (int, error) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.injected["power_loss"]++
+	f, err := os.OpenFile(fs.path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	zero := make([]byte, faultPage)
+	n := 0
+	for pg, b := range fs.pre {
+		if b == nil {
+			b = zero
+		}
+		if end := min(int64(len(b)), fs.size-pg*faultPage); end > 0 {
+			if _, err := f.WriteAt(b[:end], pg*faultPage); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	clear(fs.pre)
+	fs.preBytes = 0
+	return n, f.Sync()
 }

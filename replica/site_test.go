@@ -406,6 +406,11 @@ func TestSiteReplicaLossAndBitmapResync(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Flushed: b's bitmap is then what it missed while away, nothing
+	// it acknowledged unflushed (TestSiteReplicaPowerLossResync).
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	tc.stop("b")
 	// Writes continue once b is dropped (replica_timeout at most).
 	start := time.Now()

@@ -24,15 +24,19 @@ type SiteStatus struct {
 
 // PeerStatus is one replica as the writer sees it.
 type PeerStatus struct {
-	Name         string  `json:"name"`
-	State        string  `json:"state"`
-	Connected    bool    `json:"connected"`
-	LagFrames    int     `json:"lag_frames"`
-	LagBytes     int64   `json:"lag_bytes"`
-	DirtyRegions int     `json:"dirty_regions"`
-	ResyncDone   int     `json:"resync_done,omitempty"`
-	ResyncTotal  int     `json:"resync_total,omitempty"`
-	ResyncPct    float64 `json:"resync_percent,omitempty"`
+	Name         string `json:"name"`
+	State        string `json:"state"`
+	Connected    bool   `json:"connected"`
+	LagFrames    int    `json:"lag_frames"`
+	LagBytes     int64  `json:"lag_bytes"`
+	DirtyRegions int    `json:"dirty_regions"`
+	// UnflushedRegions: regions it acknowledged and has not yet been
+	// asked to flush, which a power loss there would add to the dirty
+	// ones.
+	UnflushedRegions int     `json:"unflushed_regions,omitempty"`
+	ResyncDone       int     `json:"resync_done,omitempty"`
+	ResyncTotal      int     `json:"resync_total,omitempty"`
+	ResyncPct        float64 `json:"resync_percent,omitempty"`
 	// Error is why the last connection attempt failed ("" once one
 	// succeeds): an unreachable site, a refusal such as different LU
 	// sizes.
@@ -70,7 +74,7 @@ func (s *Site) Status() SiteStatus {
 	}
 	var ps []snap
 	for _, p := range w.peers {
-		x := snap{p: PeerStatus{Name: p.name, State: p.state, Error: p.lastErr}, l: p.link, bm: p.dirty}
+		x := snap{p: PeerStatus{Name: p.name, State: p.state, Error: p.lastErr, UnflushedRegions: p.unfl.regions()}, l: p.link, bm: p.dirty}
 		if p.state == peerSyncing {
 			x.p.ResyncDone, x.p.ResyncTotal = p.resync.Done, p.resync.Total
 			if p.resync.Total > 0 {

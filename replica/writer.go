@@ -57,6 +57,9 @@ type peer struct {
 	gone bool
 
 	dirty *Bitmap
+	// unfl: the regions it acknowledged and may not have flushed
+	// (unflushed.go).
+	unfl *unflushed
 	// lastErr: why the last connect failed, "" after one succeeded
 	// (guarded by w.mu).
 	lastErr string
@@ -125,6 +128,14 @@ type writer struct {
 	carriedBusy []*busyRange
 	carriedLeft int
 
+	// The background flush (unflushed.go): flushDue is set by the first
+	// write sent since the last one, which wakes the flusher.
+	flushEvery time.Duration
+	flushDue   bool
+	flushSig   chan struct{}
+	flushWakes int // times the flusher woke up (tests: none when idle)
+	bgFlushes  int // background flush rounds sent
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -135,11 +146,15 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
 		started: time.Now(), handover: v.Handover,
-		commitSig: make(chan struct{}, 1)}
-	w.done.Add(1)
+		commitSig: make(chan struct{}, 1), flushEvery: flushEvery, flushSig: make(chan struct{}, 1)}
+	w.done.Add(2)
 	go func() {
 		defer w.done.Done()
 		w.committer()
+	}()
+	go func() {
+		defer w.done.Done()
+		w.flusher()
 	}()
 	stale := s.markerStale.Load()
 	w.markerErr = s.setMarker()
@@ -160,6 +175,7 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 		p.dirty, _ = s.bitmap(name)
 		if slices.Contains(v.InSync, name) {
 			p.state = peerInSync
+			p.unfl.unknown = true
 		}
 		w.mu.Lock() // the committer runs already
 		w.peers = append(w.peers, p)
@@ -202,7 +218,7 @@ func (s *Site) peerNames(v View) []string {
 }
 
 func (w *writer) newPeer(name, addr string) *peer {
-	p := &peer{w: w, name: name, addr: addr, state: peerOut}
+	p := &peer{w: w, name: name, addr: addr, state: peerOut, unfl: newUnflushed(w.s.cfg.Store.Size(), w.s.cfg.RegionSize)}
 	p.ctx, p.cancel = context.WithCancel(w.ctx)
 	return p
 }
@@ -446,14 +462,22 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 				// The origin answers its initiator; its ack only makes
 				// the write visible (settle).
 				originCh, originPeer = p.link.Send(&ref), p
+				w.track(p, &ref, true)
 				continue
 			}
 			waits = append(waits, pendingWait{p, p.link.Send(f)})
+			w.track(p, f, true)
 		case peerDrop:
 			waits = append(waits, pendingWait{p: p})
 		case peerSyncing:
 			if f.Kind == FrameFlush || f.Kind == FrameMeta || f.Offset < p.cursor {
 				p.link.Send(f) // a failure marks it dirty (onDown)
+				w.track(p, f, false)
+				if p.link.Err() != nil {
+					// Refused by a link that had failed already: onDown
+					// ran before and will not see this one.
+					dirty = append(dirty, p)
+				}
 			} else {
 				dirty = append(dirty, p)
 			}
@@ -478,6 +502,9 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		if pw.ch != nil {
 			a := <-pw.ch
 			if a.Err == nil {
+				if f.Kind == FrameFlush {
+					pw.p.unfl.flushed(seq)
+				}
 				continue
 			}
 			// linkDown marked the frame before a.Err came; marking again
@@ -529,6 +556,8 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 				}
 				return
 			}
+		} else if f.Kind == FrameFlush {
+			originPeer.unfl.flushed(seq)
 		}
 		w.settle(seq, busy)
 	}()
@@ -737,6 +766,11 @@ func (w *writer) drop(p *peer) {
 		close(p.resolved)
 		w.mu.Unlock()
 	}()
+	// Nothing more is sent to it (it is dropping): what it has not
+	// flushed is recorded before any write can go on without it.
+	if err := p.spill(); err != nil {
+		return // no record: writes waiting for it fail rather than go on
+	}
 	for attempt := 0; ; attempt++ {
 		err := w.s.cfg.Control.DropInSync(p.name, w.epoch)
 		if err == nil || isNotInSync(err) {
@@ -846,15 +880,23 @@ func (w *writer) manage(p *peer, stale bool) {
 		// trip; one that does not answer within a lease (a frozen or cut
 		// off old writer, typically) is dropped and resynced later
 		// rather than holding every write for replica_timeout.
+		marks := p.dirty.Marks()
 		diverged, err := w.connect(p, min(w.s.cfg.ReplicaTimeout, max(w.s.cfg.Lease, 200*time.Millisecond)))
+		if err == nil {
+			// What the last writer left unflushed there is unknown
+			// here: one flush makes it stable, so that losing the peer
+			// from now on costs only what this writer sent it.
+			err = w.flushPeers([]*peer{p})[0]
+		}
 		if err == nil && !diverged && w.checkImage(p) != "" {
 			// Not the image the cluster knows in sync (I8): whatever
 			// this site's bitmap says, it describes another image.
 			diverged = true
 		}
 		if err == nil && !diverged && !stale {
-			// In sync and reachable: it has everything so far.
-			if err := p.dirty.Clear(); err != nil {
+			// In sync and reachable: it has everything so far, unless
+			// it failed meanwhile.
+			if _, err := p.dirty.ClearIf(marks); err != nil {
 				w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 			}
 		}
@@ -1068,6 +1110,9 @@ func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
 			w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 		}
 	}
+	// What it acknowledged unflushed is as good as lost if it lost
+	// power; recorded now, a crash of this writer cannot forget it.
+	p.spill()
 	w.s.notify()
 }
 
@@ -1077,6 +1122,11 @@ func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
 // (full), each region's digest is compared first and only different ones
 // are copied. At the end the peer joins the in-sync set through Raft.
 func (w *writer) resync(p *peer) error {
+	// Writes sent on a link that had already failed (Send answers with
+	// the error, linkDown ran before) are in the set, not yet on disk.
+	if err := p.spill(); err != nil {
+		return err
+	}
 	diverged, err := w.connect(p, w.s.cfg.ReplicaTimeout)
 	if err != nil {
 		return err
@@ -1229,18 +1279,24 @@ func (w *writer) resync(p *peer) error {
 		return fail(errNotWriter)
 	}
 	p.state = peerInSync
+	// From here on its misses are new ones (a failure after this pass):
+	// the bitmap is cleared only if none was recorded.
+	marks := b.Marks()
 	w.seq++
-	ch := p.link.Send(&Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagSynced})
+	synced := &Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagSynced}
+	ch := p.link.Send(synced)
+	w.track(p, synced, true)
 	w.mu.Unlock()
 	if a := <-ch; a.Err != nil {
 		w.failPeer(p, a.Err)
 		return a.Err
 	}
+	p.unfl.flushed(synced.Seq)
 	if err := w.addInSync(p); err != nil && !errors.Is(err, ErrAlreadyInSync) {
 		w.failPeer(p, fmt.Errorf("joining the in-sync set: %w", err))
 		return err
 	}
-	if err := b.Clear(); err != nil {
+	if _, err := b.ClearIf(marks); err != nil {
 		w.log.Error("clearing dirty bitmap", "replica", p.name, "error", err)
 	}
 	w.mu.Lock()
@@ -1325,6 +1381,15 @@ func (w *writer) stop() {
 		l.Close()
 	}
 	w.done.Wait()
+	// Links closing recorded what the peers had not flushed; this
+	// records what was sent after a link had failed, which only a drop
+	// or the next resync would have.
+	w.mu.Lock()
+	peers := slices.Clone(w.peers)
+	w.mu.Unlock()
+	for _, p := range peers {
+		p.spill()
+	}
 	if !tainted {
 		w.s.clearMarker()
 	}
