@@ -71,8 +71,11 @@ clean:
 
 # Torture: real clusters whose inter-site links go through fault proxies,
 # clients at every site, a seeded fault schedule (kill -9, SIGSTOP,
-# partitions, promote, latency, resets), then the linearizability check
-# and a byte comparison of the replicas (integration/torture_test.go).
+# partitions, promote, latency, resets, and storage faults: EIO, ENOSPC,
+# a failed write-back, short writes, slow I/O, on the metrolun_faults
+# build), then a heal and resync, the linearizability check and a byte
+# comparison of the replicas (integration/torture_test.go). The summary
+# reports the operations checked and the faults by kind.
 # TORTURE_SEED=N replays a schedule; TORTURE_OUT=DIR keeps the cluster,
 # the history and the latency plot; TORTURE_SITES=3 runs three data sites.
 TORTURE_DURATION ?= 3m

@@ -1179,15 +1179,18 @@ func luOnly(b []byte) []byte {
 }
 
 // CompareBacking compares every data site's backing file with the first
-// one's, byte for byte (I4). The error names the first differing block
-// and what each copy holds there (as a checker stamp when it is one).
-func (c *TortureCluster) CompareBacking() error {
+// one's, byte for byte (I4), and returns how many bytes of LU it
+// compared (each other site's against the first's). The error names the
+// first differing block and what each copy holds there (as a checker
+// stamp when it is one).
+func (c *TortureCluster) CompareBacking() (int64, error) {
 	sites := c.DataSites()
 	ref := sites[0]
 	a, err := os.ReadFile(ref.Backing)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var compared int64
 	var errs []error
 	for _, m := range sites[1:] {
 		b, err := os.ReadFile(m.Backing)
@@ -1205,6 +1208,7 @@ func (c *TortureCluster) CompareBacking() error {
 			errs = append(errs, fmt.Errorf("I4: %s's LU is %d bytes, %s's %d", ref.Name, len(a), m.Name, len(b)))
 			continue
 		}
+		compared += int64(len(a))
 		if bytes.Equal(a, b) {
 			continue
 		}
@@ -1226,7 +1230,7 @@ func (c *TortureCluster) CompareBacking() error {
 		}
 		errs = append(errs, fmt.Errorf("I4: %s and %s differ in %d blocks of %d bytes: %s", ref.Name, m.Name, nblocks, bs, strings.Join(diffs, "; ")))
 	}
-	return errors.Join(errs...)
+	return compared, errors.Join(errs...)
 }
 
 // ReadAll reads blocks first..first+n-1 once at every data site (each

@@ -67,7 +67,10 @@ type tortureRun struct {
 	require []checker.FaultKind
 	// killResetsLinks: see TortureConfig.
 	killResetsLinks bool
-	out             string
+	// faultsBin replaces bin when storage faults are scheduled (default:
+	// the metrolun_faults build).
+	faultsBin string
+	out       string
 }
 
 // tortureResult is what a run found.
@@ -103,13 +106,14 @@ const (
 )
 
 // storageScheduled says whether r's schedule may hold storage faults:
-// then the cluster runs the metrolun_faults build.
+// then the cluster runs the metrolun_faults build (in place of r.bin).
+// A given schedule decides alone (its kinds are not drawn from r.kinds),
+// so that a run of a known-bug binary runs that binary.
 func storageScheduled(r tortureRun) bool {
-	kinds := slices.Concat(r.kinds, r.require)
-	for _, st := range r.schedule {
-		kinds = append(kinds, st.Kind)
+	if r.schedule != nil {
+		return slices.ContainsFunc(r.schedule, func(st checker.Step) bool { return st.Kind.IsStorage() })
 	}
-	return slices.ContainsFunc(kinds, checker.FaultKind.IsStorage)
+	return slices.ContainsFunc(slices.Concat(r.kinds, r.require), checker.FaultKind.IsStorage)
 }
 
 func tortureSeed(t *testing.T) uint64 {
@@ -196,7 +200,10 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	storage := storageScheduled(r)
 	if storage {
 		// The tags are the point: a store that fails on demand.
-		r.bin = metrolunFaultsBin(t)
+		if r.faultsBin == "" {
+			r.faultsBin = metrolunFaultsBin(t)
+		}
+		r.bin = r.faultsBin
 	}
 	t.Logf("torture: seed %d (replay with TORTURE_SEED=%d), %d data sites, %s timings, %v of faults, output in %s",
 		r.seed, r.seed, r.sites, r.timings.name, r.duration, r.out)
@@ -332,7 +339,8 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 			t.Errorf("visualization: %v", err)
 		}
 	}
-	res.i4 = c.CompareBacking()
+	compared, i4 := c.CompareBacking()
+	res.i4 = i4
 
 	svg := filepath.Join(r.out, "latency.svg")
 	if err := checker.PlotLatency(h, svg); err != nil {
@@ -372,7 +380,7 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	}
 	fmt.Fprintf(&b, "  in sync %v after the heal; final reads: %v\n", syncTook.Round(time.Millisecond), errOrOK(res.finalErr))
 	fmt.Fprintf(&b, "  checker: %s (%d ops checked in %v)\n", res.check.Verdict, res.check.Ops, checkTook.Round(time.Millisecond))
-	fmt.Fprintf(&b, "  I4 backing files: %v\n", errOrOK(res.i4))
+	fmt.Fprintf(&b, "  I4 backing files: %v (%d MiB of LU compared with %s's)\n", errOrOK(res.i4), compared>>20, siteNames[0])
 	if two := overlappingWriters(samples); two > 0 {
 		// Polls of different sites are not simultaneous, so this is a
 		// hint; the checker decides whether two writers acknowledged.
@@ -562,6 +570,56 @@ func TestTortureCatchesAckEarly(t *testing.T) {
 		t.Logf("caught the ack-early bug by I4 (anomalies: %v): %v", kinds, res.i4)
 	default:
 		t.Fatalf("the ack-early bug went unnoticed: no lost write, identical backing files; checker %s", res.check)
+	}
+}
+
+// shortWriteSchedule makes the writer's disk store half of every write
+// (and report that count) for 3 seconds.
+var shortWriteSchedule = []checker.Step{
+	{At: 2 * time.Second, Kind: checker.FaultShortWrite, Target: "WRITER", Duration: 3 * time.Second},
+	{At: 5 * time.Second, Kind: checker.FaultStorageClear, Target: "WRITER"},
+}
+
+// TestTortureCatchesShortWrite proves that the torture run catches a
+// swallowed storage error: a binary built with -tags
+// metrolun_faults,metrolun_bug_shortwrite, whose store takes a short
+// write count for the whole write (issue 12 item 1), must show torn
+// blocks (or different backing files) under shortWriteSchedule. The
+// correct metrolun_faults build runs the same schedule first, as the
+// control: it must pass.
+func TestTortureCatchesShortWrite(t *testing.T) {
+	bad, err := BuildMetrolunTags(context.Background(), binDir, "metrolun-bug-shortwrite", "metrolun_faults", "metrolun_bug_shortwrite")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := tortureSeed(t)
+	run := func(bin, name string) tortureResult {
+		res := runTorture(t, tortureRun{
+			bin: bin, faultsBin: bin, seed: seed, timings: fastTimings, duration: 8 * time.Second,
+			schedule: shortWriteSchedule, out: tortureOut(t, name),
+		})
+		if res.stats.OK < 100 || res.injected["short_write"] == 0 {
+			t.Fatalf("%s: too little to judge: %s; short writes injected: %d", name, res.stats, res.injected["short_write"])
+		}
+		return res
+	}
+	control := run(metrolunFaultsBin(t), "control")
+	if !control.check.OK() || control.i4 != nil || control.stats.Corrupt != 0 || control.finalErr != nil {
+		t.Fatalf("the correct binary failed under short writes, so catching the bug would prove nothing: checker %s; I4 %v; final reads %v",
+			control.check, errOrOK(control.i4), errOrOK(control.finalErr))
+	}
+	res := run(bad, "shortwrite")
+	kinds := map[checker.AnomalyKind]int{}
+	for _, a := range res.check.Anomalies {
+		kinds[a.Kind]++
+	}
+	switch {
+	case res.stats.Corrupt > 0 || !res.check.OK():
+		t.Logf("caught the short-write bug: %d torn reads, anomalies %v", res.stats.Corrupt, kinds)
+	case res.i4 != nil:
+		t.Logf("caught the short-write bug by I4: %v", res.i4)
+	default:
+		t.Fatalf("the short-write bug went unnoticed: no torn read, identical backing files; checker %s", res.check)
 	}
 }
 

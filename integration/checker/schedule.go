@@ -210,7 +210,7 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			}
 		case FaultLatency:
 		case FaultCont, FaultHeal, FaultStorageClear:
-			return Schedule{}, fmt.Errorf("checker: %s is a closing step, implied by %s", k, map[FaultKind]FaultKind{FaultCont: FaultStop, FaultHeal: FaultPartition, FaultStorageClear: FaultStorageEIO}[k])
+			return Schedule{}, fmt.Errorf("checker: %s is a closing step, implied by %s", k, map[FaultKind]string{FaultCont: "stop", FaultHeal: "partition", FaultStorageClear: "each storage fault"}[k])
 		default:
 			return Schedule{}, fmt.Errorf("checker: unknown fault kind %q", k)
 		}
