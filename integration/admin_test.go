@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,13 +30,32 @@ type hostileCall struct {
 	want    int    // the status a guarded member answers
 }
 
-func (h hostileCall) do(t *testing.T, addr string) (int, string) {
+// hostileClient is how the hostile calls reach the admin endpoints: over
+// TLS when the cluster's endpoints speak it (a demo with DIR/pki), with
+// no client certificate and without checking the server (it is the one
+// attacking); else plain HTTP.
+type hostileClient struct {
+	scheme string
+	hc     *http.Client
+}
+
+func newHostileClient(tlsOn bool) hostileClient {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	if !tlsOn {
+		return hostileClient{"http", &http.Client{Timeout: 20 * time.Second, Transport: tr}}
+	}
+	tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+	return hostileClient{"https", &http.Client{Timeout: 20 * time.Second, Transport: tr}}
+}
+
+func (h hostileCall) do(t *testing.T, hc hostileClient, addr string) (int, string) {
 	t.Helper()
 	var body io.Reader
 	if h.body != "" {
 		body = strings.NewReader(h.body)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), h.method, "http://"+addr+h.path, body)
+	req, err := http.NewRequestWithContext(t.Context(), h.method, hc.scheme+"://"+addr+h.path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,8 +65,7 @@ func (h hostileCall) do(t *testing.T, addr string) (int, string) {
 	if h.host != "" {
 		req.Host = h.host
 	}
-	c := &http.Client{Timeout: 20 * time.Second}
-	resp, err := c.Do(req)
+	resp, err := hc.hc.Do(req)
 	if err != nil {
 		t.Fatalf("%s to %s: %v", h.what, addr, err)
 	}
@@ -83,7 +103,11 @@ func clusterFacts(t *testing.T, client *admin.Client, eps []admin.Endpoint) stri
 // metrics are refused at every member and change nothing in the Raft
 // state; a browser-style request (Origin, text/plain, a foreign Host) is
 // refused even with the token; `metrolun status|promote --dir` works with
-// the demo's DIR/admin.token, and refuses a wrong token clearly.
+// the demo's DIR/admin.token, and refuses a wrong token clearly. With the
+// demo's PKI (TLS by default) the endpoints speak HTTPS: the hostile
+// calls come over TLS without a client certificate, plain HTTP is
+// refused, a member's certificate reads status but may not promote, and
+// the operator's certificate promotes without the token.
 func TestAdminRequiresCredential(t *testing.T) {
 	bin := metrolunBin(t)
 	base, err := ClusterBasePort(4)
@@ -94,13 +118,21 @@ func TestAdminRequiresCredential(t *testing.T) {
 		Args: []string{"--sites", "2", "--cluster-port", strconv.Itoa(base)}})
 	ctx := t.Context()
 
-	// The operator's view, to check that nothing changed. (A build
-	// without admin authentication writes no token: then none is sent.)
-	token, err := admin.ReadTokenFile(filepath.Join(d.Dir, "admin.token"))
+	// The operator's view, to check that nothing changed: the demo's
+	// token, and its CA to check the members over HTTPS, found as
+	// `metrolun status --dir` finds them. (A build without admin
+	// authentication writes no token: then none is sent.)
+	operator, err := admin.NewClient(admin.Credential{Dir: d.Dir})
 	if err != nil {
-		t.Logf("no demo token (%v): reading state without one", err)
+		t.Logf("no demo credential (%v): reading state without one", err)
+		operator = &admin.Client{}
 	}
-	operator := &admin.Client{Token: token}
+	token := operator.Token
+	tlsOn := operator.TLS != nil
+	if !tlsOn {
+		t.Logf("the demo has no %s: its admin endpoints speak plain HTTP", filepath.Join(d.Dir, "pki", "ca.pem"))
+	}
+	hostile := newHostileClient(tlsOn)
 	var eps []admin.Endpoint
 	for _, m := range d.File.Members {
 		eps = append(eps, admin.Endpoint{Name: m.Name, Role: m.Role, Admin: demoAdminAddr(t, d, m.Name)})
@@ -160,11 +192,31 @@ func TestAdminRequiresCredential(t *testing.T) {
 	}
 	for _, c := range calls {
 		for _, ep := range eps {
-			code, body := c.do(t, ep.Admin)
+			code, body := c.do(t, hostile, ep.Admin)
 			if code != c.want {
 				t.Errorf("%s at %s: got %d %s, want %d", c.what, ep.Name, code, strings.TrimSpace(body), c.want)
 			} else if !json.Valid([]byte(body)) || !strings.Contains(body, `"error"`) {
 				t.Errorf("%s at %s: refusal is not a JSON error: %s", c.what, ep.Name, body)
+			}
+		}
+	}
+	if tlsOn {
+		// Plain HTTP on an HTTPS endpoint is no way around it.
+		plain := newHostileClient(false)
+		for _, ep := range eps {
+			if code, body := (hostileCall{what: "plain HTTP status", method: "GET", path: "/v1/status"}).do(t, plain, ep.Admin); code == http.StatusOK {
+				t.Errorf("plain HTTP status at %s answered: %s", ep.Name, body)
+			}
+		}
+		// A member's certificate reads the state but changes nothing.
+		member := certClient(t, operator, filepath.Join(d.Dir, "pki"), "site-a")
+		if _, err := member.Status(ctx, eps[0]); err != nil {
+			t.Errorf("status with site-a's certificate: %v", err)
+		}
+		for _, ep := range eps {
+			var ae *admin.Error
+			if _, err := member.Promote(ctx, ep, other); !errors.As(err, &ae) || ae.Code != http.StatusForbidden {
+				t.Errorf("promote at %s with site-a's certificate and no token: %v, want 403", ep.Name, err)
 			}
 		}
 	}
@@ -200,6 +252,36 @@ func TestAdminRequiresCredential(t *testing.T) {
 	if facts := clusterFacts(t, operator, eps); !strings.HasPrefix(facts, "members [site-a site-b witness], writer "+other+",") {
 		t.Fatalf("after promote: %s", facts)
 	}
+	if !tlsOn {
+		return
+	}
+
+	// The operator's certificate is a credential of its own: it moves
+	// the writer back without the token.
+	byCert := certClient(t, operator, filepath.Join(d.Dir, "pki"), "operator")
+	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := byCert.AtLeader(pctx, eps, 60, func(ep admin.Endpoint) error {
+		_, err := byCert.Promote(pctx, ep, writer)
+		return err
+	}); err != nil {
+		t.Fatalf("promote %s with the operator's certificate: %v", writer, err)
+	}
+	until(t, writer+" is the writer again", 30*time.Second, func() bool {
+		return admin.SiteWriter(byCert.Gather(ctx, eps)) == writer
+	})
+}
+
+// certClient is an admin client that presents the certificate NAME of
+// pki (NAME.pem, NAME-key.pem) and no token, and checks the members
+// against the operator's CA.
+func certClient(t *testing.T, operator *admin.Client, pki, name string) *admin.Client {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(pki, name+".pem"), filepath.Join(pki, name+"-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &admin.Client{TLS: &tls.Config{RootCAs: operator.TLS.RootCAs, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}}
 }
 
 // demoAdminAddr reads member name's admin address from its config.

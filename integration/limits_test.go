@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/integration/initiator"
+	"github.com/metrolun/metrolun/replica"
 )
 
 // Addresses the hostile clients of these tests connect from: loopback,
@@ -220,60 +222,61 @@ func TestLimitsISCSIFlood(t *testing.T) {
 	}
 }
 
-// TestLimitsReplicationFrameMemory reproduces issue 12 item 9: each
-// replication connection allocated a 32 MiB frame from its length
-// prefix, so 16 connections sending one added over 500 MB of RSS. Now a
-// connection's first frame may be 4 KiB: the prefix is refused before any
-// allocation, logged, and the member's RSS does not move.
-func TestLimitsReplicationFrameMemory(t *testing.T) {
-	d := startCluster(t)
-	cfg := memberConf(t, d, "site-a")
-	var pid int
-	for _, m := range d.File.Members {
-		if m.Name == "site-a" {
-			pid = m.PID
-		}
-	}
-	base, err := vmRSS(pid)
-	if err != nil {
+// frameFlood is the outcome of floodFrames.
+type frameFlood struct {
+	base, peak int64 // the member's RSS before and at its highest
+	sent       int64 // bytes of frame bodies that got through
+	closed     int64 // connections the member closed before they gave up
+}
+
+// floodFrames opens conns connections with dial at once; on each it sends
+// a length prefix of frame bytes and all of the body but its last byte,
+// then holds the connection (up to 3s) to see whether the member closes
+// it. It samples pid's RSS all along.
+func floodFrames(t *testing.T, pid, conns, frame int, dial func() (net.Conn, error)) frameFlood {
+	t.Helper()
+	var r frameFlood
+	var err error
+	if r.base, err = vmRSS(pid); err != nil {
 		t.Fatal(err)
 	}
-	const conns, frame = 16, 32 << 20
 	filler := make([]byte, 1<<20)
 	var wg sync.WaitGroup
-	var sent atomic.Int64
+	var sent, closed atomic.Int64
 	for range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := dialFrom(floodAddr, cfg.Cluster.ReplicationListen)
+			c, err := dial()
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			defer c.Close()
 			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := c.Write(binary.BigEndian.AppendUint32(nil, frame)); err != nil {
-				return
-			}
-			// All of the body but its last byte: the member holds the
-			// frame and waits.
-			for left := frame - 1; left > 0; {
-				n, err := c.Write(filler[:min(left, len(filler))])
-				sent.Add(int64(n))
-				if err != nil {
-					return
+			if _, err := c.Write(binary.BigEndian.AppendUint32(nil, uint32(frame))); err == nil {
+				// All of the body but its last byte: a member that
+				// took the prefix holds the frame and waits.
+				for left := frame - 1; left > 0; {
+					n, err := c.Write(filler[:min(left, len(filler))])
+					sent.Add(int64(n))
+					if err != nil {
+						break
+					}
+					left -= n
 				}
-				left -= n
 			}
 			// Hold it while the member's memory is sampled.
 			c.SetReadDeadline(time.Now().Add(3 * time.Second))
-			io.Copy(io.Discard, c)
+			_, err = io.Copy(io.Discard, c)
+			if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+				closed.Add(1)
+			}
 		}()
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	peak := base
+	r.peak = r.base
 	for sampling := true; sampling; {
 		select {
 		case <-done:
@@ -281,19 +284,106 @@ func TestLimitsReplicationFrameMemory(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if rss, err := vmRSS(pid); err == nil {
-			peak = max(peak, rss)
+			r.peak = max(r.peak, rss)
 		}
 	}
-	t.Logf("site-a RSS %d MiB before, peak %d MiB; %d MiB of frame bodies got through", base>>20, peak>>20, sent.Load()>>20)
-	if grew := peak - base; grew > 100<<20 {
+	r.sent, r.closed = sent.Load(), closed.Load()
+	return r
+}
+
+// TestLimitsReplicationFrameMemory reproduces issue 12 item 9: each
+// replication connection allocated a 32 MiB frame from its length
+// prefix, so 16 connections sending one added over 500 MB of RSS. Now a
+// connection's first frame may be 4 KiB: the prefix is refused before any
+// allocation, logged, and the member's RSS does not move. The port speaks
+// TLS and takes only data members' certificates, so the 16 connections
+// come as a data member would, with site-b's certificate from the demo's
+// PKI: they are past the handshake and their first frame is read. Then
+// connections without a certificate (plain TCP, and TLS without a client
+// certificate) sending the same are refused at the handshake: closed at
+// once, before their bodies get through, and logged.
+func TestLimitsReplicationFrameMemory(t *testing.T) {
+	d := startCluster(t)
+	cfg := memberConf(t, d, "site-a")
+	if cfg.Cluster.TLS == nil {
+		t.Fatal("the demo's cluster has no tls block: its replication port is not authenticated")
+	}
+	pki := filepath.Dir(cfg.Cluster.TLS.CA)
+	var pid int
+	for _, m := range d.File.Members {
+		if m.Name == "site-a" {
+			pid = m.PID
+		}
+	}
+	const conns, frame = 16, 32 << 20
+	addr := cfg.Cluster.ReplicationListen
+	// dialTLS connects from src and completes the handshake with cfg.
+	dialTLS := func(src string, cfg *tls.Config) (net.Conn, error) {
+		c, err := dialFrom(src, addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = "site-a"
+		tc := tls.Client(c, cfg)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake with site-a's replication port: %w", err)
+		}
+		tc.SetDeadline(time.Time{})
+		return tc, nil
+	}
+
+	asSite := peerTLS(t, pki, "site-b")
+	r := floodFrames(t, pid, conns, frame, func() (net.Conn, error) { return dialTLS(floodAddr, asSite) })
+	t.Logf("as site-b: site-a RSS %d MiB before, peak %d MiB; %d MiB of frame bodies got through; %d of %d connections closed by site-a",
+		r.base>>20, r.peak>>20, r.sent>>20, r.closed, conns)
+	if grew := r.peak - r.base; grew > 100<<20 {
 		t.Errorf("%d connections each announcing a %d MiB frame grew site-a's RSS by %d MiB", conns, frame>>20, grew>>20)
 	}
 	if err := d.Alive(); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(5*time.Second, func() bool { return strings.Contains(tailFile(d.Log, 400), "bad frame") }) {
-		t.Error("the oversize first frames were not logged")
+	if !waitFor(5*time.Second, func() bool {
+		return logHas(t, d.Log, "bad frame", "length prefix "+strconv.Itoa(frame)+" not in 1.."+strconv.Itoa(replica.MaxHelloLen))
+	}) {
+		t.Error("the oversize first frames were not logged as refused at their length prefix")
 	}
+
+	// Without a data member's certificate nothing is read at all.
+	none := peerTLS(t, pki, "")
+	none.ServerName = "site-a"
+	var n atomic.Int64
+	r = floodFrames(t, pid, conns, frame, func() (net.Conn, error) {
+		c, err := dialFrom(floodAddr2, addr)
+		if err != nil || n.Add(1)%2 == 0 {
+			return c, err
+		}
+		// The handshake runs with the first write; the refusal may end
+		// it there or just after (TLS 1.3 sends the client's
+		// certificate last).
+		return tls.Client(c, none), nil
+	})
+	t.Logf("unauthenticated: site-a RSS %d MiB before, peak %d MiB; %d MiB of frame bodies got through; %d of %d connections closed by site-a",
+		r.base>>20, r.peak>>20, r.sent>>20, r.closed, conns)
+	if r.closed != conns {
+		t.Errorf("%d of %d unauthenticated connections closed by site-a within 3s", r.closed, conns)
+	}
+	// Each could get no more through than the socket buffers hold.
+	if r.sent >= conns*(frame-1) {
+		t.Errorf("unauthenticated connections sent all %d MiB of their frame bodies: site-a kept reading", r.sent>>20)
+	}
+	if grew := r.peak - r.base; grew > 100<<20 {
+		t.Errorf("%d unauthenticated connections grew site-a's RSS by %d MiB", conns, grew>>20)
+	}
+	if !waitFor(5*time.Second, func() bool { return logHas(t, d.Log, "refused replication peer before its hello", floodAddr2) }) {
+		t.Error("the unauthenticated connections' refusal was not logged")
+	}
+	if err := d.Alive(); err != nil {
+		t.Fatal(err)
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := loginAndIO(ctx, d.File.DataMembers()[0].ISCSI, 24); err != nil {

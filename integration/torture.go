@@ -130,8 +130,7 @@ type TortureCluster struct {
 	Members []*TortureMember
 	Links   []*TortureLink
 
-	token string        // the admin token, in Dir/admin.token
-	poll  *admin.Client // see pollClient
+	poll *admin.Client // see pollClient
 
 	mu      sync.Mutex
 	latency time.Duration
@@ -279,7 +278,7 @@ func StartTorture(ctx context.Context, cfg TortureConfig) (_ *TortureCluster, er
 			c.Close()
 		}
 	}()
-	if c.token, err = WriteAdminToken(configs[0].Cluster.AdminTokenFile); err != nil {
+	if _, err = WriteAdminToken(configs[0].Cluster.AdminTokenFile); err != nil {
 		return nil, err
 	}
 	own := map[string]conf.Member{}
@@ -1044,7 +1043,10 @@ func (c *TortureCluster) WaitInSync(ctx context.Context, timeout time.Duration) 
 func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 	sites := c.DataSites()
 	out := make([]string, len(sites))
-	client := c.pollClient()
+	client, err := c.pollClient()
+	if err != nil {
+		return nil, err
+	}
 	var wg sync.WaitGroup
 	var errs []error
 	var mu sync.Mutex
@@ -1069,23 +1071,21 @@ func (c *TortureCluster) PollWriters(ctx context.Context) ([]string, error) {
 	return out, errors.Join(errs...)
 }
 
-// pollClient asks with the cluster's admin token over TLS (the admin
-// endpoints speak HTTPS, verified against the cluster's CA in
-// Dir/pki), briefly: a frozen site must not hold up the sample.
-func (c *TortureCluster) pollClient() *admin.Client {
+// pollClient asks with the operator's credential as `metrolun status
+// --dir` finds it (Dir/admin.token, and HTTPS checked against
+// Dir/pki/ca.pem), briefly: a frozen site must not hold up the sample.
+func (c *TortureCluster) pollClient() (*admin.Client, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.poll == nil {
 		client, err := admin.NewClient(admin.Credential{Dir: c.cfg.Dir})
 		if err != nil {
-			// Every poll then fails and says why (no writer is seen).
-			client = &admin.Client{Token: c.token}
-			c.logf("torture: admin client: %v", err)
+			return nil, fmt.Errorf("torture: the admin credential in %s: %w", c.cfg.Dir, err)
 		}
 		client.Timeout = 400 * time.Millisecond
 		c.poll = client
 	}
-	return c.poll
+	return c.poll, nil
 }
 
 // WriterSample is who was writer at one moment (history time).
