@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,6 +159,27 @@ func TestDrill(t *testing.T) {
 func TestDrillFailsOnCorruptReplica(t *testing.T) {
 	d := startCluster(t)
 	bin := metrolunBin(t)
+	// The damage must come after site-b joined: in the cluster's first
+	// epoch the writer compares a replica whose image was ever written
+	// with its own at their first connection and copies what differs
+	// (replica/writer.go), which would repair the byte (and resync
+	// site-b while the drill's workload starts) instead of leaving it for
+	// the drill to find. The writer records site-b's image at its epoch
+	// once that connection is over.
+	until(t, "site-b's image recorded in sync", 30*time.Second, func() bool {
+		for _, m := range drillClusterStatus(t, bin, d.Dir) {
+			if m.Status == nil || m.Status.Raft.Epoch == 0 {
+				continue
+			}
+			r := m.Status.Raft
+			for _, mi := range r.MemberInfo {
+				if mi.Name == "site-b" && mi.InSync && strings.HasSuffix(mi.Image, fmt.Sprintf(" gen %d)", r.Epoch)) {
+					return true
+				}
+			}
+		}
+		return false
+	})
 	img := filepath.Join(d.Dir, "site-b", "lun0.img")
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {

@@ -28,6 +28,9 @@ type fwdOp struct {
 	data []byte // write data (or, for compare-and-write, the write half)
 	cmp  []byte
 	fua  bool
+	// conn is the connection it was sent on (under forwarder.mu): only
+	// that connection's end leaves its outcome unknown.
+	conn net.Conn
 
 	mu        sync.Mutex
 	isApplied bool
@@ -96,6 +99,10 @@ type forwarder struct {
 	bw   *bufio.Writer
 	ops  map[uint64]*fwdOp
 	next uint64
+	// retired: connections to a site that is no longer the writer, kept
+	// open until it answered what was sent on them or a grace ran out
+	// (retireLocked).
+	retired map[net.Conn]*time.Timer
 }
 
 func (fw *forwarder) lookup(id uint64) *fwdOp {
@@ -114,10 +121,7 @@ var errRetry = errors.New("replica: forwarded operation not taken")
 func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uint64) (int, error) {
 	fw.mu.Lock()
 	if fw.conn == nil || fw.to != writer {
-		if fw.conn != nil {
-			fw.conn.Close()
-			fw.conn = nil
-		}
+		fw.retireLocked()
 		fw.mu.Unlock()
 		conn, br, err := fw.s.hello(ctx, writer, FlagForward, epoch)
 		if err != nil {
@@ -138,6 +142,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		fw.ops = make(map[uint64]*fwdOp)
 	}
 	fw.ops[op.id] = op
+	op.conn = fw.conn
 	f := &Frame{Kind: op.kind, Epoch: epoch, Seq: op.id, Offset: op.off, Length: uint32(op.n)}
 	switch op.kind {
 	case FrameFwdWrite:
@@ -162,6 +167,10 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	defer func() {
 		fw.mu.Lock()
 		delete(fw.ops, op.id)
+		if _, ok := fw.retired[conn]; ok && !fw.pendingOn(conn) {
+			// The former writer answered everything sent to it.
+			conn.Close()
+		}
 		fw.mu.Unlock()
 	}()
 	if err != nil {
@@ -214,9 +223,17 @@ func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
 	if fw.conn == conn {
 		fw.conn = nil
 	}
+	if t, ok := fw.retired[conn]; ok {
+		t.Stop()
+		delete(fw.retired, conn)
+	}
 	var lost []*fwdOp
 	for _, op := range fw.ops {
-		lost = append(lost, op)
+		// Operations sent on another connection (to the new writer,
+		// after a retarget) are not lost with this one.
+		if op.conn == conn {
+			lost = append(lost, op)
+		}
 	}
 	fw.mu.Unlock()
 	for _, op := range lost {
@@ -225,15 +242,52 @@ func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
 	}
 }
 
-// retarget drops the connection to a site that is no longer the writer;
-// the operations waiting on it fail as if the connection were lost.
+// retarget retires the connection to a site that is no longer the
+// writer (retireLocked); new operations open one to the new writer.
 func (fw *forwarder) retarget(writer string) {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	if fw.conn != nil && fw.to != writer {
-		fw.conn.Close()
-		fw.conn = nil
+		fw.retireLocked()
 	}
+}
+
+// retireLocked takes the current connection out of use. Closing it at
+// once would turn the operations still waiting on it into unknown
+// outcomes (ABORTED COMMAND), yet a former writer that is alive answers
+// every one of them within a round trip: most with a refusal (not the
+// writer: paused by a planned move, or stopped), after which they are
+// retried at the new writer, so a planned move fails no I/O. So the
+// connection stays open until those answers are in, and at most one
+// lease: a former writer acknowledges nothing past its lease, and one
+// that is frozen or cut off does not answer at all; its operations then
+// end as unknown, as before, without waiting the whole hold time.
+// fw.mu is held.
+func (fw *forwarder) retireLocked() {
+	old := fw.conn
+	fw.conn, fw.bw = nil, nil
+	if old == nil {
+		return
+	}
+	if !fw.pendingOn(old) {
+		old.Close()
+		return
+	}
+	if fw.retired == nil {
+		fw.retired = make(map[net.Conn]*time.Timer)
+	}
+	fw.retired[old] = time.AfterFunc(fw.s.cfg.Lease, func() { old.Close() })
+}
+
+// pendingOn reports whether an operation sent on c waits for its answer.
+// fw.mu is held.
+func (fw *forwarder) pendingOn(c net.Conn) bool {
+	for _, op := range fw.ops {
+		if op.conn == c {
+			return true
+		}
+	}
+	return false
 }
 
 func (fw *forwarder) close() {
@@ -242,6 +296,10 @@ func (fw *forwarder) close() {
 	if fw.conn != nil {
 		fw.conn.Close()
 		fw.conn = nil
+	}
+	for c, t := range fw.retired {
+		t.Stop()
+		c.Close()
 	}
 }
 

@@ -719,7 +719,14 @@ func (w *writer) failPeer(p *peer, err error) {
 	if p.state != peerInSync {
 		return
 	}
-	w.log.Warn("replica failed; dropping it from the in-sync set", "replica", p.name, "error", err)
+	if w.closed {
+		// A stopping writer closes its own links; nothing is proposed
+		// (below), so saying "dropping" would mislead whoever reads
+		// the log of a planned move.
+		w.log.Debug("replica link ended while the writer stops", "replica", p.name, "error", err)
+	} else {
+		w.log.Warn("replica failed; dropping it from the in-sync set", "replica", p.name, "error", err)
+	}
 	p.state = peerDrop
 	p.resolved = make(chan struct{})
 	if p.link != nil {
