@@ -384,12 +384,26 @@ type ImageControl interface {
 	// AddInSyncImage is Control.AddInSync recording id, the site's image
 	// after its copy, with the join.
 	AddInSyncImage(name string, epoch uint64, id ImageID) error
+	// ImageRecorded reports whether the state holds a trusted record of
+	// name's image that id matches: a writer of this cluster compared
+	// or kept it in sync before.
+	ImageRecorded(name string, id ImageID) bool
 }
 
 // imageControl returns the site's ImageControl, if its Control is one.
 func (s *Site) imageControl() ImageControl {
 	ic, _ := s.cfg.Control.(ImageControl)
 	return ic
+}
+
+// recordedImage reports whether p's image, as its hello answer gave it,
+// is the one the cluster's state records as in sync.
+func (w *writer) recordedImage(p *peer) bool {
+	ic := w.s.imageControl()
+	w.mu.Lock()
+	id := p.image
+	w.mu.Unlock()
+	return ic != nil && id != nil && ic.ImageRecorded(p.name, *id)
 }
 
 // checkImage says why p's image, as its hello answer gave it, must be

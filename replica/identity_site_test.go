@@ -59,6 +59,11 @@ func (c imageControl) RecordImage(name string, epoch uint64, id ImageID) error {
 	return nil
 }
 
+func (c imageControl) ImageRecorded(name string, id ImageID) bool {
+	rec, marked := c.book.get(name)
+	return marked == "" && rec.UUID != "" && rec.UUID == id.UUID && id.Gen >= rec.Gen
+}
+
 func (c imageControl) AddInSyncImage(name string, epoch uint64, id ImageID) error {
 	if err := c.AddInSync(name, epoch); err != nil {
 		return err
@@ -148,4 +153,74 @@ func TestSiteReplacedImageCopiedInFull(t *testing.T) {
 	if !slices.Contains(adds, "b") {
 		t.Fatal("b was not added back by the writer")
 	}
+}
+
+// TestSiteFirstEpochRestartKeepsRecordedReplica: in the cluster's first
+// epoch the writer compares every written replica image (the
+// configuration only declared them in sync); once a replica is compared
+// and recorded, a writer that restarts in the same epoch (its lease
+// lapsed under load and came back) keeps it in sync instead of taking it
+// out for another full copy (seen as failed I/O at that site in
+// TestMembershipAddRemoveSite).
+func TestSiteFirstEpochRestartKeepsRecordedReplica(t *testing.T) {
+	tc := newTestCluster(t, 2<<20, "a", "b")
+	tc.images = true
+	book := &imageBook{rec: map[string]ImageID{}, marked: map[string]string{}}
+	tc.opts = func(cfg *SiteConfig) { cfg.Control = imageControl{fakeControl{tc.c, cfg.Name}, book} }
+	a := tc.start("a")
+	b := tc.start("b")
+	// Both images written before the cluster's first writer: the first
+	// epoch compares them.
+	if err := a.cfg.Store.WriteAt(block(1, 64<<10), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.cfg.Store.WriteAt(block(2, 64<<10), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	epoch := tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b compared, copied and recorded", 10*time.Second, func() bool {
+		rec, _ := book.get("b")
+		return tc.c.inSync("b") && rec.UUID != ""
+	})
+	sameLU(t, a, b)
+	tc.c.mu.Lock()
+	drops := len(tc.c.drops)
+	tc.c.mu.Unlock()
+	if drops != 1 {
+		t.Fatalf("the first epoch's compare dropped b %d times, want once", drops)
+	}
+
+	// The writer's lease lapses and comes back in the same epoch.
+	tc.c.revoke("a")
+	until(t, "a stops its writer", 5*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.w == nil
+	})
+	tc.c.mu.Lock()
+	tc.c.leases["a"] = time.Now().Add(time.Hour)
+	tc.c.bump()
+	tc.c.mu.Unlock()
+	waitWriter(t, a)
+	for i := range 4 {
+		if err := a.WriteAt(block(uint64(10+i), 64<<10), int64(i)*(256<<10), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	until(t, "the restarted writer connected b", 10*time.Second, func() bool {
+		for _, p := range a.Status().Peers {
+			if p.Name == "b" && p.Connected {
+				return true
+			}
+		}
+		return false
+	})
+	tc.c.mu.Lock()
+	drops = len(tc.c.drops)
+	tc.c.mu.Unlock()
+	if drops != 1 || !tc.c.inSync("b") {
+		t.Fatalf("after a writer restart in epoch %d, b was dropped again (%d drops, in sync %v): a recorded replica was compared again", epoch, drops, tc.c.inSync("b"))
+	}
+	sameLU(t, a, b)
 }

@@ -908,8 +908,15 @@ func (w *writer) manage(p *peer, stale bool) {
 			}
 		}
 		w.s.notify()
+		// The first epoch's compare is for images the configuration
+		// only declared in sync; one the state records was compared (or
+		// kept in sync) by a writer already, and comparing it again when
+		// this writer restarts in the same epoch (a lease that lapsed
+		// under load) would take an in-sync site out of the set for a
+		// full copy.
+		recorded := w.recordedImage(p)
 		w.mu.Lock()
-		initial := w.epoch == 1 && !(w.empty && p.empty)
+		initial := w.epoch == 1 && !(w.empty && p.empty) && !recorded
 		w.mu.Unlock()
 		w.mu.Lock()
 		fix := append(slices.Clone(w.carried), p.carried...)

@@ -84,6 +84,10 @@ func (a control) MarkImage(name, why string) error { return a.c.MarkImage(name, 
 func (a control) RecordImage(name string, e uint64, id replica.ImageID) error {
 	return a.c.RecordImage(name, e, raftlog.ImageID(id))
 }
+func (a control) ImageRecorded(name string, id replica.ImageID) bool {
+	rec, ok := a.c.State().Image(name)
+	return ok && rec.Untrusted == "" && rec.UUID == id.UUID && id.Gen >= rec.Gen
+}
 func (a control) AddInSyncImage(name string, e uint64, id replica.ImageID) error {
 	return inSyncErr(a.c.AddInSyncImage(name, e, raftlog.ImageID(id)))
 }
