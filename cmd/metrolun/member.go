@@ -88,7 +88,7 @@ while I/O goes on and then puts it in sync (watch "metrolun status", or use
 			}
 			ctx := cmd.Context()
 			var res admin.AddMemberResponse
-			err = client.AtLeader(ctx, eps, 3, func(ep admin.Endpoint) (err error) {
+			err = client.AtLeader(ctx, eps, leaderAttempts, func(ep admin.Endpoint) (err error) {
 				res, err = client.AddMember(ctx, ep, req)
 				return err
 			})
@@ -169,7 +169,7 @@ Stop NAME's metrolun afterwards: it gets no updates any more.`,
 				return err
 			}
 			var res admin.RemoveMemberResponse
-			err = client.AtLeader(cmd.Context(), eps, 3, func(ep admin.Endpoint) (err error) {
+			err = client.AtLeader(cmd.Context(), eps, leaderAttempts, func(ep admin.Endpoint) (err error) {
 				res, err = client.RemoveMember(cmd.Context(), ep, args[0])
 				return err
 			})

@@ -264,7 +264,7 @@ func promoteCmd() *cobra.Command {
 				return err
 			}
 			var res admin.PromoteResponse
-			err = client.AtLeader(cmd.Context(), eps, 3, func(ep admin.Endpoint) (err error) {
+			err = client.AtLeader(cmd.Context(), eps, leaderAttempts, func(ep admin.Endpoint) (err error) {
 				res, err = client.Promote(cmd.Context(), ep, args[0])
 				return err
 			})
@@ -321,3 +321,9 @@ func verifyCmd() *cobra.Command {
 	f.add(cmd)
 	return cmd
 }
+
+// leaderAttempts bounds how often a command looks for the Raft leader
+// again (250 ms apart, admin.Client.AtLeader): an election under load
+// can outlast a few hundred milliseconds, and an operator's command
+// should ride it out rather than fail (5 s).
+const leaderAttempts = 20
