@@ -71,9 +71,12 @@ clean:
 
 # Torture: real clusters whose inter-site links go through fault proxies,
 # clients at every site, a seeded fault schedule (kill -9, SIGSTOP,
-# partitions, promote, latency, resets, and storage faults: EIO, ENOSPC,
-# a failed write-back, short writes, slow I/O, on the metrolun_faults
-# build), then a heal and resync, the linearizability check and a byte
+# partitions, promote, latency, resets, a replaced image (kill -9, an
+# empty backing file, restart: copied in full), and storage faults: EIO
+# and ENOSPC on write, EIO on read, a failed write-back, short writes,
+# slow I/O, on the metrolun_faults build; a slow or unreadable disk may
+# overlap a kill -9, SIGSTOP or partition of another site), then a heal
+# and resync, the linearizability check and a byte
 # comparison of the replicas (integration/torture_test.go). The summary
 # reports the operations checked and the faults by kind.
 # TORTURE_SEED=N replays a schedule; TORTURE_OUT=DIR keeps the cluster,

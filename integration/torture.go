@@ -33,9 +33,10 @@ import (
 // fault proxies, one per directed member pair and link, so that a fault
 // schedule can partition any member from any other (one or both
 // directions), add latency and reset connections, besides killing,
-// freezing, restarting and promoting sites; with a metrolun_faults build
-// it also makes a site's disk fail. It implements checker.Faults,
-// checker.LinkFaults and checker.StorageFaults.
+// freezing, restarting and promoting sites and replacing a site's image
+// with an empty file; with a metrolun_faults build it also makes a
+// site's disk fail. It implements checker.Faults, checker.LinkFaults,
+// checker.ImageFaults and checker.StorageFaults.
 
 // TortureTarget is the iSCSI target every data site serves (the demo's).
 const TortureTarget = "iqn.2026-11.io.metrolun:demo"
@@ -146,6 +147,18 @@ type TortureCluster struct {
 	// process counts from zero again after a restart).
 	injectedBase map[string]map[string]int
 	injected     map[string]map[string]int
+
+	// replaced lists the images ReplaceImage replaced (guarded by mu).
+	replaced []ImageReplacement
+}
+
+// ImageReplacement is one image ReplaceImage replaced.
+type ImageReplacement struct {
+	Site string
+	// OldUUID is the identity the image had (empty if it had none).
+	OldUUID string
+	// logFrom is every data site's log size when it was replaced.
+	logFrom map[string]int64
 }
 
 // Member returns the member called name, or nil.
@@ -553,6 +566,157 @@ func (c *TortureCluster) Kill(site string) error {
 	return nil
 }
 
+// ReplaceImage kills site with SIGKILL and, once another data site
+// serves as writer, replaces its backing file with an empty one (the
+// identity block at its end goes with it), as a new disk or a mount
+// missing at boot would; the site stays down until Restart. A writer
+// elsewhere holds every acknowledged write (it is in the in-sync set),
+// so the cluster loses nothing; when no other site takes over within
+// three holds, site's image may be the only up-to-date one and is kept
+// (the step fails, and is a plain kill -9).
+func (c *TortureCluster) ReplaceImage(site string) error {
+	m, err := c.member(site)
+	if err != nil {
+		return err
+	}
+	if m.Role != conf.RoleData {
+		return fmt.Errorf("%s has no image", site)
+	}
+	if err := c.Kill(site); err != nil {
+		return err
+	}
+	bound := 3*c.Hold() + 5*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	for {
+		w, _ := c.PollWriters(ctx)
+		if len(w) == 1 && w[0] != site {
+			c.logf("torture: %s is writer; replacing the image of %s", w[0], site)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no other data site took over as writer within %v of killing %s: its image may be the only up-to-date one, kept", bound, site)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	rep := ImageReplacement{Site: site, OldUUID: imageUUID(m.Backing), logFrom: map[string]int64{}}
+	for _, d := range c.DataSites() {
+		if fi, err := os.Stat(d.Log); err == nil {
+			rep.logFrom[d.Name] = fi.Size()
+		}
+	}
+	// A new file renamed over the old one: a new inode, as a new disk.
+	tmp := m.Backing + ".replace"
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, m.Backing); err != nil {
+		return err
+	}
+	c.logf("torture: replaced the image of %s (identity %q) with an empty file", site, rep.OldUUID)
+	c.mu.Lock()
+	c.replaced = append(c.replaced, rep)
+	c.mu.Unlock()
+	return nil
+}
+
+// imageUUID is the identity UUID at the end of a backing file ("" when
+// it has none).
+func imageUUID(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < 4096 {
+		return ""
+	}
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, fi.Size()-4096); err != nil || !bytes.HasPrefix(b, []byte("MLUNIMG1")) {
+		return ""
+	}
+	return fmt.Sprintf("%x", b[16:32])
+}
+
+// Replaced returns the images ReplaceImage replaced.
+func (c *TortureCluster) Replaced() []ImageReplacement {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.replaced)
+}
+
+// CheckReplaced checks, once the cluster is in sync, that every replaced
+// image was taken for what it is: a writer's log says it copied that
+// site in full after the replacement, and the site's image now has a
+// new identity that the cluster trusts. It returns one line per
+// replacement.
+func (c *TortureCluster) CheckReplaced(ctx context.Context) ([]string, error) {
+	reps := c.Replaced()
+	if len(reps) == 0 {
+		return nil, nil
+	}
+	status, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var lines []string
+	var errs []error
+	for i, r := range reps {
+		copied := ""
+		for _, d := range c.DataSites() {
+			if logHasFrom(d.Log, r.logFrom[d.Name], "copied in full", "replica="+r.Site) {
+				copied = d.Name
+				break
+			}
+		}
+		if copied == "" {
+			errs = append(errs, fmt.Errorf("%s's image was replaced, and no writer's log says it copied it in full", r.Site))
+		}
+		if i < len(reps)-1 && slices.ContainsFunc(reps[i+1:], func(o ImageReplacement) bool { return o.Site == r.Site }) {
+			lines = append(lines, fmt.Sprintf("%s: copied in full by %s", r.Site, copied))
+			continue // its identity is the later replacement's
+		}
+		var img *admin.ImageStatus
+		for _, m := range status {
+			if m.Name == r.Site && m.Status != nil {
+				img = m.Status.Image
+			}
+		}
+		switch {
+		case img == nil:
+			errs = append(errs, fmt.Errorf("%s: status shows no image", r.Site))
+		case img.UUID == r.OldUUID || img.Untrusted != "":
+			errs = append(errs, fmt.Errorf("%s's image after its replacement: identity %s (before: %s), untrusted %q", r.Site, img.UUID, r.OldUUID, img.Untrusted))
+		default:
+			lines = append(lines, fmt.Sprintf("%s: copied in full by %s; identity %s (was %s) gen %d, trusted", r.Site, copied, img.UUID, r.OldUUID, img.Gen))
+		}
+	}
+	return lines, errors.Join(errs...)
+}
+
+// logHasFrom reports whether a line past offset from in the file at path
+// holds every part.
+func logHasFrom(path string, from int64, parts ...string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.NewSectionReader(f, from, 1<<40))
+	for _, line := range strings.Split(string(b), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
 // Restart starts a member again; a running one is first stopped cleanly
 // (SIGTERM, then SIGKILL after 30s). It returns once the member listens.
 func (c *TortureCluster) Restart(site string) error {
@@ -715,6 +879,8 @@ func storageControl(kind checker.FaultKind, delay time.Duration) (string, error)
 		return fmt.Sprintf(`{"delay":%d}`, int64(delay)), nil
 	case checker.FaultShortWrite:
 		return `{"short_write":true}`, nil
+	case checker.FaultStorageReadEIO:
+		return `{"read_eio":true}`, nil
 	case checker.FaultStorageClear:
 		return `{}`, nil
 	}
@@ -1272,6 +1438,89 @@ func (c *TortureCluster) ReadAll(ctx context.Context, h *checker.History, firstC
 		s.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// sentinelLBAs are blocks outside the workload's that WriteSentinels
+// fills before a run: a site whose image was replaced and that was
+// resynced from a dirty bitmap instead of copied in full lacks them.
+func (c *TortureCluster) sentinelLBAs() []uint64 {
+	bs := uint64(max(c.DataSites()[0].BlockSize, 512))
+	n := uint64(c.cfg.Size) / bs
+	return []uint64{0, 100, n / 2, n - 1}
+}
+
+func sentinelBlock(lba uint64, bs int) []byte {
+	return bytes.Repeat([]byte(fmt.Sprintf("metrolun torture sentinel lba=%d.", lba)), bs)[:bs]
+}
+
+// WriteSentinels writes the sentinel blocks through the writer (FUA),
+// trying for up to 30s: every in-sync site then holds them.
+func (c *TortureCluster) WriteSentinels(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var last error
+	for {
+		if last = c.writeSentinels(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("torture: writing the sentinel blocks: %w", last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (c *TortureCluster) writeSentinels(ctx context.Context) error {
+	w, err := c.PollWriters(ctx)
+	if len(w) != 1 {
+		return fmt.Errorf("writers %v (%v)", w, err)
+	}
+	m := c.Member(w[0])
+	s, err := initiator.Dial(ctx, m.ISCSI, TortureTarget, "iqn.2026-11.io.metrolun:torture-sentinel", initiator.Options{})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	bs := int(max(m.BlockSize, 512))
+	for _, lba := range c.sentinelLBAs() {
+		if err := s.WriteBlocks(ctx, 0, lba, sentinelBlock(lba, bs), true); err != nil {
+			return fmt.Errorf("block %d at %s: %w", lba, m.Name, err)
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	s.Logout(lctx)
+	cancel()
+	return nil
+}
+
+// CheckSentinels checks that every data site's backing file holds the
+// sentinel blocks.
+func (c *TortureCluster) CheckSentinels() error {
+	var errs []error
+	for _, m := range c.DataSites() {
+		f, err := os.Open(m.Backing)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		bs := int(max(m.BlockSize, 512))
+		for _, lba := range c.sentinelLBAs() {
+			b := make([]byte, bs)
+			if _, err := f.ReadAt(b, int64(lba)*int64(bs)); err != nil || !bytes.Equal(b, sentinelBlock(lba, bs)) {
+				errs = append(errs, fmt.Errorf("%s lacks the sentinel block %d written before the run (%v): a copy that missed it", m.Name, lba, errOrNil(err)))
+			}
+		}
+		f.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func errOrNil(err error) string {
+	if err == nil {
+		return "other bytes"
+	}
+	return err.Error()
 }
 
 // BuildMetrolunTags builds ./cmd/metrolun with build tags into

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -23,10 +24,15 @@ import (
 // at every site, the linearizability check of the whole history (I1,
 // I2, I3), a byte comparison of the backing files (I4) and a latency
 // plot with the faults marked. Storage faults (a site's disk answering
-// EIO or ENOSPC, a failed write-back, short writes, slow I/O) run the
-// metrolun_faults build; a write answered with an I/O error counts as
-// not acknowledged (it may or may not have happened), a read answered
-// with one as no read.
+// EIO or ENOSPC to writes or EIO to reads, a failed write-back, short
+// writes, slow I/O) run the metrolun_faults build; a write answered with
+// an I/O error counts as not acknowledged (it may or may not have
+// happened), a read answered with one as no read. A slow or unreadable
+// disk may overlap a kill -9, a freeze or a partition at another site
+// (checker.ScheduleConfig.Overlap). A replaced image (kill -9, an empty
+// backing file, restart) must be copied in full: sentinel blocks written
+// before the run, outside the workload's, must be at every site at the
+// end, and a writer's log must say it copied the site in full.
 //
 // Environment:
 //
@@ -85,11 +91,16 @@ type tortureResult struct {
 	// injected is what the sites' stores injected, by kind.
 	storageSteps int
 	injected     map[string]int
+	// replaced counts the images replaced; images is what
+	// CheckReplaced and CheckSentinels found wrong.
+	replaced int
+	images   error
 }
 
 var allTortureKinds = append([]checker.FaultKind{
 	checker.FaultKill9, checker.FaultStop, checker.FaultPartition, checker.FaultPartitionOneWay,
 	checker.FaultRestart, checker.FaultPromote, checker.FaultLatency, checker.FaultReset,
+	checker.FaultReplaceImage,
 }, checker.StorageKinds...)
 
 const (
@@ -269,12 +280,19 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 		sched, err = checker.NewSchedule(checker.ScheduleConfig{
 			Seed: r.seed, Duration: r.duration, Sites: siteNames, PartitionPeers: witness, Kinds: r.kinds, Require: r.require,
 			MinGap: unit, MaxGap: 3 * unit, MinFault: unit / 2, MaxFault: 3 * unit, MaxLatency: lat, MaxStorageDelay: lat,
+			Overlap: true,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Logf("torture: %s", sched)
+
+	// Blocks outside the workload's, which only a full copy brings to a
+	// replaced image.
+	if err := c.WriteSentinels(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	h := checker.NewHistory()
 	hold := c.Hold()
@@ -315,7 +333,9 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	if err != nil {
 		t.Fatalf("after the run: %v", err)
 	}
-	res := tortureResult{h: h, stats: stats, injected: map[string]int{}}
+	res := tortureResult{h: h, stats: stats, injected: map[string]int{}, replaced: len(c.Replaced())}
+	replacedLines, replErr := c.CheckReplaced(ctx)
+	res.images = errors.Join(replErr, c.CheckSentinels())
 	injectedBySite := c.StorageInjected()
 	for _, kinds := range injectedBySite {
 		for k, n := range kinds {
@@ -381,6 +401,10 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	fmt.Fprintf(&b, "  in sync %v after the heal; final reads: %v\n", syncTook.Round(time.Millisecond), errOrOK(res.finalErr))
 	fmt.Fprintf(&b, "  checker: %s (%d ops checked in %v)\n", res.check.Verdict, res.check.Ops, checkTook.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  I4 backing files: %v (%d MiB of LU compared with %s's)\n", errOrOK(res.i4), compared>>20, siteNames[0])
+	fmt.Fprintf(&b, "  images replaced: %d; sentinel blocks and copies: %v\n", res.replaced, errOrOK(res.images))
+	for _, l := range replacedLines {
+		fmt.Fprintf(&b, "    %s\n", l)
+	}
 	if two := overlappingWriters(samples); two > 0 {
 		// Polls of different sites are not simultaneous, so this is a
 		// hint; the checker decides whether two writers acknowledged.
@@ -462,6 +486,9 @@ func requireTortureOK(t *testing.T, res tortureResult) {
 	if res.finalErr != nil {
 		t.Errorf("final reads after the heal: %v", res.finalErr)
 	}
+	if res.images != nil {
+		t.Errorf("replaced images: %v", res.images)
+	}
 	if res.stats.OK < 100 || res.stats.Corrupt != 0 {
 		t.Errorf("workload: %s, %d corrupt reads (first error %q)", res.stats, res.stats.Corrupt, res.stats.FirstError)
 	}
@@ -480,15 +507,20 @@ func requireTortureOK(t *testing.T, res tortureResult) {
 // with short timings, every fault kind for TORTURE_DURATION (40s), about
 // a minute and a half in all. A site's disk fails at least twice (EIO on
 // write, then or before a failed write-back), so CI always sees storage
-// faults.
+// faults, and one site's image is replaced (and must be copied in full).
 func TestTortureShort(t *testing.T) {
 	bin := metrolunBin(t)
 	res := runTorture(t, tortureRun{
 		bin: bin, seed: tortureSeed(t), sites: tortureSites(t), timings: tortureTiming(t, fastTimings),
 		duration: tortureDuration(t, 40*time.Second), out: tortureOut(t, "run"),
-		require: []checker.FaultKind{checker.FaultStorageEIO, checker.FaultFlushEIO},
+		require: []checker.FaultKind{checker.FaultStorageEIO, checker.FaultFlushEIO, checker.FaultReplaceImage},
 	})
 	requireTortureOK(t, res)
+	if res.replaced == 0 {
+		// Among the first faults, on a healthy cluster: the other site
+		// must have taken over.
+		t.Errorf("the required replace-image step replaced no image (see the schedule step errors)")
+	}
 }
 
 // TestTortureDefaults is a torture run with metrolun's default timings

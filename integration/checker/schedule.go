@@ -40,6 +40,14 @@ const (
 	// FaultReset resets every connection between Target and the other
 	// members, as a peer reset would (one step). Needs a LinkFaults.
 	FaultReset FaultKind = "reset"
+	// FaultReplaceImage kills Target with SIGKILL and replaces its LUN
+	// image with an empty file (its identity goes with it), as a disk
+	// swapped or a mount missing at boot; a FaultRestart step brings it
+	// back after Duration, to be copied in full. The ImageFaults must
+	// not destroy the only up-to-date image: it replaces Target's only
+	// once another data site took over as writer (or serves as one), and
+	// otherwise fails the step and leaves it a plain kill -9.
+	FaultReplaceImage FaultKind = "replace-image"
 
 	// Storage faults (DESIGN.md Failures, "Storage fails") make Target's
 	// LUN store fail for Duration; a closing FaultStorageClear step ends
@@ -59,12 +67,30 @@ const (
 	// FaultShortWrite: every write stores half of what it is given and
 	// reports that count without an error.
 	FaultShortWrite FaultKind = "short-write"
+	// FaultStorageReadEIO: every read fails with EIO (a medium error
+	// for the initiator, which is no read for the checker).
+	FaultStorageReadEIO FaultKind = "storage-read-eio"
 	// FaultStorageClear ends Target's storage fault (closing step).
 	FaultStorageClear FaultKind = "storage-clear"
 )
 
 // StorageKinds are the storage fault kinds (opening steps).
-var StorageKinds = []FaultKind{FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite}
+var StorageKinds = []FaultKind{FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite, FaultStorageReadEIO}
+
+// OverlapStorageKinds are the storage faults that ScheduleConfig.Overlap
+// may pair with a network fault or kill -9 at another site: those that
+// lose nothing (a slow disk, failed reads). The others (failed or short
+// writes, a failed write-back) make the faulted site's image differ from
+// the in-sync copies, so it hands the writer role over or is resynced;
+// with the other site cut off at the same time it is the only copy left,
+// and a write-back failure there loses writes for good (acknowledged
+// without FUA before the failed SYNCHRONIZE CACHE): that is the disk's
+// loss, not metrolun's, and no run could tell it from a bug.
+var OverlapStorageKinds = []FaultKind{FaultStorageSlow, FaultStorageReadEIO}
+
+// overlapNetworkKinds are the faults a storage fault may overlap (at
+// another site), when they are in ScheduleConfig.Kinds.
+var overlapNetworkKinds = []FaultKind{FaultKill9, FaultStop, FaultPartition, FaultPartitionOneWay}
 
 // IsStorage reports whether k is a storage fault step (closing one
 // included).
@@ -91,6 +117,14 @@ type Faults interface {
 type LinkFaults interface {
 	PartitionOneWay(from, to string) error
 	ResetLinks(site string) error
+}
+
+// ImageFaults is implemented by a Faults that can replace a site's image
+// (FaultReplaceImage): kill it with SIGKILL and, unless its image may be
+// the only up-to-date one, replace the image with an empty file. It
+// returns an error when it did not replace it (the site stays killed).
+type ImageFaults interface {
+	ReplaceImage(site string) error
 }
 
 // StorageFaults is implemented by a Faults that can make a site's store
@@ -177,11 +211,22 @@ type ScheduleConfig struct {
 	// MaxStorageDelay bounds the delay per system call of
 	// FaultStorageSlow (default 50ms; at least 1ms).
 	MaxStorageDelay time.Duration
+	// Overlap: with two sites or more, half the OverlapStorageKinds
+	// faults drawn (not the required ones) have a fault of the
+	// overlapNetworkKinds that Kinds hold (kill9, stop, partition,
+	// partition-oneway) nested in them, at a site other than the
+	// storage fault's: a slow or unreadable disk at one site while
+	// another is dead, frozen or cut off. The cluster can still make
+	// progress, as with one fault: the faulted disk loses nothing, and
+	// the second fault is one a single fault may be. Without Overlap
+	// (or with no such kind) faults never overlap.
+	Overlap bool
 }
 
 // Schedule is a deterministic list of fault steps: the same config (seed
-// included) always gives the same steps. Faults do not overlap: each one
-// ends before the next begins, and every fault ends before Duration.
+// included) always gives the same steps. Faults do not overlap (but for
+// ScheduleConfig.Overlap's pairs): each one ends before the next begins,
+// and every fault ends before Duration.
 type Schedule struct {
 	Seed     uint64
 	Duration time.Duration
@@ -199,8 +244,8 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	peers := append(append([]string(nil), cfg.Sites...), cfg.PartitionPeers...)
 	for _, k := range slices.Concat(cfg.Kinds, cfg.Require) {
 		switch k {
-		case FaultKill9, FaultStop, FaultRestart, FaultPromote, FaultReset,
-			FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite:
+		case FaultKill9, FaultStop, FaultRestart, FaultPromote, FaultReset, FaultReplaceImage,
+			FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite, FaultStorageReadEIO:
 			if len(cfg.Sites) == 0 {
 				return Schedule{}, fmt.Errorf("checker: fault %s needs at least one site", k)
 			}
@@ -250,12 +295,24 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 	rand.New(rand.NewPCG(cfg.Seed, 0x72657175697265)).Shuffle(len(required), func(i, j int) { // "require"
 		required[i], required[j] = required[j], required[i]
 	})
+	// The network faults a storage fault may overlap, and the source
+	// of the overlap draws (its own, as for Require).
+	var overlapWith []FaultKind
+	if cfg.Overlap && len(cfg.Sites) > 1 {
+		for _, k := range overlapNetworkKinds {
+			if slices.Contains(cfg.Kinds, k) {
+				overlapWith = append(overlapWith, k)
+			}
+		}
+	}
+	orng := rand.New(rand.NewPCG(cfg.Seed, 0x6f7665726c6170)) // "overlap"
 	var cursor time.Duration
 	for {
 		at := cursor + between(cfg.MinGap, cfg.MaxGap)
 		var kind FaultKind
+		isRequired := false
 		if len(required) > 0 {
-			kind, required = required[0], required[1:]
+			kind, required, isRequired = required[0], required[1:], true
 		} else if len(cfg.Kinds) > 0 {
 			kind = cfg.Kinds[rng.IntN(len(cfg.Kinds))]
 		} else {
@@ -272,10 +329,10 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			break
 		}
 		switch kind {
-		case FaultKill9:
+		case FaultKill9, FaultReplaceImage:
 			site := pick(cfg.Sites)
 			s.Steps = append(s.Steps,
-				Step{At: at, Kind: FaultKill9, Target: site, Duration: length},
+				Step{At: at, Kind: kind, Target: site, Duration: length},
 				Step{At: at + length, Kind: FaultRestart, Target: site})
 		case FaultStop:
 			site := pick(cfg.Sites)
@@ -312,17 +369,67 @@ func NewSchedule(cfg ScheduleConfig) (Schedule, error) {
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultPromote, Target: pick(cfg.Sites)})
 		case FaultReset:
 			s.Steps = append(s.Steps, Step{At: at, Kind: FaultReset, Target: pick(cfg.Sites)})
-		case FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite:
+		case FaultStorageEIO, FaultStorageFull, FaultFlushEIO, FaultStorageSlow, FaultShortWrite, FaultStorageReadEIO:
 			site := pick(cfg.Sites)
 			st := Step{At: at, Kind: kind, Target: site, Duration: length}
 			if kind == FaultStorageSlow {
 				st.Latency = between(time.Millisecond, cfg.MaxStorageDelay).Round(time.Millisecond)
 			}
-			s.Steps = append(s.Steps, st, Step{At: at + length, Kind: FaultStorageClear, Target: site})
+			s.Steps = append(s.Steps, st)
+			if !isRequired && len(overlapWith) > 0 && slices.Contains(OverlapStorageKinds, kind) && orng.IntN(2) == 0 {
+				s.Steps = append(s.Steps, overlapStep(orng, cfg, peers, st)...)
+			}
+			s.Steps = append(s.Steps, Step{At: at + length, Kind: FaultStorageClear, Target: site})
 		}
 		cursor = at + length
 	}
 	return s, nil
+}
+
+// overlapStep returns a network fault (or kill -9) and its closing step,
+// at a site other than storage's, nested in storage's time: it starts
+// in the first third and ends in the last.
+func overlapStep(rng *rand.Rand, cfg ScheduleConfig, peers []string, storage Step) []Step {
+	var kinds []FaultKind
+	for _, k := range overlapNetworkKinds {
+		if slices.Contains(cfg.Kinds, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	kind := kinds[rng.IntN(len(kinds))]
+	var others []string
+	for _, p := range cfg.Sites {
+		if p != storage.Target {
+			others = append(others, p)
+		}
+	}
+	site := others[rng.IntN(len(others))]
+	third := storage.Duration / 3
+	from := storage.At + 1 + time.Duration(rng.Int64N(int64(third)+1))
+	to := storage.At + storage.Duration - 1 - time.Duration(rng.Int64N(int64(third)+1))
+	if to <= from {
+		to = from + 1
+	}
+	open := Step{At: from, Kind: kind, Target: site, Duration: to - from}
+	switch kind {
+	case FaultKill9:
+		return []Step{open, {At: to, Kind: FaultRestart, Target: site}}
+	case FaultStop:
+		return []Step{open, {At: to, Kind: FaultCont, Target: site}}
+	}
+	// A partition of site from any other member (the faulted one
+	// included), either direction for a one-way one.
+	var far []string
+	for _, p := range peers {
+		if p != site && !slices.Contains(far, p) {
+			far = append(far, p)
+		}
+	}
+	open.Peer = far[rng.IntN(len(far))]
+	if kind == FaultPartitionOneWay && rng.IntN(2) == 0 {
+		open.Target, open.Peer = open.Peer, open.Target
+	}
+	return []Step{open, {At: to, Kind: FaultHeal}}
 }
 
 func (s Schedule) String() string {
@@ -363,6 +470,8 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 		switch {
 		case st.Kind == FaultKill9 || st.Kind == FaultStop:
 			open[string(st.Kind)+" "+st.Target] = st
+		case st.Kind == FaultReplaceImage:
+			open["kill9 "+st.Target] = st // a restart closes it
 		case st.Kind == FaultPartition || st.Kind == FaultPartitionOneWay:
 			open["partition"] = st
 		case st.Kind == FaultLatency && st.Latency > 0:
@@ -400,7 +509,7 @@ func (s Schedule) Run(ctx context.Context, f Faults, h *History) error {
 				for _, k := range keys {
 					o := open[k]
 					switch o.Kind {
-					case FaultKill9:
+					case FaultKill9, FaultReplaceImage:
 						exec(Step{At: time.Since(start), Kind: FaultRestart, Target: o.Target})
 					case FaultStop:
 						exec(Step{At: time.Since(start), Kind: FaultCont, Target: o.Target})
@@ -440,6 +549,12 @@ func apply(f Faults, st Step) error {
 		return f.Promote(st.Target)
 	case FaultLatency:
 		return f.Latency(st.Latency)
+	case FaultReplaceImage:
+		imf, ok := f.(ImageFaults)
+		if !ok {
+			return fmt.Errorf("fault %s needs an ImageFaults", st.Kind)
+		}
+		return imf.ReplaceImage(st.Target)
 	case FaultPartitionOneWay, FaultReset:
 		lf, ok := f.(LinkFaults)
 		if !ok {

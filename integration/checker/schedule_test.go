@@ -445,3 +445,137 @@ func TestScheduleLinkFaults(t *testing.T) {
 		t.Fatalf("calls %s", got)
 	}
 }
+
+// imageRecorder is a recorder that also replaces images.
+type imageRecorder struct{ recorder }
+
+func (r *imageRecorder) ReplaceImage(site string) error { return r.do("replace " + site) }
+
+func TestScheduleReplaceImage(t *testing.T) {
+	sites := []string{"site-a", "site-b"}
+	cfg := ScheduleConfig{Seed: 11, Duration: time.Minute, Sites: sites, Kinds: []FaultKind{FaultReplaceImage, FaultStop},
+		MinGap: time.Second, MaxGap: 3 * time.Second, MinFault: time.Second, MaxFault: 4 * time.Second}
+	s, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, st := range s.Steps {
+		if st.Kind != FaultReplaceImage {
+			continue
+		}
+		n++
+		if st.Duration <= 0 || !slices.Contains(sites, st.Target) || i+1 >= len(s.Steps) ||
+			s.Steps[i+1] != (Step{At: st.At + st.Duration, Kind: FaultRestart, Target: st.Target}) {
+			t.Fatalf("%v is not closed by a restart of its site:\n%s", st, s)
+		}
+	}
+	if n < 3 {
+		t.Fatalf("%d replace-image steps in a minute:\n%s", n, s)
+	}
+	// Run: to an ImageFaults; without one the step fails; a cancelled
+	// run restarts the site.
+	run := Schedule{Steps: []Step{
+		{At: 0, Kind: FaultReplaceImage, Target: "a", Duration: time.Hour},
+		{At: time.Hour, Kind: FaultRestart, Target: "a"},
+	}}
+	r := &imageRecorder{}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := run.Run(ctx, r, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := strings.Join(r.calls, "|"); got != "replace a|restart a" {
+		t.Fatalf("calls %s", got)
+	}
+	if err := (Schedule{Steps: run.Steps[:1]}).Run(context.Background(), &recorder{}, nil); err == nil || !strings.Contains(err.Error(), "ImageFaults") {
+		t.Fatalf("a replace-image step without an ImageFaults: %v", err)
+	}
+}
+
+// TestScheduleOverlap: with Overlap, some slow or unreadable disks have
+// a kill -9, stop or partition nested in them at another site; nothing
+// else overlaps.
+func TestScheduleOverlap(t *testing.T) {
+	sites := []string{"site-a", "site-b"}
+	kinds := append([]FaultKind{FaultKill9, FaultStop, FaultPartition, FaultPartitionOneWay, FaultLatency}, StorageKinds...)
+	cfg := ScheduleConfig{Duration: 2 * time.Minute, Sites: sites, PartitionPeers: []string{"witness"}, Kinds: kinds,
+		Require: []FaultKind{FaultStorageReadEIO}, Overlap: true,
+		MinGap: time.Second, MaxGap: 3 * time.Second, MinFault: time.Second, MaxFault: 4 * time.Second}
+	pairs := map[FaultKind]int{}
+	for seed := range uint64(20) {
+		cfg.Seed = seed
+		s, err := NewSchedule(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := NewSchedule(cfg); !reflect.DeepEqual(s, again) {
+			t.Fatal("same seed, different schedules")
+		}
+		var storage, other Step // open faults
+		var last time.Duration
+		for i, st := range s.Steps {
+			if st.At < last {
+				t.Fatalf("%v out of order:\n%s", st, s)
+			}
+			last = st.At
+			switch {
+			case st.Kind == FaultStorageClear:
+				if storage.Kind == "" || other.Kind != "" || st.Target != storage.Target || st.At != storage.At+storage.Duration {
+					t.Fatalf("%v closes %v with %v open:\n%s", st, storage, other, s)
+				}
+				storage = Step{}
+			case st.Kind.IsStorage():
+				if storage.Kind != "" || other.Kind != "" {
+					t.Fatalf("%v opens with %v %v open:\n%s", st, storage, other, s)
+				}
+				storage = st
+			case st.Kind == FaultRestart || st.Kind == FaultCont || st.Kind == FaultHeal || st.Kind == FaultLatency && st.Latency == 0:
+				if other.Kind == "" || st.At != other.At+other.Duration {
+					t.Fatalf("%v closes nothing open (%v):\n%s", st, other, s)
+				}
+				other = Step{}
+			default:
+				if other.Kind != "" || st.Duration <= 0 {
+					t.Fatalf("%v opens with %v open:\n%s", st, other, s)
+				}
+				if storage.Kind != "" {
+					// Nested, at another site, a disk that loses nothing,
+					// not the required one (the first fault).
+					if !slices.Contains(OverlapStorageKinds, storage.Kind) || st.Kind == FaultLatency || i < 3 ||
+						st.At <= storage.At || st.At+st.Duration >= storage.At+storage.Duration {
+						t.Fatalf("%v overlaps %v:\n%s", st, storage, s)
+					}
+					// A kill -9 or stop of another site; a partition with
+					// another site at one end (either, for a one-way one).
+					other := func(x string) bool { return x != storage.Target && slices.Contains(sites, x) }
+					if !other(st.Target) && (st.Kind == FaultKill9 || st.Kind == FaultStop || !other(st.Peer)) {
+						t.Fatalf("%v overlaps %v at its site:\n%s", st, storage, s)
+					}
+					pairs[st.Kind]++
+				}
+				other = st
+			}
+		}
+		if storage.Kind != "" || other.Kind != "" {
+			t.Fatalf("%v %v open at the end:\n%s", storage, other, s)
+		}
+	}
+	for _, k := range overlapNetworkKinds {
+		if pairs[k] == 0 {
+			t.Errorf("no %s nested in a storage fault in 40 minutes (pairs: %v)", k, pairs)
+		}
+	}
+	// Without Overlap, nothing overlaps (TestScheduleDeterministic,
+	// TestScheduleStorage); with one site, neither.
+	cfg.Overlap, cfg.Sites = true, sites[:1]
+	s, err := NewSchedule(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(s.Steps); i++ {
+		if prev := s.Steps[i-1].Kind; prev.IsStorage() && prev != FaultStorageClear && s.Steps[i].Kind != FaultStorageClear {
+			t.Fatalf("%v opens inside %v with one site:\n%s", s.Steps[i], s.Steps[i-1], s)
+		}
+	}
+}
