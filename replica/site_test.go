@@ -467,6 +467,61 @@ func TestSiteReplicaLossAndBitmapResync(t *testing.T) {
 	}
 }
 
+// TestSiteResyncWriteAsCursorReachesCleanRegion: a write into a region
+// the bitmap does not mark, ordered just as the resync cursor reaches
+// that region, reaches the replica (it is either copied or mirrored).
+// The resync once tested the region before taking the writer's lock, so
+// a write marked in between was neither: the cursor passed the region
+// and the replica joined the in-sync set without it (I4; the occasional
+// "backing files differ" of TestSiteReplicaLossAndBitmapResync).
+func TestSiteResyncWriteAsCursorReachesCleanRegion(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, _ := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop("b")
+	// b misses region 0 only.
+	if err := a.WriteAt(block(1, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	bm, err := a.bitmap("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const clean = 5
+	if bm.Full() || bm.Test(clean) || !bm.Test(0) {
+		t.Fatalf("bitmap before resync: full %v, region 0 %v, region %d %v", bm.Full(), bm.Test(0), clean, bm.Test(clean))
+	}
+	region := bm.RegionSize()
+	fired := make(chan error, 1)
+	var once sync.Once
+	h := func(peer string, r int) {
+		if peer != "b" || r != clean {
+			return
+		}
+		once.Do(func() { fired <- a.WriteAt(block(2, 4096), clean*region+8192, false) })
+	}
+	resyncRegionHook.Store(&h)
+	t.Cleanup(func() { resyncRegionHook.Store(nil) })
+	tc.start("b")
+	until(t, "b back in sync", 10*time.Second, func() bool { return tc.c.inSync("b") })
+	select {
+	case err := <-fired:
+		if err != nil {
+			t.Fatalf("write as the cursor reached region %d: %v", clean, err)
+		}
+	default:
+		t.Fatal("the resync never reached the clean region")
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, tc.sites["a"].img, tc.sites["b"].img)
+}
+
 // TestSiteFullResyncComparesDigests: with no bitmap (a new writer for the
 // replica), resync compares digests and copies only regions that differ.
 func TestSiteFullResyncComparesDigests(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -1130,6 +1131,11 @@ func (w *writer) linkDown(p *peer, err error, lost []pendingFrame) {
 	w.s.notify()
 }
 
+// resyncRegionHook, when set (tests only), runs in resync before each
+// region's turn, with no lock held: it lets a test order a write exactly
+// as the cursor reaches a region.
+var resyncRegionHook atomic.Pointer[func(peer string, r int)]
+
 // resync brings an out-of-sync peer back (DESIGN.md Failures): a copy
 // cursor walks the regions; writes behind it are mirrored, writes ahead
 // are only marked and copied when the cursor passes. Without a bitmap
@@ -1237,13 +1243,23 @@ func (w *writer) resync(p *peer) error {
 	for r := 0; r < b.Regions() && sendErr == nil; r++ {
 		off := int64(r) * region
 		n := min(region, size-off)
+		if h := resyncRegionHook.Load(); h != nil {
+			(*h)(p.name, r)
+		}
+		// Tested under w.mu, where order marks writes at or ahead of the
+		// cursor: a write into region r either is marked before this
+		// test (and r is copied) or finds the cursor past r (and is sent
+		// to p). Tested before taking w.mu, a write could be marked in
+		// between, and the cursor then passed r without copying it: p
+		// would join the in-sync set without that write (I4).
+		w.mu.Lock()
 		if !full && !b.Test(r) {
-			w.mu.Lock()
 			p.cursor = off + n
 			p.resync.Done++
 			w.mu.Unlock()
 			continue
 		}
+		w.mu.Unlock()
 		if lim != nil {
 			if err := lim.WaitN(p.ctx, int(n)); err != nil {
 				sendErr = err
