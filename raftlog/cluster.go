@@ -293,7 +293,7 @@ func Open(cfg Config) (*Cluster, error) {
 	}
 	c.fsm = &FSM{onChange: c.notify}
 	c.hints = logAddrs(store, cfg.Logger)
-	stream.more, stream.moreNames = c.stateAddr, c.stateNames
+	stream.setMembers(c.stateAddr, c.stateNames)
 	r, err := raft.NewRaft(rc, c.fsm, store, store, snaps, trans)
 	if err != nil {
 		return fail(fmt.Errorf("raftlog: %w", err))

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,12 +23,11 @@ type streamLayer struct {
 	self  string
 	addrs map[string]string // member name -> dial address, from the config
 	names []string          // every member name in the config
-	// more resolves members the config does not list (added at run
-	// time, members.go): their address and every such name. Set once,
-	// before Raft starts; nil in tests of the layer alone.
-	more func(name string) (string, bool)
-	// moreNames lists the members more knows.
-	moreNames func() []string
+	// extra resolves members the config does not list (added at run
+	// time, members.go). It is set once, after the transport's accept
+	// loop has started (raftlog.Open), so handshakes read it through
+	// the atomic; nil in tests of the layer alone.
+	extra atomic.Pointer[memberLookup]
 	// server and client are nil without TLS.
 	server, client *tls.Config
 	timeout        time.Duration // bound on a TLS handshake of an accepted connection
@@ -88,10 +88,23 @@ func newStreamLayer(cfg *Config, timeout time.Duration, log hclog.Logger) (*stre
 // members lists every member this one knows: its config's and those
 // added at run time.
 func (s *streamLayer) members() []string {
-	if s.moreNames == nil {
+	x := s.extra.Load()
+	if x == nil {
 		return s.names
 	}
-	return append(slices.Clone(s.names), s.moreNames()...)
+	return append(slices.Clone(s.names), x.names()...)
+}
+
+// memberLookup is how the stream layer learns of members added at run
+// time: their address and every such name.
+type memberLookup struct {
+	addr  func(name string) (string, bool)
+	names func() []string
+}
+
+// setMembers hands the layer the cluster state's member lookup.
+func (s *streamLayer) setMembers(addr func(string) (string, bool), names func() []string) {
+	s.extra.Store(&memberLookup{addr: addr, names: names})
 }
 
 // resolve returns the address to dial for member name: the config's first
@@ -100,8 +113,8 @@ func (s *streamLayer) resolve(name string) (string, bool) {
 	if addr, ok := s.addrs[name]; ok {
 		return addr, true
 	}
-	if s.more != nil {
-		if addr, ok := s.more(name); ok && addr != "" {
+	if x := s.extra.Load(); x != nil {
+		if addr, ok := x.addr(name); ok && addr != "" {
 			return addr, true
 		}
 	}

@@ -426,10 +426,15 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	if err := apply(); err != nil {
 		w.rmu.Unlock()
 		w.seq--
-		w.mu.Unlock()
 		if !errors.Is(err, errMiscompare) {
+			// Under w.mu, as localFailed requires: a stop() that ran
+			// between here and an unlocked call would see the writer
+			// untainted and clear the marker this failure sets, and the
+			// next writer would trust this site's bitmap over its torn
+			// bytes (I4).
 			w.localFailed(f, err)
 		}
+		w.mu.Unlock()
 		return err
 	}
 	w.inflight.Add(1)
