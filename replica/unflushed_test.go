@@ -264,10 +264,23 @@ func TestSiteReplicaPowerLossUnderLoad(t *testing.T) {
 			ops.Add(1)
 		}
 	}()
-	until(t, "writes, background flushes and unflushed data at b", 10*time.Second, func() bool {
+	until(t, "writes and background flushes", 10*time.Second, func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return w.bgFlushes >= 3 && fc.fs["b"].Unflushed() >= 8
+		return w.bgFlushes >= 3
+	})
+	// The flusher now sleeps: otherwise a round landing between seeing
+	// unflushed data at b and its power loss (a loaded machine) leaves
+	// nothing to lose. flushWakes moves once the flusher has finished its
+	// last round and taken the new period.
+	w.mu.Lock()
+	w.flushEvery = time.Hour
+	wakes := w.flushWakes
+	w.mu.Unlock()
+	until(t, "the flusher asleep and unflushed data at b", 10*time.Second, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.flushWakes > wakes && fc.fs["b"].Unflushed() >= 8
 	})
 	fc.stop("b")
 	lost, err := fc.fs["b"].PowerLoss()
