@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Forwarding (DESIGN.md write path step 3): a site that is not the writer
@@ -303,9 +305,30 @@ func (fw *forwarder) close() {
 	}
 }
 
+// fwdMemory bounds what the operations of one forwarding connection hold
+// at the writer, from the read of a frame until it is answered: each
+// waits for the writer in its own goroutine with its data decoded, and
+// FrameMemory is released once it is. Past the bound the connection is
+// not read, so a peer that floods forwarded writes is held back by TCP.
+// Two maximal frames' worth: one in order, the next being read.
+const fwdMemory = 2 * maxFrameLen
+
+// fwdOpCost is what a forwarded operation counts against fwdMemory: its
+// data and room for the frame and goroutine, so that operations without
+// data (unmap, flush) are bounded in number too.
+func fwdOpCost(f *Frame) int64 { return int64(len(f.Data)) + 4096 }
+
+// fwdHeldHook, when set (by a test, before any site starts), sees every
+// change of the bytes forwarded operations hold against fwdMemory.
+var fwdHeldHook func(delta int64)
+
+// fwdWaitHook, when set (by a test), runs when a forwarding connection is
+// not read because its operations hold fwdMemory.
+var fwdWaitHook func()
+
 // serveForward runs at the writer: it orders the operations another site
 // forwards and answers each.
-func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame) error {
+func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bodyGuard) error {
 	var wmu sync.Mutex
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	answer := func(f *Frame) {
@@ -316,19 +339,56 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame) error
 		}
 	}
 	answer(&Frame{Kind: FrameHelloAck, Epoch: hello.Epoch})
+	// Data is refused before it is read when this site would refuse it
+	// anyway (orderForwarded checks again once the operation is ordered).
+	g.refuse = func() error { return s.takesForwardFrom(hello.From) }
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	mem := semaphore.NewWeighted(fwdMemory)
+	held := func(d int64) {
+		if fwdHeldHook != nil {
+			fwdHeldHook(d)
+		}
+	}
 	for {
-		f, err := ReadFrame(br, MaxDataFrameLen)
+		// Room for the largest frame before reading the next one; what
+		// the frame turns out not to need is given back at once.
+		if !mem.TryAcquire(maxFrameLen) {
+			if fwdWaitHook != nil {
+				fwdWaitHook()
+			}
+			if err := mem.Acquire(context.Background(), maxFrameLen); err != nil {
+				return err
+			}
+		}
+		held(maxFrameLen)
+		f, err := readFrame(br, MaxDataFrameLen, g)
 		if err != nil {
+			mem.Release(maxFrameLen)
+			held(-maxFrameLen)
+			var rf *refusedFrame
+			if errors.As(err, &rf) {
+				// The same answer orderForwarded gives, before the
+				// data took memory: the forwarder retries it at the
+				// writer.
+				answer(&Frame{Kind: FrameFwdResult, Seq: rf.Seq, Err: rf.err.Error()})
+				continue
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
+		cost := fwdOpCost(f)
+		mem.Release(maxFrameLen - cost)
+		held(cost - maxFrameLen)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() {
+				mem.Release(cost)
+				held(-cost)
+			}()
 			res := &Frame{Kind: FrameFwdResult, Seq: f.Seq}
 			at, err := s.orderForwarded(hello.From, f)
 			switch {
@@ -345,20 +405,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame) error
 // orderForwarded runs one forwarded operation through the writer.
 func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 	w := s.activeWriter()
-	if w == nil {
-		return -1, errNotWriter
-	}
-	w.mu.Lock()
-	ok := false
-	for _, p := range w.peers {
-		if p.name == origin && p.state == peerInSync && p.link != nil {
-			ok = true
-		}
-	}
-	w.mu.Unlock()
-	if !ok {
-		// Only an in-sync site can apply the reference in order; one
-		// that is resyncing cannot serve I/O anyway.
+	if w == nil || !w.takesForwardFrom(origin) {
 		return -1, errNotWriter
 	}
 	st := s.cfg.Store
@@ -385,6 +432,28 @@ func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 		return w.setMeta(uint64(f.Offset), f.Data, ref(FrameMeta), origin)
 	}
 	return -1, fmt.Errorf("unexpected forwarded frame kind %d", f.Kind)
+}
+
+// takesForwardFrom returns errNotWriter unless this site is the writer
+// and origin an in-sync site with a stream: only an in-sync site can
+// apply the reference in order; one that is resyncing cannot serve I/O
+// anyway.
+func (s *Site) takesForwardFrom(origin string) error {
+	if w := s.activeWriter(); w == nil || !w.takesForwardFrom(origin) {
+		return errNotWriter
+	}
+	return nil
+}
+
+func (w *writer) takesForwardFrom(origin string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.peers {
+		if p.name == origin && p.state == peerInSync && p.link != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // hello dials site and opens a connection of the given kind.

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math/bits"
+	"net"
 	"sync"
 	"time"
 
@@ -268,6 +270,79 @@ var ErrFrameMemory = errors.New("replica: frame memory exhausted")
 // the frame is validated: a hostile peer costs at most one body of limit
 // bytes, within the global budget, and never yields an unchecked frame.
 func ReadFrame(r *bufio.Reader, limit int) (*Frame, error) {
+	return readFrame(r, limit, nil)
+}
+
+// bodyGuard bounds what one connection's large bodies cost the process:
+// without it a peer that sends a length prefix and stops (or is stopped,
+// its kernel keeping the TCP connection alive) holds its share of
+// FrameMemory for ever, and a few such connections starve the writer's
+// stream of it.
+type bodyGuard struct {
+	conn net.Conn
+	// timeout: a body announced by a length prefix must arrive within
+	// it, or the connection fails and its share is released.
+	timeout time.Duration
+	// peer: the sending site's share (Site.peerMemory), one maximal body,
+	// so that one site's connections together hold at most that much.
+	peer *semaphore.Weighted
+	// refuse, if set, says before a large body is read whether the
+	// connection takes it now; when it does not, the body is skipped
+	// without a share of FrameMemory and readFrame returns a
+	// *refusedFrame.
+	refuse func() error
+}
+
+// refusedFrame: a frame whose body bodyGuard.refuse turned away; Kind
+// and Seq are read from the start of the body so that it can be
+// answered.
+type refusedFrame struct {
+	Kind uint8
+	Seq  uint64
+	err  error
+}
+
+func (e *refusedFrame) Error() string { return e.err.Error() }
+func (e *refusedFrame) Unwrap() error { return e.err }
+
+// skipBody reads the kind and sequence number at the start of a body of
+// n bytes (a Frame's first fields, encoded in field order) and discards
+// the rest as it arrives, under g's deadline.
+func skipBody(r *bufio.Reader, n int, g *bodyGuard, why error) error {
+	g.conn.SetReadDeadline(time.Now().Add(g.timeout))
+	defer g.conn.SetReadDeadline(time.Time{})
+	head, err := r.Peek(min(n, 64))
+	if err != nil {
+		return err
+	}
+	rf := &refusedFrame{err: why}
+	d := msgpack.NewDecoder(bytes.NewReader(head))
+	fields, err := d.DecodeMapLen()
+	for i := 0; err == nil && i < fields && rf.Seq == 0; i++ {
+		var k string
+		if k, err = d.DecodeString(); err != nil {
+			break
+		}
+		switch k {
+		case "k":
+			rf.Kind, err = d.DecodeUint8()
+		case "s":
+			rf.Seq, err = d.DecodeUint64()
+		default:
+			err = d.Skip()
+		}
+	}
+	if err != nil || rf.Seq == 0 {
+		return fmt.Errorf("%w: refused frame without a readable sequence number", ErrFrame)
+	}
+	if _, err := r.Discard(n); err != nil {
+		return err
+	}
+	return rf
+}
+
+// readFrame is ReadFrame under g (nil: no guard).
+func readFrame(r *bufio.Reader, limit int, g *bodyGuard) (*Frame, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -277,16 +352,39 @@ func ReadFrame(r *bufio.Reader, limit int) (*Frame, error) {
 		return nil, fmt.Errorf("%w: length prefix %d not in 1..%d", ErrFrame, n, limit)
 	}
 	c := bodyClass(n)
+	guarded := false
 	if size := int64(classSize(c)); size > budgetFree {
-		if err := takeFrameMemory(size); err != nil {
+		if g != nil && g.refuse != nil {
+			if why := g.refuse(); why != nil {
+				return nil, skipBody(r, n, g, why)
+			}
+		}
+		if g != nil {
+			if err := takeMemory(g.peer, size); err != nil {
+				return nil, err
+			}
+			defer g.peer.Release(size)
+		}
+		if err := takeMemory(frameBudget, size); err != nil {
 			return nil, err
 		}
 		defer frameBudget.Release(size)
+		if g != nil && n > r.Buffered() {
+			// Set once per large body only: small frames, which hold
+			// no share, keep the hot path free of syscalls.
+			g.conn.SetReadDeadline(time.Now().Add(g.timeout))
+			guarded = true
+		}
 	}
 	bp := getBody(c)
 	defer putBody(bp)
 	body := (*bp)[:n]
-	if _, err := io.ReadFull(r, body); err != nil {
+	_, err := io.ReadFull(r, body)
+	if guarded {
+		// The connection may stay idle between frames for ever.
+		g.conn.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
 		return nil, err
 	}
 	// msgpack allocates a bin or str from its length header before it
@@ -306,13 +404,13 @@ func ReadFrame(r *bufio.Reader, limit int) (*Frame, error) {
 	return f, nil
 }
 
-func takeFrameMemory(n int64) error {
-	if frameBudget.TryAcquire(n) {
+func takeMemory(sem *semaphore.Weighted, n int64) error {
+	if sem.TryAcquire(n) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), budgetWait)
 	defer cancel()
-	if err := frameBudget.Acquire(ctx, n); err != nil {
+	if err := sem.Acquire(ctx, n); err != nil {
 		return fmt.Errorf("%w: %w: a frame of %d bytes waited %v", ErrFrame, ErrFrameMemory, n, budgetWait)
 	}
 	return nil

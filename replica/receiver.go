@@ -242,7 +242,7 @@ func (r *receiver) setFenced(on bool) bool {
 }
 
 // serveStream runs one writer's stream after its hello.
-func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) error {
+func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g *bodyGuard) error {
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	var wmu sync.Mutex
 	send := func(f *Frame, flush bool) error {
@@ -339,7 +339,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame) er
 	}()
 
 	for {
-		f, err := ReadFrame(br, MaxDataFrameLen)
+		f, err := readFrame(br, MaxDataFrameLen, g)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil

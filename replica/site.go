@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/metrolun/metrolun/target"
 )
@@ -124,6 +125,16 @@ type Site struct {
 	wg          sync.WaitGroup
 	verify      *VerifyStatus
 	warned      map[string]time.Time // refused peers logged lately (refused)
+	// peerMem: each data site's share of FrameMemory (bodyGuard), by
+	// name, *semaphore.Weighted.
+	peerMem sync.Map
+}
+
+// bodyGuard bounds the large bodies a connection from the data site peer
+// (a known name: the map stays as small as the cluster) may hold.
+func (s *Site) bodyGuard(c net.Conn, peer string) *bodyGuard {
+	sem, _ := s.peerMem.LoadOrStore(peer, semaphore.NewWeighted(int64(classSize(topClass))))
+	return &bodyGuard{conn: c, timeout: s.cfg.ReplicaTimeout, peer: sem.(*semaphore.Weighted)}
 }
 
 var _ target.Volume = (*Site)(nil)
@@ -387,14 +398,14 @@ func (s *Site) serveConn(c net.Conn) error {
 		return fmt.Errorf("hello from %s refused: %w: its LU has %d bytes, this site's %d", hello.From, ErrSizeMismatch, hello.Offset, size)
 	}
 	if hello.Flags&FlagForward != 0 {
-		return s.serveForward(c, br, hello)
+		return s.serveForward(c, br, hello, s.bodyGuard(c, hello.From))
 	}
 	if err := s.admitStream(hello); err != nil {
 		WriteFrame(c, &Frame{Kind: FrameHelloAck, Epoch: s.cfg.Control.View().Epoch, Err: err.Error()})
 		return fmt.Errorf("stream from %s refused: %w", hello.From, err)
 	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
-	return s.recv.serveStream(c, br, hello)
+	return s.recv.serveStream(c, br, hello, s.bodyGuard(c, hello.From))
 }
 
 // growReader returns a reader of size bytes on c that first yields what
