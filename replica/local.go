@@ -42,6 +42,9 @@ type LocalFile struct {
 	// cawLock makes COMPARE AND WRITE atomic against writes: writes share
 	// it, a compare-and-write holds it alone.
 	cawLock sync.RWMutex
+	// blocks makes each logical block atomic between reads and writes
+	// (rangelock.go).
+	blocks blockLocks
 	// flushMu serialises flushes, so that the regions one flush covers
 	// are known (wb.flushing).
 	flushMu sync.Mutex
@@ -171,6 +174,8 @@ func (v *LocalFile) ReadAt(p []byte, off int64) error {
 		// returns now is older data, not what was acknowledged.
 		return fmt.Errorf("%w: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, v.path, lo, hi)
 	}
+	v.blocks.rlock(off, int64(len(p)))
+	defer v.blocks.runlock(off, int64(len(p)))
 	for done := 0; done < len(p); {
 		n, err := v.io.pread(p[done:], off+int64(done))
 		if err != nil {
@@ -194,10 +199,15 @@ func (v *LocalFile) WriteAt(p []byte, off int64, fua bool) error {
 
 func (v *LocalFile) writeAt(p []byte, off int64, fua bool) error {
 	n := int64(len(p))
+	v.blocks.lock(off, n)
 	err := v.pwriteAll(p, off, fua)
+	v.blocks.unlock(off, n)
 	if fua && err != nil && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL)) {
 		// No RWF_DSYNC here: a plain write, then a flush.
-		if err = v.pwriteAll(p, off, false); err == nil {
+		v.blocks.lock(off, n)
+		err = v.pwriteAll(p, off, false)
+		v.blocks.unlock(off, n)
+		if err == nil {
 			v.wb.wrote(off, n)
 			return v.Flush()
 		}
@@ -277,13 +287,18 @@ func (v *LocalFile) Unmap(off, length int64) error {
 	defer v.cawLock.RUnlock()
 	if v.block {
 		r := [2]uint64{uint64(off), uint64(length)}
-		if err := ioctlDiscard(int(v.f.Fd()), &r); err != nil {
+		v.blocks.lock(off, length)
+		err := ioctlDiscard(int(v.f.Fd()), &r)
+		v.blocks.unlock(off, length)
+		if err != nil {
 			return v.ioError("unmap", off, length, err)
 		}
 		v.wb.wrote(off, length)
 		return nil
 	}
+	v.blocks.lock(off, length)
 	err := v.io.punch(off, length)
+	v.blocks.unlock(off, length)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		// A file system without hole punching: write zeros instead, so the
 		// range still reads back as zeros (LBPRZ).
