@@ -43,6 +43,26 @@ func holderTLS(t *testing.T, dir, name string) *tls.Config {
 	return cfg
 }
 
+// TestLoadTLSRefusesOpenKey: a member refuses to start with a private key
+// other users can read, and says how to fix it.
+func TestLoadTLSRefusesOpenKey(t *testing.T) {
+	dir := testPKI(t, [2]string{"site-a", "data"})
+	c, k := certPaths(dir, "site-a")
+	if err := os.Chmod(k, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadTLS(&conf.TLS{CA: filepath.Join(dir, caFile), Cert: c, Key: k})
+	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a 0644 key was accepted or the error says no fix: %v", err)
+	}
+	if err := os.Chmod(k, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadTLS(&conf.TLS{CA: filepath.Join(dir, caFile), Cert: c, Key: k}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCertsIssue: a holder's certificate names it (CN and DNS SAN),
 // states its role, chains to the CA, and its key is 0600; nothing is
 // overwritten and bad names or roles are refused.

@@ -173,6 +173,9 @@ func loadTLS(t *conf.TLS) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
+	if err := checkKeyMode(t.Key); err != nil {
+		return nil, fmt.Errorf("cluster tls: %w", err)
+	}
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
 		return nil, fmt.Errorf("cluster tls: %w", err)
@@ -192,6 +195,21 @@ func loadTLS(t *conf.TLS) (*tls.Config, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS13,
 	}, nil
+}
+
+// checkKeyMode refuses a private key that other users may read (or
+// write): whoever reads it can join the cluster as this member. As ssh
+// does for its keys, the fix is the operator's (chmod 600), never a silent
+// acceptance.
+func checkKeyMode(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if m := st.Mode().Perm(); m&0o077 != 0 {
+		return fmt.Errorf("private key %s has mode %04o: group and others must have no access (chmod 600 %s)", path, m, path)
+	}
+	return nil
 }
 
 // replicationServerTLS is the replication listener's config: a client

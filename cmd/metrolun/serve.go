@@ -102,9 +102,13 @@ func serve(cfg *conf.Config) error {
 		listeners = append(listeners, guard(l, "iscsi", lim, log))
 	}
 	if addr := os.Getenv("METROLUN_PPROF"); addr != "" {
-		// Profiling for developers: net/http/pprof on an address of
-		// their choice (keep it on loopback).
-		go func() { log.Warn("pprof stopped", "error", http.ListenAndServe(addr, nil)) }()
+		// Profiling for developers: net/http/pprof, which has no
+		// authentication, so only on a loopback address.
+		if err := loopbackOnly(addr); err != nil {
+			log.Error("METROLUN_PPROF ignored", "error", err)
+		} else {
+			go func() { log.Warn("pprof stopped", "error", http.ListenAndServe(addr, nil)) }()
+		}
 	}
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
@@ -316,4 +320,17 @@ func openSingleLUN(dataDir, targetName string, l conf.LUN, log hclog.Logger) (*r
 		}
 	}
 	return vol, nil
+}
+
+// loopbackOnly accepts host:port only when host is a loopback IP address
+// (a name could resolve anywhere).
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%s: the profiling endpoint has no authentication and listens only on a loopback address such as 127.0.0.1:6060", addr)
+	}
+	return nil
 }

@@ -58,3 +58,16 @@ func TestSingleSiteMissingImage(t *testing.T) {
 		t.Fatal("a LUN path in a missing directory was accepted")
 	}
 }
+
+// TestPprofLoopbackOnly: the unauthenticated profiling endpoint is refused
+// anywhere but a loopback address.
+func TestPprofLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:6060": true, "[::1]:6060": true, "127.0.10.3:1": true,
+		"0.0.0.0:6060": false, ":6060": false, "localhost:6060": false, "192.168.1.5:6060": false, "6060": false,
+	} {
+		if err := loopbackOnly(addr); (err == nil) != ok {
+			t.Errorf("%q: error %v, want accepted=%v", addr, err, ok)
+		}
+	}
+}
