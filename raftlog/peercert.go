@@ -13,9 +13,9 @@ import (
 // issued by the cluster's CA (`metrolun certs`):
 //
 //   - the name is the Subject CN, repeated as a DNS SAN; a certificate
-//     names a member when its CN or one of its DNS SANs is the member's
-//     name (certificates made by hand before roles existed have the name
-//     in either);
+//     names a member when its CN is the member's name. Its other DNS SANs
+//     are host names and name no member. A certificate made by hand with
+//     no CN names the members in its DNS SANs;
 //   - the role is the Subject OU: RoleData, RoleWitness or RoleOperator.
 //     A certificate with no OU states no role: the member it names has
 //     the role the cluster gives it, and it is never an operator.
@@ -30,7 +30,7 @@ const RoleOperator = "operator"
 // Identity is who a certificate says its holder is.
 type Identity struct {
 	Name  string   // Subject CN
-	Names []string // CN and DNS SANs: every name the certificate proves
+	Names []string // every member name the certificate proves: the CN, or the DNS SANs when it has no CN
 	Role  string   // RoleData, RoleWitness, RoleOperator, or "" (none stated)
 }
 
@@ -42,11 +42,16 @@ func (id Identity) Is(name string) bool { return name != "" && slices.Contains(i
 func CertIdentity(cert *x509.Certificate) (Identity, error) {
 	id := Identity{Name: cert.Subject.CommonName}
 	if id.Name != "" {
-		id.Names = append(id.Names, id.Name)
-	}
-	for _, n := range cert.DNSNames {
-		if !slices.Contains(id.Names, n) {
-			id.Names = append(id.Names, n)
+		// The CN alone names the member: the DNS SANs also carry the
+		// host names an operator asked for (`certs issue --host`), and
+		// a host name that happens to be another member's name must
+		// not make this certificate that member's.
+		id.Names = []string{id.Name}
+	} else {
+		// A certificate made by hand with its name in the SANs only.
+		id.Names = slices.Clone(cert.DNSNames)
+		if len(id.Names) > 0 {
+			id.Name = id.Names[0]
 		}
 	}
 	switch ou := cert.Subject.OrganizationalUnit; len(ou) {
