@@ -3,6 +3,7 @@ package target
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -132,7 +133,7 @@ func (l *authLimiter) admit(ctx context.Context, name, addr string) (*authTicket
 	for _, k := range []struct {
 		key  string
 		spec bucketSpec
-	}{{"name:" + name, authPerName}, {"addr:" + addr, authPerAddr}} {
+	}{{"name:" + name, authPerName}, {"addr:" + authSource(addr), authPerAddr}} {
 		b := l.bucket(k.key, k.spec, now)
 		t.bs = append(t.bs, b)
 		wait = max(wait, b.take(now))
@@ -175,4 +176,20 @@ func (l *authLimiter) bucket(key string, spec bucketSpec, now time.Time) *bucket
 	}
 	l.keys[key] = fresh
 	return fresh
+}
+
+// authSource is the key failed checks from addr are counted under: an
+// IPv4 address as it is, an IPv6 address by its /64, which one host
+// usually holds whole (the listener's per-source cap counts the same way).
+func authSource(addr string) string {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return addr
+	}
+	if ip = ip.Unmap(); ip.Is6() && !ip.IsLoopback() {
+		if p, err := ip.WithZone("").Prefix(64); err == nil {
+			return p.String()
+		}
+	}
+	return ip.String()
 }

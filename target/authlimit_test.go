@@ -91,6 +91,27 @@ func TestAuthLimiterPerAddress(t *testing.T) {
 	}
 }
 
+// TestAuthLimiterPerIPv6Prefix: addresses of one IPv6 /64 share a
+// bucket, so a host cannot multiply its guesses by taking a new address
+// for every login.
+func TestAuthLimiterPerIPv6Prefix(t *testing.T) {
+	clk := &fakeAuthClock{t: time.Unix(1000, 0)}
+	l, _ := limiterAt(clk)
+	n := 0
+	for ; n < 1000; n++ {
+		if _, err := l.admit(context.Background(), fmt.Sprintf("iqn.name%d", n), fmt.Sprintf("2001:db8:5:6::%x", n+1)); err != nil {
+			break
+		}
+	}
+	want := authPerAddr.burst + int(float64(authPerAddr.rate)*authMaxWait.Seconds())
+	if n != want {
+		t.Fatalf("%d checks from one /64 before a refusal, want %d", n, want)
+	}
+	if _, err := l.admit(context.Background(), "iqn.elsewhere", "2001:db8:5:7::1"); err != nil {
+		t.Fatalf("another /64 was held up: %v", err)
+	}
+}
+
 func TestAuthLimiterTableBounded(t *testing.T) {
 	clk := &fakeAuthClock{t: time.Unix(1000, 0)}
 	l, _ := limiterAt(clk)

@@ -256,13 +256,27 @@ func retryable(err error) bool {
 
 func remoteIP(c net.Conn) netip.Addr {
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
+		return Source(ta.AddrPort().Addr())
 	}
 	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err != nil {
 		return netip.Addr{}
 	}
-	return ap.Addr().Unmap()
+	return Source(ap.Addr())
+}
+
+// Source is the key a remote address is counted under: an IPv4 address
+// as it is, an IPv6 address by its /64. A single IPv6 host usually holds
+// a whole /64 and may pick a new address in it for every connection, so a
+// per-address cap would bound nothing.
+func Source(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap()
+	if ip.Is6() && !ip.IsLoopback() {
+		if p, err := ip.WithZone("").Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return ip
 }
 
 // wrapConn gives the slot back when c is closed. A TCP connection stays a

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -123,6 +124,34 @@ func TestPerIPCap(t *testing.T) {
 	}
 	if n := l.Open(); n != 4 {
 		t.Fatalf("open = %d, want 4", n)
+	}
+}
+
+// TestPerIPCapIPv6Prefix: IPv6 sources are counted by their /64, so a
+// host that takes a new address in its prefix for every connection is
+// still one source; another /64 is another source.
+func TestPerIPCapIPv6Prefix(t *testing.T) {
+	fl := newFakeListener()
+	l := Wrap(fl, "test", Limits{MaxConns: 10, MaxConnsPerIP: 2}, nil)
+	defer l.Close()
+	a1, a2, a3 := from("2001:db8:1:2::1", 1), from("2001:db8:1:2:ffff::9", 2), from("2001:db8:1:2:abcd::3", 3)
+	b1 := from("2001:db8:1:3::1", 1)
+	for _, c := range []*fakeConn{a1, a2, a3, b1} {
+		fl.next <- c
+	}
+	got := acceptN(t, l, 3)
+	if !a3.isClosed() {
+		t.Fatal("a third connection from 2001:db8:1:2::/64 was not closed")
+	}
+	if got[2].RemoteAddr() != b1.addr || b1.isClosed() {
+		t.Fatal("a connection from another /64 was refused")
+	}
+	for in, want := range map[string]string{
+		"2001:db8:1:2:ffff::9": "2001:db8:1:2::", "::ffff:10.0.0.1": "10.0.0.1", "::1": "::1", "10.0.0.1": "10.0.0.1",
+	} {
+		if got := Source(netip.MustParseAddr(in)).String(); got != want {
+			t.Errorf("Source(%s) = %s, want %s", in, got, want)
+		}
 	}
 }
 
