@@ -13,6 +13,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/metrolun/metrolun/raftlog"
 )
 
 // Roles a credential can carry. A member (its certificate's OU is data or
@@ -77,15 +79,20 @@ func (ClientCert) Authorize(r *http.Request) (Principal, bool, error) {
 }
 
 func certPrincipal(c *x509.Certificate) (Principal, bool, error) {
-	for _, ou := range c.Subject.OrganizationalUnit {
-		switch ou {
-		case "operator":
-			return Principal{Name: c.Subject.CommonName, Role: RoleOperator}, true, nil
-		case "data", "witness":
-			return Principal{Name: c.Subject.CommonName, Role: RoleMember}, true, nil
-		}
+	// The same reading of a certificate as the Raft and replication
+	// planes (raftlog.CertIdentity): one OU, a known role, and the CN
+	// names its holder.
+	id, err := raftlog.CertIdentity(c)
+	if err != nil {
+		return Principal{}, false, fmt.Errorf("client certificate: %w", err)
 	}
-	return Principal{}, false, fmt.Errorf("client certificate %q has no role (OU operator, data or witness)", c.Subject.CommonName)
+	switch id.Role {
+	case raftlog.RoleOperator:
+		return Principal{Name: id.Name, Role: RoleOperator}, true, nil
+	case raftlog.RoleData, raftlog.RoleWitness:
+		return Principal{Name: id.Name, Role: RoleMember}, true, nil
+	}
+	return Principal{}, false, fmt.Errorf("client certificate %q has no role (OU operator, data or witness)", id.Name)
 }
 
 // Guard is the admin API's front door: it refuses browser-style requests

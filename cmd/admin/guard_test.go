@@ -288,3 +288,32 @@ func TestClientCertRoles(t *testing.T) {
 		t.Error("a server certificate for site-a was accepted as site-c")
 	}
 }
+
+// TestCertPrincipalAsRaft: the admin API reads a certificate's role as the
+// Raft and replication planes do: a certificate stating two roles is
+// refused whatever their order, not made an operator by its first OU.
+func TestCertPrincipalAsRaft(t *testing.T) {
+	for _, c := range []struct {
+		ou   []string
+		role string // "" refused
+	}{
+		{[]string{"operator"}, RoleOperator},
+		{[]string{"data"}, RoleMember},
+		{[]string{"witness"}, RoleMember},
+		{[]string{"operator", "data"}, ""},
+		{[]string{"data", "operator"}, ""},
+		{[]string{"admin"}, ""},
+		{nil, ""},
+	} {
+		p, ok, err := certPrincipal(&x509.Certificate{Subject: pkix.Name{CommonName: "x", OrganizationalUnit: c.ou}})
+		if c.role == "" {
+			if ok || err == nil {
+				t.Errorf("OU %v: accepted as %+v", c.ou, p)
+			}
+			continue
+		}
+		if !ok || err != nil || p.Role != c.role || p.Name != "x" {
+			t.Errorf("OU %v: %+v %v %v, want role %s", c.ou, p, ok, err, c.role)
+		}
+	}
+}
