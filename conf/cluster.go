@@ -33,8 +33,10 @@ type Cluster struct {
 	// trust. It must be asked for explicitly, and logs a warning at start.
 	Plaintext bool
 	// AdminTokenFile names the file (mode 0600) holding the bearer token
-	// that the admin endpoint requires of operators, and that this member
-	// sends when it reads the other members' status. Relative: to the
+	// that the admin endpoint requires of operators, or only its verifier
+	// (`metrolun token verifier`: "sha256:<hex>"). A member that holds the
+	// token sends it when it reads the other members' status; one that
+	// holds the verifier reads with its certificate. Relative: to the
 	// working directory, as tls paths.
 	AdminTokenFile string
 	// AdminPublicMetrics lets GET /metrics and /healthz through without

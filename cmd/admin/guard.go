@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -217,9 +218,21 @@ func (g *Guard) hostAllowed(hostport string) bool {
 	return slices.ContainsFunc(g.Hosts, func(h string) bool { return strings.EqualFold(h, host) })
 }
 
-// ReadTokenFile reads an admin token from path, which only its owner may
-// read: a token others can read is no credential.
-func ReadTokenFile(path string) (string, error) {
+// VerifierPrefix starts a token verifier: what a member's
+// admin_token_file may hold instead of the token itself (Verifier).
+const VerifierPrefix = "sha256:"
+
+// Verifier returns the line a member's admin_token_file may hold in place
+// of secret: its SHA-256. A member holding only the verifier checks the
+// operator's token but cannot present it, so a copy of a member's files
+// (a stolen disk, a backup) gives no operator rights.
+func Verifier(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return VerifierPrefix + hex.EncodeToString(sum[:])
+}
+
+// readSecretFile reads path, which only its owner may read, trimmed.
+func readSecretFile(path string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
@@ -236,6 +249,41 @@ func ReadTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("admin token %s is empty", path)
 	}
 	return tok, nil
+}
+
+// ReadTokenFile reads an operator's admin token from path, which only its
+// owner may read: a token others can read is no credential. A file that
+// holds a verifier (a member's) is refused: it proves nothing.
+func ReadTokenFile(path string) (string, error) {
+	tok, err := readSecretFile(path)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(tok, VerifierPrefix) {
+		return "", fmt.Errorf("%s holds a token verifier (%s...), which a member checks tokens with; an operator's command needs the token itself (--token-file)", path, VerifierPrefix)
+	}
+	return tok, nil
+}
+
+// LoadToken reads a member's admin_token_file: the token itself, or its
+// Verifier. secret is the token when the file holds it, "" for a
+// verifier.
+func LoadToken(path string) (t *Token, secret string, err error) {
+	s, err := readSecretFile(path)
+	if err != nil {
+		return nil, "", err
+	}
+	if hexSum, ok := strings.CutPrefix(s, VerifierPrefix); ok {
+		b, err := hex.DecodeString(hexSum)
+		if err != nil || len(b) != sha256.Size {
+			return nil, "", fmt.Errorf("admin token %s: a verifier is %s and 64 hex digits", path, VerifierPrefix)
+		}
+		t = &Token{}
+		copy(t.sum[:], b)
+		return t, "", nil
+	}
+	t, err = NewToken(s)
+	return t, s, err
 }
 
 // WriteJSON answers v with code.

@@ -69,11 +69,7 @@ func adminGuard(cl *conf.Cluster, tcfg *tls.Config) (*admin.Guard, error) {
 		g.Auth = append(g.Auth, admin.ClientCert{})
 	}
 	if cl.AdminTokenFile != "" {
-		secret, err := admin.ReadTokenFile(cl.AdminTokenFile)
-		if err != nil {
-			return nil, err
-		}
-		tok, err := admin.NewToken(secret)
+		tok, _, err := admin.LoadToken(cl.AdminTokenFile)
 		if err != nil {
 			return nil, err
 		}
@@ -126,7 +122,8 @@ func (m *member) adminClient() *admin.Client {
 		}
 	})
 	if f := m.cfg.Cluster.AdminTokenFile; f != "" {
-		if tok, err := admin.ReadTokenFile(f); err == nil {
+		// A verifier (no token) leaves the certificate as the credential.
+		if _, tok, err := admin.LoadToken(f); err == nil {
 			m.admin.Token = tok
 		} else {
 			m.log.Warn("reading the admin token to ask the other members", "error", err)
