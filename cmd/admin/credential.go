@@ -27,6 +27,11 @@ type Credential struct {
 	Cluster *conf.Cluster
 	// Config names that config's file in messages.
 	Config string
+	// Cert and Key are a client certificate to present (--cert, --key):
+	// an operator's (OU operator) may change the cluster without a token.
+	// CA verifies the members' (--ca); default: the config's or the
+	// demo's.
+	Cert, Key, CA string
 }
 
 // NewClient finds the credential: the token from TokenFile, else
@@ -42,8 +47,12 @@ func NewClient(c Credential) (*Client, error) {
 			tokenFile, from = p, "--dir"
 		}
 	}
-	if tokenFile == "" && c.Cluster != nil {
-		tokenFile, from = c.Cluster.AdminTokenFile, c.Config+"'s admin_token_file"
+	if tokenFile == "" && c.Cluster != nil && c.Cluster.AdminTokenFile != "" {
+		// A member's file may hold only the token's verifier: then the
+		// member's certificate is this caller's credential (below).
+		if _, secret, err := LoadToken(c.Cluster.AdminTokenFile); err != nil || secret != "" {
+			tokenFile, from = c.Cluster.AdminTokenFile, c.Config+"'s admin_token_file"
+		}
 	}
 	if tokenFile != "" {
 		tok, err := ReadTokenFile(tokenFile)
@@ -60,6 +69,15 @@ func NewClient(c Credential) (*Client, error) {
 	} else if p := filepath.Join(c.Dir, "pki", "ca.pem"); c.Dir != "" && exists(p) {
 		ca = p
 	}
+	if c.CA != "" {
+		ca = c.CA
+	}
+	if (c.Cert == "") != (c.Key == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if c.Cert != "" && ca == "" {
+		return nil, errors.New("--cert needs the CA that signed the members' certificates: --ca FILE, or a --config with a tls block")
+	}
 	if ca != "" {
 		pem, err := os.ReadFile(ca)
 		if err != nil {
@@ -70,7 +88,13 @@ func NewClient(c Credential) (*Client, error) {
 			return nil, fmt.Errorf("%s holds no PEM certificate", ca)
 		}
 		client.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
-		if own != nil {
+		if c.Cert != "" {
+			cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+			if err != nil {
+				return nil, fmt.Errorf("--cert/--key: %w", err)
+			}
+			client.TLS.Certificates = []tls.Certificate{cert}
+		} else if own != nil {
 			// The member's own certificate, where this user may read
 			// it, is enough to read status (changes need the token).
 			if cert, err := tls.LoadX509KeyPair(own.Cert, own.Key); err == nil {
@@ -80,7 +104,7 @@ func NewClient(c Credential) (*Client, error) {
 	}
 	if client.Token == "" && (client.TLS == nil || len(client.TLS.Certificates) == 0) && (c.Cluster == nil || !c.Cluster.AdminInsecure) {
 		return nil, errors.New("no admin credential: give --token-file FILE, set $" + TokenFileEnv + ", use --dir DIR of a demo (DIR/" +
-			conf.AdminTokenFileName + "), or --config FILE whose cluster block sets admin_token_file")
+			conf.AdminTokenFileName + "), --cert/--key of an operator's certificate, or --config FILE whose cluster block sets admin_token_file")
 	}
 	return client, nil
 }

@@ -25,9 +25,10 @@ import (
 // operator's credential, which clusterFlags.client finds.
 
 type clusterFlags struct {
-	config    string
-	dir       string
-	tokenFile string
+	config        string
+	dir           string
+	tokenFile     string
+	cert, key, ca string
 }
 
 func (f *clusterFlags) add(cmd *cobra.Command) {
@@ -35,6 +36,9 @@ func (f *clusterFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.dir, "dir", "", "a demo cluster's directory")
 	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the admin token (default: $"+admin.TokenFileEnv+
 		", DIR/admin.token with --dir, or the config's admin_token_file)")
+	cmd.Flags().StringVar(&f.cert, "cert", "", "a client certificate to present, such as an operator's from `metrolun certs issue NAME --role operator` (needs --key)")
+	cmd.Flags().StringVar(&f.key, "key", "", "the private key of --cert")
+	cmd.Flags().StringVar(&f.ca, "ca", "", "the CA that signed the members' certificates (default: the config's tls block, or DIR/pki/ca.pem)")
 }
 
 // load finds the config the cluster is found with: --config, or the
@@ -100,7 +104,7 @@ func (f *clusterFlags) client(c *conf.Config, path string) (*admin.Client, error
 	if tf == "" {
 		tf = os.Getenv(admin.TokenFileEnv)
 	}
-	return admin.NewClient(admin.Credential{TokenFile: tf, Dir: f.dir, Cluster: c.Cluster, Config: path})
+	return admin.NewClient(admin.Credential{TokenFile: tf, Dir: f.dir, Cluster: c.Cluster, Config: path, Cert: f.cert, Key: f.key, CA: f.ca})
 }
 
 // resyncNote says how far the writer's resync of name is, if it runs.

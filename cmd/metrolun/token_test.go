@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -88,5 +89,69 @@ func TestAdminTokenVerifier(t *testing.T) {
 	os.WriteFile(bad, []byte(admin.VerifierPrefix+"abcd\n"), 0o600)
 	if _, err := adminGuard(&conf.Cluster{AdminTokenFile: bad}, nil); err == nil {
 		t.Fatal("a short verifier was accepted")
+	}
+}
+
+// TestCommandsWithOperatorCert: the commands' client presents an
+// operator's certificate given with --cert/--key/--ca and may change the
+// cluster with it; a member's config whose admin_token_file holds only a
+// verifier still reads status with the member's certificate (and may not
+// change anything).
+func TestCommandsWithOperatorCert(t *testing.T) {
+	pki := testPKI(t, [2]string{"site-a", "data"}, [2]string{"alice", "operator"})
+	dir := t.TempDir()
+	memberFile := filepath.Join(dir, "member.token")
+	os.WriteFile(memberFile, []byte(admin.Verifier("0123456789abcdef0123456789abcdef")+"\n"), 0o600)
+	cert, key := certPaths(pki, "site-a")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &conf.Cluster{TLS: &conf.TLS{CA: filepath.Join(pki, caFile), Cert: cert, Key: key}, AdminListen: ln.Addr().String(),
+		AdminTokenFile: memberFile, Members: []conf.Member{{Name: "site-a", Role: conf.RoleData, Admin: ln.Addr().String()}}}
+	tcfg, err := loadTLS(cl.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := adminGuard(cl, tcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, admin.Status{Member: "site-a"})
+	})
+	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: "site-a"})
+	})
+	srv := &http.Server{Handler: g.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
+	tln, _ := adminListener(ln, tcfg)
+	go srv.Serve(tln)
+	t.Cleanup(func() { srv.Close() })
+	ep := admin.Endpoint{Name: "site-a", Admin: ln.Addr().String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	opCert, opKey := certPaths(pki, "alice")
+	op, err := admin.NewClient(admin.Credential{Cert: opCert, Key: opKey, CA: filepath.Join(pki, caFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Promote(ctx, ep, "site-a"); err != nil {
+		t.Fatalf("promote with an operator's certificate: %v", err)
+	}
+	if _, err := admin.NewClient(admin.Credential{Cert: opCert}); err == nil {
+		t.Fatal("--cert without --key was accepted")
+	}
+	member, err := admin.NewClient(admin.Credential{Cluster: cl, Config: "site-a.hcl"})
+	if err != nil {
+		t.Fatalf("a member config holding a verifier: %v", err)
+	}
+	if st, err := member.Status(ctx, ep); err != nil || st.Member != "site-a" {
+		t.Fatalf("status with the member's certificate: %+v %v", st, err)
+	}
+	var ae *admin.Error
+	if _, err := member.Promote(ctx, ep, "site-a"); !errors.As(err, &ae) || ae.Code != http.StatusForbidden {
+		t.Fatalf("promote with a member's certificate: %v, want 403", err)
 	}
 }
