@@ -15,6 +15,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/metrolun/metrolun/raftlog"
 )
 
 // Endpoint is a member's admin address and, when known, its name (a
@@ -326,8 +328,8 @@ func withServerName(ctx context.Context, name string) context.Context {
 }
 
 // dialTLS verifies a member's certificate against the CA (TLS.RootCAs)
-// and against the member's name (CN or DNS SAN, as the Raft transport
-// checks members) or, when the name is not known, the address dialled.
+// and against the member's name (its CN and role, as the Raft transport
+// checks members) or, only when no name is known, the address dialled.
 // The name travels in the request's context.
 func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
 	name, _ := ctx.Value(serverNameKey{}).(string)
@@ -353,11 +355,22 @@ func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, e
 		if _, err := leaf.Verify(opts); err != nil {
 			return err
 		}
-		if name != "" && (leaf.Subject.CommonName == name || slices.Contains(leaf.DNSNames, name)) {
-			return nil
+		if name != "" {
+			// The member meant is known: its certificate, read as the
+			// Raft transport reads it (the CN, a member's role), and
+			// nothing else. An address in another member's certificate
+			// (certs issue --host) must not stand in for it.
+			id, err := raftlog.CertIdentity(leaf)
+			if err != nil {
+				return fmt.Errorf("admin endpoint %s: %v", addr, err)
+			}
+			if !id.Is(name) {
+				return fmt.Errorf("admin endpoint %s: certificate %q is not member %q's", addr, id.Name, name)
+			}
+			return id.CheckRole(raftlog.RoleData, raftlog.RoleWitness)
 		}
 		if err := leaf.VerifyHostname(host); err != nil {
-			return fmt.Errorf("admin endpoint %s: certificate %q names neither member %q nor the address: %v", addr, leaf.Subject.CommonName, name, err)
+			return fmt.Errorf("admin endpoint %s: certificate %q does not name the address: %v", addr, leaf.Subject.CommonName, err)
 		}
 		return nil
 	}

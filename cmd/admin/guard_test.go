@@ -317,3 +317,37 @@ func TestCertPrincipalAsRaft(t *testing.T) {
 		}
 	}
 }
+
+// TestClientChecksMemberName: a client that knows which member it asks
+// takes only that member's certificate: another member's, even one whose
+// certificate carries the dialled address (certs issue --host), or an
+// operator's is refused; the address is checked only when no name is
+// known.
+func TestClientChecksMemberName(t *testing.T) {
+	p := newPKI(t)
+	serve := func(cert tls.Certificate) string {
+		srv := httptest.NewUnstartedServer((&Guard{}).Wrap(&backend{}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv.Listener.Addr().String()
+	}
+	siteB := serve(p.cert(t, "site-b", "data", true))
+	siteA := serve(p.cert(t, "site-a", "data", false))
+	c := &Client{TLS: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13}, Timeout: 5 * time.Second}
+	ctx := context.Background()
+	for _, k := range []struct {
+		ep Endpoint
+		ok bool
+	}{
+		{Endpoint{Name: "site-a", Admin: siteA}, true},
+		{Endpoint{Name: "site-a", Admin: siteB}, false}, // site-b's certificate holds 127.0.0.1
+		{Endpoint{Admin: siteB}, true},                  // no name known: the address
+		{Endpoint{Admin: siteA}, false},                 // no name known, no address in the certificate
+	} {
+		_, err := c.Status(ctx, k.ep)
+		if (err == nil) != k.ok {
+			t.Errorf("%+v: %v, want ok=%v", k.ep, err, k.ok)
+		}
+	}
+}
