@@ -57,6 +57,40 @@ func writePKI(t *testing.T, dir, name, role string) *conf.TLS {
 	return files
 }
 
+// startFakeAdmin serves a member's admin guard, as cl configures it (its
+// tls block and admin_token_file), in front of a status and a promote
+// that answer at once; it fills in cl's listen address and the member
+// name, and returns the endpoint and the scheme served.
+func startFakeAdmin(t *testing.T, cl *conf.Cluster, name string) (admin.Endpoint, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.AdminListen = ln.Addr().String()
+	cl.Members = []conf.Member{{Name: name, Role: conf.RoleData, Admin: ln.Addr().String()}}
+	tcfg, err := loadTLS(cl.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := adminGuard(cl, tcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, admin.Status{Member: name})
+	})
+	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: name})
+	})
+	srv := &http.Server{Handler: g.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
+	l, scheme := adminListener(ln, tcfg)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return admin.Endpoint{Name: name, Admin: ln.Addr().String()}, scheme
+}
+
 // TestAdminOverTLS: with a cluster tls block the admin endpoint speaks
 // HTTPS with the member's certificate; the commands' client (from the
 // same config) verifies it against the CA by member name, reads status
@@ -69,36 +103,11 @@ func TestAdminOverTLS(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &conf.Cluster{TLS: files, AdminListen: ln.Addr().String(), AdminTokenFile: tokFile,
-		Members: []conf.Member{{Name: "site-a", Role: conf.RoleData, Admin: ln.Addr().String()}}}
-	tcfg, err := loadTLS(cl.TLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := adminGuard(cl, tcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.Status{Member: "site-a"})
-	})
-	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: "site-a"})
-	})
-	srv := &http.Server{Handler: g.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
-	tln, scheme := adminListener(ln, tcfg)
+	cl := &conf.Cluster{TLS: files, AdminTokenFile: tokFile}
+	ep, scheme := startFakeAdmin(t, cl, "site-a")
 	if scheme != "https" {
 		t.Fatalf("scheme %s with a tls block", scheme)
 	}
-	go srv.Serve(tln)
-	t.Cleanup(func() { srv.Close() })
-
-	ep := admin.Endpoint{Name: "site-a", Admin: ln.Addr().String()}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// The member's own config without the token: its certificate reads.

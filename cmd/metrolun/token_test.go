@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,17 +47,7 @@ func TestAdminTokenVerifier(t *testing.T) {
 	if _, err := admin.ReadTokenFile(memberFile); err == nil || !strings.Contains(err.Error(), "verifier") {
 		t.Fatalf("a verifier file was read as an operator's token: %v", err)
 	}
-	g, err := adminGuard(&conf.Cluster{AdminTokenFile: memberFile}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: "site-a"})
-	})
-	srv := httptest.NewServer(g.Wrap(mux))
-	defer srv.Close()
-	ep := admin.Endpoint{Name: "site-a", Admin: strings.TrimPrefix(srv.URL, "http://")}
+	ep, _ := startFakeAdmin(t, &conf.Cluster{AdminTokenFile: memberFile}, "site-a")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, c := range []struct {
@@ -103,32 +91,8 @@ func TestCommandsWithOperatorCert(t *testing.T) {
 	memberFile := filepath.Join(dir, "member.token")
 	os.WriteFile(memberFile, []byte(admin.Verifier("0123456789abcdef0123456789abcdef")+"\n"), 0o600)
 	cert, key := certPaths(pki, "site-a")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &conf.Cluster{TLS: &conf.TLS{CA: filepath.Join(pki, caFile), Cert: cert, Key: key}, AdminListen: ln.Addr().String(),
-		AdminTokenFile: memberFile, Members: []conf.Member{{Name: "site-a", Role: conf.RoleData, Admin: ln.Addr().String()}}}
-	tcfg, err := loadTLS(cl.TLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := adminGuard(cl, tcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.Status{Member: "site-a"})
-	})
-	mux.HandleFunc("POST /v1/promote", func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.PromoteResponse{Promoted: "site-a"})
-	})
-	srv := &http.Server{Handler: g.Wrap(mux), ReadHeaderTimeout: 5 * time.Second}
-	tln, _ := adminListener(ln, tcfg)
-	go srv.Serve(tln)
-	t.Cleanup(func() { srv.Close() })
-	ep := admin.Endpoint{Name: "site-a", Admin: ln.Addr().String()}
+	cl := &conf.Cluster{TLS: &conf.TLS{CA: filepath.Join(pki, caFile), Cert: cert, Key: key}, AdminTokenFile: memberFile}
+	ep, _ := startFakeAdmin(t, cl, "site-a")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
