@@ -34,6 +34,7 @@ func TestStandardInquiry(t *testing.T) {
 		{"response data format", int(b[3] & 0x0f), 2},
 		{"additional length", int(b[4]), len(b) - 5},
 		{"TPGS implicit ALUA", int(b[5]>>4) & 3, 1},
+		{"3PC (EXTENDED COPY is supported)", int(b[5]>>3) & 1, 1},
 		{"MULTIP", int(b[6]>>4) & 1, 1},
 		{"CMDQUE", int(b[7]>>1) & 1, 1},
 	}
