@@ -343,7 +343,7 @@ func (c *Core) Linked() bool {
 // StartSync puts an out-of-sync replica into resync with its cursor at 0.
 func (c *Core) StartSync(id PeerID) bool {
 	p := c.peer(id)
-	if p == nil || p.state != Out {
+	if p == nil || p.state != Out && p.state != Syncing {
 		return false
 	}
 	p.state, p.cursor = Syncing, 0
@@ -777,10 +777,17 @@ func (c *Core) step(e *entry) {
 			c.answer(e, nil)
 			return
 		}
+		if ep, _ := c.cfg.WriterLease(); ep != 0 && ep != c.cfg.Epoch {
+			c.answer(e, errors.New("writer lease lapsed before the answer"))
+			return
+		}
 		// The epoch may have ended while the replicas answered: a
 		// writer without its lease acknowledges nothing (I2), unless the
-		// lease comes back for this epoch within one lease (a renewal
-		// that was merely late).
+		// lease comes back for the same epoch within one lease. The
+		// cluster renews a lease only after a majority confirmed this
+		// member still leads the same term, so no other writer can have
+		// acted meanwhile: a renewal that was merely late (a busy
+		// machine) does not fail the writes in flight.
 		e.ph, e.leaseUntil = phLease, now.Add(c.cfg.Lease)
 		c.rd.Answers = append(c.rd.Answers, Answer{Seq: e.seq, Poll: true})
 	case phLease:

@@ -364,7 +364,11 @@ func (s *sim) deliver(p *simPeer) {
 		}
 	}
 	p.acks = append(p.acks, simAck{seq: f.seq})
-	s.logf("%s applied seq %d", p.name, f.seq)
+	if f.commit > 0 {
+		s.logf("%s applied seq %d, commit %d", p.name, f.seq, f.commit)
+	} else {
+		s.logf("%s applied seq %d", p.name, f.seq)
+	}
 }
 
 // ack hands p's first answer to the writer.
