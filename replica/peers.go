@@ -8,13 +8,16 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // The writer's replicas: connecting them, dropping one that fails
 // (through Raft, then waiting out its lease), granting read leases, and
 // following the cluster's data sites.
 
-// Peer states, as the writer sees them.
+// Peer states, as the writer sees them: core.PeerState's names (status
+// reports them).
 const (
 	peerOut     = "out"     // not in sync: misses writes (bitmap)
 	peerSyncing = "syncing" // resync running: writes behind the cursor go to it
@@ -32,11 +35,12 @@ type peer struct {
 	// (its hello answer); they may differ from this site's.
 	carried []appliedRange
 
+	// id is its name in the writer's core, which holds its state, copy
+	// cursor and lease grants (replica/core).
+	id core.PeerID
+
 	// Guarded by w.mu.
-	state     string
 	link      *Link
-	cursor    int64 // syncing: writes below it are sent
-	grantEnd  time.Time
 	resolved  chan struct{} // dropping: closed when the drop is settled
 	resolveOK bool
 	resync    resyncProgress
@@ -81,7 +85,7 @@ func (s *Site) peerNames(v View) []string {
 }
 
 func (w *writer) newPeer(name, addr string) *peer {
-	p := &peer{w: w, name: name, addr: addr, state: peerOut, unfl: newUnflushed(w.s.cfg.Store.Size(), w.s.cfg.RegionSize)}
+	p := &peer{w: w, name: name, addr: addr, unfl: newUnflushed(w.s.cfg.Store.Size(), w.s.cfg.RegionSize)}
 	p.ctx, p.cancel = context.WithCancel(w.ctx)
 	return p
 }
@@ -146,6 +150,7 @@ func (w *writer) syncPeers(v View) {
 	slices.Sort(names)
 	for _, n := range names {
 		p := w.newPeer(n, want[n])
+		p.id = w.c.AddPeer(n, core.Out)
 		p.fresh, p.dirty = true, bms[n]
 		w.peers = append(w.peers, p)
 		added = append(added, p)
@@ -177,12 +182,12 @@ func (w *writer) retire(p *peer) {
 	w.log.Info("a data site left the cluster; dropping and forgetting it", "replica", p.name)
 	for {
 		w.mu.Lock()
-		st := p.state
-		if st != peerInSync && st != peerDrop {
+		st := w.st(p)
+		if st != core.InSync && st != core.Dropping {
 			// Out of sync or resyncing: it holds no lease from this
 			// writer, and no write waits for it.
 			w.peers = slices.DeleteFunc(w.peers, func(x *peer) bool { return x == p })
-			p.state = peerOut
+			w.c.RemovePeer(p.id)
 			l := p.link
 			w.mu.Unlock()
 			p.cancel()
@@ -192,7 +197,7 @@ func (w *writer) retire(p *peer) {
 			break
 		}
 		w.mu.Unlock()
-		if st == peerInSync {
+		if st == core.InSync {
 			w.failPeer(p, errRemoved)
 		}
 		if !w.awaitDrop(p) {
@@ -223,13 +228,23 @@ func (w *writer) isGone(p *peer) bool {
 	return p.gone
 }
 
+// st is p's state (w.mu held).
+func (w *writer) st(p *peer) core.PeerState { return w.c.State(p.id) }
+
 // failPeer starts dropping an in-sync peer whose link failed.
 func (w *writer) failPeer(p *peer, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if p.state != peerInSync {
+	if !w.c.Fail(p.id) {
 		return
 	}
+	w.dropStarted(p, err)
+	w.step()
+}
+
+// dropStarted acts on the core's decision to drop p (w.mu held): its link
+// closes and the drop is proposed through Raft.
+func (w *writer) dropStarted(p *peer, err error) {
 	if w.closed {
 		// A stopping writer closes its own links; nothing is proposed
 		// (below), so saying "dropping" would mislead whoever reads
@@ -238,14 +253,15 @@ func (w *writer) failPeer(p *peer, err error) {
 	} else {
 		w.log.Warn("replica failed; dropping it from the in-sync set", "replica", p.name, "error", err)
 	}
-	p.state = peerDrop
 	p.resolved = make(chan struct{})
+	p.resolveOK = false
 	if p.link != nil {
 		go p.link.Close()
 	}
 	if w.closed {
 		// Stopping: no new goroutines once stop may be waiting for them
 		// (a write still in flight then fails, as the writer's do).
+		w.c.DropFailed(p.id)
 		close(p.resolved)
 		return
 	}
@@ -277,11 +293,12 @@ func (w *writer) drop(p *peer) {
 	ok := false
 	defer func() {
 		w.mu.Lock()
-		if ok {
-			p.state = peerOut
+		if !ok {
+			w.c.DropFailed(p.id)
 		}
 		p.resolveOK = ok
 		close(p.resolved)
+		w.step()
 		w.mu.Unlock()
 	}()
 	// Nothing more is sent to it (it is dropping): what it has not
@@ -304,25 +321,29 @@ func (w *writer) drop(p *peer) {
 		case <-time.After(min(time.Duration(attempt+1)*50*time.Millisecond, time.Second)):
 		}
 	}
+	// The core says until when the last lease granted to it (or, after
+	// a planned move, by the previous writer) may run, with a tenth of a
+	// lease for clock rates, and resolves the drop only past it.
 	w.mu.Lock()
-	end := p.grantEnd
+	end := w.c.DropCommitted(p.id)
 	w.mu.Unlock()
-	if e := w.started.Add(w.s.cfg.Lease); w.handover && e.After(end) {
-		// The previous writer released its epoch and may have granted
-		// this replica a lease up to its own lease's end.
-		end = e
-	}
-	// Clock rates differ a little between sites: wait 10% more.
-	if wait := time.Until(end) + w.s.cfg.Lease/10; wait > 0 && !end.IsZero() {
+	if wait := time.Until(end); wait > 0 {
 		w.log.Info("waiting for the dropped replica's lease", "replica", p.name, "wait", wait)
+	}
+	for {
+		w.mu.Lock()
+		ok = w.c.DropExpired(p.id)
+		w.mu.Unlock()
+		if ok {
+			break
+		}
 		select {
 		case <-w.ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(max(time.Until(end), time.Millisecond)):
 		}
 	}
 	w.log.Info("replica dropped", "replica", p.name)
-	ok = true
 }
 
 // isNotInSync: a refusal saying the site is not in sync, i.e. already out.
@@ -332,22 +353,17 @@ func isNotInSync(err error) bool { return errors.Is(err, ErrNotInSync) }
 // one, never past the writer's own lease (so a replica's lease cannot
 // outlive the epoch that granted it).
 func (w *writer) grant(p *peer, l *Link, req *Frame) {
-	now := time.Now()
 	w.mu.Lock()
-	if p.state != peerInSync || w.closed || p.link != l {
+	if w.closed || p.link != l {
 		w.mu.Unlock()
 		return
 	}
-	d := min(w.s.cfg.Lease, time.Until(w.leaseUntil()))
-	if d < time.Millisecond {
-		w.mu.Unlock()
-		return
-	}
-	d = d.Truncate(time.Millisecond)
-	if end := now.Add(d); end.After(p.grantEnd) {
-		p.grantEnd = end
-	}
+	// The core records the grant's end: a drop waits it out.
+	d, ok := w.c.Grant(p.id)
 	w.mu.Unlock()
+	if !ok {
+		return
+	}
 	l.Grant(&Frame{Kind: FrameLease, Epoch: w.epoch, Seq: req.Seq, Length: uint32(d / time.Millisecond)})
 }
 
@@ -360,12 +376,13 @@ func (w *writer) manage(p *peer, stale bool) {
 		_, err := w.s.bitmap(p.name)
 		w.log.Error("dirty bitmap", "replica", p.name, "error", err)
 		w.mu.Lock()
-		if p.state == peerInSync {
+		if w.c.Fail(p.id) {
 			// Without a record it must not be dropped: keep writes
 			// waiting until an operator fixes the bitmap.
-			p.state = peerDrop
+			w.c.DropFailed(p.id)
 			p.resolved = make(chan struct{})
 			close(p.resolved)
+			w.step()
 		}
 		w.mu.Unlock()
 		return
@@ -390,7 +407,7 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.watchdog(p)
 	}()
 	w.mu.Lock()
-	inSync := p.state == peerInSync
+	inSync := w.st(p) == core.InSync
 	w.mu.Unlock()
 	record := false
 	if inSync {
@@ -481,12 +498,12 @@ func (w *writer) manage(p *peer, stale bool) {
 	backoff := 100 * time.Millisecond
 	for p.ctx.Err() == nil {
 		w.mu.Lock()
-		st, gone := p.state, p.gone
+		st, gone := w.st(p), p.gone
 		w.mu.Unlock()
-		if gone && st != peerInSync && st != peerDrop {
+		if gone && st != core.InSync && st != core.Dropping {
 			return // retire forgets it
 		}
-		if st == peerInSync {
+		if st == core.InSync {
 			select {
 			case <-p.ctx.Done():
 				return
@@ -494,10 +511,10 @@ func (w *writer) manage(p *peer, stale bool) {
 			}
 			continue
 		}
-		if st == peerDrop {
+		if st == core.Dropping {
 			w.awaitDrop(p)
 			w.mu.Lock()
-			if p.state == peerDrop {
+			if w.st(p) == core.Dropping {
 				w.mu.Unlock()
 				return // the drop did not commit: this writer is done
 			}
@@ -535,9 +552,9 @@ func (w *writer) watchdog(p *peer) {
 		case <-t.C:
 		}
 		w.mu.Lock()
-		st, l := p.state, p.link
+		st, l := w.st(p), p.link
 		w.mu.Unlock()
-		if l == nil || (st != peerInSync && st != peerSyncing) {
+		if l == nil || (st != core.InSync && st != core.Syncing) {
 			continue
 		}
 		err := l.Err()
@@ -547,7 +564,7 @@ func (w *writer) watchdog(p *peer) {
 		if err == nil {
 			continue
 		}
-		if st == peerInSync {
+		if st == core.InSync {
 			w.failPeer(p, err)
 		} else {
 			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
@@ -596,12 +613,13 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	}
 	l := NewLink(conn, br, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
 	w.mu.Lock()
-	if w.closed || p.gone && p.state != peerInSync {
+	if w.closed || p.gone && w.st(p) != core.InSync {
 		w.mu.Unlock()
 		l.Close()
 		return false, errNotWriter
 	}
 	p.link = l
+	w.c.Connected(p.id, true)
 	w.mu.Unlock()
 	w.mu.Lock()
 	p.empty = ack.Flags&FlagEmpty != 0

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/metrolun/metrolun/replica/core"
 	"golang.org/x/time/rate"
 )
 
@@ -63,7 +64,10 @@ func (w *writer) resync(p *peer) error {
 		w.mu.Unlock()
 		return errRemoved
 	}
-	p.state, p.cursor = peerSyncing, 0
+	if !w.c.StartSync(p.id) {
+		w.mu.Unlock()
+		return errNotWriter
+	}
 	p.resync = resyncProgress{Total: b.Regions(), Started: time.Now()}
 	w.mu.Unlock()
 	w.log.Info("resync: starting", "replica", p.name, "full_compare", full, "dirty_regions", b.Dirty(), "regions", b.Regions())
@@ -71,8 +75,7 @@ func (w *writer) resync(p *peer) error {
 	// replica in the stream.
 	if err := w.sendMeta(); err != nil {
 		w.mu.Lock()
-		if p.state == peerSyncing {
-			p.state = peerOut
+		if w.c.SyncFailed(p.id) {
 			if p.link != nil {
 				go p.link.Close()
 			}
@@ -82,8 +85,7 @@ func (w *writer) resync(p *peer) error {
 	}
 	fail := func(err error) error {
 		w.mu.Lock()
-		if p.state == peerSyncing {
-			p.state = peerOut
+		if w.c.SyncFailed(p.id) {
 			if p.link != nil {
 				go p.link.Close()
 			}
@@ -142,7 +144,7 @@ func (w *writer) resync(p *peer) error {
 		// would join the in-sync set without that write (I4).
 		w.mu.Lock()
 		if !full && !b.Test(r) {
-			p.cursor = off + n
+			w.c.SetCursor(p.id, off+n)
 			p.resync.Done++
 			w.mu.Unlock()
 			continue
@@ -155,7 +157,7 @@ func (w *writer) resync(p *peer) error {
 			}
 		}
 		w.mu.Lock()
-		if p.state != peerSyncing || w.closed {
+		if w.st(p) != core.Syncing || w.closed {
 			w.mu.Unlock()
 			sendErr = errNotWriter
 			break
@@ -170,8 +172,7 @@ func (w *writer) resync(p *peer) error {
 			sendErr = err
 			break
 		}
-		w.seq++
-		f := &Frame{Epoch: w.epoch, Seq: w.seq, Offset: off, Length: uint32(n)}
+		f := &Frame{Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n)}
 		if full {
 			sum := sha256.Sum256(buf[:n])
 			f.Kind, f.Data = FrameSum, sum[:]
@@ -180,7 +181,7 @@ func (w *writer) resync(p *peer) error {
 			p.resync.Copied++
 		}
 		ch := p.link.Send(f)
-		p.cursor = off + n
+		w.c.SetCursor(p.id, off+n)
 		w.mu.Unlock()
 		window <- inflight{r, ch, full}
 	}
@@ -192,16 +193,14 @@ func (w *writer) resync(p *peer) error {
 	// for the peer, before the cluster hears that it is in sync, so no
 	// acknowledged write can miss it once it is (I1).
 	w.mu.Lock()
-	if p.state != peerSyncing || w.closed {
+	if w.closed || !w.c.SyncDone(p.id) {
 		w.mu.Unlock()
 		return fail(errNotWriter)
 	}
-	p.state = peerInSync
 	// From here on its misses are new ones (a failure after this pass):
 	// the bitmap is cleared only if none was recorded.
 	marks := b.Marks()
-	w.seq++
-	synced := &Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagSynced}
+	synced := &Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.c.NextSeq(), Flags: FlagSynced}
 	ch := p.link.Send(synced)
 	w.track(p, synced, true)
 	w.mu.Unlock()
@@ -238,8 +237,7 @@ func (w *writer) copyRegion(p *peer, r int, region, size int64) error {
 		w.mu.Unlock()
 		return err
 	}
-	w.seq++
-	ch := p.link.Send(&Frame{Kind: FrameWrite, Epoch: w.epoch, Seq: w.seq, Offset: off, Length: uint32(n), Data: buf, CRC: Checksum(buf)})
+	ch := p.link.Send(&Frame{Kind: FrameWrite, Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n), Data: buf, CRC: Checksum(buf)})
 	p.resync.Copied++
 	w.mu.Unlock()
 	// Waiting here keeps at most one copy in flight per compared window

@@ -5,16 +5,39 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // The write order: every operation takes the next sequence number under
 // w.mu, is applied here, sent to the replicas and answered once every
-// in-sync one has it (DESIGN.md write path); settle and the committer make
-// it visible to readers here and at the replicas.
+// in-sync one has it (DESIGN.md write path); the core (replica/core)
+// decides, order and step act, and the committer makes the writes visible
+// to readers at the replicas.
 
-type pendingWait struct {
-	p  *peer
-	ch <-chan Ack // nil: the peer is being dropped, wait for that
+// waiter is an operation waiting for the core's answer (order).
+type waiter struct {
+	ch   chan core.Answer // the core's answers for it: Poll, then the verdict
+	busy *busyRange       // its range here, released when it settles or fails
+}
+
+// commitIdle is how long a moved commit point waits for a data frame to
+// carry it to a replica before the committer sends it on its own: under
+// load every frame carries it; an idle writer's replicas learn it within
+// this.
+const commitIdle = time.Millisecond
+
+// kindOf is the core's kind of a stream frame.
+func kindOf(f *Frame) core.Kind {
+	switch f.Kind {
+	case FrameWrite:
+		return core.Write
+	case FrameUnmap:
+		return core.Unmap
+	case FrameFlush:
+		return core.Flush
+	}
+	return core.Meta
 }
 
 // order runs one operation in the write order: it takes the next
@@ -22,22 +45,32 @@ type pendingWait struct {
 // with errSkip, a miscompare), sends it to the replicas and waits for
 // every in-sync one. origin is the site that forwarded it ("" for a local
 // one): that site gets a FlagRef frame and is not waited for here.
+//
+// The decisions are the core's (replica/core): which replica gets the
+// frame, which misses it and is marked dirty, when the answer may be
+// given and when the write becomes visible. This loop feeds it the
+// replicas' answers and acts on its Ready (step).
 func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	w.mu.Lock()
-	if w.closed || w.paused || !w.ready() || !w.leaseOK() {
+	if w.closed || w.paused {
 		w.mu.Unlock()
 		return errNotWriter
 	}
-	w.seq++
-	f.Epoch, f.Seq = w.epoch, w.seq
+	seq, err := w.c.Begin()
+	if err != nil {
+		w.mu.Unlock()
+		return errNotWriter
+	}
 	if w.markerErr != nil {
+		w.c.Abort(seq)
 		w.mu.Unlock()
 		return fmt.Errorf("writer marker: %w", w.markerErr)
 	}
+	f.Epoch, f.Seq = w.epoch, seq
 	w.rmu.Lock()
 	if err := apply(); err != nil {
 		w.rmu.Unlock()
-		w.seq--
+		w.c.Abort(seq)
 		if !errors.Is(err, errMiscompare) {
 			// Under w.mu, as localFailed requires: a stop() that ran
 			// between here and an unlocked call would see the writer
@@ -51,134 +84,199 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	}
 	w.inflight.Add(1)
 	defer w.inflight.Done()
-	seq := f.Seq
-	w.unsettled = append(w.unsettled, seq)
-	var busy *busyRange
+	wt := &waiter{ch: make(chan core.Answer, 2)}
 	if n := frameBytes(f); n > 0 {
-		busy = &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
-		w.busy = append(w.busy, busy)
+		wt.busy = &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
+		w.busy = append(w.busy, wt.busy)
 	}
 	w.rmu.Unlock()
-	settling := false
-	defer func() {
-		if !settling && busy != nil {
-			// Failed: the writer is going down; readers here need not
-			// wait for a commit that will not come.
-			w.release(busy)
-		}
-	}()
-	var originCh <-chan Ack
+	w.waiters[seq] = wt
+	op := core.Op{Kind: kindOf(f), Off: f.Offset, N: frameBytes(f)}
 	var originPeer *peer
-	var waits []pendingWait
-	var dirty []*peer
-	for _, p := range w.peers {
-		switch p.state {
-		case peerInSync:
+	if origin != "" {
+		for _, p := range w.peers {
 			if p.name == origin {
-				ref := *f
-				ref.Data, ref.Flags = nil, f.Flags|FlagRef // f.Ref names the origin's operation
-				// The origin answers its initiator; its ack only makes
-				// the write visible (settle).
-				originCh, originPeer = p.link.Send(&ref), p
-				w.track(p, &ref, true)
-				continue
+				op.Origin, originPeer = p.id, p
 			}
-			waits = append(waits, pendingWait{p, p.link.Send(f)})
-			w.track(p, f, true)
-		case peerDrop:
-			waits = append(waits, pendingWait{p: p})
-		case peerSyncing:
-			if f.Kind == FrameFlush || f.Kind == FrameMeta || f.Offset < p.cursor {
-				p.link.Send(f) // a failure marks it dirty (onDown)
-				w.track(p, f, false)
-				if p.link.Err() != nil {
-					// Refused by a link that had failed already: onDown
-					// ran before and will not see this one.
-					dirty = append(dirty, p)
-				}
-			} else {
-				dirty = append(dirty, p)
-			}
-		default:
-			dirty = append(dirty, p)
 		}
 	}
-	// Marked before w.mu is released: a resync starting meanwhile could
-	// otherwise pass these regions before they are marked, and end with
-	// the peer in sync without this write (I4).
-	var errs []error
-	for _, p := range dirty {
-		if err := p.mark(f.Offset, frameBytes(f)); err != nil && !p.gone {
-			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", p.name, err))
+	type ackWait struct {
+		p  *peer
+		ch <-chan Ack
+	}
+	var acks []ackWait
+	var originCh <-chan Ack
+	for _, sd := range w.c.Admit(seq, op) {
+		p := w.byID(sd.Peer)
+		g := f
+		if sd.Ref {
+			ref := *f
+			// f.Ref names the origin's operation: the origin answers
+			// its initiator; its ack only makes the write visible.
+			ref.Data, ref.Flags = nil, f.Flags|FlagRef
+			g = &ref
+		}
+		if sd.Commit != 0 {
+			c := *g
+			c.Commit = sd.Commit
+			g = &c
+		}
+		ch := p.link.Send(g)
+		w.track(p, g, sd.Wait)
+		switch {
+		case sd.Ref:
+			originCh = ch
+		case sd.Wait:
+			acks = append(acks, ackWait{p, ch})
+		case p.link.Err() != nil:
+			// A resyncing replica's link that had failed already
+			// refused it: onDown ran before and will not see it.
+			w.c.SendFailed(seq, p.id)
 		}
 	}
+	// The marks for the replicas that miss it are made before w.mu is
+	// released: a resync starting meanwhile could otherwise pass these
+	// regions before they are marked, and end with the peer in sync
+	// without this write (I4).
+	w.step()
 	w.mu.Unlock()
-	for _, pw := range waits {
-		if bugAckEarly && pw.ch != nil {
-			continue // a known bug, for the torture test (bug_none.go)
+	for _, a := range acks {
+		var r Ack
+		if bugAckEarly {
+			r = Ack{} // a known bug, for the torture test (bug_none.go)
+		} else {
+			r = <-a.ch
 		}
-		if pw.ch != nil {
-			a := <-pw.ch
-			if a.Err == nil {
-				if f.Kind == FrameFlush {
-					pw.p.unfl.flushed(seq)
-				}
-				continue
-			}
-			// linkDown marked the frame before a.Err came; marking again
-			// costs nothing and says whether that is on disk.
-			if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
-				errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
-			}
-			w.failPeer(pw.p, a.Err)
-		} else if err := pw.p.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(pw.p) {
-			errs = append(errs, fmt.Errorf("dirty bitmap for %s: %w", pw.p.name, err))
+		w.mu.Lock()
+		if r.Err == nil && f.Kind == FrameFlush {
+			a.p.unfl.flushed(seq)
 		}
-		// The replica missed this write (marked above, before its drop
-		// and before the answer). It may go on only once the cluster
-		// has dropped it (I2) and its lease has run out (I3).
-		if !w.awaitDrop(pw.p) {
-			errs = append(errs, fmt.Errorf("replica %s unreachable and not dropped", pw.p.name))
+		w.ack(seq, a.p, r.Err)
+		w.mu.Unlock()
+	}
+	var poll <-chan time.Time
+	var closing <-chan struct{}
+	for {
+		var a core.Answer
+		select {
+		case a = <-wt.ch:
+		case <-poll:
+			w.mu.Lock()
+			w.c.Tick()
+			w.step()
+			w.mu.Unlock()
+			continue
+		case <-closing:
+			w.mu.Lock()
+			w.c.GiveUp()
+			w.step()
+			w.mu.Unlock()
+			closing = nil
 			continue
 		}
-	}
-	if len(errs) == 0 && !w.leaseOK() && !w.leaseReturns() {
-		// The epoch may have ended while the replicas answered: a writer
-		// without its lease acknowledges nothing (I2).
-		errs = append(errs, errors.New("writer lease lapsed before the answer"))
-	}
-	if len(errs) > 0 {
-		w.mu.Lock()
-		w.tainted = true
-		w.mu.Unlock()
-		// Applied here and perhaps elsewhere: not a clean failure.
-		return &indeterminate{err: errors.Join(errs...)}
-	}
-	settling = true
-	if originCh == nil {
-		w.settle(seq, busy)
-		return nil
-	}
-	go func() {
-		if a := <-originCh; a.Err != nil {
-			// The origin could not apply its own write (its store
-			// failed): linkDown marked the range for it; it answers its
-			// initiator with the error and leaves the in-sync set.
-			if err := originPeer.mark(f.Offset, frameBytes(f)); err != nil && !w.isGone(originPeer) {
-				w.log.Error("dirty bitmap", "replica", originPeer.name, "error", err)
-			}
-			w.failPeer(originPeer, a.Err)
-			if !w.awaitDrop(originPeer) {
-				if busy != nil {
-					w.release(busy)
-				}
-				return
-			}
-		} else if f.Kind == FrameFlush {
-			originPeer.unfl.flushed(seq)
+		if a.Poll {
+			// The writer lease lapsed while the replicas answered: the
+			// core answers once it comes back for this epoch, or fails
+			// the write after a lease.
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			poll, closing = t.C, w.s.closing
+			continue
 		}
-		w.settle(seq, busy)
-	}()
+		if a.Err != nil {
+			w.mu.Lock()
+			w.tainted = true
+			w.mu.Unlock()
+			// Applied here and perhaps elsewhere: not a clean failure.
+			return &indeterminate{err: a.Err}
+		}
+		break
+	}
+	if originCh != nil {
+		go func() {
+			a := <-originCh
+			w.mu.Lock()
+			if a.Err == nil && f.Kind == FrameFlush {
+				originPeer.unfl.flushed(seq)
+			}
+			// A failure: the origin could not apply its own write (its
+			// store failed); it answers its initiator with the error,
+			// and the core drops it with the range marked.
+			w.ack(seq, originPeer, a.Err)
+			w.mu.Unlock()
+		}()
+	}
+	return nil
+}
+
+// ack hands p's answer to the frame of seq to the core (w.mu held). A
+// failed answer drops p, logged with its error here.
+func (w *writer) ack(seq uint64, p *peer, err error) {
+	if err != nil && w.c.Fail(p.id) {
+		w.dropStarted(p, err)
+	}
+	w.c.Ack(seq, p.id, err)
+	w.step()
+}
+
+// errAnswerFailed is why the core drops a replica on its own (ack passes
+// the answer's error when it can).
+var errAnswerFailed = errors.New("its answer to a frame failed")
+
+// step acts on the core's decisions (w.mu held): marks first, so that
+// nothing is answered before the regions a replica misses are recorded;
+// then drops, answers, and the ranges that became readable.
+func (w *writer) step() {
+	for w.c.HasReady() {
+		rd := w.c.Ready()
+		for _, m := range rd.Marks {
+			p := w.byID(m.Peer)
+			if p == nil {
+				continue
+			}
+			if err := p.mark(m.Off, m.N); err != nil && !p.gone {
+				if m.Must {
+					w.c.MarkFailed(m.Seq, m.Peer, err)
+				} else {
+					w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+				}
+			}
+		}
+		for _, id := range rd.Drops {
+			if p := w.byID(id); p != nil {
+				w.dropStarted(p, errAnswerFailed)
+			}
+		}
+		for _, a := range rd.Answers {
+			if wt := w.waiters[a.Seq]; wt != nil {
+				wt.ch <- a
+			}
+		}
+		for _, seq := range append(rd.Settled, rd.Released...) {
+			if wt := w.waiters[seq]; wt != nil {
+				delete(w.waiters, seq)
+				if wt.busy != nil {
+					w.release(wt.busy)
+				}
+			}
+		}
+		if rd.CommitMoved {
+			select {
+			case w.commitSig <- struct{}{}:
+			default:
+			}
+		}
+		w.c.Advance(rd)
+	}
+}
+
+// byID finds a peer by its core ID (w.mu held).
+func (w *writer) byID(id core.PeerID) *peer {
+	for _, p := range w.peers {
+		if p.id == id {
+			return p
+		}
+	}
 	return nil
 }
 
@@ -203,75 +301,42 @@ func (w *writer) releaseCarried() {
 	}
 }
 
-// settle records that seq is on every in-sync site: its range becomes
-// readable here, and the commit point the replicas get moves on.
-func (w *writer) settle(seq uint64, busy *busyRange) {
-	w.mu.Lock()
-	if w.settledAt == nil {
-		w.settledAt = make(map[uint64]bool)
-	}
-	w.settledAt[seq] = true
-	for len(w.unsettled) > 0 && w.settledAt[w.unsettled[0]] {
-		delete(w.settledAt, w.unsettled[0])
-		w.unsettled = w.unsettled[1:]
-	}
-	c := w.seq
-	if len(w.unsettled) > 0 {
-		c = w.unsettled[0] - 1
-	}
-	advanced := c > w.commit
-	if advanced {
-		w.commit = c
-	}
-	w.mu.Unlock()
-	if busy != nil {
-		w.release(busy)
-	}
-	if advanced {
-		select {
-		case w.commitSig <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// committer tells the replicas how far the stream is on every in-sync
-// site, so they may show those writes to their readers.
-// It also ticks, for frames outside the write order (resync copies)
-// and for links that came up since.
+// committer sends the commit point to replicas that no data frame
+// carried it to within commitIdle (the core decides which), so they may
+// show those writes to their readers. It also ticks, for frames outside
+// the write order (resync copies) and for links that came up since.
 func (w *writer) committer() {
-	sent := map[*Link]uint64{}
 	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
 	defer tick.Stop()
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
 	for {
 		select {
 		case <-w.ctx.Done():
 			return
 		case <-w.commitSig:
 		case <-tick.C:
+		case <-idle.C:
 		}
 		w.mu.Lock()
-		c := w.seq
-		if len(w.unsettled) > 0 {
-			c = w.unsettled[0] - 1
+		fs, wait := w.c.CommitsDue()
+		type out struct {
+			l   *Link
+			seq uint64
 		}
-		var links []*Link
-		for _, p := range w.peers {
-			if p.link != nil && (p.state == peerInSync || p.state == peerSyncing) {
-				links = append(links, p.link)
+		var outs []out
+		for _, c := range fs {
+			if p := w.byID(c.Peer); p != nil && p.link != nil {
+				outs = append(outs, out{p.link, c.Seq})
 			}
 		}
 		w.mu.Unlock()
-		live := map[*Link]uint64{}
-		for _, l := range links {
-			if sent[l] < c {
-				l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: c})
-				live[l] = c
-			} else {
-				live[l] = sent[l]
-			}
+		for _, o := range outs {
+			o.l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: o.seq})
 		}
-		sent = live
+		if wait > 0 {
+			idle.Reset(wait)
+		}
 	}
 }
 
@@ -313,14 +378,7 @@ func (w *writer) readSettled(p []byte, off int64) error {
 
 // ready reports whether every in-sync peer is connected (at the start of
 // an epoch they are being connected, or dropped). w.mu is held.
-func (w *writer) ready() bool {
-	for _, p := range w.peers {
-		if p.state == peerInSync && p.link == nil {
-			return false
-		}
-	}
-	return true
-}
+func (w *writer) ready() bool { return w.c.Linked() }
 
 func frameBytes(f *Frame) int64 {
 	switch f.Kind {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // The writer of one epoch (DESIGN.md write path step 2): it orders every
@@ -31,8 +32,12 @@ type writer struct {
 	started  time.Time
 	handover bool
 
-	mu       sync.Mutex // orders writes: seq, local apply and send
-	seq      uint64
+	mu sync.Mutex // orders writes: the core, local apply and send
+	// c decides the write order (replica/core): sequence numbers, which
+	// replica gets or misses a write, when a write may be answered and
+	// when it is visible, the commit point, drops and lease grants.
+	c        *core.Core
+	waiters  map[uint64]*waiter // operations in order, by seq
 	closed   bool
 	paused   bool
 	peers    []*peer
@@ -48,14 +53,10 @@ type writer struct {
 
 	// Visibility (I3 with forwarding and with several replicas): a write
 	// is visible, to reads here and at every replica, only once every
-	// in-sync site holds it, its origin included. unsettled are the
-	// sequence numbers ordered and not yet there, in order; commit is the
-	// highest below all of them, which the committer sends to the
-	// replicas (FrameCommit).
+	// in-sync site holds it, its origin included (the core settles it).
+	// Here its busy range is released then; the replicas learn it from
+	// the commit point, on the next data frame or from the committer.
 	rmu       sync.RWMutex // guards busy; local apply and its busy range vs. reads here
-	unsettled []uint64
-	settledAt map[uint64]bool
-	commit    uint64
 	commitSig chan struct{}
 
 	// carried: ranges this site applied as a replica that the last
@@ -84,7 +85,9 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
 		started: time.Now(), handover: v.Handover,
-		commitSig: make(chan struct{}, 1), flushEvery: flushEvery, flushSig: make(chan struct{}, 1)}
+		commitSig: make(chan struct{}, 1), flushEvery: flushEvery, flushSig: make(chan struct{}, 1), waiters: map[uint64]*waiter{}}
+	w.c = core.New(core.Config{Epoch: epoch, Lease: s.cfg.Lease, Clock: core.Real{}, WriterLease: s.cfg.Control.WriterLease,
+		Started: w.started, Handover: w.handover, CommitIdle: commitIdle})
 	w.done.Add(2)
 	go func() {
 		defer w.done.Done()
@@ -111,11 +114,13 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 		// Opened here, not only in manage, so that a write never finds
 		// a peer without its record (manage handles an error).
 		p.dirty, _ = s.bitmap(name)
+		st := core.Out
 		if slices.Contains(v.InSync, name) {
-			p.state = peerInSync
+			st = core.InSync
 			p.unfl.unknown = true
 		}
 		w.mu.Lock() // the committer runs already
+		p.id = w.c.AddPeer(name, st)
 		w.peers = append(w.peers, p)
 		w.mu.Unlock()
 	}
@@ -124,11 +129,13 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 		w.carriedBusy = append(w.carriedBusy, b)
 		w.busy = append(w.busy, b)
 	}
+	w.mu.Lock()
 	for _, p := range w.peers {
-		if p.state == peerInSync {
+		if w.st(p) == core.InSync {
 			w.carriedLeft++
 		}
 	}
+	w.mu.Unlock()
 	if w.carriedLeft == 0 {
 		w.releaseCarried()
 	}
@@ -142,40 +149,6 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 func (w *writer) leaseOK() bool {
 	ep, until := w.s.cfg.Control.WriterLease()
 	return ep == w.epoch && time.Now().Before(until)
-}
-
-// leaseReturns waits up to one lease for a lapsed writer lease to come
-// back for the same epoch. The cluster renews a lease only after a
-// majority confirmed this member still leads the same term, so no other
-// writer can have acted meanwhile, and a write every in-sync replica
-// holds may then be acknowledged: a renewal that was merely late (a busy
-// machine) does not fail the writes in flight.
-func (w *writer) leaseReturns() bool {
-	deadline := time.Now().Add(w.s.cfg.Lease)
-	for time.Now().Before(deadline) {
-		ep, until := w.s.cfg.Control.WriterLease()
-		if ep == w.epoch && time.Now().Before(until) {
-			return true
-		}
-		if ep != 0 && ep != w.epoch {
-			return false
-		}
-		select {
-		case <-w.s.closing:
-			return false
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return false
-}
-
-// leaseLeft is how long the writer may still grant.
-func (w *writer) leaseUntil() time.Time {
-	ep, until := w.s.cfg.Control.WriterLease()
-	if ep != w.epoch {
-		return time.Time{}
-	}
-	return until
 }
 
 // stop ends this writer: no new operations; operations in flight finish
@@ -201,14 +174,11 @@ func (w *writer) stop() {
 	}
 	w.mu.Lock()
 	var links, live []*Link
-	c := w.seq
-	if len(w.unsettled) > 0 {
-		c = w.unsettled[0] - 1
-	}
+	c := w.c.FinalCommit()
 	for _, p := range w.peers {
 		if p.link != nil {
 			links = append(links, p.link)
-			if p.state == peerInSync || p.state == peerSyncing {
+			if st := w.st(p); st == core.InSync || st == core.Syncing {
 				live = append(live, p.link)
 			}
 		}
