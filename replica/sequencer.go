@@ -330,6 +330,7 @@ func (w *writer) committer() {
 				outs = append(outs, out{p.link, c.Seq})
 			}
 		}
+		w.commitFrames += len(outs)
 		w.mu.Unlock()
 		for _, o := range outs {
 			o.l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: o.seq})

@@ -58,6 +58,9 @@ type writer struct {
 	// the commit point, on the next data frame or from the committer.
 	rmu       sync.RWMutex // guards busy; local apply and its busy range vs. reads here
 	commitSig chan struct{}
+	// commitFrames counts the FrameCommits the committer sent (tests:
+	// data frames carry the commit point under load).
+	commitFrames int
 
 	// carried: ranges this site applied as a replica that the last
 	// writer never committed. Readers here wait for them until every

@@ -61,6 +61,7 @@ type simPeer struct {
 	// leaseEnd: the read lease it holds (it serves reads until then).
 	leaseEnd time.Time
 
+	drops      int  // drops that resolved
 	dropping   bool // a drop is under way (harness side: Raft and the lease wait)
 	dropUntil  time.Time
 	dropCommit bool
@@ -92,6 +93,7 @@ type simOp struct {
 	seq      uint64
 	op       Op
 	inSync   []PeerID // replicas in sync (or dropping) when it was admitted
+	dropsAt  map[PeerID]int
 	answered bool
 	ok       bool
 	failed   bool
@@ -168,10 +170,11 @@ func (s *sim) write(kind Kind, off, n int, origin string, localFail bool) {
 			s.image[r] = seq
 		}
 	}
-	o := &simOp{seq: seq, op: op}
+	o := &simOp{seq: seq, op: op, dropsAt: map[PeerID]int{}}
 	for _, p := range s.peers {
 		if st := s.c.State(p.id); st == InSync || st == Dropping {
 			o.inSync = append(o.inSync, p.id)
+			o.dropsAt[p.id] = p.drops
 		}
 	}
 	s.ops[seq] = o
@@ -299,7 +302,12 @@ func (s *sim) answered(a Answer) {
 			continue
 		}
 		p := s.byID(id)
-		if slices.Contains(p.applied, a.Seq) {
+		if slices.Contains(p.applied, a.Seq) || s.holds(p, o) {
+			continue
+		}
+		if p.drops > o.dropsAt[id] {
+			// Dropped since (marked, its lease out: dropExpires
+			// checks); it may be back in sync by a resync already.
 			continue
 		}
 		// Not there: it must be out of the in-sync set with the range
@@ -319,6 +327,20 @@ func (s *sim) answered(a Answer) {
 	}
 }
 
+// holds reports whether p holds o's write or a newer one in every region
+// of it (a resync copied them after p was dropped and came back).
+func (s *sim) holds(p *simPeer, o *simOp) bool {
+	if o.op.N == 0 {
+		return false
+	}
+	for r := o.op.Off; r < o.op.Off+o.op.N; r++ {
+		if p.image[r] < o.seq {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *sim) settledOne(seq uint64) {
 	o := s.ops[seq]
 	s.logf("settled seq %d", seq)
@@ -329,7 +351,7 @@ func (s *sim) settledOne(seq uint64) {
 	s.settledSet[seq] = true
 	if o.op.Origin != 0 {
 		p := s.byID(o.op.Origin)
-		if !slices.Contains(p.applied, seq) {
+		if !slices.Contains(p.applied, seq) && !s.holds(p, o) && p.drops == o.dropsAt[p.id] {
 			if st := s.c.State(p.id); st == InSync || st == Dropping {
 				s.violate("forwarded seq %d settled before its origin %s applied it", seq, p.name)
 			}
@@ -448,6 +470,10 @@ func (s *sim) dropExpires(p *simPeer) {
 		return
 	}
 	if s.c.DropExpired(p.id) {
+		if s.clock.Now().Before(p.leaseEnd) {
+			s.violate("%s dropped while it holds a read lease (I3)", p.name)
+		}
+		p.drops++
 		p.dropping = false
 		s.logf("%s dropped", p.name)
 		s.drain()
