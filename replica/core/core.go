@@ -400,7 +400,7 @@ func (c *Core) DropCommitted(id PeerID) time.Time {
 		return time.Time{}
 	}
 	end := p.grantEnd
-	if e := c.cfg.Started.Add(c.cfg.Lease); c.cfg.Handover && e.After(end) {
+	if e := c.cfg.Started.Add(c.cfg.Lease); c.cfg.Handover && e.After(end) && !plant.noHandover {
 		// The previous writer released its epoch and may have granted
 		// this replica a lease up to its own lease's end.
 		end = e
@@ -773,7 +773,7 @@ func (c *Core) step(e *entry) {
 			c.answer(e, errors.Join(e.errs...))
 			return
 		}
-		if c.LeaseOK() {
+		if c.LeaseOK() || plant.noLeaseCheck {
 			c.answer(e, nil)
 			return
 		}

@@ -23,7 +23,7 @@ var (
 func explore(seed uint64, steps int) (violations []string, events int, s *sim) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	names := []string{"b", "c", "d"}[:1+rng.IntN(3)]
-	s = newSim(8, names...)
+	s = newSim(8, rng.IntN(3) == 0, names...)
 	s.quiet = !*exploreLog
 	pick := func() *simPeer { return s.peers[rng.IntN(len(s.peers))] }
 	write := func() {
@@ -193,12 +193,14 @@ func plantedBugs() []plantedBug {
 		{"commitPastUnsettled", &plant.commitPastUnsettled, false},
 		{"dropIgnoresLease", &plant.dropIgnoresLease, false},
 		{"settleBeforeOrigin", &plant.settleBeforeOrigin, false},
+		{"noHandover", &plant.noHandover, false},
+		{"noLeaseCheck", &plant.noLeaseCheck, false},
 		{"noPiggyback", &plant.noPiggyback, true},
 	}
 }
 
 func ExampleCore() {
-	s := newSim(4, "b")
+	s := newSim(4, false, "b")
 	s.write(Write, 0, 2, "", false)
 	s.deliver(s.peer("b"))
 	s.ack(s.peer("b"))

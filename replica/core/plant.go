@@ -25,6 +25,13 @@ var plant struct {
 	// dropIgnoresLease resolves a drop as soon as it commits, while the
 	// replica may still serve reads under its last lease (I3).
 	dropIgnoresLease bool
+	// noHandover forgets, after a planned move, the read leases the
+	// previous writer granted (1c60b9f): a drop early in the epoch
+	// resolves while the replica may still serve reads (I3).
+	noHandover bool
+	// noLeaseCheck answers without checking the writer lease (8fdb32d):
+	// an epoch that ended may still acknowledge (I2).
+	noLeaseCheck bool
 	// settleBeforeOrigin makes a forwarded write visible before its
 	// origin applied it.
 	settleBeforeOrigin bool

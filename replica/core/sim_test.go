@@ -99,16 +99,23 @@ type simOp struct {
 	failed   bool
 }
 
-func newSim(nreg int, names ...string) *sim {
+// newSim starts a writer with in-sync replicas names. handover: it took
+// over in a planned move, and the previous writer granted every replica
+// a read lease up to a lease from now.
+func newSim(nreg int, handover bool, names ...string) *sim {
 	s := &sim{nreg: nreg, lease: 100 * time.Millisecond, epoch: 3, clock: NewManual(time.Unix(1000, 0)),
 		ops: map[uint64]*simOp{}, settledSet: map[uint64]bool{}, markFailed: map[uint64]bool{}}
 	s.leaseEpoch = s.epoch
 	s.writerLease = s.clock.Now().Add(s.lease)
 	s.c = New(Config{Epoch: s.epoch, Lease: s.lease, Clock: s.clock, CommitIdle: 2 * time.Millisecond,
+		Started: s.clock.Now(), Handover: handover,
 		WriterLease: func() (uint64, time.Time) { return s.leaseEpoch, s.writerLease }})
 	s.image = make([]uint64, nreg)
 	for _, n := range names {
 		p := &simPeer{name: n, image: make([]uint64, nreg), dirty: map[int]bool{}, up: true}
+		if handover {
+			p.leaseEnd = s.clock.Now().Add(s.lease)
+		}
 		p.id = s.c.AddPeer(n, InSync)
 		s.c.Connected(p.id, true)
 		s.peers = append(s.peers, p)

@@ -26,7 +26,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // A block's output is the event log the command produced, then any
 // violated invariant (a story that shows one fails). Commands:
 //
-//	new b c [regions=N]           a writer with in-sync replicas b, c
+//	new b c [regions=N] [handover] a writer with in-sync replicas b, c
+//	                              (handover: after a planned move)
 //	write OFF N [origin=P] [unmap|flush] [localfail]
 //	deliver P [N|all]             P applies its next frame(s)
 //	ack P [N|all]                 the writer reads P's next answer(s)
@@ -178,15 +179,20 @@ func storyCmd(t *testing.T, sp **sim, path string, b block) string {
 	}
 	if f[0] == "new" {
 		regions := 8
+		handover := false
 		var names []string
 		for _, a := range f[1:] {
 			if v, ok := strings.CutPrefix(a, "regions="); ok {
 				regions, _ = strconv.Atoi(v)
 				continue
 			}
+			if a == "handover" {
+				handover = true
+				continue
+			}
 			names = append(names, a)
 		}
-		*sp = newSim(regions, names...)
+		*sp = newSim(regions, handover, names...)
 		return ""
 	}
 	s := *sp
