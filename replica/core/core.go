@@ -42,6 +42,16 @@
 //   - Leases. A replica is granted a read lease only while it is in sync,
 //     never past the writer's own lease; the latest end granted decides
 //     how long a drop waits.
+//
+// # Not here (yet)
+//
+// The writer still keeps, outside the core: what each link sent and the
+// replica has not answered (Link's pending list, marked by linkDown when
+// a link fails), the regions a replica acknowledged but may not have
+// flushed (unflushed.go), the resync loop that tests each region's bit
+// and copies it (it moves the cursor here under the same lock), the
+// ranges a takeover carries from the last writer, and the busy ranges
+// readers at the writer wait on (released on Settled and Released).
 package core
 
 import (
