@@ -82,8 +82,15 @@ func explore(seed uint64, steps int) (violations []string, events int, s *sim) {
 		case x < 99:
 			s.markFail = true
 		default:
-			if rng.IntN(20) == 0 {
+			switch rng.IntN(20) {
+			case 0:
 				s.leaseEpoch = s.epoch + 1 // another writer's epoch
+			case 1, 2:
+				s.removePeer(pick())
+			case 3, 4:
+				if len(s.peers) < 4 {
+					s.addPeer()
+				}
 			}
 		}
 		s.check()

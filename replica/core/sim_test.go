@@ -31,6 +31,8 @@ type sim struct {
 
 	image []uint64 // the writer's
 	peers []*simPeer
+	gone  []*simPeer // removed from the cluster
+	added int
 
 	ops map[uint64]*simOp // admitted, by seq
 	// settledSet: every admitted seq that was settled.
@@ -143,12 +145,38 @@ func (s *sim) peer(name string) *simPeer {
 }
 
 func (s *sim) byID(id PeerID) *simPeer {
-	for _, p := range s.peers {
+	for _, p := range append(s.peers, s.gone...) {
 		if p.id == id {
 			return p
 		}
 	}
 	return nil
+}
+
+// removePeer: an out-of-sync replica leaves the cluster (writer.retire:
+// no write waits for it, its bitmap is forgotten).
+func (s *sim) removePeer(p *simPeer) {
+	if len(s.peers) < 2 || s.c.State(p.id) != Out || p.syncing || p.dropping {
+		return
+	}
+	s.linkDown(p, "removed")
+	s.c.RemovePeer(p.id)
+	s.peers = slices.DeleteFunc(s.peers, func(x *simPeer) bool { return x == p })
+	s.gone = append(s.gone, p)
+	s.logf("%s removed", p.name)
+}
+
+// addPeer: a data site joins (writer.syncPeers): out of sync, with a full
+// bitmap, resynced like any other.
+func (s *sim) addPeer() {
+	s.added++
+	p := &simPeer{name: fmt.Sprintf("n%d", s.added), image: make([]uint64, s.nreg), dirty: map[int]bool{}}
+	for r := range s.nreg {
+		p.dirty[r] = true
+	}
+	p.id = s.c.AddPeer(p.name, Out)
+	s.peers = append(s.peers, p)
+	s.logf("%s joins", p.name)
 }
 
 // write orders a write (or unmap, flush) of n regions at off; origin is
