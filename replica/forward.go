@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // Forwarding (DESIGN.md write path step 3): a site that is not the writer
@@ -449,7 +451,7 @@ func (w *writer) takesForwardFrom(origin string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range w.peers {
-		if p.name == origin && p.state == peerInSync && p.link != nil {
+		if p.name == origin && w.st(p) == core.InSync && p.link != nil {
 			return true
 		}
 	}

@@ -89,6 +89,10 @@ type Frame struct {
 	At     int64  `msgpack:"a,omitempty"` // forward result: 1 + miscompare offset
 	// Image: a hello answer's image identity (identity.go).
 	Image *ImageID `msgpack:"im,omitempty"`
+	// Commit, on a stream frame: every frame up to it is on every
+	// in-sync site, as a FrameCommit would say; carried on the next data
+	// frame instead of a frame of its own per write (replica/core).
+	Commit uint64 `msgpack:"m,omitempty"`
 }
 
 // Frame flags.

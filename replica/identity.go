@@ -443,8 +443,7 @@ func (w *writer) recordImage(p *peer) {
 		w.mu.Unlock()
 		return
 	}
-	w.seq++
-	ch := l.Send(&Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq, Flags: FlagGen})
+	ch := l.Send(&Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.c.NextSeq(), Flags: FlagGen})
 	w.mu.Unlock()
 	if a := <-ch; a.Err != nil {
 		w.log.Warn("replica image generation not raised", "replica", p.name, "error", a.Err)

@@ -65,7 +65,10 @@ type receiver struct {
 	vmu         sync.RWMutex
 	commit      uint64
 	uncommitted []appliedRange
-	visible     chan struct{} // closed and replaced when commit moves
+	// carriedCommits counts commit points that arrived on data frames
+	// (tests).
+	carriedCommits int
+	visible        chan struct{} // closed and replaced when commit moves
 }
 
 // appliedRange is a write or unmap applied here at seq.
@@ -485,6 +488,14 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		return nack("%v", err)
 	}
 	r.seq = f.Seq
+	if f.Commit > r.commit && f.Commit < f.Seq {
+		// The writer's commit point, carried on this frame instead of
+		// a FrameCommit of its own (it covers frames before this one).
+		r.commit = f.Commit
+		r.uncommitted = slices.DeleteFunc(r.uncommitted, func(a appliedRange) bool { return a.seq <= f.Commit })
+		r.wake()
+		r.carriedCommits++
+	}
 	if (f.Kind == FrameWrite || f.Kind == FrameUnmap) && f.Seq > r.commit {
 		r.uncommitted = append(r.uncommitted, appliedRange{seq: f.Seq, off: f.Offset, n: int64(f.Length)})
 	}

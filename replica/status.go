@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // SiteStatus is what `metrolun status` shows about a site's volume.
@@ -66,7 +68,7 @@ func (s *Site) Status() SiteStatus {
 	_, until := s.cfg.Control.WriterLease()
 	st.Lease = time.Until(until).Truncate(time.Millisecond).String()
 	w.mu.Lock()
-	st.Epoch, st.Seq = w.epoch, w.seq
+	st.Epoch, st.Seq = w.epoch, w.c.Seq()
 	type snap struct {
 		p  PeerStatus
 		l  *Link
@@ -74,8 +76,8 @@ func (s *Site) Status() SiteStatus {
 	}
 	var ps []snap
 	for _, p := range w.peers {
-		x := snap{p: PeerStatus{Name: p.name, State: p.state, Error: p.lastErr, UnflushedRegions: p.unfl.regions()}, l: p.link, bm: p.dirty}
-		if p.state == peerSyncing {
+		x := snap{p: PeerStatus{Name: p.name, State: w.st(p).String(), Error: p.lastErr, UnflushedRegions: p.unfl.regions()}, l: p.link, bm: p.dirty}
+		if w.st(p) == core.Syncing {
 			x.p.ResyncDone, x.p.ResyncTotal = p.resync.Done, p.resync.Total
 			if p.resync.Total > 0 {
 				x.p.ResyncPct = float64(100*p.resync.Done) / float64(p.resync.Total)
@@ -184,15 +186,14 @@ func (s *Site) Verify(ctx context.Context, bandwidth int64) (VerifyStatus, error
 			break
 		}
 		sum := sha256.Sum256(buf[:n])
-		w.seq++
-		f := &Frame{Kind: FrameSum, Epoch: w.epoch, Seq: w.seq, Offset: off, Length: uint32(n), Data: sum[:]}
+		f := &Frame{Kind: FrameSum, Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n), Data: sum[:]}
 		x := sent{off: off, acks: map[string]<-chan Ack{}}
 		var names []string
 		for _, p := range w.peers {
-			if p.state == peerInSync {
+			if w.st(p) == core.InSync {
 				x.acks[p.name] = p.link.Send(f)
 				names = append(names, p.name)
-			} else if p.state == peerSyncing {
+			} else if w.st(p) == core.Syncing {
 				// Keep the syncing peer's sequence unbroken; its answer
 				// does not count.
 				p.link.Send(f)

@@ -2,6 +2,8 @@ package replica
 
 import (
 	"errors"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // When the writer's own store fails (DESIGN.md Failures, "Storage
@@ -46,7 +48,7 @@ func (w *writer) localFailed(f *Frame, err error) {
 	}
 	var to string
 	for _, p := range w.peers {
-		if p.state == peerInSync && p.link != nil && !p.gone {
+		if w.st(p) == core.InSync && p.link != nil && !p.gone {
 			to = p.name
 			break
 		}

@@ -5,6 +5,8 @@ import (
 	"math/bits"
 	"sync"
 	"time"
+
+	"github.com/metrolun/metrolun/replica/core"
 )
 
 // Writes a replica acknowledged but has not flushed (DESIGN.md write path
@@ -278,7 +280,7 @@ func (w *writer) flusher() {
 		}
 		var ps []*peer
 		for _, p := range w.peers {
-			if p.link != nil && (p.state == peerInSync || p.state == peerSyncing) && p.unfl.regions() > 0 {
+			if st := w.st(p); p.link != nil && (st == core.InSync || st == core.Syncing) && p.unfl.regions() > 0 {
 				ps = append(ps, p)
 			}
 		}
@@ -312,10 +314,9 @@ func (w *writer) flushPeers(ps []*peer) []error {
 		}
 		return errs
 	}
-	w.seq++
-	f := &Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.seq}
+	f := &Frame{Kind: FrameFlush, Epoch: w.epoch, Seq: w.c.NextSeq()}
 	for i, p := range ps {
-		if p.link == nil || (p.state != peerInSync && p.state != peerSyncing) {
+		if st := w.st(p); p.link == nil || (st != core.InSync && st != core.Syncing) {
 			errs[i] = ErrLinkDown
 			continue
 		}

@@ -1,0 +1,390 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/metrolun/metrolun/replica/core"
+)
+
+// The write order: every operation takes the next sequence number under
+// w.mu, is applied here, sent to the replicas and answered once every
+// in-sync one has it (DESIGN.md write path); the core (replica/core)
+// decides, order and step act, and the committer makes the writes visible
+// to readers at the replicas.
+
+// waiter is an operation waiting for the core's answer (order).
+type waiter struct {
+	ch   chan core.Answer // the core's answers for it: Poll, then the verdict
+	busy *busyRange       // its range here, released when it settles or fails
+}
+
+// commitIdle is how long a moved commit point waits for a data frame to
+// carry it to a replica before the committer sends it on its own: under
+// load every frame carries it; an idle writer's replicas learn it within
+// this.
+const commitIdle = time.Millisecond
+
+// kindOf is the core's kind of a stream frame.
+func kindOf(f *Frame) core.Kind {
+	switch f.Kind {
+	case FrameWrite:
+		return core.Write
+	case FrameUnmap:
+		return core.Unmap
+	case FrameFlush:
+		return core.Flush
+	}
+	return core.Meta
+}
+
+// order runs one operation in the write order: it takes the next
+// sequence number for f, applies it locally with apply (which may decline
+// with errSkip, a miscompare), sends it to the replicas and waits for
+// every in-sync one. origin is the site that forwarded it ("" for a local
+// one): that site gets a FlagRef frame and is not waited for here.
+//
+// The decisions are the core's (replica/core): which replica gets the
+// frame, which misses it and is marked dirty, when the answer may be
+// given and when the write becomes visible. This loop feeds it the
+// replicas' answers and acts on its Ready (step).
+func (w *writer) order(f *Frame, origin string, apply func() error) error {
+	w.mu.Lock()
+	if w.closed || w.paused {
+		w.mu.Unlock()
+		return errNotWriter
+	}
+	seq, err := w.c.Begin()
+	if err != nil {
+		w.mu.Unlock()
+		return errNotWriter
+	}
+	if w.markerErr != nil {
+		w.c.Abort(seq)
+		w.mu.Unlock()
+		return fmt.Errorf("writer marker: %w", w.markerErr)
+	}
+	f.Epoch, f.Seq = w.epoch, seq
+	w.rmu.Lock()
+	if err := apply(); err != nil {
+		w.rmu.Unlock()
+		w.c.Abort(seq)
+		if !errors.Is(err, errMiscompare) {
+			// Under w.mu, as localFailed requires: a stop() that ran
+			// between here and an unlocked call would see the writer
+			// untainted and clear the marker this failure sets, and the
+			// next writer would trust this site's bitmap over its torn
+			// bytes (I4).
+			w.localFailed(f, err)
+		}
+		w.mu.Unlock()
+		return err
+	}
+	w.inflight.Add(1)
+	defer w.inflight.Done()
+	wt := &waiter{ch: make(chan core.Answer, 2)}
+	if n := frameBytes(f); n > 0 {
+		wt.busy = &busyRange{off: f.Offset, n: n, done: make(chan struct{})}
+		w.busy = append(w.busy, wt.busy)
+	}
+	w.rmu.Unlock()
+	w.waiters[seq] = wt
+	op := core.Op{Kind: kindOf(f), Off: f.Offset, N: frameBytes(f)}
+	var originPeer *peer
+	if origin != "" {
+		for _, p := range w.peers {
+			if p.name == origin {
+				op.Origin, originPeer = p.id, p
+			}
+		}
+	}
+	type ackWait struct {
+		p  *peer
+		ch <-chan Ack
+	}
+	var acks []ackWait
+	var originCh <-chan Ack
+	for _, sd := range w.c.Admit(seq, op) {
+		p := w.byID(sd.Peer)
+		g := f
+		if sd.Ref {
+			ref := *f
+			// f.Ref names the origin's operation: the origin answers
+			// its initiator; its ack only makes the write visible.
+			ref.Data, ref.Flags = nil, f.Flags|FlagRef
+			g = &ref
+		}
+		if sd.Commit != 0 {
+			c := *g
+			c.Commit = sd.Commit
+			g = &c
+		}
+		ch := p.link.Send(g)
+		w.track(p, g, sd.Wait)
+		switch {
+		case sd.Ref:
+			originCh = ch
+		case sd.Wait:
+			acks = append(acks, ackWait{p, ch})
+		case p.link.Err() != nil:
+			// A resyncing replica's link that had failed already
+			// refused it: onDown ran before and will not see it.
+			w.c.SendFailed(seq, p.id)
+		}
+	}
+	// The marks for the replicas that miss it are made before w.mu is
+	// released: a resync starting meanwhile could otherwise pass these
+	// regions before they are marked, and end with the peer in sync
+	// without this write (I4).
+	w.step()
+	w.mu.Unlock()
+	for _, a := range acks {
+		var r Ack
+		if bugAckEarly {
+			r = Ack{} // a known bug, for the torture test (bug_none.go)
+		} else {
+			r = <-a.ch
+		}
+		w.mu.Lock()
+		if r.Err == nil && f.Kind == FrameFlush {
+			a.p.unfl.flushed(seq)
+		}
+		w.ack(seq, a.p, r.Err)
+		w.mu.Unlock()
+	}
+	var poll <-chan time.Time
+	var closing <-chan struct{}
+	for {
+		var a core.Answer
+		select {
+		case a = <-wt.ch:
+		case <-poll:
+			w.mu.Lock()
+			w.c.Tick()
+			w.step()
+			w.mu.Unlock()
+			continue
+		case <-closing:
+			w.mu.Lock()
+			w.c.GiveUp()
+			w.step()
+			w.mu.Unlock()
+			closing = nil
+			continue
+		}
+		if a.Poll {
+			// The writer lease lapsed while the replicas answered: the
+			// core answers once it comes back for this epoch, or fails
+			// the write after a lease.
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			poll, closing = t.C, w.s.closing
+			continue
+		}
+		if a.Err != nil {
+			w.mu.Lock()
+			w.tainted = true
+			w.mu.Unlock()
+			// Applied here and perhaps elsewhere: not a clean failure.
+			return &indeterminate{err: a.Err}
+		}
+		break
+	}
+	if originCh != nil {
+		go func() {
+			a := <-originCh
+			w.mu.Lock()
+			if a.Err == nil && f.Kind == FrameFlush {
+				originPeer.unfl.flushed(seq)
+			}
+			// A failure: the origin could not apply its own write (its
+			// store failed); it answers its initiator with the error,
+			// and the core drops it with the range marked.
+			w.ack(seq, originPeer, a.Err)
+			w.mu.Unlock()
+		}()
+	}
+	return nil
+}
+
+// ack hands p's answer to the frame of seq to the core (w.mu held). A
+// failed answer drops p, logged with its error here.
+func (w *writer) ack(seq uint64, p *peer, err error) {
+	if err != nil && w.c.Fail(p.id) {
+		w.dropStarted(p, err)
+	}
+	w.c.Ack(seq, p.id, err)
+	w.step()
+}
+
+// errAnswerFailed is why the core drops a replica on its own (ack passes
+// the answer's error when it can).
+var errAnswerFailed = errors.New("its answer to a frame failed")
+
+// step acts on the core's decisions (w.mu held): marks first, so that
+// nothing is answered before the regions a replica misses are recorded;
+// then drops, answers, and the ranges that became readable.
+func (w *writer) step() {
+	for w.c.HasReady() {
+		rd := w.c.Ready()
+		for _, m := range rd.Marks {
+			p := w.byID(m.Peer)
+			if p == nil {
+				continue
+			}
+			if err := p.mark(m.Off, m.N); err != nil && !p.gone {
+				if m.Must {
+					w.c.MarkFailed(m.Seq, m.Peer, err)
+				} else {
+					w.log.Error("dirty bitmap", "replica", p.name, "error", err)
+				}
+			}
+		}
+		for _, id := range rd.Drops {
+			if p := w.byID(id); p != nil {
+				w.dropStarted(p, errAnswerFailed)
+			}
+		}
+		for _, a := range rd.Answers {
+			if wt := w.waiters[a.Seq]; wt != nil {
+				wt.ch <- a
+			}
+		}
+		for _, seq := range append(rd.Settled, rd.Released...) {
+			if wt := w.waiters[seq]; wt != nil {
+				delete(w.waiters, seq)
+				if wt.busy != nil {
+					w.release(wt.busy)
+				}
+			}
+		}
+		if rd.CommitMoved {
+			select {
+			case w.commitSig <- struct{}{}:
+			default:
+			}
+		}
+		w.c.Advance(rd)
+	}
+}
+
+// byID finds a peer by its core ID (w.mu held).
+func (w *writer) byID(id core.PeerID) *peer {
+	for _, p := range w.peers {
+		if p.id == id {
+			return p
+		}
+	}
+	return nil
+}
+
+// carriedDone: one more in-sync peer is connected clean or dropped.
+func (w *writer) carriedDone() {
+	w.mu.Lock()
+	w.carriedLeft--
+	last := w.carriedLeft == 0
+	w.mu.Unlock()
+	if last {
+		w.releaseCarried()
+	}
+}
+
+func (w *writer) releaseCarried() {
+	w.mu.Lock()
+	bs := w.carriedBusy
+	w.carriedBusy = nil
+	w.mu.Unlock()
+	for _, b := range bs {
+		w.release(b)
+	}
+}
+
+// committer sends the commit point to replicas that no data frame
+// carried it to within commitIdle (the core decides which), so they may
+// show those writes to their readers. It also ticks, for frames outside
+// the write order (resync copies) and for links that came up since.
+func (w *writer) committer() {
+	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
+	defer tick.Stop()
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-w.commitSig:
+		case <-tick.C:
+		case <-idle.C:
+		}
+		w.mu.Lock()
+		fs, wait := w.c.CommitsDue()
+		type out struct {
+			l   *Link
+			seq uint64
+		}
+		var outs []out
+		for _, c := range fs {
+			if p := w.byID(c.Peer); p != nil && p.link != nil {
+				outs = append(outs, out{p.link, c.Seq})
+			}
+		}
+		w.commitFrames += len(outs)
+		w.mu.Unlock()
+		for _, o := range outs {
+			o.l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: o.seq})
+		}
+		if wait > 0 {
+			idle.Reset(wait)
+		}
+	}
+}
+
+// busyRange is a write applied here but not yet on every in-sync site.
+type busyRange struct {
+	off, n int64
+	done   chan struct{}
+}
+
+func (w *writer) release(r *busyRange) {
+	w.rmu.Lock()
+	w.busy = slices.DeleteFunc(w.busy, func(x *busyRange) bool { return x == r })
+	w.rmu.Unlock()
+	close(r.done)
+}
+
+// readSettled reads p at off from the local store once no write to it
+// is unsettled, with no write applied between the check and the read.
+func (w *writer) readSettled(p []byte, off int64) error {
+	n := int64(len(p))
+	for {
+		w.rmu.RLock()
+		var wait chan struct{}
+		for _, r := range w.busy {
+			if r.off < off+n && off < r.off+r.n {
+				wait = r.done
+				break
+			}
+		}
+		if wait == nil {
+			err := w.s.cfg.Store.ReadAt(p, off)
+			w.rmu.RUnlock()
+			return err
+		}
+		w.rmu.RUnlock()
+		<-wait
+	}
+}
+
+// ready reports whether every in-sync peer is connected (at the start of
+// an epoch they are being connected, or dropped). w.mu is held.
+func (w *writer) ready() bool { return w.c.Linked() }
+
+func frameBytes(f *Frame) int64 {
+	switch f.Kind {
+	case FrameWrite, FrameUnmap:
+		return int64(f.Length)
+	}
+	return 0
+}

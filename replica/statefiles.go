@@ -1,0 +1,105 @@
+package replica
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+)
+
+// The files a writer keeps in the data directory: the writer marker and
+// one dirty bitmap per replica.
+
+// markerPath is the file that says "this site was the writer and may hold
+// writes that no replica acknowledged".
+func (s *Site) markerPath() string { return filepath.Join(s.cfg.Dir, "writer.marker") }
+
+func (s *Site) setMarker() error {
+	err := writeFileSync(s.markerPath(), []byte("metrolun writer marker\n"))
+	if err == nil {
+		err = syncDir(s.cfg.Dir)
+	}
+	if err != nil {
+		s.log.Error("writing the writer marker; this writer acknowledges nothing", "error", err)
+	}
+	return err
+}
+
+func (s *Site) clearMarker() {
+	s.markerStale.Store(false)
+	err := os.Remove(s.markerPath())
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if err == nil {
+		err = syncDir(s.cfg.Dir)
+	}
+	if err != nil {
+		// Left in place, the marker only costs a full compare later.
+		s.log.Warn("removing the writer marker", "error", err)
+	}
+}
+
+// writeFileSync writes a small file and makes it durable.
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// forgetBitmap closes and deletes the dirty bitmap of a peer that left
+// the cluster.
+func (s *Site) forgetBitmap(peer string) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if b := s.bitmaps[peer]; b != nil {
+		b.Close()
+		delete(s.bitmaps, peer)
+	}
+	if err := os.Remove(s.bitmapPath(peer)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("removing the dirty bitmap of a removed site", "replica", peer, "error", err)
+	}
+	if err := syncDir(s.cfg.Dir); err != nil {
+		s.log.Warn("syncing the data directory", "error", err)
+	}
+}
+
+func (s *Site) bitmapPath(peer string) string {
+	return filepath.Join(s.cfg.Dir, "dirty-"+peer+".bitmap")
+}
+
+// bitmap opens the dirty bitmap this site keeps for peer; a new one is
+// full (this writer does not know what the peer has).
+func (s *Site) bitmap(peer string) (*Bitmap, error) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if b := s.bitmaps[peer]; b != nil {
+		return b, nil
+	}
+	b, err := OpenBitmap(s.bitmapPath(peer), s.cfg.Store.Size(), s.cfg.RegionSize, true)
+	if err != nil {
+		return nil, err
+	}
+	s.bitmaps[peer] = b
+	return b, nil
+}
