@@ -109,8 +109,8 @@ func (c *scsiCmd) standardInquiry() []byte {
 	b[3] = 0x12 // HISUP, response data format 2
 	b[4] = byte(len(b) - 5)
 	b[5] = 0x10 | 0x08 // TPGS: implicit ALUA; 3PC: EXTENDED COPY (xcopy.go)
-	b[6] = 0x10 // MULTIP: the device is reachable through several ports
-	b[7] = 0x02 // CMDQUE
+	b[6] = 0x10        // MULTIP: the device is reachable through several ports
+	b[7] = 0x02        // CMDQUE
 	copy(b[8:16], pad(vendorID, 8))
 	product := "metrolun"
 	if c.lu != nil {
