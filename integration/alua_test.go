@@ -21,9 +21,10 @@ import (
 
 // ALUA access states (SPC-4 section 6.36.2, table 160).
 const (
-	aluaOptimized    = 0x0
-	aluaNonOptimized = 0x1
-	aluaUnavailable  = 0x3
+	aluaOptimized     = 0x0
+	aluaNonOptimized  = 0x1
+	aluaUnavailable   = 0x3
+	aluaTransitioning = 0xf
 )
 
 // tpgDesc is one target port group as REPORT TARGET PORT GROUPS gives it.
@@ -35,7 +36,7 @@ type tpgDesc struct {
 }
 
 func (d tpgDesc) String() string {
-	name := map[byte]string{aluaOptimized: "active/optimized", aluaNonOptimized: "active/non-optimized", aluaUnavailable: "unavailable"}[d.State]
+	name := map[byte]string{aluaOptimized: "active/optimized", aluaNonOptimized: "active/non-optimized", aluaUnavailable: "unavailable", aluaTransitioning: "transitioning"}[d.State]
 	if name == "" {
 		name = fmt.Sprintf("state %d", d.State)
 	}
@@ -85,6 +86,11 @@ func reportTPG(ctx context.Context, portal, iqn, initiatorIQN string) ([]tpgDesc
 	if err != nil {
 		return nil, err
 	}
+	return decodeTPG(b)
+}
+
+// decodeTPG decodes REPORT TARGET PORT GROUPS parameter data strictly.
+func decodeTPG(b []byte) ([]tpgDesc, error) {
 	if len(b) < 4 || int(binary.BigEndian.Uint32(b)) != len(b)-4 {
 		return nil, fmt.Errorf("RTPG: RETURN DATA LENGTH does not match %d bytes: % x", len(b), b)
 	}

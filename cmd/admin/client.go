@@ -156,6 +156,20 @@ func (c *Client) Status(ctx context.Context, ep Endpoint) (Status, error) {
 	return st, err
 }
 
+// Sessions asks ep for its own iSCSI sessions.
+func (c *Client) Sessions(ctx context.Context, ep Endpoint) (SessionList, error) {
+	var r SessionList
+	err := c.Do(ctx, ep, http.MethodGet, PathSessions, nil, &r)
+	return r, err
+}
+
+// Hosts asks ep for every initiator in the cluster.
+func (c *Client) Hosts(ctx context.Context, ep Endpoint) (HostsResponse, error) {
+	var r HostsResponse
+	err := c.Do(ctx, ep, http.MethodGet, PathHosts, nil, &r)
+	return r, err
+}
+
 // Promote asks the leader ep to move the writer to site.
 func (c *Client) Promote(ctx context.Context, ep Endpoint, site string) (PromoteResponse, error) {
 	var r PromoteResponse

@@ -233,6 +233,12 @@ func (m *member) adminHandler(g *admin.Guard) http.Handler {
 		}
 		admin.WriteJSON(w, http.StatusOK, rep)
 	})
+	mux.HandleFunc("GET "+admin.PathSessions, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, admin.SessionList{Member: m.cfg.Name, Sessions: m.book.own()})
+	})
+	mux.HandleFunc("GET "+admin.PathHosts, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, m.hosts())
+	})
 	mux.Handle("GET "+admin.PathMetrics, m.metricsHandler())
 	return g.Wrap(mux)
 }

@@ -49,6 +49,9 @@ type demoOptions struct {
 	witness  bool
 	basePort int
 	logLevel string
+	// resyncBandwidth caps every site's resync (resync_bandwidth), "" or
+	// "0" for none: a slow resync that a person or a test can watch.
+	resyncBandwidth string
 }
 
 func demoCmd() *cobra.Command {
@@ -72,6 +75,7 @@ then stops everything it started.`,
 	f.BoolVar(&o.witness, "witness", true, "with several sites, also run a witness (a Raft voter without data)")
 	f.IntVar(&o.basePort, "cluster-port", conf.DefaultRaftPort, "first of the three cluster ports of every member (Raft, replication, admin)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
+	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	return cmd
 }
 
@@ -251,9 +255,17 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 	if o.addr != "127.0.0.1" {
 		return nil, fmt.Errorf("--addr %s: a multi-site demo uses 127.0.0.1, 127.0.0.2, ...", o.addr)
 	}
+	var bw int64
+	if o.resyncBandwidth != "" {
+		var err error
+		if bw, err = conf.ParseSize(o.resyncBandwidth); err != nil || bw < 0 {
+			return nil, fmt.Errorf("--resync-bandwidth %q: want a size such as 4MiB", o.resyncBandwidth)
+		}
+	}
 	configs := conf.DefaultClusterPorts(dir, o.sites, o.witness, o.port, o.basePort)
 	for _, c := range configs {
 		c.LogLevel = o.logLevel
+		c.Cluster.ResyncBandwidth = bw
 		for ti := range c.Targets {
 			for li := range c.Targets[ti].LUNs {
 				c.Targets[ti].LUNs[li].Size = size
