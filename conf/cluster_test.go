@@ -2,6 +2,7 @@ package conf
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -708,5 +709,30 @@ func TestReferenceExamplesParse(t *testing.T) {
 	}
 	if n < 2 {
 		t.Errorf("REFERENCE.md has %d ```hcl blocks, want at least 2 (the second with a cluster block)", n)
+	}
+}
+
+func TestDefaultClusterAt(t *testing.T) {
+	dir := t.TempDir()
+	cs := DefaultClusterAt(dir, netip.MustParseAddr("127.0.10.254"), 2, true, 3260, 7400)
+	want := []string{"127.0.10.254:7400", "127.0.10.255:7400", "127.0.11.0:7400"}
+	for i, c := range cs {
+		if c.Cluster.RaftListen != want[i] {
+			t.Errorf("member %d raft %s, want %s", i, c.Cluster.RaftListen, want[i])
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+	if got := cs[1].ISCSI.Listen[0]; got != "127.0.10.255:3260" {
+		t.Errorf("site-b iscsi %s", got)
+	}
+	for _, bad := range []struct {
+		first string
+		n     int
+	}{{"127.255.255.254", 3}, {"10.0.0.1", 1}, {"::1", 1}} {
+		if _, err := DemoAddrs(netip.MustParseAddr(bad.first), bad.n); err == nil {
+			t.Errorf("DemoAddrs(%s, %d) accepted", bad.first, bad.n)
+		}
 	}
 }

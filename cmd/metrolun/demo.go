@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -243,7 +244,8 @@ func runDemo(o demoOptions) error {
 }
 
 // demoConfigs returns the members' configs: one standalone site, or
-// several sites (127.0.0.1, 127.0.0.2, ...) and a witness.
+// several sites and a witness on the addresses from --addr on
+// (127.0.0.1, 127.0.0.2, ... by default).
 func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) {
 	if o.sites == 1 {
 		cfg := conf.Default(dir)
@@ -252,8 +254,16 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 		cfg.Targets[0].LUNs[0].Size = size
 		return []*conf.Config{cfg}, nil
 	}
-	if o.addr != "127.0.0.1" {
-		return nil, fmt.Errorf("--addr %s: a multi-site demo uses 127.0.0.1, 127.0.0.2, ...", o.addr)
+	first, err := netip.ParseAddr(o.addr)
+	if err != nil {
+		return nil, fmt.Errorf("--addr %q: %v", o.addr, err)
+	}
+	n := o.sites
+	if o.witness {
+		n++
+	}
+	if _, err := conf.DemoAddrs(first, n); err != nil {
+		return nil, fmt.Errorf("--addr %s: %v (every member takes the next address)", o.addr, err)
 	}
 	var bw int64
 	if o.resyncBandwidth != "" {
@@ -262,7 +272,7 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 			return nil, fmt.Errorf("--resync-bandwidth %q: want a size such as 4MiB", o.resyncBandwidth)
 		}
 	}
-	configs := conf.DefaultClusterPorts(dir, o.sites, o.witness, o.port, o.basePort)
+	configs := conf.DefaultClusterAt(dir, first, o.sites, o.witness, o.port, o.basePort)
 	for _, c := range configs {
 		c.LogLevel = o.logLevel
 		c.Cluster.ResyncBandwidth = bw
