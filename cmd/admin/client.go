@@ -79,8 +79,9 @@ func (c *Client) httpClient() *http.Client {
 	return c.hc
 }
 
-// Do sends a request to ep and decodes the answer into out. in, when not
-// nil, is the JSON body; a state-changing request always gets one.
+// Do sends a request to ep and decodes the answer into out (a *[]byte
+// takes it as it is, e.g. /metrics). in, when not nil, is the JSON body;
+// a state-changing request always gets one.
 func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, out any) error {
 	if ep.Admin == "" {
 		return fmt.Errorf("%s has no admin address", ep.Name)
@@ -140,6 +141,10 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 			}
 		}
 		return &Error{Code: resp.StatusCode, Msg: er.Error, Leader: er.Leader}
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = b
+		return nil
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

@@ -26,8 +26,9 @@ type Host struct {
 	// OneSite: its paths go to one site only although the cluster has
 	// more data sites; it loses I/O with that site.
 	OneSite bool `json:"one_site"`
-	// NotNearest: its nearest site is not its preferred one; its
-	// optimized path crosses a longer link than it needs to.
+	// NotNearest: it has paths to several sites and the nearest is not
+	// its preferred one; its optimized path crosses a longer link than
+	// it needs to.
 	NotNearest bool `json:"not_nearest"`
 }
 
@@ -75,7 +76,7 @@ func Hosts(c Cluster) []Host {
 			h.Preferred, h.PreferredBy = c.Writer, "writer"
 		}
 		h.OneSite = len(h.Sites) == 1 && len(c.Sites) > 1
-		h.NotNearest = h.Nearest != "" && h.Preferred != "" && h.Nearest != h.Preferred
+		h.NotNearest = len(h.Sites) > 1 && h.Nearest != "" && h.Preferred != "" && h.Nearest != h.Preferred
 		out = append(out, *h)
 	}
 	return out

@@ -186,7 +186,9 @@ func TestHosts(t *testing.T) {
 	a1, b1 := live("site-a", host, "1"), live("site-b", host, "2")
 	a1.RTT, b1.RTT = 100*time.Microsecond, 20*time.Millisecond
 	a1.State, b1.State = "active/non-optimized", "active/optimized"
-	b2 := live("site-b", h2, "1")
+	// h2's one path is not to the writer's site: with one site there is
+	// no nearer one to flag.
+	b2 := live("site-a", h2, "1")
 	b2.RTT = time.Millisecond
 	a3 := live("site-a", h3, "9")
 	c.Sessions = []Session{b1, b2, a1, a3, ended("site-a", h2, "7", time.Second)}
@@ -195,8 +197,8 @@ func TestHosts(t *testing.T) {
 	want := []Host{
 		{Initiator: host, Sites: []string{"site-a", "site-b"}, Paths: []Session{a1, b1},
 			Preferred: "site-b", PreferredBy: "writer", Nearest: "site-a", NotNearest: true},
-		{Initiator: h2, Sites: []string{"site-b"}, Paths: []Session{b2},
-			Preferred: "site-b", PreferredBy: "writer", Nearest: "site-b", OneSite: true},
+		{Initiator: h2, Sites: []string{"site-a"}, Paths: []Session{b2},
+			Preferred: "site-b", PreferredBy: "writer", Nearest: "site-a", OneSite: true},
 		{Initiator: h3, Sites: []string{"site-a"}, Paths: []Session{a3},
 			Preferred: "site-a", PreferredBy: "prefer", OneSite: true},
 	}
