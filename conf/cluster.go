@@ -77,8 +77,17 @@ type Member struct {
 }
 
 // Preference makes Site the preferred (ALUA active/optimized) site of the
-// initiator named Initiator.
+// initiator named Initiator. Initiator PreferEveryone applies to every
+// initiator without a Preference of its own; Site PreferAuto prefers the
+// site of the initiator's paths with the lowest measured round trip
+// (cmd/paths.Preferred).
 type Preference struct{ Initiator, Site string }
+
+// The wildcards of a prefer block.
+const (
+	PreferEveryone = "*"
+	PreferAuto     = "auto"
+)
 
 // Defaults of the cluster block.
 const (
@@ -310,17 +319,22 @@ func (cl *Cluster) DataMembers() []Member {
 }
 
 // PreferredSite returns the preferred site of the initiator named
-// initiator, if a prefer block names it. iSCSI names compare
+// initiator as the prefer blocks give it: its own block's, else the
+// PreferEveryone block's (either may be PreferAuto). iSCSI names compare
 // case-insensitively (RFC 3722), so initiator may be in any case.
 func (cl *Cluster) PreferredSite(initiator string) (string, bool) {
 	if cl == nil {
 		return "", false
 	}
 	initiator = strings.ToLower(initiator)
+	every, hasEvery := "", false
 	for _, p := range cl.Preferred {
-		if p.Initiator == initiator {
+		switch p.Initiator {
+		case initiator:
 			return p.Site, true
+		case PreferEveryone:
+			every, hasEvery = p.Site, true
 		}
 	}
-	return "", false
+	return every, hasEvery
 }

@@ -546,7 +546,7 @@ func TestClusterValidateInCode(t *testing.T) {
 			`cluster.prefer[1].initiator: "iqn.1994-05.com.redhat:h" already has a preferred site (cluster.prefer[0].initiator)`,
 			`cluster.prefer[1].site: "witness" is a witness, which serves no iSCSI; expected one of site-a, site-b`,
 			`cluster.prefer[2].initiator: "host-c": expected a name starting with iqn., eui. or naa. (RFC 7143 §4.2.7)`,
-			"cluster.prefer[2].site: is required: the data member this initiator prefers; expected one of site-a, site-b",
+			"cluster.prefer[2].site: is required: the data member this initiator prefers; expected one of site-a, site-b, or \"auto\"",
 		}},
 		{"no cluster", func(c *Config) { c.Cluster = nil }, nil},
 	}
@@ -734,5 +734,23 @@ func TestDefaultClusterAt(t *testing.T) {
 		if _, err := DemoAddrs(netip.MustParseAddr(bad.first), bad.n); err == nil {
 			t.Errorf("DemoAddrs(%s, %d) accepted", bad.first, bad.n)
 		}
+	}
+}
+
+func TestPreferAuto(t *testing.T) {
+	src := clusterSrc(`prefer {`, `  initiator = "*"`, `  site = "auto"`, `}`, `prefer {`, `  initiator = "iqn.1994-05.com.redhat:h"`, `  site = "b"`, `}`)
+	c, err := Parse("prefer.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site, ok := c.Cluster.PreferredSite("IQN.1994-05.com.redhat:H"); !ok || site != "b" {
+		t.Errorf("own block: %q %v", site, ok)
+	}
+	if site, ok := c.Cluster.PreferredSite("iqn.1994-05.com.redhat:other"); !ok || site != PreferAuto {
+		t.Errorf("everyone's block: %q %v", site, ok)
+	}
+	dup := clusterSrc(`prefer {`, `  initiator = "*"`, `  site = "auto"`, `}`, `prefer {`, `  initiator = "*"`, `  site = "a"`, `}`)
+	if _, err := Parse("dup.hcl", []byte(dup)); err == nil || !strings.Contains(err.Error(), `"*" already has a preferred site`) {
+		t.Errorf("two blocks for \"*\": %v", err)
 	}
 }

@@ -288,6 +288,13 @@ func TestALUA(t *testing.T) {
 // and starts it again; it is stopped in t.Cleanup.
 func restartWithPreference(t *testing.T, d *Demo, bin string, m Member, initiatorIQN string) {
 	t.Helper()
+	restartWithPrefer(t, d, bin, m, initiatorIQN, m.Name)
+}
+
+// restartWithPrefer is restartWithPreference with a prefer block for
+// initiatorIQN (or "*") naming site (or "auto").
+func restartWithPrefer(t *testing.T, d *Demo, bin string, m Member, initiatorIQN, site string) {
+	t.Helper()
 	if err := syscall.Kill(m.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +304,7 @@ func restartWithPreference(t *testing.T, d *Demo, bin string, m Member, initiato
 	if err != nil {
 		t.Fatal(err)
 	}
-	block := fmt.Sprintf("cluster {\n  prefer {\n    initiator = %q\n    site = %q\n  }\n", initiatorIQN, m.Name)
+	block := fmt.Sprintf("cluster {\n  prefer {\n    initiator = %q\n    site = %q\n  }\n", initiatorIQN, site)
 	cfg := strings.Replace(string(b), "cluster {\n", block, 1)
 	if cfg == string(b) {
 		t.Fatalf("%s has no cluster block:\n%s", cfgPath, b)

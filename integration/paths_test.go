@@ -152,3 +152,85 @@ func TestClusterHostsView(t *testing.T) {
 		return err == nil && h != nil && h.OneSite && len(h.Paths) == 1 && h.Paths[0].Site == o
 	})
 }
+
+// TestPreferAuto (issue 14): with `prefer { initiator = "*"  site =
+// "auto" }` at every site, a host whose path to the writer's site crosses
+// a 15 ms (each way) link and whose path to the other site is direct
+// sees the other site active/optimized at both sites once its round
+// trips are measured, while an initiator with no measured paths still
+// sees the writer's; `metrolun hosts` says "auto" and does not flag it.
+func TestPreferAuto(t *testing.T) {
+	d := startCluster(t)
+	ctx := t.Context()
+	bin := metrolunBin(t)
+	for _, name := range []string{"site-a", "site-b"} {
+		restartWithPrefer(t, d, bin, member(d, name), "*", "auto")
+		if err := WaitInSync(ctx, bin, d.Dir, name, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var w string
+	until(t, "a writer", 30*time.Second, func() bool {
+		ms, err := ClusterStatus(ctx, bin, d.Dir)
+		w = Writer(ms)
+		return err == nil && w != "" && InSync(ms, "site-a") && InSync(ms, "site-b")
+	})
+	o := map[string]string{"site-a": "site-b", "site-b": "site-a"}[w]
+	group := map[string]uint16{"site-a": 1, "site-b": 2}
+	portalW, iqn, _ := ParseISCSIURL(member(d, w).ISCSI)
+	portalO, _, _ := ParseISCSIURL(member(d, o).ISCSI)
+	far, err := proxy.New(Loopback+":0", portalW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	far.Set(proxy.Shape{Latency: 15 * time.Millisecond}, proxy.Shape{Latency: 15 * time.Millisecond})
+	const host = "iqn.2026-11.io.metrolun:auto-host"
+	var sessions []*initiator.Session
+	for _, portal := range []string{far.Addr(), portalO} {
+		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		s, err := initiator.Dial(dctx, portal, iqn, host, initiator.Options{})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		sessions = append(sessions, s)
+	}
+	optimized := func(gs []tpgDesc) uint16 {
+		for _, g := range gs {
+			if g.State == aluaOptimized {
+				return g.ID
+			}
+		}
+		return 0
+	}
+	// Both of the host's paths (the target pings every 5 s, the sites
+	// exchange session lists every second).
+	until(t, "the host's optimized group moves to "+o+" on both paths", 40*time.Second, func() bool {
+		for _, s := range sessions {
+			gs, err := rtpgOn(ctx, s)
+			if err != nil || optimized(gs) != group[o] {
+				return false
+			}
+		}
+		return true
+	})
+	gs, err := reportTPG(ctx, portalO, iqn, "iqn.2026-11.io.metrolun:auto-unmeasured")
+	if err != nil || optimized(gs) != group[w] {
+		t.Fatalf("an initiator without measured paths at %s: %v (%v), want the writer %s optimized", o, gs, err, w)
+	}
+	out, err := exec.CommandContext(ctx, bin, "hosts", "--json", "--dir", d.Dir).Output()
+	var r admin.HostsResponse
+	if err == nil {
+		err = json.Unmarshal(out, &r)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range r.Hosts {
+		if h.Initiator == host && (h.Preferred != o || h.PreferredBy != "auto" || h.NotNearest || h.Nearest != o) {
+			t.Fatalf("metrolun hosts: %+v", h)
+		}
+	}
+}

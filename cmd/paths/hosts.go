@@ -27,8 +27,8 @@ type Host struct {
 	// more data sites; it loses I/O with that site.
 	OneSite bool `json:"one_site"`
 	// NotNearest: it has paths to several sites and the nearest is not
-	// its preferred one; its optimized path crosses a longer link than
-	// it needs to.
+	// its preferred one (clearly nearer: ClearlyNearer); its optimized
+	// path crosses a longer link than it needs to.
 	NotNearest bool `json:"not_nearest"`
 }
 
@@ -65,9 +65,9 @@ func Hosts(c Cluster) []Host {
 			return strings.Compare(a.ISID, b.ISID)
 		})
 		h.Nearest, _ = Nearest(c.Sessions, h.Initiator)
-		_, configured := c.Prefer[k]
+		entry, configured := c.preference(h.Initiator)
 		switch p, ok := Preferred(c, h.Initiator); {
-		case ok && (configured && c.Prefer[k] != Auto):
+		case ok && configured && entry != Auto:
 			h.Preferred, h.PreferredBy = p, "prefer"
 		case ok:
 			h.Preferred, h.PreferredBy = p, "auto"
@@ -76,7 +76,14 @@ func Hosts(c Cluster) []Host {
 			h.Preferred, h.PreferredBy = c.Writer, "writer"
 		}
 		h.OneSite = len(h.Sites) == 1 && len(c.Sites) > 1
-		h.NotNearest = len(h.Sites) > 1 && h.Nearest != "" && h.Preferred != "" && h.Nearest != h.Preferred
+		// With several sites: the nearest is clearly nearer than the
+		// preferred one's path, or the preferred one has no measured
+		// path at all.
+		if len(h.Sites) > 1 && h.Nearest != "" && h.Preferred != "" && h.Nearest != h.Preferred {
+			rn, _ := rttAt(c.Sessions, h.Initiator, h.Nearest)
+			rp, ok := rttAt(c.Sessions, h.Initiator, h.Preferred)
+			h.NotNearest = !ok || ClearlyNearer(rn, rp)
+		}
 		out = append(out, *h)
 	}
 	return out

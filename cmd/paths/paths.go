@@ -67,11 +67,10 @@ type Cluster struct {
 	Writer    string
 	Sites     []Site
 	// Prefer maps an initiator name in lower case to the site it prefers
-	// (prefer blocks); the value Auto prefers the site of its paths with
-	// the lowest round trip.
+	// (prefer blocks); the key Everyone applies to initiators without
+	// their own; the value Auto prefers the site of its paths with the
+	// lowest round trip (Preferred).
 	Prefer map[string]string
-	// AutoPrefer applies Auto to every initiator without a prefer block.
-	AutoPrefer bool
 	// Sessions are every session known in the cluster: this site's own
 	// (live and recently ended) and those the other data sites reported.
 	Sessions []Session
@@ -83,6 +82,10 @@ type Cluster struct {
 
 // Auto as a preferred site: the site of the initiator's lowest-RTT path.
 const Auto = "auto"
+
+// Everyone as an initiator in Prefer: every initiator without a prefer
+// block of its own.
+const Everyone = "*"
 
 func (c Cluster) site(name string) (Site, bool) {
 	for _, s := range c.Sites {
@@ -106,21 +109,63 @@ func (c Cluster) counts(s Session) bool {
 	return s.Live() || c.Now.Sub(s.Ended) <= Recent
 }
 
-// Preferred returns the site the initiator prefers and whether it has
-// one: its prefer block, or with Auto the site of its live path with the
-// lowest measured round trip (none before one is measured).
-func Preferred(c Cluster, initiator string) (string, bool) {
-	p, ok := c.Prefer[strings.ToLower(initiator)]
-	if !ok && c.AutoPrefer {
-		p, ok = Auto, true
+// preference returns the initiator's prefer entry: its own, else
+// Everyone's.
+func (c Cluster) preference(initiator string) (string, bool) {
+	if p, ok := c.Prefer[strings.ToLower(initiator)]; ok {
+		return p, true
 	}
+	p, ok := c.Prefer[Everyone]
+	return p, ok
+}
+
+// Preferred returns the site the initiator prefers and whether it has
+// one: its prefer entry (or Everyone's), or with Auto the site of its
+// live path with the lowest measured round trip, none before one is
+// measured. Auto keeps the writer's site unless another is clearly
+// nearer (ClearlyNearer): two sites in one room measure within noise of
+// each other, and a preference that followed the noise would move the
+// active/optimized group back and forth, each move a unit attention and
+// a path group switch at the host.
+func Preferred(c Cluster, initiator string) (string, bool) {
+	p, ok := c.preference(initiator)
 	if !ok {
 		return "", false
 	}
 	if p != Auto {
 		return p, true
 	}
-	return Nearest(c.Sessions, initiator)
+	near, ok := Nearest(c.Sessions, initiator)
+	if !ok {
+		return "", false
+	}
+	if near != c.Writer {
+		if rw, ok := rttAt(c.Sessions, initiator, c.Writer); ok {
+			rn, _ := rttAt(c.Sessions, initiator, near)
+			if !ClearlyNearer(rn, rw) {
+				return c.Writer, true
+			}
+		}
+	}
+	return near, true
+}
+
+// ClearlyNearer reports whether a round trip of a is shorter than one of
+// b by more than noise: by at least a quarter of b and at least 1 ms.
+func ClearlyNearer(a, b time.Duration) bool {
+	return a < b-max(b/4, time.Millisecond)
+}
+
+// rttAt is the lowest measured round trip of the initiator's live paths
+// to site.
+func rttAt(sessions []Session, initiator, site string) (time.Duration, bool) {
+	var best time.Duration
+	for _, s := range sessions {
+		if s.Live() && s.RTT > 0 && s.Site == site && sameName(s.Initiator, initiator) && (best == 0 || s.RTT < best) {
+			best = s.RTT
+		}
+	}
+	return best, best > 0
 }
 
 // Nearest returns the site of the initiator's live path with the lowest

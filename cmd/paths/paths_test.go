@@ -150,7 +150,7 @@ func TestGroups(t *testing.T) {
 			[]g{{1, target.PathActiveNonOptimized, true}, {2, target.PathActiveOptimized, false}}},
 		{"auto prefers the lowest round trip", func(c *Cluster) {
 			c.Sites[0].InSync = true
-			c.AutoPrefer = true
+			c.Prefer = map[string]string{Everyone: Auto}
 			a, b := live("site-a", host, "1"), live("site-b", host, "2")
 			a.RTT, b.RTT = 200*time.Microsecond, 30*time.Millisecond
 			c.Sessions = []Session{b, a}
@@ -206,7 +206,7 @@ func TestHosts(t *testing.T) {
 		t.Fatalf("Hosts:\n got %+v\nwant %+v", got, want)
 	}
 	// With auto, host prefers its nearest site: no longer flagged.
-	c.AutoPrefer = true
+	c.Prefer[Everyone] = Auto
 	got = Hosts(c)
 	if got[0].Preferred != "site-a" || got[0].PreferredBy != "auto" || got[0].NotNearest {
 		t.Fatalf("auto: %+v", got[0])
@@ -246,5 +246,44 @@ func TestJournal(t *testing.T) {
 	got = j.List(t0.Add(3 * time.Second))
 	if len(got) != MaxEnded || got[len(got)-1].TSIH != MaxEnded+19 {
 		t.Fatalf("%d ended kept, last TSIH %d", len(got), got[len(got)-1].TSIH)
+	}
+}
+
+func TestAutoPreference(t *testing.T) {
+	cases := []struct {
+		name     string
+		rtt      map[string]time.Duration // by site; 0: no measured path
+		prefer   map[string]string
+		want     string
+		wantPref bool
+	}{
+		{"clearly nearer than the writer", map[string]time.Duration{"site-a": 300 * time.Microsecond, "site-b": 12 * time.Millisecond}, nil, "site-a", true},
+		{"within noise of the writer: the writer", map[string]time.Duration{"site-a": 300 * time.Microsecond, "site-b": 900 * time.Microsecond}, nil, "site-b", true},
+		{"less than a quarter nearer: the writer", map[string]time.Duration{"site-a": 40 * time.Millisecond, "site-b": 45 * time.Millisecond}, nil, "site-b", true},
+		{"the writer nearest", map[string]time.Duration{"site-a": 20 * time.Millisecond, "site-b": 2 * time.Millisecond}, nil, "site-b", true},
+		{"no path to the writer measured", map[string]time.Duration{"site-a": 20 * time.Millisecond}, nil, "site-a", true},
+		{"nothing measured: no preference", map[string]time.Duration{}, nil, "", false},
+		{"an initiator's own block wins over everyone's", map[string]time.Duration{"site-a": 300 * time.Microsecond, "site-b": 12 * time.Millisecond},
+			map[string]string{host: "site-b"}, "site-b", true},
+		{"an initiator's own auto", map[string]time.Duration{"site-a": 300 * time.Microsecond, "site-b": 12 * time.Millisecond},
+			map[string]string{host: Auto, Everyone: "site-b"}, "site-a", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := twoSites()
+			c.Prefer = map[string]string{Everyone: Auto}
+			if tc.prefer != nil {
+				c.Prefer = tc.prefer
+			}
+			for site, d := range tc.rtt {
+				s := live(site, host, site)
+				s.RTT = d
+				c.Sessions = append(c.Sessions, s)
+			}
+			got, ok := Preferred(c, host)
+			if got != tc.want || ok != tc.wantPref {
+				t.Errorf("Preferred = %q, %v; want %q, %v", got, ok, tc.want, tc.wantPref)
+			}
+		})
 	}
 }
