@@ -30,6 +30,10 @@ type Client struct {
 	// Token is sent as a bearer token; "" sends none (a client
 	// certificate in TLS, or a member with admin_insecure).
 	Token string
+	// TokenSource, when set, gives the token for each call instead of
+	// Token (a member reads its token file again, so a rotated one is
+	// picked up, while several goroutines share the client).
+	TokenSource func() string
 	// TLS, when not nil, makes the client speak HTTPS: RootCAs verifies
 	// the server, Certificates is this client's certificate if any.
 	TLS *tls.Config
@@ -118,8 +122,12 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+	tok := c.Token
+	if c.TokenSource != nil {
+		tok = c.TokenSource()
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
@@ -214,7 +222,7 @@ func (c *Client) RemoveMember(ctx context.Context, ep Endpoint, name string) (Re
 // so only ctx bounds it. A failed verify returns the report so far too.
 func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) {
 	var r VerifyReport
-	cc := &Client{Token: c.Token, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
+	cc := &Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
 	err := cc.Do(ctx, ep, http.MethodPost, PathVerify, nil, &r)
 	return r, err
 }
@@ -233,7 +241,7 @@ func (c *Client) Gather(ctx context.Context, eps []Endpoint) []MemberReport {
 				out[i].Error = "no admin address in the config"
 				return
 			}
-			cc := Client{Token: c.Token, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
+			cc := Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
 			st, err := cc.Status(ctx, ep)
 			if err != nil {
 				out[i].Error = err.Error()
