@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"time"
 
 	"github.com/metrolun/metrolun/cmd/paths"
 	"github.com/metrolun/metrolun/raftlog"
@@ -303,7 +304,10 @@ const MaxSessions = 4096 + paths.MaxEnded
 // SessionList answers GET /v1/sessions: the member's own sessions, live
 // ones first, then those that ended within paths.Recent.
 type SessionList struct {
-	Member   string    `json:"member"`
+	Member string `json:"member"`
+	// Now is the member's clock when it answered: a reader takes the
+	// times below relative to it, not to its own clock.
+	Now      time.Time `json:"now"`
 	Sessions []Session `json:"sessions"`
 }
 

@@ -237,7 +237,8 @@ func (m *member) adminHandler(g *admin.Guard) http.Handler {
 		admin.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("GET "+admin.PathSessions, func(w http.ResponseWriter, r *http.Request) {
-		admin.WriteJSON(w, http.StatusOK, admin.SessionList{Member: m.cfg.Name, Sessions: m.book.own()})
+		own, now := m.book.own()
+		admin.WriteJSON(w, http.StatusOK, admin.SessionList{Member: m.cfg.Name, Now: now, Sessions: own})
 	})
 	mux.HandleFunc("GET "+admin.PathHosts, func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, m.hosts())

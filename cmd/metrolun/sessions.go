@@ -114,7 +114,7 @@ func (b *sessionBook) poll() {
 				b.m.log.Trace("asking for another site's sessions", "site", ep.Name, "error", err)
 				return
 			}
-			b.heard(ep.Name, l.Sessions, time.Now())
+			b.heard(ep.Name, l, time.Now())
 		}()
 	}
 	wg.Wait()
@@ -132,14 +132,28 @@ func (b *sessionBook) poll() {
 	}
 }
 
-// heard takes a site's list; the site speaks for itself only, and at
-// most admin.MaxSessions entries are kept.
-func (b *sessionBook) heard(site string, list []paths.Session, at time.Time) {
+// heard takes a site's list, received at at; the site speaks for itself
+// only, at most admin.MaxSessions entries are kept, and its times are
+// moved to this member's clock (the list's Now is taken as at), so that
+// "ended within paths.Recent" does not depend on the sites' clocks
+// agreeing.
+func (b *sessionBook) heard(site string, l admin.SessionList, at time.Time) {
+	list := l.Sessions
 	if len(list) > admin.MaxSessions {
 		list = list[:admin.MaxSessions]
 	}
+	skew := time.Duration(0)
+	if !l.Now.IsZero() {
+		skew = at.Sub(l.Now)
+	}
 	for i := range list {
 		list[i].Site = site
+		if !list[i].Ended.IsZero() {
+			list[i].Ended = list[i].Ended.Add(skew)
+		}
+		if !list[i].Since.IsZero() {
+			list[i].Since = list[i].Since.Add(skew)
+		}
 	}
 	b.mu.Lock()
 	b.peers[site] = &peerSessions{sessions: list, heard: at}
@@ -167,12 +181,13 @@ func (b *sessionBook) refreshOwn() {
 	b.merged.Store(&all)
 }
 
-// own is this site's list for GET /v1/sessions.
-func (b *sessionBook) own() []paths.Session {
+// own is this site's list for GET /v1/sessions, and the time it is of.
+func (b *sessionBook) own() ([]paths.Session, time.Time) {
 	b.refreshOwn()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.journal.List(time.Now())
+	now := time.Now()
+	return b.journal.List(now), now
 }
 
 // collectLocked returns every session known and the other data sites
