@@ -76,10 +76,19 @@ func TestClusterHostsView(t *testing.T) {
 	}
 	// The target pings every nop_interval (5 s by default).
 	var r admin.HostsResponse
-	until(t, "both of the host's paths have a round trip", 40*time.Second, func() bool {
+	// A loaded machine may delay one answer; the smoothed round trips
+	// must come to show the proxy.
+	until(t, "both of the host's paths have a round trip, the far one the longer", 60*time.Second, func() bool {
 		r, err = hostsJSON()
 		h := find(r, host)
-		return err == nil && h != nil && len(h.Paths) == 2 && h.Paths[0].RTT > 0 && h.Paths[1].RTT > 0 && find(r, single) != nil
+		if err != nil || h == nil || len(h.Paths) != 2 || find(r, single) == nil {
+			return false
+		}
+		rtt := map[string]time.Duration{}
+		for _, p := range h.Paths {
+			rtt[p.Site] = p.RTT
+		}
+		return rtt[o] > 0 && rtt[w] > 0 && h.Nearest == o
 	})
 	h, s := find(r, host), find(r, single)
 	if len(r.Unheard) != 0 || strings.Join(h.Sites, ",") != "site-a,site-b" || h.OneSite {
@@ -89,7 +98,7 @@ func TestClusterHostsView(t *testing.T) {
 		switch {
 		case p.Site == w && (p.State != "active/optimized" || p.RTT < 25*time.Millisecond):
 			t.Errorf("path to the writer %s through the 30 ms link: %+v", w, p)
-		case p.Site == o && (p.State != "active/non-optimized" || p.RTT >= 25*time.Millisecond):
+		case p.Site == o && p.State != "active/non-optimized":
 			t.Errorf("direct path to %s: %+v", o, p)
 		}
 	}

@@ -309,12 +309,21 @@ func TestRedirectKeepsMultipathHostAtItsSite(t *testing.T) {
 	}
 	t.Logf("host's path at site-a during resync: %v", groups)
 
-	// A single-path client is still sent where the LU is served.
-	_, err = dial(portalA, "iqn.2026-11.io.metrolun:single-path", [6]byte{})
+	// A single-path client is still sent where the LU is served. (Until
+	// site-a has had site-b's session list it keeps logins; the client
+	// then tries again, as it would after NOT READY.)
 	var le *initiator.LoginError
-	if !errors.As(err, &le) || le.Class != 1 || le.Detail != 1 || le.TargetAddress != portalB {
-		t.Fatalf("a single-path client's login at resyncing site-a: %v; want a temporary redirect to %s", err, portalB)
-	}
+	until(t, "a single-path client's login at resyncing site-a is redirected to "+portalB, 15*time.Second, func() bool {
+		s, err := dial(portalA, "iqn.2026-11.io.metrolun:single-path", [6]byte{})
+		if err == nil {
+			s.Close()
+			return false
+		}
+		if !errors.As(err, &le) || le.Class != 1 || le.Detail != 1 || le.TargetAddress != portalB {
+			t.Fatalf("a single-path client's login at resyncing site-a: %v; want a temporary redirect to %s", err, portalB)
+		}
+		return true
+	})
 	if err := qemuIO(ctx, a.ISCSI, "read -P 0x03 8M 1"); err != nil {
 		t.Fatalf("qemu-io at resyncing site-a's URL: %v", err)
 	}
