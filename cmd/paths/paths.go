@@ -230,8 +230,9 @@ func (d Decision) Here() bool { return d.Site == "" }
 // A site that can serve takes it. So does a site that cannot (fenced,
 // resyncing, joining, being removed) when moving the login would break
 // multipath: the initiator has, or just had (Recent), a session at
-// another site, or this login reinstates a session live here (same
-// initiator and ISID). dm-multipath holds one session per site and
+// another site under another ISID (under the same ISID it is this path,
+// sent there by an earlier redirect), or this login reinstates a
+// session live here (same initiator and ISID). dm-multipath holds one session per site and
 // believes each path goes where it logged in; sent elsewhere, its path
 // to this site would land on the other site beside its path there, and
 // the host would have no path here until that connection dropped. The
@@ -253,10 +254,14 @@ func Redirect(c Cluster, self target.PathState, initiator, isid string) Decision
 		if !sameName(s.Initiator, initiator) || !c.counts(s) {
 			continue
 		}
-		if s.Site != c.Self {
+		sameISID := strings.EqualFold(s.ISID, isid)
+		// A session elsewhere under this login's ISID is this very path
+		// (the initiator port, RFC 7143 section 10.1.1), redirected there
+		// before: not a second path.
+		if s.Site != c.Self && !sameISID {
 			return Decision{Why: "the initiator has a path to " + s.Site + " (multipath)"}
 		}
-		if s.Live() && strings.EqualFold(s.ISID, isid) {
+		if s.Site == c.Self && s.Live() && sameISID {
 			return Decision{Why: "the login reinstates a session here"}
 		}
 	}

@@ -62,6 +62,14 @@ func TestRedirect(t *testing.T) {
 		{"a path elsewhere that ended long ago does not count",
 			func(c *Cluster) { c.Sessions = []Session{ended("site-b", host, "800000000b01", Recent+time.Second)} },
 			target.PathUnavailable, "800000000a01", toB},
+		{"this path redirected before (same ISID elsewhere) is no second path",
+			func(c *Cluster) { c.Sessions = []Session{live("site-b", host, "800000000a01")} },
+			target.PathUnavailable, "800000000A01", toB},
+		{"same ISID elsewhere, and another path elsewhere: stay",
+			func(c *Cluster) {
+				c.Sessions = []Session{live("site-b", host, "800000000a01"), ended("site-b", host, "800000000b01", time.Minute)}
+			},
+			target.PathUnavailable, "800000000a01", here("the initiator has a path to site-b (multipath)")},
 		{"a reinstatement of a live session here stays",
 			func(c *Cluster) { c.Sessions = []Session{live("site-a", host, "800000000a01")} },
 			target.PathUnavailable, "800000000A01", here("the login reinstates a session here")},
