@@ -57,6 +57,17 @@ func TestClusterHostsView(t *testing.T) {
 	}
 	hw, _ := dial(far.Addr(), host), dial(portalO, host)
 	dial(portalO, single)
+	// A real initiator too: libiscsi (qemu-io, waiting in its sleep
+	// command) must answer the pings.
+	requireTool(t, "qemu-io")
+	const qemuName = "iqn.2008-11.org.linux-kvm" // qemu's default
+	qctx, stopQemu := context.WithCancel(ctx)
+	qemuDone := make(chan struct{})
+	go func() {
+		defer close(qemuDone)
+		RunTool(qctx, 2*time.Minute, nil, "qemu-io", "-f", "raw", "-c", "sleep 120000", member(d, o).ISCSI)
+	}()
+	defer func() { stopQemu(); <-qemuDone }()
 
 	hostsJSON := func() (admin.HostsResponse, error) {
 		var r admin.HostsResponse
@@ -88,8 +99,12 @@ func TestClusterHostsView(t *testing.T) {
 		for _, p := range h.Paths {
 			rtt[p.Site] = p.RTT
 		}
-		return rtt[o] > 0 && rtt[w] > 0 && h.Nearest == o
+		q := find(r, qemuName)
+		return rtt[o] > 0 && rtt[w] > 0 && h.Nearest == o && q != nil && len(q.Paths) == 1 && q.Paths[0].RTT > 0
 	})
+	if q := find(r, qemuName); q.Paths[0].Answers == 0 || q.Paths[0].Site != o {
+		t.Errorf("qemu-io's session: %+v", q.Paths[0])
+	}
 	h, s := find(r, host), find(r, single)
 	if len(r.Unheard) != 0 || strings.Join(h.Sites, ",") != "site-a,site-b" || h.OneSite {
 		t.Fatalf("host: %+v (unheard %v)", h, r.Unheard)
