@@ -45,6 +45,12 @@ func (s *Server) Sessions() []SessionInfo {
 	}
 	s.mu.Unlock()
 	out := make([]SessionInfo, 0, len(sess))
+	// The policy is asked once per initiator and LU, not per session.
+	type stateKey struct {
+		lu        *LU
+		initiator string
+	}
+	states := map[stateKey]PathState{}
 	for _, ss := range sess {
 		ss.mu.Lock()
 		var c *conn
@@ -65,11 +71,17 @@ func (s *Server) Sessions() []SessionInfo {
 		si.RTT, si.RTTLast, si.Pings, si.Answers = c.rtt.read()
 		if len(ss.target.lunList) > 0 {
 			lu := ss.target.lus[ss.target.lunList[0]]
-			for _, g := range lu.portGroups(si.Initiator) {
-				if g.ID == lu.portGroup {
-					si.State = g.State
+			k := stateKey{lu, si.Initiator}
+			st, ok := states[k]
+			if !ok {
+				for _, g := range lu.portGroups(si.Initiator) {
+					if g.ID == lu.portGroup {
+						st = g.State
+					}
 				}
+				states[k] = st
 			}
+			si.State = st
 		}
 		out = append(out, si)
 	}
