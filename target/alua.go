@@ -119,7 +119,14 @@ func resolvePortGroups(fn PortGroupsFunc, initiator string, own, ownRel uint16, 
 // preference that follows its round trips may move its optimized group
 // alone, and only its nexuses hear of that.
 func (lu *LU) checkALUA() {
-	d := groupsDigest(lu.portGroups(""))
+	// One sample of this site's own state serves every view below, so
+	// that a check compares like with like: a state that changes between
+	// two reads must not look like one initiator's groups changing.
+	local := lu.vol.State()
+	groups := func(initiator string) []PortGroup {
+		return resolvePortGroups(lu.groups, initiator, lu.portGroup, lu.relPort, local, nil)
+	}
+	d := groupsDigest(groups(""))
 	lu.mu.Lock()
 	var inits []string
 	for _, n := range lu.nexuses {
@@ -134,7 +141,7 @@ func (lu *LU) checkALUA() {
 	}
 	per := make(map[string]string, len(inits))
 	for _, in := range inits {
-		per[in] = groupsDigest(lu.portGroups(in))
+		per[in] = groupsDigest(groups(in))
 	}
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
