@@ -3,6 +3,7 @@ package conf
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -78,8 +79,17 @@ type Member struct {
 }
 
 // Preference makes Site the preferred (ALUA active/optimized) site of the
-// initiator named Initiator.
+// initiator named Initiator. Initiator PreferEveryone applies to every
+// initiator without a Preference of its own; Site PreferAuto prefers the
+// site of the initiator's paths with the lowest measured round trip
+// (cmd/paths.Preferred).
 type Preference struct{ Initiator, Site string }
+
+// The wildcards of a prefer block.
+const (
+	PreferEveryone = "*"
+	PreferAuto     = "auto"
+)
 
 // Defaults of the cluster block.
 const (
@@ -146,6 +156,35 @@ func DefaultCluster(dir string, sites int, witness bool) []*Config {
 // port is outside 1..65535 (basePort+2 included): those are programming
 // errors, since the demo's flags are checked first.
 func DefaultClusterPorts(dir string, sites int, witness bool, iscsiPort, basePort int) []*Config {
+	return DefaultClusterAt(dir, netip.AddrFrom4([4]byte{127, 0, 0, 1}), sites, witness, iscsiPort, basePort)
+}
+
+// DemoAddrs returns the n loopback addresses a demo cluster whose first
+// member is at first uses: first and the n-1 addresses after it, all in
+// 127.0.0.0/8, or an error saying why not.
+func DemoAddrs(first netip.Addr, n int) ([]netip.Addr, error) {
+	if !first.Is4() || !first.IsLoopback() {
+		return nil, fmt.Errorf("%s is not an IPv4 loopback address (127.0.0.0/8)", first)
+	}
+	b := first.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	out := make([]netip.Addr, 0, n)
+	for i := 0; i < n; i++ {
+		x := v + uint32(i)
+		a := netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)})
+		if x < v || !a.IsLoopback() {
+			return nil, fmt.Errorf("%d members from %s do not fit in 127.0.0.0/8", n, first)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// DefaultClusterAt is DefaultClusterPorts with the members on the
+// loopback addresses from first on (DemoAddrs) instead of 127.0.0.1, so
+// that several demos run side by side on one host. It panics where
+// DefaultClusterPorts does, and when the addresses leave 127.0.0.0/8.
+func DefaultClusterAt(dir string, first netip.Addr, sites int, witness bool, iscsiPort, basePort int) []*Config {
 	n := sites
 	if witness {
 		n++
@@ -158,8 +197,12 @@ func DefaultClusterPorts(dir string, sites int, witness bool, iscsiPort, basePor
 	case iscsiPort < 1 || iscsiPort > 65535 || basePort < 1 || basePort+2 > 65535:
 		panic(fmt.Sprintf("conf.DefaultCluster: ports %d and %d..%d are not all in 1..65535", iscsiPort, basePort, basePort+2))
 	}
+	ips, err := DemoAddrs(first, n)
+	if err != nil {
+		panic("conf.DefaultCluster: " + err.Error())
+	}
 	addr := func(i, port int) string {
-		return net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i+1), strconv.Itoa(port))
+		return net.JoinHostPort(ips[i].String(), strconv.Itoa(port))
 	}
 	members := func() []Member {
 		ms := make([]Member, 0, n)
@@ -278,17 +321,22 @@ func (cl *Cluster) DataMembers() []Member {
 }
 
 // PreferredSite returns the preferred site of the initiator named
-// initiator, if a prefer block names it. iSCSI names compare
+// initiator as the prefer blocks give it: its own block's, else the
+// PreferEveryone block's (either may be PreferAuto). iSCSI names compare
 // case-insensitively (RFC 3722), so initiator may be in any case.
 func (cl *Cluster) PreferredSite(initiator string) (string, bool) {
 	if cl == nil {
 		return "", false
 	}
 	initiator = strings.ToLower(initiator)
+	every, hasEvery := "", false
 	for _, p := range cl.Preferred {
-		if p.Initiator == initiator {
+		switch p.Initiator {
+		case initiator:
 			return p.Site, true
+		case PreferEveryone:
+			every, hasEvery = p.Site, true
 		}
 	}
-	return "", false
+	return every, hasEvery
 }

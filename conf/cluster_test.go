@@ -2,6 +2,7 @@ package conf
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -545,7 +546,7 @@ func TestClusterValidateInCode(t *testing.T) {
 			`cluster.prefer[1].initiator: "iqn.1994-05.com.redhat:h" already has a preferred site (cluster.prefer[0].initiator)`,
 			`cluster.prefer[1].site: "witness" is a witness, which serves no iSCSI; expected one of site-a, site-b`,
 			`cluster.prefer[2].initiator: "host-c": expected a name starting with iqn., eui. or naa. (RFC 7143 §4.2.7)`,
-			"cluster.prefer[2].site: is required: the data member this initiator prefers; expected one of site-a, site-b",
+			"cluster.prefer[2].site: is required: the data member this initiator prefers; expected one of site-a, site-b, or \"auto\"",
 		}},
 		{"no cluster", func(c *Config) { c.Cluster = nil }, nil},
 	}
@@ -708,5 +709,48 @@ func TestReferenceExamplesParse(t *testing.T) {
 	}
 	if n < 2 {
 		t.Errorf("REFERENCE.md has %d ```hcl blocks, want at least 2 (the second with a cluster block)", n)
+	}
+}
+
+func TestDefaultClusterAt(t *testing.T) {
+	dir := t.TempDir()
+	cs := DefaultClusterAt(dir, netip.MustParseAddr("127.0.10.254"), 2, true, 3260, 7400)
+	want := []string{"127.0.10.254:7400", "127.0.10.255:7400", "127.0.11.0:7400"}
+	for i, c := range cs {
+		if c.Cluster.RaftListen != want[i] {
+			t.Errorf("member %d raft %s, want %s", i, c.Cluster.RaftListen, want[i])
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+	if got := cs[1].ISCSI.Listen[0]; got != "127.0.10.255:3260" {
+		t.Errorf("site-b iscsi %s", got)
+	}
+	for _, bad := range []struct {
+		first string
+		n     int
+	}{{"127.255.255.254", 3}, {"10.0.0.1", 1}, {"::1", 1}} {
+		if _, err := DemoAddrs(netip.MustParseAddr(bad.first), bad.n); err == nil {
+			t.Errorf("DemoAddrs(%s, %d) accepted", bad.first, bad.n)
+		}
+	}
+}
+
+func TestPreferAuto(t *testing.T) {
+	src := clusterSrc(`prefer {`, `  initiator = "*"`, `  site = "auto"`, `}`, `prefer {`, `  initiator = "iqn.1994-05.com.redhat:h"`, `  site = "b"`, `}`)
+	c, err := Parse("prefer.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site, ok := c.Cluster.PreferredSite("IQN.1994-05.com.redhat:H"); !ok || site != "b" {
+		t.Errorf("own block: %q %v", site, ok)
+	}
+	if site, ok := c.Cluster.PreferredSite("iqn.1994-05.com.redhat:other"); !ok || site != PreferAuto {
+		t.Errorf("everyone's block: %q %v", site, ok)
+	}
+	dup := clusterSrc(`prefer {`, `  initiator = "*"`, `  site = "auto"`, `}`, `prefer {`, `  initiator = "*"`, `  site = "a"`, `}`)
+	if _, err := Parse("dup.hcl", []byte(dup)); err == nil || !strings.Contains(err.Error(), `"*" already has a preferred site`) {
+		t.Errorf("two blocks for \"*\": %v", err)
 	}
 }

@@ -404,7 +404,7 @@ func (v *validator) preferences(cl *Cluster) {
 	inits := map[string]string{}
 	for i, p := range cl.Preferred {
 		pk := fmt.Sprintf("%s.prefer[%d]", key, i)
-		if err := checkISCSIName(p.Initiator); err != nil {
+		if err := checkISCSIName(p.Initiator); err != nil && p.Initiator != PreferEveryone {
 			v.fail(pk+".initiator", "%v", err)
 		} else if first, dup := inits[p.Initiator]; dup {
 			v.fail(pk+".initiator", "%q already has a preferred site (%s)", p.Initiator, v.where(first+".initiator"))
@@ -419,11 +419,12 @@ func (v *validator) preferences(cl *Cluster) {
 			}
 		}
 		switch {
+		case p.Site == PreferAuto:
 		case p.Site == "":
-			v.fail(pk+".site", "is required: the data member this initiator prefers; %s", expected)
+			v.fail(pk+".site", "is required: the data member this initiator prefers; %s, or %q", expected, PreferAuto)
 		case site == nil:
 			if !v.dropped[key+".member"] {
-				v.fail(pk+".site", "%q is not a member; %s", p.Site, expected)
+				v.fail(pk+".site", "%q is not a member; %s, or %q", p.Site, expected, PreferAuto)
 			}
 		case site.Role == RoleWitness:
 			v.fail(pk+".site", "%q is a witness, which serves no iSCSI; %s", p.Site, expected)

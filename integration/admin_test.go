@@ -181,6 +181,8 @@ func TestAdminRequiresCredential(t *testing.T) {
 		{what: "promote with a wrong token", method: "POST", path: "/v1/promote?site=" + other, body: `{"site":"` + other + `"}`, headers: wrong, want: 401},
 		{what: "read status", method: "GET", path: "/v1/status", want: 401},
 		{what: "read metrics", method: "GET", path: "/metrics", want: 401},
+		{what: "read sessions", method: "GET", path: "/v1/sessions", want: 401},
+		{what: "read hosts", method: "GET", path: "/v1/hosts", want: 401},
 		// A page in an operator's browser: a simple cross-origin POST
 		// (text/plain, Origin set). Refused even if it had the token.
 		{what: "browser promote", method: "POST", path: "/v1/promote?site=" + other, body: `{"site":"` + other + `"}`,

@@ -21,9 +21,10 @@ import (
 
 // ALUA access states (SPC-4 section 6.36.2, table 160).
 const (
-	aluaOptimized    = 0x0
-	aluaNonOptimized = 0x1
-	aluaUnavailable  = 0x3
+	aluaOptimized     = 0x0
+	aluaNonOptimized  = 0x1
+	aluaUnavailable   = 0x3
+	aluaTransitioning = 0xf
 )
 
 // tpgDesc is one target port group as REPORT TARGET PORT GROUPS gives it.
@@ -35,7 +36,7 @@ type tpgDesc struct {
 }
 
 func (d tpgDesc) String() string {
-	name := map[byte]string{aluaOptimized: "active/optimized", aluaNonOptimized: "active/non-optimized", aluaUnavailable: "unavailable"}[d.State]
+	name := map[byte]string{aluaOptimized: "active/optimized", aluaNonOptimized: "active/non-optimized", aluaUnavailable: "unavailable", aluaTransitioning: "transitioning"}[d.State]
 	if name == "" {
 		name = fmt.Sprintf("state %d", d.State)
 	}
@@ -85,6 +86,11 @@ func reportTPG(ctx context.Context, portal, iqn, initiatorIQN string) ([]tpgDesc
 	if err != nil {
 		return nil, err
 	}
+	return decodeTPG(b)
+}
+
+// decodeTPG decodes REPORT TARGET PORT GROUPS parameter data strictly.
+func decodeTPG(b []byte) ([]tpgDesc, error) {
 	if len(b) < 4 || int(binary.BigEndian.Uint32(b)) != len(b)-4 {
 		return nil, fmt.Errorf("RTPG: RETURN DATA LENGTH does not match %d bytes: % x", len(b), b)
 	}
@@ -282,6 +288,13 @@ func TestALUA(t *testing.T) {
 // and starts it again; it is stopped in t.Cleanup.
 func restartWithPreference(t *testing.T, d *Demo, bin string, m Member, initiatorIQN string) {
 	t.Helper()
+	restartWithPrefer(t, d, bin, m, initiatorIQN, m.Name)
+}
+
+// restartWithPrefer is restartWithPreference with a prefer block for
+// initiatorIQN (or "*") naming site (or "auto").
+func restartWithPrefer(t *testing.T, d *Demo, bin string, m Member, initiatorIQN, site string) {
+	t.Helper()
 	if err := syscall.Kill(m.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +304,7 @@ func restartWithPreference(t *testing.T, d *Demo, bin string, m Member, initiato
 	if err != nil {
 		t.Fatal(err)
 	}
-	block := fmt.Sprintf("cluster {\n  prefer {\n    initiator = %q\n    site = %q\n  }\n", initiatorIQN, m.Name)
+	block := fmt.Sprintf("cluster {\n  prefer {\n    initiator = %q\n    site = %q\n  }\n", initiatorIQN, site)
 	cfg := strings.Replace(string(b), "cluster {\n", block, 1)
 	if cfg == string(b) {
 		t.Fatalf("%s has no cluster block:\n%s", cfgPath, b)

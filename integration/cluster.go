@@ -23,13 +23,26 @@ import (
 // on 127.0.0.1 .. 127.0.0.(hosts): the demo gives every member its Raft,
 // replication and admin ports from one base.
 func ClusterBasePort(hosts int) (int, error) {
+	var addrs []string
+	for h := 1; h <= hosts; h++ {
+		addrs = append(addrs, "127.0.0."+strconv.Itoa(h))
+	}
+	return FreeBasePort(addrs, 3)
+}
+
+// FreeBasePort finds a port p such that p .. p+n-1 are free on every
+// address in addrs (all in 127.0.0.0/8).
+func FreeBasePort(addrs []string, n int) (int, error) {
 	for attempt := 0; attempt < 200; attempt++ {
 		base := 20000 + rand.IntN(40000)
 		ok := true
 		var held []net.Listener
-		for h := 1; h <= hosts && ok; h++ {
-			for p := base; p < base+3; p++ {
-				l, err := net.Listen("tcp", net.JoinHostPort("127.0.0."+strconv.Itoa(h), strconv.Itoa(p)))
+		for _, h := range addrs {
+			if !ok {
+				break
+			}
+			for p := base; p < base+n; p++ {
+				l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(p)))
 				if err != nil {
 					ok = false
 					break
@@ -44,7 +57,7 @@ func ClusterBasePort(hosts int) (int, error) {
 			return base, nil
 		}
 	}
-	return 0, fmt.Errorf("no free cluster base port on 127.0.0.1..%d", hosts)
+	return 0, fmt.Errorf("no %d free ports in a row on %v", n, addrs)
 }
 
 // MemberStatus is one member in `metrolun status --json`: package

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,5 +204,60 @@ func TestFreePorts(t *testing.T) {
 			t.Fatalf("ports %v", ports)
 		}
 		seen[p] = true
+	}
+}
+
+// TestDemoSideBySide (issue 14): `metrolun demo --addr 127.0.10.1
+// --sites 2` runs beside a default demo on the same ports, each member
+// on its own address; both clusters elect a writer and serve, and a
+// write to one is not seen by the other.
+func TestDemoSideBySide(t *testing.T) {
+	requireTool(t, "qemu-io")
+	bin := metrolunBin(t)
+	hosts := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.10.1", "127.0.10.2", "127.0.10.3"}
+	// The iSCSI port and the three cluster ports, the same for both demos.
+	base, err := FreeBasePort(hosts, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--sites", "2", "--cluster-port", strconv.Itoa(base + 1)}
+	one := StartDemoT(t, DemoOptions{Bin: bin, Size: "64MiB", Port: base, Dir: filepath.Join(t.TempDir(), "one"), Args: args})
+	two := StartDemoT(t, DemoOptions{Bin: bin, Size: "64MiB", Port: base, Dir: filepath.Join(t.TempDir(), "two"),
+		Args: append([]string{"--addr", "127.0.10.1"}, args...)})
+	ctx := t.Context()
+	for _, c := range []struct {
+		d     *Demo
+		hosts []string
+		fill  string
+	}{{one, hosts[:2], "0x11"}, {two, hosts[3:5], "0x22"}} {
+		ms := c.d.File.DataMembers()
+		if len(ms) != 2 {
+			t.Fatalf("%s: data members %+v", c.d.Dir, ms)
+		}
+		for i, m := range ms {
+			if want := fmt.Sprintf("iscsi://%s:%d/", c.hosts[i], base); !strings.HasPrefix(m.ISCSI, want) {
+				t.Fatalf("%s: %s at %s, want %s...", c.d.Dir, m.Name, m.ISCSI, want)
+			}
+		}
+		st, err := ClusterStatus(ctx, bin, c.d.Dir)
+		if err != nil || Writer(st) == "" {
+			t.Fatalf("%s: no writer (%v)", c.d.Dir, err)
+		}
+		if err := qemuIO(ctx, ms[0].ISCSI, "write -P "+c.fill+" 0 64k"); err != nil {
+			t.Fatalf("%s: %v", ms[0].ISCSI, err)
+		}
+		if err := qemuIO(ctx, ms[1].ISCSI, "read -P "+c.fill+" 0 64k"); err != nil {
+			t.Fatalf("%s: %v", ms[1].ISCSI, err)
+		}
+	}
+	// Each cluster kept its own data.
+	if err := qemuIO(ctx, one.File.DataMembers()[1].ISCSI, "read -P 0x11 0 64k"); err != nil {
+		t.Fatalf("the first demo after the second wrote: %v", err)
+	}
+	if err := one.Alive(); err != nil {
+		t.Fatal(err)
+	}
+	if err := two.Alive(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -110,16 +110,39 @@ func resolvePortGroups(fn PortGroupsFunc, initiator string, own, ownRel uint16, 
 }
 
 // checkALUA establishes ASYMMETRIC ACCESS STATE CHANGED (2A/06) for
-// every nexus of the LU when a port group's access state changed since
+// the nexuses of the LU when a port group's access state changed since
 // the last check (SPC-4 section 5.15.2.3), so initiators read REPORT
 // TARGET PORT GROUPS again at once (the writer moved, a site went away or
 // came back) instead of at their next poll. The first check only records.
+// Besides the states every initiator sees, each initiator with a nexus
+// here is checked on its own (at most maxALUAInitiators of them): a
+// preference that follows its round trips may move its optimized group
+// alone, and only its nexuses hear of that.
 func (lu *LU) checkALUA() {
-	var b strings.Builder
-	for _, g := range lu.portGroups("") {
-		fmt.Fprintf(&b, "%d:%d;", g.ID, g.State)
+	// One sample of this site's own state serves every view below, so
+	// that a check compares like with like: a state that changes between
+	// two reads must not look like one initiator's groups changing.
+	local := lu.vol.State()
+	groups := func(initiator string) []PortGroup {
+		return resolvePortGroups(lu.groups, initiator, lu.portGroup, lu.relPort, local, nil)
 	}
-	d := b.String()
+	d := groupsDigest(groups(""))
+	lu.mu.Lock()
+	var inits []string
+	for _, n := range lu.nexuses {
+		if k := strings.ToLower(n.Initiator); !slices.Contains(inits, k) {
+			inits = append(inits, k)
+		}
+	}
+	lu.mu.Unlock()
+	slices.Sort(inits)
+	if len(inits) > maxALUAInitiators {
+		inits = inits[:maxALUAInitiators]
+	}
+	per := make(map[string]string, len(inits))
+	for _, in := range inits {
+		per[in] = groupsDigest(groups(in))
+	}
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	// A cluster that is coming up (no group active/optimized yet: no
@@ -129,6 +152,27 @@ func (lu *LU) checkALUA() {
 		lu.queueUA(ascAsymAccessStateChanged, nil)
 	}
 	lu.aluaSeen = d
+	for in, pd := range per {
+		if old, ok := lu.aluaSeenBy[in]; settled && ok && old != pd {
+			for id, n := range lu.nexuses {
+				if strings.EqualFold(n.Initiator, in) {
+					lu.addUA(id, ascAsymAccessStateChanged)
+				}
+			}
+		}
+	}
+	lu.aluaSeenBy = per
+}
+
+// maxALUAInitiators bounds the initiators checkALUA looks at one by one.
+const maxALUAInitiators = 256
+
+func groupsDigest(gs []PortGroup) string {
+	var b strings.Builder
+	for _, g := range gs {
+		fmt.Fprintf(&b, "%d:%d;", g.ID, g.State)
+	}
+	return b.String()
 }
 
 // watchALUA runs checkALUA on every LU until stop.

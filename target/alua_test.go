@@ -381,3 +381,41 @@ func TestALUAStateChangeUnitAttention(t *testing.T) {
 		wantGood(t, e.do(n, tur, nil), "once")
 	}
 }
+
+// TestALUAPreferenceChangeUnitAttention: when one initiator's preferred
+// group changes (an automatic preference that follows its round trips),
+// only that initiator's nexuses get ASYMMETRIC ACCESS STATE CHANGED.
+func TestALUAPreferenceChangeUnitAttention(t *testing.T) {
+	e := newLUEnv(t, LUNConfig{})
+	var mu sync.Mutex
+	prefers := map[string]uint16{} // initiator -> preferred group
+	e.lu.groups = func(initiator string) []PortGroup {
+		mu.Lock()
+		defer mu.Unlock()
+		gs := sitesProvider(map[uint16]PathState{1: PathActiveOptimized, 2: PathActiveNonOptimized})(initiator)
+		for i := range gs {
+			gs[i].Preferred = prefers[initiator] == gs[i].ID
+		}
+		return gs
+	}
+	e.vol.setState(PathActiveOptimized)
+	tur := []byte{0, 0, 0, 0, 0, 0}
+	a, b := e.nexus("iqn.host-a", 1), e.nexus("iqn.host-c", 2)
+	for _, n := range []*Nexus{a, b} {
+		for i := 0; e.do(n, tur, nil).status != statusGood; i++ {
+			if i == 4 {
+				t.Fatal("TEST UNIT READY keeps failing")
+			}
+		}
+	}
+	e.lu.checkALUA()
+	e.lu.checkALUA()
+	wantGood(t, e.do(a, tur, nil), "no change")
+	mu.Lock()
+	prefers["iqn.host-a"] = 2
+	mu.Unlock()
+	e.lu.checkALUA()
+	wantSense(t, e.do(a, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "host-a's preference moved")
+	wantGood(t, e.do(a, tur, nil), "once")
+	wantGood(t, e.do(b, tur, nil), "host-c's groups did not change")
+}

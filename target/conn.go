@@ -91,6 +91,8 @@ type conn struct {
 
 	lastRecv atomic.Int64  // unix nanos of the last PDU received
 	nopOut   atomic.Uint32 // TTT of an unanswered NOP-In ping, 0 if none
+	rtt      pingClock     // round trips measured by NOP-In pings (sessions.go)
+	since    time.Time     // when the login completed
 
 	// Login only: the names the initiator gave, and the status of a
 	// login reject sent, for the log line of a failed login.
@@ -497,8 +499,9 @@ func (c *conn) dispatch(p *PDU) error {
 func (c *conn) nopOutPDU(p *PDU) {
 	if p.ITT() == 0xffffffff {
 		// A ping answer to our NOP-In, or a one-way NOP-Out: no response.
-		if ttt := p.TTT(); ttt != 0xffffffff && c.nopOut.Load() == ttt {
-			c.nopOut.Store(0)
+		if ttt := p.TTT(); ttt != 0xffffffff {
+			c.nopOut.CompareAndSwap(ttt, 0)
+			c.rtt.answered(ttt, time.Now())
 		}
 		if !p.Immediate() {
 			if c.sess.admit(p.CmdSN(), false) {
@@ -523,8 +526,13 @@ func (c *conn) nopOutPDU(p *PDU) {
 	c.send(r, txStatus, nil)
 }
 
-// keepalive pings an idle initiator with NOP-In and drops the connection
-// when it stops answering (section 11.19).
+// keepalive pings the initiator with a NOP-In every NOPInterval (RFC
+// 7143 section 11.19: a NOP-In whose TTT is not 0xffffffff must be
+// answered with a NOP-Out echoing it). The answer measures the round
+// trip (pingClock). An initiator that ignores the ping loses nothing
+// while it sends anything else: only a connection on which nothing at
+// all arrives for NOPTimeout after a ping is dropped. One ping is
+// outstanding at a time, so the rate is at most one per interval.
 func (c *conn) keepalive() {
 	iv := c.srv.cfg.NOPInterval
 	tick := time.NewTicker(iv)
@@ -536,19 +544,13 @@ func (c *conn) keepalive() {
 			return
 		case now := <-tick.C:
 			last := time.Unix(0, c.lastRecv.Load())
-			if ttt := c.nopOut.Load(); ttt != 0 {
-				if last.After(sentAt) {
-					// Any PDU proves the initiator is alive.
-					c.nopOut.Store(0)
-				} else if now.Sub(sentAt) > c.srv.cfg.NOPTimeout {
+			if ttt := c.nopOut.Load(); ttt != 0 && !last.After(sentAt) {
+				if now.Sub(sentAt) > c.srv.cfg.NOPTimeout {
 					c.log.Warn("initiator stopped answering NOP-In; dropping connection")
 					c.close("keepalive timeout")
 					c.nc.Close()
 					return
 				}
-				continue
-			}
-			if now.Sub(last) < iv {
 				continue
 			}
 			c.mu.Lock()
@@ -560,6 +562,7 @@ func (c *conn) keepalive() {
 			c.mu.Unlock()
 			c.nopOut.Store(ttt)
 			sentAt = now
+			c.rtt.sent(ttt, time.Now())
 			r := &PDU{}
 			r.BHS[0] = opNOPIn
 			r.BHS[1] = 0x80

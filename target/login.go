@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Login stages, RFC 7143 section 11.12.
@@ -149,7 +150,7 @@ func (c *conn) login() error {
 				// authentication (section 11.13.5); a connection joining
 				// a session here stays.
 				if tsih == 0 {
-					if st, addr := c.redirect(neg.p.InitiatorName, t.Name); st != nil {
+					if st, addr := c.redirect(neg.p.InitiatorName, t.Name, isid); st != nil {
 						c.sendLoginResp(p, false, csg, 0, 0, []KV{{"TargetAddress", addr}}, st)
 						return errRedirected
 					}
@@ -270,6 +271,9 @@ func (c *conn) login() error {
 			c.sendLoginReject(p, st)
 			return st
 		}
+		// Set before the connection joins a session, where Sessions
+		// may read it.
+		c.since = time.Now()
 		sess, st := c.srv.bindSession(c, neg.p, t, isid, tsih, cmdSN)
 		if st != nil {
 			release()

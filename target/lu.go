@@ -66,9 +66,10 @@ type LU struct {
 	product       string
 	portGroup     uint16
 	relPort       uint16
-	groups        PortGroupsFunc // the other sites' port groups; nil: this one only
-	aluaSeen      string         // port group states at the last checkALUA (mu)
-	log           hclog.Logger   // nil: volume errors are not logged (unit tests)
+	groups        PortGroupsFunc    // the other sites' port groups; nil: this one only
+	aluaSeen      string            // port group states at the last checkALUA (mu)
+	aluaSeenBy    map[string]string // the same per initiator (lower case) with a nexus here (mu)
+	log           hclog.Logger      // nil: volume errors are not logged (unit tests)
 	onVolErr      func(VolumeError)
 
 	mu      sync.Mutex

@@ -18,13 +18,16 @@ import (
 // RedirectFunc decides whether a normal session's login should go
 // elsewhere. It is called once per leading login (a new session, not a
 // connection joining one, never discovery) after the target is known to
-// exist and to admit the initiator, and before authentication. ok false
-// means log in here. addr is host[:port] (host a DNS name, an IPv4
+// exist and to admit the initiator, and before authentication, with the
+// initiator's name, the target's and the ISID (12 hex digits; the same
+// ISID as a live session of the initiator reinstates it, RFC 7143
+// section 6.3.5). ok false means log in here. addr is host[:port] (host a DNS name, an IPv4
 // address or a bracketed IPv6 address; port 3260 when omitted); a
 // trailing ",tag" portal group tag is dropped, since a redirect carries
 // none (section 13.8). It runs on the login path of every connection, so
-// it must be cheap and must not block; it may be called concurrently.
-type RedirectFunc func(initiator, target string) (addr string, permanent bool, ok bool)
+// it must be cheap and may block only briefly and for a bounded time (the
+// login's own deadline runs meanwhile); it may be called concurrently.
+type RedirectFunc func(initiator, target, isid string) (addr string, permanent bool, ok bool)
 
 // Login response status details of class 1 (section 11.13.5).
 const (
@@ -45,12 +48,12 @@ const defaultISCSIPort = 3260
 // that panics, or an address that is malformed or names the portal the
 // initiator is already on (a loop), is logged and the login goes on here:
 // a bad redirect must never lock initiators out.
-func (c *conn) redirect(initiator, target string) (*loginStatus, string) {
+func (c *conn) redirect(initiator, target string, isid [6]byte) (*loginStatus, string) {
 	fn := c.srv.cfg.Redirect
 	if fn == nil {
 		return nil, ""
 	}
-	addr, permanent, ok, err := callRedirect(fn, initiator, target)
+	addr, permanent, ok, err := callRedirect(fn, initiator, target, hex6(isid))
 	if !ok && err == nil {
 		return nil, ""
 	}
@@ -74,13 +77,13 @@ func (c *conn) redirect(initiator, target string) (*loginStatus, string) {
 }
 
 // callRedirect calls fn, turning a panic into an error.
-func callRedirect(fn RedirectFunc, initiator, target string) (addr string, permanent, ok bool, err error) {
+func callRedirect(fn RedirectFunc, initiator, target, isid string) (addr string, permanent, ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("redirect hook panicked: %v", r)
 		}
 	}()
-	addr, permanent, ok = fn(initiator, target)
+	addr, permanent, ok = fn(initiator, target, isid)
 	return addr, permanent, ok, nil
 }
 

@@ -47,7 +47,7 @@ type redirectHook struct {
 	panics    bool
 }
 
-func (h *redirectHook) fn(initiator, target string) (string, bool, bool) {
+func (h *redirectHook) fn(initiator, target, _ string) (string, bool, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls = append(h.calls, initiator+" "+target)

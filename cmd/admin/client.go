@@ -32,6 +32,10 @@ type Client struct {
 	// Token is sent as a bearer token; "" sends none (a client
 	// certificate in TLS, or a member with admin_insecure).
 	Token string
+	// TokenSource, when set, gives the token for each call instead of
+	// Token (a member reads its token file again, so a rotated one is
+	// picked up, while several goroutines share the client).
+	TokenSource func() string
 	// TLS, when not nil, makes the client speak HTTPS: RootCAs verifies
 	// the server, Certificates is this client's certificate if any.
 	TLS *tls.Config
@@ -81,8 +85,9 @@ func (c *Client) httpClient() *http.Client {
 	return c.hc
 }
 
-// Do sends a request to ep and decodes the answer into out. in, when not
-// nil, is the JSON body; a state-changing request always gets one.
+// Do sends a request to ep and decodes the answer into out (a *[]byte
+// takes it as it is, e.g. /metrics). in, when not nil, is the JSON body;
+// a state-changing request always gets one.
 func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, out any) error {
 	if ep.Admin == "" {
 		return fmt.Errorf("%s has no admin address", ep.Name)
@@ -119,8 +124,12 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+	tok := c.Token
+	if c.TokenSource != nil {
+		tok = c.TokenSource()
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
@@ -143,6 +152,10 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 		}
 		return &Error{Code: resp.StatusCode, Msg: er.Error, Leader: er.Leader}
 	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = b
+		return nil
+	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
 			return fmt.Errorf("%s%s: %w", ep.Admin, path, err)
@@ -156,6 +169,20 @@ func (c *Client) Status(ctx context.Context, ep Endpoint) (Status, error) {
 	var st Status
 	err := c.Do(ctx, ep, http.MethodGet, PathStatus, nil, &st)
 	return st, err
+}
+
+// Sessions asks ep for its own iSCSI sessions.
+func (c *Client) Sessions(ctx context.Context, ep Endpoint) (SessionList, error) {
+	var r SessionList
+	err := c.Do(ctx, ep, http.MethodGet, PathSessions, nil, &r)
+	return r, err
+}
+
+// Hosts asks ep for every initiator in the cluster.
+func (c *Client) Hosts(ctx context.Context, ep Endpoint) (HostsResponse, error) {
+	var r HostsResponse
+	err := c.Do(ctx, ep, http.MethodGet, PathHosts, nil, &r)
+	return r, err
 }
 
 // Promote asks the leader ep to move the writer to site.
@@ -197,7 +224,7 @@ func (c *Client) RemoveMember(ctx context.Context, ep Endpoint, name string) (Re
 // so only ctx bounds it. A failed verify returns the report so far too.
 func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) {
 	var r VerifyReport
-	cc := &Client{Token: c.Token, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
+	cc := &Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
 	err := cc.Do(ctx, ep, http.MethodPost, PathVerify, nil, &r)
 	return r, err
 }
@@ -216,7 +243,7 @@ func (c *Client) Gather(ctx context.Context, eps []Endpoint) []MemberReport {
 				out[i].Error = "no admin address in the config"
 				return
 			}
-			cc := Client{Token: c.Token, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
+			cc := Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
 			st, err := cc.Status(ctx, ep)
 			if err != nil {
 				out[i].Error = err.Error()

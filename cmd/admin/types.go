@@ -12,6 +12,8 @@
 //	POST   /v1/members       AddMemberRequest     operator (leader)
 //	DELETE /v1/members/NAME  {}                   operator (leader)
 //	POST   /v1/verify        {}                   operator (the writer serves it)
+//	GET    /v1/sessions      SessionList          member or operator (this member's iSCSI sessions)
+//	GET    /v1/hosts         HostsResponse        member or operator (every initiator in the cluster)
 //	GET    /metrics, /healthz                     any credential, or none with admin_public_metrics
 //
 // A refusal is an ErrorResponse with 400, 401, 403, 409 (not the leader:
@@ -23,7 +25,9 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"time"
 
+	"github.com/metrolun/metrolun/cmd/paths"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
 )
@@ -36,6 +40,11 @@ const (
 	PathUnfence = "/v1/unfence"
 	PathMembers = "/v1/members"
 	PathVerify  = "/v1/verify"
+	// PathSessions lists a data site's own iSCSI sessions, live and
+	// recently ended; the other members poll it (cmd/paths).
+	PathSessions = "/v1/sessions"
+	// PathHosts is every initiator logged in anywhere in the cluster.
+	PathHosts   = "/v1/hosts"
 	PathMetrics = "/metrics"
 	PathHealth  = "/healthz"
 )
@@ -282,4 +291,36 @@ func InSync(reps []MemberReport, site string) bool {
 		}
 	}
 	return false
+}
+
+// Session is one iSCSI session at a site (cmd/paths has its meaning).
+type Session = paths.Session
+
+// MaxSessions bounds the sessions a member lists and takes from another
+// member's list: every live one a site can hold (target lists at most
+// 4096) and the recently ended ones it remembers.
+const MaxSessions = 4096 + paths.MaxEnded
+
+// SessionList answers GET /v1/sessions: the member's own sessions, live
+// ones first, then those that ended within paths.Recent.
+type SessionList struct {
+	Member string `json:"member"`
+	// Now is the member's clock when it answered: a reader takes the
+	// times below relative to it, not to its own clock.
+	Now      time.Time `json:"now"`
+	Sessions []Session `json:"sessions"`
+}
+
+// Host is one initiator as GET /v1/hosts shows it.
+type Host = paths.Host
+
+// HostsResponse answers GET /v1/hosts.
+type HostsResponse struct {
+	// Member is who answered; Sites the data sites it knows.
+	Member string   `json:"member"`
+	Sites  []string `json:"sites"`
+	// Unheard are data sites whose session lists the member has not
+	// had (down, or not reached yet): their paths are missing below.
+	Unheard []string `json:"unheard,omitempty"`
+	Hosts   []Host   `json:"hosts"`
 }

@@ -111,24 +111,28 @@ func adminTLS(tcfg *tls.Config) *tls.Config {
 }
 
 // adminClient is how this member reads the other members' status
-// (watch): with the token, and over TLS with its own certificate. One
-// client serves every ask, so connections are reused, not leaked; the
-// token is read again each time, so a rotated one is picked up.
+// (watch) and session lists (sessions.go): with the token, and over TLS
+// with its own certificate. One client serves every ask, from several
+// goroutines, so connections are reused, not leaked; the token file is
+// read again for each call, so a rotated one is picked up.
 func (m *member) adminClient() *admin.Client {
 	m.adminOnce.Do(func() {
 		m.admin = &admin.Client{Timeout: time.Second}
 		if m.tls != nil {
 			m.admin.TLS = &tls.Config{RootCAs: m.tls.RootCAs, Certificates: m.tls.Certificates, MinVersion: tls.VersionTLS13}
 		}
-	})
-	if f := m.cfg.Cluster.AdminTokenFile; f != "" {
-		// A verifier (no token) leaves the certificate as the credential.
-		if _, tok, err := admin.LoadToken(f); err == nil {
-			m.admin.Token = tok
-		} else {
-			m.log.Warn("reading the admin token to ask the other members", "error", err)
+		if f := m.cfg.Cluster.AdminTokenFile; f != "" {
+			// A verifier (no token) leaves the certificate as the
+			// credential.
+			m.admin.TokenSource = func() string {
+				_, tok, err := admin.LoadToken(f)
+				if err != nil {
+					m.log.Warn("reading the admin token to ask the other members", "error", err)
+				}
+				return tok
+			}
 		}
-	}
+	})
 	return m.admin
 }
 
@@ -229,6 +233,13 @@ func (m *member) adminHandler(g *admin.Guard) http.Handler {
 			return
 		}
 		admin.WriteJSON(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("GET "+admin.PathSessions, func(w http.ResponseWriter, r *http.Request) {
+		own, now := m.book.own()
+		admin.WriteJSON(w, http.StatusOK, admin.SessionList{Member: m.cfg.Name, Now: now, Sessions: own})
+	})
+	mux.HandleFunc("GET "+admin.PathHosts, func(w http.ResponseWriter, r *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, m.hosts())
 	})
 	mux.Handle("GET "+admin.PathMetrics, m.metricsHandler())
 	return g.Wrap(mux)

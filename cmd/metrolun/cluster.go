@@ -19,7 +19,6 @@ import (
 	"github.com/metrolun/metrolun/conf"
 	"github.com/metrolun/metrolun/raftlog"
 	"github.com/metrolun/metrolun/replica"
-	"github.com/metrolun/metrolun/target"
 )
 
 // member is one running cluster member: Raft, and at a data site the
@@ -41,6 +40,9 @@ type member struct {
 	// admin asks the other members' admin endpoints (adminClient).
 	admin     *admin.Client
 	adminOnce sync.Once
+	// book is what this member knows of the cluster's iSCSI sessions
+	// (sessions.go).
+	book *sessionBook
 	// stopc gets why this member must stop on its own (watch): nil
 	// when it was removed from the cluster, an error when its LU is not
 	// the cluster's.
@@ -264,6 +266,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		return nil, err
 	}
 	m := &member{cfg: cfg, log: log, tls: tcfg, stopc: make(chan error, 1), done: make(chan struct{})}
+	m.book = newSessionBook(m)
 	if tcfg == nil {
 		log.Warn("cluster.plaintext = true: Raft and replication run over plain TCP, unauthenticated and unencrypted; " +
 			"a peer's name is taken on trust, so anyone who reaches these ports can write into the LUN and disrupt the cluster " +
@@ -308,6 +311,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	}
 	m.closers = append(m.closers, func() { m.cluster.Close() }, func() { close(m.done) })
 	go m.watch()
+	go m.book.run()
 	if cfg.Role != conf.RoleData {
 		return m, nil
 	}
@@ -366,81 +370,6 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 	go m.site.Serve(ln)
 	log.Info("LUN mirrored", "path", lun.Path, "bytes", store.Size(), "replication", cl.ReplicationListen, "peers", others)
 	return m, nil
-}
-
-// portGroups gives the target every data site's port group (DESIGN.md
-// "Initiators and paths"): the site's portal group tag, the portals its
-// member block lists, whether the initiator prefers it (prefer blocks),
-// and its state in the committed cluster view: the writer's site
-// active/optimized, another in-sync site active/non-optimized, any other
-// site unavailable (it has no lease to serve with; the same rule as
-// replica.Site.State applies at each site to itself, so every site gives
-// the same answer). Before this member has a committed view at all the
-// other sites are reported active/non-optimized: a site we cannot vouch
-// for is neither claimed best nor hidden, and each site's own answer on
-// its own path says how it really is. This site's state comes from its
-// volume (the target does that).
-//
-// The data sites are the state's, so that a site added at run time is
-// listed everywhere and a removed one nowhere; a site's portals and
-// portal group come from this member's config when it lists the site.
-func (m *member) portGroups(initiator string) []target.PortGroup {
-	cl := m.cfg.Cluster
-	st := m.cluster.State()
-	pref, hasPref := cl.PreferredSite(initiator)
-	var gs []target.PortGroup
-	for _, dm := range m.dataMembers(st) {
-		g := target.PortGroup{
-			ID:        uint16(dm.PortalGroup),
-			Portals:   dm.ISCSI,
-			Preferred: hasPref && pref == dm.Name,
-		}
-		switch {
-		case len(st.Members) == 0:
-			g.State = target.PathActiveNonOptimized
-		case st.Writer == dm.Name:
-			g.State = target.PathActiveOptimized
-		case st.IsInSync(dm.Name):
-			g.State = target.PathActiveNonOptimized
-		default:
-			g.State = target.PathUnavailable
-		}
-		gs = append(gs, g)
-	}
-	return gs
-}
-
-// redirect sends a new session's login elsewhere (a temporary redirect,
-// RFC 7143 section 11.13.5) when this site cannot serve the LU: fenced,
-// or out of the in-sync set (resyncing, joining, being removed). It
-// sends it to the initiator's preferred site when that one is in sync,
-// else to the writer's site. A site that can serve, or that has no
-// committed view yet, takes the login itself; so does one in a
-// partitioned minority, whose view may be stale (its I/O fails until the
-// partition heals, and multipath uses the other paths).
-func (m *member) redirect(initiator, _ string) (string, bool, bool) {
-	if m.site == nil || m.site.State() != target.PathUnavailable {
-		return "", false, false
-	}
-	st := m.cluster.State()
-	if len(st.Members) == 0 || st.Writer == "" {
-		return "", false, false
-	}
-	serving := func(name string) bool {
-		return name != m.cfg.Name && st.IsInSync(name) && !st.IsFenced(name) && !st.IsLeaving(name)
-	}
-	to := ""
-	if pref, ok := m.cfg.Cluster.PreferredSite(initiator); ok && serving(pref) {
-		to = pref
-	} else if serving(st.Writer) {
-		to = st.Writer
-	}
-	for _, dm := range m.dataMembers(st) {
-		if dm.Name == to && len(dm.ISCSI) > 0 {
-			return dm.ISCSI[0], false, true
-		}
-	}
-	return "", false, false
 }
 
 // dataMembers returns the data sites of the state, or of the config

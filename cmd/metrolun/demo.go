@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -49,6 +50,9 @@ type demoOptions struct {
 	witness  bool
 	basePort int
 	logLevel string
+	// resyncBandwidth caps every site's resync (resync_bandwidth), "" or
+	// "0" for none: a slow resync that a person or a test can watch.
+	resyncBandwidth string
 }
 
 func demoCmd() *cobra.Command {
@@ -72,6 +76,7 @@ then stops everything it started.`,
 	f.BoolVar(&o.witness, "witness", true, "with several sites, also run a witness (a Raft voter without data)")
 	f.IntVar(&o.basePort, "cluster-port", conf.DefaultRaftPort, "first of the three cluster ports of every member (Raft, replication, admin)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
+	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	return cmd
 }
 
@@ -239,7 +244,8 @@ func runDemo(o demoOptions) error {
 }
 
 // demoConfigs returns the members' configs: one standalone site, or
-// several sites (127.0.0.1, 127.0.0.2, ...) and a witness.
+// several sites and a witness on the addresses from --addr on
+// (127.0.0.1, 127.0.0.2, ... by default).
 func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) {
 	if o.sites == 1 {
 		cfg := conf.Default(dir)
@@ -248,12 +254,28 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 		cfg.Targets[0].LUNs[0].Size = size
 		return []*conf.Config{cfg}, nil
 	}
-	if o.addr != "127.0.0.1" {
-		return nil, fmt.Errorf("--addr %s: a multi-site demo uses 127.0.0.1, 127.0.0.2, ...", o.addr)
+	first, err := netip.ParseAddr(o.addr)
+	if err != nil {
+		return nil, fmt.Errorf("--addr %q: %v", o.addr, err)
 	}
-	configs := conf.DefaultClusterPorts(dir, o.sites, o.witness, o.port, o.basePort)
+	n := o.sites
+	if o.witness {
+		n++
+	}
+	if _, err := conf.DemoAddrs(first, n); err != nil {
+		return nil, fmt.Errorf("--addr %s: %v (every member takes the next address)", o.addr, err)
+	}
+	var bw int64
+	if o.resyncBandwidth != "" {
+		var err error
+		if bw, err = conf.ParseSize(o.resyncBandwidth); err != nil || bw < 0 {
+			return nil, fmt.Errorf("--resync-bandwidth %q: want a size such as 4MiB", o.resyncBandwidth)
+		}
+	}
+	configs := conf.DefaultClusterAt(dir, first, o.sites, o.witness, o.port, o.basePort)
 	for _, c := range configs {
 		c.LogLevel = o.logLevel
+		c.Cluster.ResyncBandwidth = bw
 		for ti := range c.Targets {
 			for li := range c.Targets[ti].LUNs {
 				c.Targets[ti].LUNs[li].Size = size

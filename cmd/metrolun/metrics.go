@@ -109,12 +109,22 @@ var (
 	descDirty   = prometheus.NewDesc("metrolun_dirty_regions", "Regions a replica misses (at the writer).", []string{"replica"}, nil)
 	descResync  = prometheus.NewDesc("metrolun_resync_progress_ratio", "Resync progress of a replica, 0..1 (at the writer).", []string{"replica"}, nil)
 	descApplied = prometheus.NewDesc("metrolun_applied_seq", "Highest sequence number applied at this site in its epoch.", nil, nil)
+
+	// The hosts (metrolun hosts, cmd/paths): this site's own sessions,
+	// and every initiator in the cluster as this member knows it.
+	descSessionRTT   = prometheus.NewDesc("metrolun_session_rtt_seconds", "Smoothed NOP-In round trip of a session at this site.", []string{"initiator", "isid"}, nil)
+	descSessionState = prometheus.NewDesc("metrolun_session_alua_state", "1 for the ALUA access state this site reports to a session's initiator.", []string{"initiator", "isid", "state"}, nil)
+	descHostPaths    = prometheus.NewDesc("metrolun_host_sessions", "Live sessions of an initiator at a site (cluster-wide).", []string{"initiator", "site"}, nil)
+	descHostOneSite  = prometheus.NewDesc("metrolun_host_one_site", "1 if an initiator has paths to one site only while the cluster has more.", []string{"initiator"}, nil)
+	descHostFar      = prometheus.NewDesc("metrolun_host_not_nearest", "1 if an initiator's nearest site (lowest RTT) is not its preferred one.", []string{"initiator"}, nil)
+	descHostsUnheard = prometheus.NewDesc("metrolun_hosts_sites_unheard", "Data sites whose session lists this member has not had.", nil, nil)
 )
 
 type clusterCollector struct{ m *member }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEpoch, descWriter, descLeader, descInSync, descLag, descDirty, descResync, descApplied} {
+	for _, d := range []*prometheus.Desc{descEpoch, descWriter, descLeader, descInSync, descLag, descDirty, descResync, descApplied,
+		descSessionRTT, descSessionState, descHostPaths, descHostOneSite, descHostFar, descHostsUnheard} {
 		ch <- d
 	}
 }
@@ -133,6 +143,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range st.Raft.InSync {
 		ch <- prometheus.MustNewConstMetric(descInSync, prometheus.GaugeValue, 1, s)
 	}
+	c.collectHosts(ch, b)
 	if st.Site == nil {
 		return
 	}
@@ -147,5 +158,32 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			prog = 0
 		}
 		ch <- prometheus.MustNewConstMetric(descResync, prometheus.GaugeValue, prog, p.Name)
+	}
+}
+
+func (c *clusterCollector) collectHosts(ch chan<- prometheus.Metric, b func(bool) float64) {
+	hr := c.m.hosts()
+	ch <- prometheus.MustNewConstMetric(descHostsUnheard, prometheus.GaugeValue, float64(len(hr.Unheard)))
+	// A label set must not repeat within a scrape.
+	seen := map[[2]string]bool{}
+	for _, h := range hr.Hosts {
+		per := map[string]int{}
+		for _, p := range h.Paths {
+			per[p.Site]++
+			k := [2]string{h.Initiator, p.ISID}
+			if p.Site != c.m.cfg.Name || seen[k] {
+				continue
+			}
+			seen[k] = true
+			if p.RTT > 0 {
+				ch <- prometheus.MustNewConstMetric(descSessionRTT, prometheus.GaugeValue, p.RTT.Seconds(), h.Initiator, p.ISID)
+			}
+			ch <- prometheus.MustNewConstMetric(descSessionState, prometheus.GaugeValue, 1, h.Initiator, p.ISID, p.State)
+		}
+		for site, n := range per {
+			ch <- prometheus.MustNewConstMetric(descHostPaths, prometheus.GaugeValue, float64(n), h.Initiator, site)
+		}
+		ch <- prometheus.MustNewConstMetric(descHostOneSite, prometheus.GaugeValue, b(h.OneSite), h.Initiator)
+		ch <- prometheus.MustNewConstMetric(descHostFar, prometheus.GaugeValue, b(h.NotNearest), h.Initiator)
 	}
 }

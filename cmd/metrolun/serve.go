@@ -88,6 +88,9 @@ func serve(cfg *conf.Config) error {
 	if err != nil {
 		return err
 	}
+	if mem != nil {
+		mem.book.srv.Store(srv)
+	}
 	var listeners []net.Listener
 	for _, addr := range cfg.ISCSI.Listen {
 		l, err := net.Listen("tcp", addr)

@@ -144,6 +144,9 @@ func (e *ConnError) Unwrap() error { return e.Err }
 // LoginError is a login the target refused (RFC 7143 section 11.13.5).
 type LoginError struct {
 	Class, Detail byte
+	// TargetAddress is where a redirect (class 1) sends the initiator
+	// (RFC 7143 section 11.13.5), as the target wrote it.
+	TargetAddress string
 }
 
 func (e *LoginError) Error() string {
@@ -161,6 +164,9 @@ func (e *LoginError) Error() string {
 		what = "initiator error"
 	case e.Class == 3 && e.Detail == 0x01:
 		what = "service unavailable"
+	}
+	if e.TargetAddress != "" {
+		what += " to " + e.TargetAddress
 	}
 	return fmt.Sprintf("iscsi: login rejected, status 0x%02x%02x (%s)", e.Class, e.Detail, what)
 }

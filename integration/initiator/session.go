@@ -301,7 +301,15 @@ func (s *Session) login() error {
 		}
 		s.track(rsp)
 		if class, detail := rsp.hdr[36], rsp.hdr[37]; class != 0 {
-			return &LoginError{Class: class, Detail: detail}
+			le := &LoginError{Class: class, Detail: detail}
+			if kvs, err := parseText(rsp.data); class == 1 && err == nil {
+				for _, x := range kvs {
+					if x.k == "TargetAddress" {
+						le.TargetAddress = x.v
+					}
+				}
+			}
+			return le
 		}
 		text = append(text, rsp.data...)
 		flags := rsp.hdr.flags()
