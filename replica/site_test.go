@@ -626,6 +626,44 @@ func TestSitePartitionedReplicaStopsReading(t *testing.T) {
 	}
 }
 
+// TestSiteWithoutLeaseReportsTransitioning: a site that cannot serve
+// because it holds no lease says so in its ALUA state (so TEST UNIT
+// READY and its own REPORT TARGET PORT GROUPS agree with the NOT READY its
+// reads and writes get), instead of the state of a view it can no longer
+// act on: a replica cut off from the writer, and a writer whose lease
+// lapsed, report transitioning; a replica whose lease returns is
+// active/non-optimized again.
+func TestSiteWithoutLeaseReportsTransitioning(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	px, err := proxy.New("127.0.0.1:0", tc.addrs["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	tc.addrs["b"] = px.Addr() // a's stream to b, which carries b's lease, goes through px
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	if st := a.State(); st != target.PathActiveOptimized {
+		t.Fatalf("writer: %v", st)
+	}
+	if st := b.State(); st != target.PathActiveNonOptimized {
+		t.Fatalf("replica with a lease: %v", st)
+	}
+	px.Partition(true, true)
+	until(t, "b transitioning once its lease is gone", 10*time.Second, func() bool { return b.State() == target.PathTransitioning })
+	if !tc.c.inSync("b") {
+		t.Fatal("b left the in-sync set: the test no longer shows a stale view")
+	}
+	px.Partition(false, false)
+	until(t, "b active/non-optimized with its lease back", 10*time.Second, func() bool { return b.State() == target.PathActiveNonOptimized })
+	tc.c.revoke("a")
+	if st := a.State(); st != target.PathTransitioning {
+		t.Fatalf("writer without its lease: %v, want transitioning", st)
+	}
+}
+
 // TestSiteDivergedWriterGetsFullResync: a site that stopped uncleanly as
 // writer comes back, reports it may hold unacknowledged writes, and is
 // compared in full before it is in sync again.

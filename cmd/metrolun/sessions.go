@@ -266,8 +266,8 @@ func (m *member) redirect(initiator, _, isid string) (string, bool, bool) {
 		return "", false, false
 	}
 	self := m.site.State()
-	if self == target.PathActiveOptimized || self == target.PathActiveNonOptimized {
-		return "", false, false
+	if self != target.PathUnavailable {
+		return "", false, false // serving, or in sync between leases (paths.Redirect)
 	}
 	m.book.waitReady()
 	d := paths.Redirect(m.book.view(), self, initiator, isid)

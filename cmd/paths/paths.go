@@ -227,8 +227,9 @@ func (d Decision) Here() bool { return d.Site == "" }
 // Redirect decides where a new session's login at c.Self goes; self is
 // the state of c.Self's own volume (RFC 7143 section 11.13.5 redirects).
 //
-// A site that can serve takes it. So does a site that cannot (fenced,
-// resyncing, joining, being removed) when moving the login would break
+// A site that can serve takes it, and so does one that is in sync but
+// waits for its lease (transitioning). So does a site that cannot
+// (fenced, resyncing, joining, being removed) when moving the login would break
 // multipath: the initiator has, or just had (Recent), a session at
 // another site under another ISID (under the same ISID it is this path,
 // sent there by an earlier redirect), or this login reinstates a
@@ -246,6 +247,12 @@ func (d Decision) Here() bool { return d.Site == "" }
 func Redirect(c Cluster, self target.PathState, initiator, isid string) Decision {
 	if self == target.PathActiveOptimized || self == target.PathActiveNonOptimized {
 		return Decision{Why: "this site serves"}
+	}
+	if self == target.PathTransitioning {
+		// In sync but between leases (a new writer, a burst of load, a
+		// short cut): it serves again as soon as a lease comes, and a
+		// redirected path would stay at the other site for good.
+		return Decision{Why: "this site is in sync and waits for its lease"}
 	}
 	if !c.Committed || c.Writer == "" {
 		return Decision{Why: "no committed cluster state"}

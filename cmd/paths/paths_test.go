@@ -47,7 +47,7 @@ func TestRedirect(t *testing.T) {
 		{"a serving site takes every login", nil, target.PathActiveNonOptimized, "", here("this site serves")},
 		{"the writer takes every login", nil, target.PathActiveOptimized, "", here("this site serves")},
 		{"a single-path client goes to the writer", nil, target.PathUnavailable, "", toB},
-		{"transitioning redirects too", nil, target.PathTransitioning, "", toB},
+		{"a site between leases keeps the login", nil, target.PathTransitioning, "", here("this site is in sync and waits for its lease")},
 		{"a host with a live path elsewhere stays",
 			func(c *Cluster) { c.Sessions = []Session{live("site-b", host, "800000000b01")} },
 			target.PathUnavailable, "800000000a01", here("the initiator has a path to site-b (multipath)")},
