@@ -703,14 +703,18 @@ func (s *Site) State() target.PathState {
 	if !slices.Contains(v.InSync, s.cfg.Name) {
 		return target.PathUnavailable
 	}
-	if ok, _ := s.recv.leaseValid(time.Now()); !ok {
-		// In sync by the last view this site heard, but it holds no
-		// lease (cut off from the writer, or a writer whose own lease
-		// lapsed): its reads and writes wait and then answer NOT READY,
-		// transitioning, and so do its state, TEST UNIT READY and its
-		// answer to REPORT TARGET PORT GROUPS. A multipath host's
-		// path checker then fails this path over instead of keeping it
-		// because TEST UNIT READY still passes.
+	now := time.Now()
+	if ok, end := s.recv.leaseValid(now); !ok && now.Sub(end) > s.cfg.Lease {
+		// In sync by the last view this site heard, but it has held no
+		// lease for a lease period (cut off from the writer, or a
+		// writer whose own lease lapsed): its reads and writes wait and
+		// then answer NOT READY, transitioning, and so do its state,
+		// TEST UNIT READY and its answer to REPORT TARGET PORT GROUPS.
+		// A multipath host's path checker then fails this path over
+		// instead of keeping it because TEST UNIT READY still passes.
+		// The grace of one lease keeps a renewal that comes a little
+		// late (a loaded machine) from flapping the state and sending
+		// every initiator a unit attention.
 		return target.PathTransitioning
 	}
 	return target.PathActiveNonOptimized
