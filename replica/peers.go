@@ -415,6 +415,7 @@ func (w *writer) manage(p *peer, stale bool) {
 		// trip; one that does not answer within a lease (a frozen or cut
 		// off old writer, typically) is dropped and resynced later
 		// rather than holding every write for replica_timeout.
+		stale0 := stale
 		marks := p.dirty.Marks()
 		diverged, err := w.connect(p, min(w.s.cfg.ReplicaTimeout, max(w.s.cfg.Lease, 200*time.Millisecond)))
 		if err == nil {
@@ -446,6 +447,16 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.mu.Lock()
 		initial := w.epoch == 1 && !(w.empty && p.empty) && !recorded
 		w.mu.Unlock()
+		if err == nil && !diverged && stale && w.s.powerLost.Load() {
+			// This host restarted since it was the writer: its own
+			// unflushed writes are gone, and p, in sync, holds every
+			// acknowledged one. p's bytes must win, not this site's:
+			// p becomes the writer and compares this site in full.
+			w.mu.Lock()
+			w.handOverAfterPowerLoss(p)
+			w.mu.Unlock()
+			stale = false
+		}
 		w.mu.Lock()
 		fix := append(slices.Clone(w.carried), p.carried...)
 		w.mu.Unlock()
@@ -484,6 +495,14 @@ func (w *writer) manage(p *peer, stale bool) {
 			}
 			w.failPeer(p, err)
 			w.awaitDrop(p)
+		}
+		if stale0 {
+			// Compared in full from now on (or, after a power loss,
+			// the writer role handed to it): this peer no longer needs
+			// the marker.
+			w.mu.Lock()
+			w.staleLeft--
+			w.mu.Unlock()
 		}
 		record = keep
 	}

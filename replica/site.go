@@ -97,7 +97,10 @@ type SiteConfig struct {
 	// nil: names are taken on trust (plain TCP, which the config must ask
 	// for explicitly).
 	Authenticate func(c net.Conn, from string) error
-	Logger       hclog.Logger
+	// BootID names this boot of the host (statefiles.go); default the
+	// kernel's /proc/sys/kernel/random/boot_id.
+	BootID func() string
+	Logger hclog.Logger
 }
 
 // Site is one data site's view of the mirrored LUN. It implements
@@ -120,11 +123,14 @@ type Site struct {
 	changed     chan struct{} // closed and replaced on every change
 	closing     chan struct{}
 	markerStale atomic.Bool
-	listeners   []net.Listener
-	conns       map[net.Conn]struct{}
-	wg          sync.WaitGroup
-	verify      *VerifyStatus
-	warned      map[string]time.Time // refused peers logged lately (refused)
+	// powerLost: the writer marker is from another boot of this host
+	// (statefiles.go): this site's own unflushed writes are gone.
+	powerLost atomic.Bool
+	listeners []net.Listener
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
+	verify    *VerifyStatus
+	warned    map[string]time.Time // refused peers logged lately (refused)
 	// peerMem: each data site's share of FrameMemory (bodyGuard), by
 	// name, *semaphore.Weighted.
 	peerMem sync.Map
@@ -185,12 +191,20 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 	}
 	s.meta = meta
 	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
-	if _, err := os.Stat(s.markerPath()); err == nil {
+	if boot, err := s.readMarker(); err == nil {
 		// This site was a writer that did not stop cleanly: it may hold
 		// writes nobody acknowledged.
 		s.markerStale.Store(true)
 		s.recv.diverged = true
 		s.log.Warn("this site stopped uncleanly as writer; it needs a full compare before it is in sync again")
+		if now := s.bootID(); boot == "" || boot != now {
+			// And the host restarted since (power lost, or the OS
+			// crashed): what it had not flushed is gone, including
+			// writes the replicas acknowledged (manage).
+			s.powerLost.Store(true)
+			s.log.Warn("the host restarted since this site was the writer: writes it had not flushed are lost here; if it is elected writer again it hands the role to an in-sync replica",
+				"marker_boot_id", boot, "boot_id", now)
+		}
 	}
 	s.view = cfg.Control.View()
 	s.wg.Add(1)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // The files a writer keeps in the data directory: the writer marker and
@@ -13,8 +14,20 @@ import (
 // writes that no replica acknowledged".
 func (s *Site) markerPath() string { return filepath.Join(s.cfg.Dir, "writer.marker") }
 
+// The marker names the boot of the host it was written in ("boot_id
+// ID"): found again in the same boot, the site's process died but its page
+// cache (what it had not flushed) survived; found after a restart of the
+// host (a power loss, an OS crash), that is gone.
+const markerBootKey = "boot_id "
+
 func (s *Site) setMarker() error {
-	err := writeFileSync(s.markerPath(), []byte("metrolun writer marker\n"))
+	boot := s.bootID()
+	if s.powerLost.Load() {
+		// Rewritten before the loss is resolved (a new writer start, a
+		// divergence): it must still say that the host restarted.
+		boot = "lost"
+	}
+	err := writeFileSync(s.markerPath(), []byte("metrolun writer marker\n"+markerBootKey+boot+"\n"))
 	if err == nil {
 		err = syncDir(s.cfg.Dir)
 	}
@@ -24,8 +37,37 @@ func (s *Site) setMarker() error {
 	return err
 }
 
+// readMarker reports whether the writer marker exists (an error when
+// not) and the boot it was written in ("" when it does not say).
+func (s *Site) readMarker() (boot string, err error) {
+	b, err := os.ReadFile(s.markerPath())
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if id, ok := strings.CutPrefix(line, markerBootKey); ok {
+			return strings.TrimSpace(id), nil
+		}
+	}
+	return "", nil
+}
+
+// bootID names this boot of the host ("" when unknown, which counts as
+// another boot).
+func (s *Site) bootID() string {
+	if s.cfg.BootID != nil {
+		return s.cfg.BootID()
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 func (s *Site) clearMarker() {
 	s.markerStale.Store(false)
+	s.powerLost.Store(false)
 	err := os.Remove(s.markerPath())
 	if errors.Is(err, os.ErrNotExist) {
 		err = nil

@@ -72,6 +72,34 @@ func (w *writer) localFailed(f *Frame, err error) {
 	}()
 }
 
+// handOverAfterPowerLoss (w.mu held) hands the writer role to the in-sync
+// replica p because this host restarted since this site was last the
+// writer (Site.powerLost): unlike a process that died, a host that lost
+// power lost the writes it had not flushed, which p acknowledged and
+// holds. Comparing p with this site's bytes winning, as a writer does
+// with an unclean marker, would undo them (I1); so this site steps down
+// as after a store failure and the new writer compares it in full.
+func (w *writer) handOverAfterPowerLoss(p *peer) {
+	w.log.Warn("this host restarted since it was the writer, so its unflushed writes are gone: handing the writer role to an in-sync replica, which then compares this site in full",
+		"to", p.name)
+	w.tainted = true
+	w.s.markDiverged()
+	if w.steppingDown || w.closed {
+		return
+	}
+	mv, ok := w.s.cfg.Control.(WriterMover)
+	if !ok {
+		w.log.Warn("the cluster cannot move the writer role; staying writer")
+		return
+	}
+	w.steppingDown = true
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		w.stepDown(mv, p.name)
+	}()
+}
+
 // stepDown moves the writer role to the replica to, as a planned move:
 // operations in flight finish, new ones wait for the new writer.
 func (w *writer) stepDown(mv WriterMover, to string) {

@@ -42,12 +42,14 @@ import (
 // for as long as this site is the writer and goes only at a clean stop,
 // so a writer that lost power comes back with it (NewSite), answers
 // hellos with FlagDiverged, and the next writer compares it in full,
-// copying its own bytes over whatever the power loss took. Not covered:
-// the same site becoming the writer again first (it is in sync in the
-// cluster's view, and raftlog may elect it); manage then compares its
-// in-sync peers in full with this site's bytes winning, which were
-// right for a crash (the page cache survives) but are older than what
-// was acknowledged after a power loss.
+// copying its own bytes over whatever the power loss took. When the same
+// site becomes the writer again first (it is in sync in the cluster's
+// view, and raftlog may elect it), the marker's boot id tells a crash
+// from a power loss (statefiles.go): after a crash (the page cache
+// survived) manage compares its in-sync peers in full with this site's
+// bytes winning; after a restart of the host it hands the writer role to
+// an in-sync peer, whose bytes then win (handOverAfterPowerLoss,
+// TestSiteWriterPowerLoss).
 //
 // The set is bounded by the number of regions (two bits per region and
 // peer) and kept small by a background flush: while writes go on, each

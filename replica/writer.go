@@ -43,6 +43,12 @@ type writer struct {
 	peers    []*peer
 	inflight sync.WaitGroup
 	tainted  bool // a locally applied write failed: this site may have diverged
+	// staleLeft: this writer started with the marker of an unclean stop
+	// (Site.markerStale), and this many peers in sync at its start are
+	// still to be found diverged and dropped for a full compare
+	// (manage). Until then a stop must keep the marker, or the next
+	// writer here would take itself for clean and compare nobody.
+	staleLeft int
 	// markerErr: the writer marker could not be written, so a crash
 	// would not be recognised; this writer acknowledges nothing.
 	markerErr error
@@ -136,6 +142,9 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	for _, p := range w.peers {
 		if w.st(p) == core.InSync {
 			w.carriedLeft++
+			if stale {
+				w.staleLeft++
+			}
 		}
 	}
 	w.mu.Unlock()
@@ -187,6 +196,7 @@ func (w *writer) stop() {
 		}
 	}
 	tainted := w.tainted
+	staleLeft := w.staleLeft
 	w.mu.Unlock()
 	if !tainted {
 		// What drained is on every in-sync site: say so before the
@@ -212,10 +222,10 @@ func (w *writer) stop() {
 	for _, p := range peers {
 		p.spill()
 	}
-	if !tainted {
+	if !tainted && staleLeft == 0 {
 		w.s.clearMarker()
 	}
-	w.log.Info("writer: stopped", "clean", !tainted)
+	w.log.Info("writer: stopped", "clean", !tainted, "stale_peers_left", staleLeft)
 }
 
 // pause holds new operations and waits for those in flight (a planned
