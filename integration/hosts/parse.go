@@ -102,7 +102,9 @@ func parseRTPG(out string) (map[int]string, error) {
 			if cur < 0 {
 				return nil, fmt.Errorf("sg_rtpg: a state before any group: %q", line)
 			}
-			groups[cur] = strings.TrimSpace(m[1])
+			// sg_rtpg says "active/non optimized", the kernel's ALUA
+			// handler "active/non-optimized".
+			groups[cur] = strings.ReplaceAll(strings.TrimSpace(m[1]), "non optimized", "non-optimized")
 			cur = -1
 		}
 	}

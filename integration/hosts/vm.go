@@ -135,7 +135,7 @@ func Boot(ctx context.Context, o VMOptions) (_ *VM, err error) {
 		"-append", "console=ttyS0 root=/dev/vda rw init=/sbin/metrolun-init quiet loglevel=4 panic=-1 net.ifnames=0 metrolun.ctl=" + strconv.Itoa(port),
 		"-drive", "file=" + filepath.Join(o.Dir, "root.img") + ",if=virtio,format=raw,snapshot=on",
 		"-netdev", "user,id=n0,net=10.0.2.0/24",
-		"-device", "virtio-net-pci,netdev=n0",
+		"-device", "virtio-net-pci,netdev=n0,romfile=",
 		"-virtfs", "local,path=" + o.Share + ",mount_tag=share,security_model=none,id=share",
 	}
 	vm := &VM{Log: o.Log, exited: make(chan struct{}), wait: map[uint64]chan agent.Message{},

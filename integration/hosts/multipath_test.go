@@ -1,0 +1,395 @@
+package hosts
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/metrolun/metrolun/integration/hosts/stamp"
+)
+
+// Bounds on the host's pause (no write completed in the guest) after a
+// fault, with the Recommended settings. Overridable for experiments.
+var (
+	maxKillPause   = envDuration("METROLUN_HOSTS_MAX_KILL_PAUSE", 2*time.Second)
+	maxSilentPause = envDuration("METROLUN_HOSTS_MAX_SILENT_PAUSE", 8*time.Second)
+)
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+// settingsFromEnv lets an experiment change one initiator timeout
+// (METROLUN_HOSTS_FAST_IO_FAIL_TMO=5 ...) without editing Recommended.
+func settingsFromEnv() Settings {
+	var s Settings
+	atoi := func(name string) int {
+		var n int
+		fmt.Sscan(os.Getenv(name), &n)
+		return n
+	}
+	s.PollingInterval = atoi("METROLUN_HOSTS_POLLING_INTERVAL")
+	s.FastIOFailTmo = os.Getenv("METROLUN_HOSTS_FAST_IO_FAIL_TMO")
+	s.DevLossTmo = os.Getenv("METROLUN_HOSTS_DEV_LOSS_TMO")
+	s.NoPathRetry = os.Getenv("METROLUN_HOSTS_NO_PATH_RETRY")
+	s.ReplacementTimeout = atoi("METROLUN_HOSTS_REPLACEMENT_TIMEOUT")
+	s.NoopOutInterval = atoi("METROLUN_HOSTS_NOOP_OUT_INTERVAL")
+	s.NoopOutTimeout = atoi("METROLUN_HOSTS_NOOP_OUT_TIMEOUT")
+	return s
+}
+
+// TestLinuxMultipathFailover is the Linux kernel initiator against a
+// two-site cluster: one iSCSI session per site (explicit portals), the
+// README's multipath.conf device section; one dm map with two paths and
+// one WWID, ALUA groups as the writer says; then a stamped O_DIRECT
+// workload on the map through kill -9 of the writer, a restart by hand,
+// kill -9 of the next writer, another restart, and a site that vanishes
+// silently (the writer frozen with SIGSTOP and its path blackholed);
+// every acknowledged block is read back in the guest and at both sites.
+// It reports the host's pause after each fault.
+func TestLinuxMultipathFailover(t *testing.T) {
+	enabled(t)
+	ctx := context.Background()
+	started := time.Now()
+	c := StartCluster(t, "256MiB")
+	settings := settingsFromEnv().withDefaults()
+	share := NewShare(t, settings)
+	vm := BootT(t, share)
+	t.Logf("guest booted in %v; settings %+v", vm.Booted.Round(time.Millisecond), settings)
+	// The guest's clock starts from the RTC (whole seconds); the gap
+	// reports are matched by arrival, but logs are easier to read when
+	// the clocks agree.
+	if _, err := vm.Run(ctx, 10*time.Second, fmt.Sprintf("date -s @%.3f >/dev/null", float64(time.Now().UnixNano())/1e9)); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, s := range c.Sites {
+		portal := fmt.Sprintf("10.0.2.2:%d", s.GuestPort)
+		script := fmt.Sprintf("iscsiadm -m node -o new -T %s -p %s >/dev/null && iscsiadm -m node -T %s -p %s --login", c.Target, portal, c.Target, portal)
+		if out, err := vm.Run(ctx, 60*time.Second, script); err != nil {
+			t.Fatalf("login to %s at %s: %v\n%s", s.Name, portal, err, out)
+		}
+	}
+	paths := waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
+		if len(ps) != 2 {
+			return fmt.Errorf("%d paths, want 2", len(ps))
+		}
+		for _, p := range ps {
+			if p.Map == "" || p.DMState != "active" || p.Checker != "ready" {
+				return fmt.Errorf("path %s: map %q, dm %s, checker %s", p.Dev, p.Map, p.DMState, p.Checker)
+			}
+		}
+		return nil
+	})
+	mapName, wwid := checkOneMap(t, paths)
+	dev := "/dev/mapper/" + mapName
+	t.Logf("multipath map %s (WWID %s), paths %+v", mapName, wwid, paths)
+	if out, err := vm.Run(ctx, 30*time.Second, "multipath -ll; sg_inq -p 0x83 /dev/"+paths[0].Dev+"; /lib/udev/scsi_id -g -u -d /dev/"+paths[0].Dev); err == nil {
+		t.Logf("multipath -ll, VPD 83h, scsi_id:\n%s", out)
+	}
+
+	w, err := c.Writer(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkALUA(t, vm, c, w, 30*time.Second)
+
+	// The workload: 16 MiB of 4 KiB blocks, 4 writes in flight.
+	const offset, blocks, workers = 1 << 20, 4096, 4
+	load, err := StartLoad(ctx, vm, share, dev, offset, blocks, workers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := load.WaitWrites(200, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		fault  string
+		pause  time.Duration
+		resync time.Duration
+	}
+	var results []result
+	for round := 0; round < 2; round++ {
+		w, err := c.Writer(ctx, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := c.Signal(w, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		pause, err := load.PauseAfter(t0, 3*time.Second, 90*time.Second)
+		if err != nil {
+			t.Fatalf("after kill -9 of %s: %v", w, err)
+		}
+		t.Logf("kill -9 of writer %s: host pause %v", w, pause.Round(time.Millisecond))
+		if err := c.WaitGone(w, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		resync, err := c.Restart(ctx, w, 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, result{fault: "kill -9 of writer " + w, pause: pause, resync: resync})
+		waitPathBack(t, vm, c, w)
+	}
+
+	// A site that vanishes silently: the writer is frozen (its peers and
+	// the guest get no reset, no answer) and its path through the proxy
+	// drops everything.
+	w, err = c.Writer(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	c.Site(w).Proxy.Partition(true, true)
+	if err := c.Signal(w, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	pause, err := load.PauseAfter(t0, 3*time.Second, 90*time.Second)
+	if err != nil {
+		t.Fatalf("after %s vanished: %v", w, err)
+	}
+	t.Logf("writer %s vanished silently: host pause %v", w, pause.Round(time.Millisecond))
+	if err := c.Signal(w, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitGone(w, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Site(w).Proxy.Partition(false, false)
+	resync, err := c.Restart(ctx, w, 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results = append(results, result{fault: "writer " + w + " vanished silently", pause: pause, resync: resync})
+	waitPathBack(t, vm, c, w)
+	if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	j, err := load.Stop(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := load.Errors(); len(errs) > 0 {
+		t.Errorf("the host saw %d failed writes (multipath should have queued or retried them): %s", len(errs), strings.Join(errs[:min(len(errs), 5)], "; "))
+	}
+	out, err := vm.Run(ctx, 5*time.Minute, "/mnt/share/agent verify -dev "+dev+" -journal /mnt/share/journal.json")
+	t.Logf("guest: %s", strings.TrimSpace(out))
+	if err != nil {
+		t.Errorf("read back in the guest: %v", err)
+	}
+	for _, s := range c.Sites {
+		if err := verifyImage(s.Image, j); err != nil {
+			t.Errorf("at %s: %v", s.Name, err)
+		}
+	}
+	t.Logf("workload: %d writes acknowledged, %d failed", j.Writes, j.Errors)
+	t.Logf("%-40s %12s %12s", "FAULT", "HOST PAUSE", "BACK IN SYNC")
+	for _, r := range results {
+		t.Logf("%-40s %12v %12v", r.fault, r.pause.Round(time.Millisecond), r.resync.Round(time.Millisecond))
+	}
+	t.Logf("total %v", time.Since(started).Round(time.Second))
+	for _, r := range results {
+		limit := maxKillPause
+		if strings.Contains(r.fault, "silently") {
+			limit = maxSilentPause
+		}
+		if r.pause > limit {
+			t.Errorf("%s: the host saw no write complete for %v, more than %v", r.fault, r.pause.Round(time.Millisecond), limit)
+		}
+	}
+}
+
+// waitPaths polls the guest's multipath paths until ok accepts them, up
+// to d, and fails the test otherwise.
+func waitPaths(t *testing.T, vm *VM, c *Cluster, d time.Duration, ok func([]Path) error) []Path {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(d)
+	var last error
+	for {
+		out, err := vm.Run(ctx, 30*time.Second, pathsScript)
+		if err == nil {
+			var ps []Path
+			if ps, err = parsePaths(out); err == nil {
+				if err = ok(ps); err == nil {
+					return ps
+				}
+			}
+		}
+		last = err
+		if time.Now().After(deadline) {
+			t.Fatalf("multipath paths not as expected within %v: %v", d, last)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// checkOneMap asserts one map holding both paths with one WWID, and that
+// the paths lead to the two sites; it returns the map's name and WWID.
+func checkOneMap(t *testing.T, ps []Path) (string, string) {
+	t.Helper()
+	if len(ps) != 2 {
+		t.Fatalf("%d paths, want 2: %+v", len(ps), ps)
+	}
+	if ps[0].Map == "" || ps[0].Map != ps[1].Map {
+		t.Fatalf("paths not in one multipath map: %+v", ps)
+	}
+	if ps[0].WWID == "" || ps[0].WWID != ps[1].WWID {
+		t.Fatalf("paths with different WWIDs: %+v", ps)
+	}
+	if ps[0].Port == ps[1].Port || ps[0].Port <= 0 || ps[1].Port <= 0 {
+		t.Fatalf("paths not one per site: %+v", ps)
+	}
+	return ps[0].Map, ps[0].WWID
+}
+
+// pathTo finds the path whose session goes to site.
+func pathTo(ps []Path, s *Site) (Path, bool) {
+	for _, p := range ps {
+		if p.Port == s.GuestPort {
+			return p, true
+		}
+	}
+	return Path{}, false
+}
+
+// checkALUA asserts, within d (multipathd re-reads priorities every
+// polling interval), that the writer's path is active/optimized with
+// prio 50 and the other active/non-optimized with prio 10, per
+// multipathd, per REPORT TARGET PORT GROUPS (sg_rtpg) and per the
+// kernel's ALUA handler; and that VPD 83h of each path names its own
+// site's port group.
+func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	want := func(s *Site) (string, int) {
+		if s.Name == writer {
+			return "active/optimized", 50
+		}
+		return "active/non-optimized", 10
+	}
+	deadline := time.Now().Add(d)
+	for {
+		err := func() error {
+			out, err := vm.Run(ctx, 30*time.Second, pathsScript)
+			if err != nil {
+				return err
+			}
+			ps, err := parsePaths(out)
+			if err != nil {
+				return err
+			}
+			for _, s := range c.Sites {
+				p, ok := pathTo(ps, s)
+				if !ok {
+					return fmt.Errorf("no path to %s in %+v", s.Name, ps)
+				}
+				state, prio := want(s)
+				if p.Prio != prio || p.DMState != "active" || p.Checker != "ready" {
+					return fmt.Errorf("path %s to %s: prio %d, dm %s, checker %s; want prio %d, active, ready", p.Dev, s.Name, p.Prio, p.DMState, p.Checker, prio)
+				}
+				inq, err := vm.Run(ctx, 30*time.Second, "sg_inq -p 0x83 /dev/"+p.Dev)
+				if err != nil {
+					return err
+				}
+				g, err := parseInqTPG(inq)
+				if err != nil {
+					return err
+				}
+				if g != s.Group {
+					return fmt.Errorf("path %s to %s: VPD 83h names port group %d, want %d", p.Dev, s.Name, g, s.Group)
+				}
+				rtpg, err := vm.Run(ctx, 30*time.Second, "sg_rtpg -d /dev/"+p.Dev)
+				if err != nil {
+					return err
+				}
+				groups, err := parseRTPG(rtpg)
+				if err != nil {
+					return err
+				}
+				for _, o := range c.Sites {
+					st, _ := want(o)
+					if groups[o.Group] != st {
+						return fmt.Errorf("RTPG through %s (%s): group %d (%s) %q, want %q", p.Dev, s.Name, o.Group, o.Name, groups[o.Group], st)
+					}
+				}
+				ks, err := vm.Run(ctx, 10*time.Second, "cat /sys/block/"+p.Dev+"/device/access_state")
+				if err != nil {
+					return err
+				}
+				if strings.TrimSpace(ks) != state {
+					return fmt.Errorf("path %s to %s: kernel ALUA state %q, want %q", p.Dev, s.Name, strings.TrimSpace(ks), state)
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ALUA with writer %s not as expected within %v: %v", writer, d, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// waitPathBack waits until the restarted site's path is active and
+// ready again, in the same map, and the ALUA view follows the writer.
+func waitPathBack(t *testing.T, vm *VM, c *Cluster, site string) {
+	t.Helper()
+	waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
+		if len(ps) != 2 {
+			return fmt.Errorf("%d paths, want 2", len(ps))
+		}
+		p, ok := pathTo(ps, c.Site(site))
+		if !ok {
+			return fmt.Errorf("no path to %s: %+v", site, ps)
+		}
+		if p.DMState != "active" || p.Checker != "ready" {
+			return fmt.Errorf("path %s to %s: dm %s, checker %s", p.Dev, site, p.DMState, p.Checker)
+		}
+		return nil
+	})
+	w, err := c.Writer(context.Background(), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkALUA(t, vm, c, w, 30*time.Second)
+}
+
+// verifyImage checks every block of the journal's region in a site's
+// backing file on the host.
+func verifyImage(path string, j *stamp.Journal) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	res := j.Verify(f, make([]byte, stamp.BlockSize))
+	if err := res.Err(); err != nil {
+		return err
+	}
+	if res.Written == 0 {
+		return fmt.Errorf("%s: the journal lists no acknowledged write", path)
+	}
+	return nil
+}
