@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -224,4 +225,31 @@ func (c *Cluster) Restart(ctx context.Context, name string, d time.Duration) (ti
 		return 0, err
 	}
 	return time.Since(start), nil
+}
+
+// GrepLogs returns up to n lines holding pattern from the demo's log and
+// the logs of members restarted by hand.
+func (c *Cluster) GrepLogs(pattern string, n int) string {
+	files := []string{c.Demo.Log}
+	more, _ := filepath.Glob(filepath.Join(c.Demo.Dir, "*-restart.log"))
+	files = append(files, more...)
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, pattern) {
+				out = append(out, filepath.Base(f)+": "+line)
+			}
+		}
+	}
+	if len(out) > n {
+		out = append([]string{fmt.Sprintf("(%d more before)", len(out)-n)}, out[len(out)-n:]...)
+	}
+	if len(out) == 0 {
+		return "(none)"
+	}
+	return strings.Join(out, "\n")
 }

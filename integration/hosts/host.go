@@ -17,54 +17,65 @@ import (
 // GuestIQN is the guest's initiator name (scripts/build-guest.sh).
 const GuestIQN = "iqn.2026-11.io.metrolun:guest"
 
-// Settings are the initiator's timeouts: the multipath.conf device
-// section and iscsid.conf lines the guest starts with. A zero field
-// takes the value docs/hosts-linux.md recommends (Recommended).
+// Settings are the initiator's timeouts: the multipath.conf lines and
+// iscsid.conf lines the guest starts with, as written in those files. An
+// empty field takes the value docs/hosts-linux.md recommends
+// (Recommended).
 type Settings struct {
 	// multipath.conf
-	PollingInterval int    // polling_interval (defaults), seconds
+	PollingInterval string // polling_interval (defaults), seconds
 	FastIOFailTmo   string // fast_io_fail_tmo: seconds, or "off"
 	DevLossTmo      string // dev_loss_tmo: seconds or "infinity"
 	NoPathRetry     string // no_path_retry: "queue", "fail" or a number of checks
 	// iscsid.conf
-	ReplacementTimeout int // node.session.timeo.replacement_timeout, seconds
-	NoopOutInterval    int // node.conn[0].timeo.noop_out_interval, seconds
-	NoopOutTimeout     int // node.conn[0].timeo.noop_out_timeout, seconds
+	ReplacementTimeout string // node.session.timeo.replacement_timeout, seconds
+	NoopOutInterval    string // node.conn[0].timeo.noop_out_interval, seconds
+	NoopOutTimeout     string // node.conn[0].timeo.noop_out_timeout, seconds
 }
 
 // Recommended are the settings docs/hosts-linux.md gives and explains.
 var Recommended = Settings{
-	PollingInterval:    1,
+	PollingInterval:    "1",
 	FastIOFailTmo:      "1",
 	DevLossTmo:         "infinity",
 	NoPathRetry:        "queue",
-	ReplacementTimeout: 1,
-	NoopOutInterval:    1,
-	NoopOutTimeout:     1,
+	ReplacementTimeout: "1",
+	NoopOutInterval:    "1",
+	NoopOutTimeout:     "1",
+}
+
+// DebianDefaults are what a bookworm host runs with when multipath.conf
+// has only the README's device section (multipath-tools 0.9.4 built-in
+// fast_io_fail_tmo 5 and dev_loss_tmo 600, polling_interval 5) and
+// iscsid.conf is Debian's (replacement_timeout 120, NOP-Out every 5 s,
+// 5 s to answer), no_path_retry as the README had it.
+var DebianDefaults = Settings{
+	PollingInterval:    "5",
+	FastIOFailTmo:      "5",
+	DevLossTmo:         "600",
+	NoPathRetry:        "30",
+	ReplacementTimeout: "120",
+	NoopOutInterval:    "5",
+	NoopOutTimeout:     "5",
 }
 
 func (s Settings) withDefaults() Settings {
 	r := Recommended
-	if s.PollingInterval != 0 {
-		r.PollingInterval = s.PollingInterval
-	}
-	if s.FastIOFailTmo != "" {
-		r.FastIOFailTmo = s.FastIOFailTmo
-	}
-	if s.DevLossTmo != "" {
-		r.DevLossTmo = s.DevLossTmo
-	}
-	if s.NoPathRetry != "" {
-		r.NoPathRetry = s.NoPathRetry
-	}
-	if s.ReplacementTimeout != 0 {
-		r.ReplacementTimeout = s.ReplacementTimeout
-	}
-	if s.NoopOutInterval != 0 {
-		r.NoopOutInterval = s.NoopOutInterval
-	}
-	if s.NoopOutTimeout != 0 {
-		r.NoopOutTimeout = s.NoopOutTimeout
+	for _, f := range []struct {
+		dst *string
+		v   string
+	}{
+		{&r.PollingInterval, s.PollingInterval},
+		{&r.FastIOFailTmo, s.FastIOFailTmo},
+		{&r.DevLossTmo, s.DevLossTmo},
+		{&r.NoPathRetry, s.NoPathRetry},
+		{&r.ReplacementTimeout, s.ReplacementTimeout},
+		{&r.NoopOutInterval, s.NoopOutInterval},
+		{&r.NoopOutTimeout, s.NoopOutTimeout},
+	} {
+		if f.v != "" {
+			*f.dst = f.v
+		}
 	}
 	return r
 }
@@ -76,7 +87,7 @@ func (s Settings) MultipathConf() string {
 	return fmt.Sprintf(`defaults {
     user_friendly_names no
     find_multipaths no
-    polling_interval %d
+    polling_interval %s
 }
 devices {
     device {
@@ -101,11 +112,11 @@ func (s Settings) IscsidConf() string {
 	s = s.withDefaults()
 	return fmt.Sprintf(`iscsid.startup = /bin/true
 node.startup = manual
-node.session.timeo.replacement_timeout = %d
+node.session.timeo.replacement_timeout = %s
 node.conn[0].timeo.login_timeout = 5
 node.conn[0].timeo.logout_timeout = 5
-node.conn[0].timeo.noop_out_interval = %d
-node.conn[0].timeo.noop_out_timeout = %d
+node.conn[0].timeo.noop_out_interval = %s
+node.conn[0].timeo.noop_out_timeout = %s
 node.session.err_timeo.abort_timeout = 5
 node.session.err_timeo.lu_reset_timeout = 5
 node.session.err_timeo.tgt_reset_timeout = 5

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,23 +29,32 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-// settingsFromEnv lets an experiment change one initiator timeout
-// (METROLUN_HOSTS_FAST_IO_FAIL_TMO=5 ...) without editing Recommended.
+// settingsFromEnv lets an experiment change initiator timeouts without
+// editing Recommended: METROLUN_HOSTS_SETTINGS=debian starts from
+// DebianDefaults, and METROLUN_HOSTS_FAST_IO_FAIL_TMO=5 (and the other
+// names below) changes one value.
 func settingsFromEnv() Settings {
 	var s Settings
-	atoi := func(name string) int {
-		var n int
-		fmt.Sscan(os.Getenv(name), &n)
-		return n
+	if os.Getenv("METROLUN_HOSTS_SETTINGS") == "debian" {
+		s = DebianDefaults
 	}
-	s.PollingInterval = atoi("METROLUN_HOSTS_POLLING_INTERVAL")
-	s.FastIOFailTmo = os.Getenv("METROLUN_HOSTS_FAST_IO_FAIL_TMO")
-	s.DevLossTmo = os.Getenv("METROLUN_HOSTS_DEV_LOSS_TMO")
-	s.NoPathRetry = os.Getenv("METROLUN_HOSTS_NO_PATH_RETRY")
-	s.ReplacementTimeout = atoi("METROLUN_HOSTS_REPLACEMENT_TIMEOUT")
-	s.NoopOutInterval = atoi("METROLUN_HOSTS_NOOP_OUT_INTERVAL")
-	s.NoopOutTimeout = atoi("METROLUN_HOSTS_NOOP_OUT_TIMEOUT")
-	return s
+	for _, f := range []struct {
+		dst  *string
+		name string
+	}{
+		{&s.PollingInterval, "POLLING_INTERVAL"},
+		{&s.FastIOFailTmo, "FAST_IO_FAIL_TMO"},
+		{&s.DevLossTmo, "DEV_LOSS_TMO"},
+		{&s.NoPathRetry, "NO_PATH_RETRY"},
+		{&s.ReplacementTimeout, "REPLACEMENT_TIMEOUT"},
+		{&s.NoopOutInterval, "NOOP_OUT_INTERVAL"},
+		{&s.NoopOutTimeout, "NOOP_OUT_TIMEOUT"},
+	} {
+		if v := os.Getenv("METROLUN_HOSTS_" + f.name); v != "" {
+			*f.dst = v
+		}
+	}
+	return s.withDefaults()
 }
 
 // TestLinuxMultipathFailover is the Linux kernel initiator against a
@@ -61,7 +71,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	ctx := context.Background()
 	started := time.Now()
 	c := StartCluster(t, "256MiB")
-	settings := settingsFromEnv().withDefaults()
+	settings := settingsFromEnv()
 	share := NewShare(t, settings)
 	vm := BootT(t, share)
 	t.Logf("guest booted in %v; settings %+v", vm.Booted.Round(time.Millisecond), settings)
@@ -93,8 +103,13 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	mapName, wwid := checkOneMap(t, paths)
 	dev := "/dev/mapper/" + mapName
 	t.Logf("multipath map %s (WWID %s), paths %+v", mapName, wwid, paths)
-	if out, err := vm.Run(ctx, 30*time.Second, "multipath -ll; sg_inq -p 0x83 /dev/"+paths[0].Dev+"; /lib/udev/scsi_id -g -u -d /dev/"+paths[0].Dev); err == nil {
-		t.Logf("multipath -ll, VPD 83h, scsi_id:\n%s", out)
+	// multipathd sets each iSCSI session's recovery_tmo from
+	// fast_io_fail_tmo; the kernel's values are what counts.
+	if out, err := vm.Run(ctx, 30*time.Second, "grep -H . /sys/class/iscsi_session/session*/recovery_tmo /sys/class/iscsi_connection/connection*/ping_tmo /sys/class/iscsi_connection/connection*/recv_tmo /sys/block/sd*/device/timeout"); err == nil {
+		t.Logf("effective timeouts:\n%s", out)
+	}
+	if out, err := vm.Run(ctx, 30*time.Second, "multipath -ll; sg_inq -p 0x83 /dev/"+paths[0].Dev+"; sg_rtpg -d /dev/"+paths[0].Dev+"; /lib/udev/scsi_id -g -u -d /dev/"+paths[0].Dev); err == nil {
+		t.Logf("multipath -ll, VPD 83h, RTPG, scsi_id:\n%s", out)
 	}
 
 	w, err := c.Writer(ctx, 30*time.Second)
@@ -119,7 +134,11 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		resync time.Duration
 	}
 	var results []result
-	for round := 0; round < 2; round++ {
+	kills := 2
+	if n, err := strconv.Atoi(os.Getenv("METROLUN_HOSTS_KILLS")); err == nil && n > 0 {
+		kills = n
+	}
+	for round := 0; round < kills; round++ {
 		w, err := c.Writer(ctx, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -144,7 +163,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		results = append(results, result{fault: "kill -9 of writer " + w, pause: pause, resync: resync})
-		waitPathBack(t, vm, c, w)
+		waitPathBack(t, vm, c, w, settings)
 	}
 
 	// A site that vanishes silently: the writer is frozen (its peers and
@@ -179,7 +198,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	results = append(results, result{fault: "writer " + w + " vanished silently", pause: pause, resync: resync})
-	waitPathBack(t, vm, c, w)
+	waitPathBack(t, vm, c, w, settings)
 	if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +256,8 @@ func waitPaths(t *testing.T, vm *VM, c *Cluster, d time.Duration, ok func([]Path
 		}
 		last = err
 		if time.Now().After(deadline) {
-			t.Fatalf("multipath paths not as expected within %v: %v", d, last)
+			sessions, _ := vm.Run(ctx, 30*time.Second, "iscsiadm -m session -P 1 | grep -E 'Target:|Portal:|State:'")
+			t.Fatalf("multipath paths not as expected within %v: %v\nguest's sessions:\n%s\nredirects in the members' logs:\n%s", d, last, sessions, c.GrepLogs("login redirected", 10))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -278,8 +298,9 @@ func pathTo(ps []Path, s *Site) (Path, bool) {
 // multipathd, per REPORT TARGET PORT GROUPS (sg_rtpg) and per the
 // kernel's ALUA handler; and that VPD 83h of each path names its own
 // site's port group.
-func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration) {
+func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration) time.Duration {
 	t.Helper()
+	start := time.Now()
 	ctx := context.Background()
 	want := func(s *Site) (string, int) {
 		if s.Name == writer {
@@ -343,7 +364,7 @@ func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration)
 			return nil
 		}()
 		if err == nil {
-			return
+			return time.Since(start)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("ALUA with writer %s not as expected within %v: %v", writer, d, err)
@@ -353,8 +374,12 @@ func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration)
 }
 
 // waitPathBack waits until the restarted site's path is active and
-// ready again, in the same map, and the ALUA view follows the writer.
-func waitPathBack(t *testing.T, vm *VM, c *Cluster, site string) {
+// ready again, in the same map, and the ALUA view follows the writer:
+// multipathd refreshes a path's priority when it checks the path, every
+// polling_interval to 4 times that once the path is steady, so the wait
+// allows 10 polling intervals more than 30 s. It returns how long the
+// ALUA view took to follow.
+func waitPathBack(t *testing.T, vm *VM, c *Cluster, site string, s Settings) time.Duration {
 	t.Helper()
 	waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
 		if len(ps) != 2 {
@@ -373,7 +398,11 @@ func waitPathBack(t *testing.T, vm *VM, c *Cluster, site string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkALUA(t, vm, c, w, 30*time.Second)
+	var poll int
+	fmt.Sscan(s.PollingInterval, &poll)
+	took := checkALUA(t, vm, c, w, 30*time.Second+time.Duration(10*poll)*time.Second)
+	t.Logf("%s's path is back; the ALUA view (writer %s) followed %v later", site, w, took.Round(100*time.Millisecond))
+	return took
 }
 
 // verifyImage checks every block of the journal's region in a site's
