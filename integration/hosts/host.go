@@ -23,9 +23,10 @@ const GuestIQN = "iqn.2026-11.io.metrolun:guest"
 // (Recommended).
 type Settings struct {
 	// multipath.conf
+	FindMultipaths  string // find_multipaths (defaults): "strict", "smart", "greedy", "no"
 	PollingInterval string // polling_interval (defaults), seconds
 	FastIOFailTmo   string // fast_io_fail_tmo: seconds, or "off"
-	DevLossTmo      string // dev_loss_tmo: seconds or "infinity"
+	DevLossTmo      string // dev_loss_tmo: seconds or "infinity"; multipathd ignores it for iSCSI, and empty leaves it out
 	NoPathRetry     string // no_path_retry: "queue", "fail" or a number of checks
 	// iscsid.conf
 	ReplacementTimeout string // node.session.timeo.replacement_timeout, seconds
@@ -35,11 +36,11 @@ type Settings struct {
 
 // Recommended are the settings docs/hosts-linux.md gives and explains.
 var Recommended = Settings{
+	FindMultipaths:     "smart",
 	PollingInterval:    "1",
-	FastIOFailTmo:      "1",
-	DevLossTmo:         "infinity",
+	FastIOFailTmo:      "off",
 	NoPathRetry:        "queue",
-	ReplacementTimeout: "1",
+	ReplacementTimeout: "0",
 	NoopOutInterval:    "1",
 	NoopOutTimeout:     "1",
 }
@@ -50,6 +51,7 @@ var Recommended = Settings{
 // iscsid.conf is Debian's (replacement_timeout 120, NOP-Out every 5 s,
 // 5 s to answer), no_path_retry as the README had it.
 var DebianDefaults = Settings{
+	FindMultipaths:     "strict",
 	PollingInterval:    "5",
 	FastIOFailTmo:      "5",
 	DevLossTmo:         "600",
@@ -65,6 +67,7 @@ func (s Settings) withDefaults() Settings {
 		dst *string
 		v   string
 	}{
+		{&r.FindMultipaths, s.FindMultipaths},
 		{&r.PollingInterval, s.PollingInterval},
 		{&r.FastIOFailTmo, s.FastIOFailTmo},
 		{&r.DevLossTmo, s.DevLossTmo},
@@ -84,9 +87,13 @@ func (s Settings) withDefaults() Settings {
 // section with the timeouts of s.
 func (s Settings) MultipathConf() string {
 	s = s.withDefaults()
+	devLoss := ""
+	if s.DevLossTmo != "" {
+		devLoss = "        dev_loss_tmo " + s.DevLossTmo + "\n"
+	}
 	return fmt.Sprintf(`defaults {
     user_friendly_names no
-    find_multipaths no
+    find_multipaths %s
     polling_interval %s
 }
 devices {
@@ -100,10 +107,9 @@ devices {
         failback immediate
         no_path_retry %s
         fast_io_fail_tmo %s
-        dev_loss_tmo %s
-    }
+%s    }
 }
-`, s.PollingInterval, s.NoPathRetry, s.FastIOFailTmo, s.DevLossTmo)
+`, s.FindMultipaths, s.PollingInterval, s.NoPathRetry, s.FastIOFailTmo, devLoss)
 }
 
 // IscsidConf is the guest's /etc/iscsi/iscsid.conf: Debian's defaults

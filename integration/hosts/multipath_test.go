@@ -14,10 +14,16 @@ import (
 )
 
 // Bounds on the host's pause (no write completed in the guest) after a
-// fault, with the Recommended settings. Overridable for experiments.
+// fault, with the Recommended settings; overridable for experiments. The
+// aim is under 2 s after kill -9 and it is met in most kills (see
+// docs/hosts-linux.md), but the pause is mostly the cluster's own
+// takeover (up to 2.0 s at the target, README), which a loaded machine
+// stretches; the bounds catch the initiator settings going wrong (5 s
+// and more with Debian's defaults), not 100 ms of noise. A silent loss
+// costs the host 2 s more at most: NOP-Out every second, 1 s to answer.
 var (
-	maxKillPause   = envDuration("METROLUN_HOSTS_MAX_KILL_PAUSE", 2*time.Second)
-	maxSilentPause = envDuration("METROLUN_HOSTS_MAX_SILENT_PAUSE", 8*time.Second)
+	maxKillPause   = envDuration("METROLUN_HOSTS_MAX_KILL_PAUSE", 3*time.Second)
+	maxSilentPause = envDuration("METROLUN_HOSTS_MAX_SILENT_PAUSE", 4*time.Second)
 )
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -42,6 +48,7 @@ func settingsFromEnv() Settings {
 		dst  *string
 		name string
 	}{
+		{&s.FindMultipaths, "FIND_MULTIPATHS"},
 		{&s.PollingInterval, "POLLING_INTERVAL"},
 		{&s.FastIOFailTmo, "FAST_IO_FAIL_TMO"},
 		{&s.DevLossTmo, "DEV_LOSS_TMO"},
@@ -112,11 +119,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		t.Logf("multipath -ll, VPD 83h, RTPG, scsi_id:\n%s", out)
 	}
 
-	w, err := c.Writer(ctx, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkALUA(t, vm, c, w, 30*time.Second)
+	checkALUA(t, vm, c, 30*time.Second)
 
 	// The workload: 16 MiB of 4 KiB blocks, 4 writes in flight.
 	const offset, blocks, workers = 1 << 20, 4096, 4
@@ -169,7 +172,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	// A site that vanishes silently: the writer is frozen (its peers and
 	// the guest get no reset, no answer) and its path through the proxy
 	// drops everything.
-	w, err = c.Writer(ctx, 30*time.Second)
+	w, err := c.Writer(ctx, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,10 +301,14 @@ func pathTo(ps []Path, s *Site) (Path, bool) {
 // multipathd, per REPORT TARGET PORT GROUPS (sg_rtpg) and per the
 // kernel's ALUA handler; and that VPD 83h of each path names its own
 // site's port group.
-func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration) time.Duration {
+func checkALUA(t *testing.T, vm *VM, c *Cluster, d time.Duration) (string, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	ctx := context.Background()
+	// The writer is read before and after each look at the guest, and a
+	// look counts only if it did not move meanwhile (on a loaded machine
+	// a lease can lapse and the writer move by itself).
+	var writer string
 	want := func(s *Site) (string, int) {
 		if s.Name == writer {
 			return "active/optimized", 50
@@ -311,6 +318,10 @@ func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration)
 	deadline := time.Now().Add(d)
 	for {
 		err := func() error {
+			var err error
+			if writer, err = c.Writer(ctx, 30*time.Second); err != nil {
+				return err
+			}
 			out, err := vm.Run(ctx, 30*time.Second, pathsScript)
 			if err != nil {
 				return err
@@ -361,13 +372,17 @@ func checkALUA(t *testing.T, vm *VM, c *Cluster, writer string, d time.Duration)
 					return fmt.Errorf("path %s to %s: kernel ALUA state %q, want %q", p.Dev, s.Name, strings.TrimSpace(ks), state)
 				}
 			}
+			if after, err := c.Writer(ctx, 30*time.Second); err != nil || after != writer {
+				return fmt.Errorf("the writer moved from %s to %s while the guest was asked (%v)", writer, after, err)
+			}
 			return nil
 		}()
 		if err == nil {
-			return time.Since(start)
+			return writer, time.Since(start)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ALUA with writer %s not as expected within %v: %v", writer, d, err)
+			diag, _ := vm.Run(ctx, 60*time.Second, `for d in /sys/block/sd*; do echo "${d##*/}: kernel $(cat $d/device/access_state) pref $(cat $d/device/preferred_path)"; sg_rtpg -d /dev/${d##*/} | grep -E 'group id|access state'; done; multipath -ll`)
+			t.Fatalf("ALUA with writer %s not as expected within %v: %v\n%s", writer, d, err, diag)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -394,13 +409,9 @@ func waitPathBack(t *testing.T, vm *VM, c *Cluster, site string, s Settings) tim
 		}
 		return nil
 	})
-	w, err := c.Writer(context.Background(), 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var poll int
 	fmt.Sscan(s.PollingInterval, &poll)
-	took := checkALUA(t, vm, c, w, 30*time.Second+time.Duration(10*poll)*time.Second)
+	w, took := checkALUA(t, vm, c, 30*time.Second+time.Duration(10*poll)*time.Second)
 	t.Logf("%s's path is back; the ALUA view (writer %s) followed %v later", site, w, took.Round(100*time.Millisecond))
 	return took
 }
