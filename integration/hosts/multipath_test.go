@@ -228,6 +228,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	for _, r := range results {
 		t.Logf("%-40s %12v %12v", r.fault, r.pause.Round(time.Millisecond), r.resync.Round(time.Millisecond))
 	}
+	checkLVM(t, vm, mapName)
 	t.Logf("total %v", time.Since(started).Round(time.Second))
 	for _, r := range results {
 		limit := maxKillPause
@@ -432,4 +433,32 @@ func verifyImage(path string, j *stamp.Journal) error {
 		return fmt.Errorf("%s: the journal lists no acknowledged write", path)
 	}
 	return nil
+}
+
+// checkLVM puts LVM on the map, as hosts do (the workload's blocks are
+// overwritten, so this runs after they are verified): a PV on the map
+// and not on its sdX paths (lvm's multipath component detection), a
+// logical volume written and read back with O_DIRECT.
+func checkLVM(t *testing.T, vm *VM, mapName string) {
+	t.Helper()
+	script := `set -e
+pvcreate -ff -y /dev/mapper/` + mapName + ` >/dev/null
+vgcreate mlvg /dev/mapper/` + mapName + ` >/dev/null
+lvcreate -y -L 16M -n lv1 mlvg >/dev/null
+head -c 4194304 /dev/urandom >/tmp/pattern
+dd if=/tmp/pattern of=/dev/mlvg/lv1 bs=1M oflag=direct status=none
+dd if=/dev/mlvg/lv1 of=/tmp/back bs=1M count=4 iflag=direct status=none
+cmp /tmp/pattern /tmp/back
+echo "pvs: $(pvs --noheadings -o pv_name,vg_name | tr -s ' ')"
+vgchange -an mlvg >/dev/null`
+	out, err := vm.Run(context.Background(), 2*time.Minute, script)
+	if err != nil {
+		t.Errorf("LVM on the multipath map: %v\n%s", err, out)
+		return
+	}
+	out = strings.TrimSpace(out)
+	if !strings.Contains(out, "/dev/mapper/"+mapName+" mlvg") || strings.Contains(out, "/dev/sd") {
+		t.Errorf("LVM's PV should be the map alone: %s", out)
+	}
+	t.Logf("LVM on the map: 4 MiB written and read back through an LV; %s", out)
 }
