@@ -33,6 +33,9 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 suite=bookworm
+# Raise when a step below changes what the rootfs or image holds, so a
+# cached guest is rebuilt.
+recipe=2
 # What the host tests drive, and what the init needs to run them.
 packages="linux-image-amd64 open-iscsi multipath-tools lvm2 sg3-utils
 udev kmod iproute2 procps util-linux e2fsprogs initramfs-tools busybox-static"
@@ -106,7 +109,14 @@ for f in iscsid.conf multipath.conf; do
 	[ -f /mnt/share/etc/$f ] || continue
 	case $f in iscsid.conf) cp /mnt/share/etc/$f /etc/iscsi/$f ;; *) cp /mnt/share/etc/$f /etc/$f ;; esac
 done
-iscsid
+# In the foreground, so that its log (there is no syslog here) is kept.
+iscsid -f -d 1 >/run/iscsid.log 2>&1 &
+# iscsiadm exits 20 while it cannot reach iscsid.
+for i in $(seq 200); do
+	iscsiadm -m session >/dev/null 2>&1
+	[ $? -ne 20 ] && break
+	sleep 0.05
+done
 multipathd
 say "ready in $(cut -d" " -f1 /proc/uptime)s"
 /mnt/share/agent agent -connect "10.0.2.2:$ctl" >/dev/ttyS0 2>&1
@@ -126,7 +136,10 @@ if [ -z "$mirror" ]; then
 fi
 
 mkdir -p "$dir"
-rootfs_key=$(printf '%s\n' "$suite" "$packages" "$initrd_modules" | sha256sum | cut -c1-16)
+# One build at a time per directory; a second waits, then finds it done.
+exec 9>"$dir/.lock"
+flock 9
+rootfs_key=$(printf '%s\n' "$recipe" "$suite" "$packages" "$initrd_modules" | sha256sum | cut -c1-16)
 image_key=$(printf '%s\n' "$rootfs_key" "$init_script" "$initrd_init" | sha256sum | cut -c1-16)
 if [ "$(cat "$dir/image.key" 2>/dev/null)" = "$image_key" ] &&
 	[ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ -s "$dir/root.img" ]; then
@@ -145,8 +158,9 @@ start=$(date +%s)
 if [ "$(cat "$dir/rootfs.key" 2>/dev/null)" != "$rootfs_key" ]; then
 	echo "build-guest: debootstrap $suite from $mirror into $root (log: $log)" >&2
 	rm -rf "$root" "$dir/rootfs.key"
-	# The initrd is made once, below, with the module list; skipping the
-	# full one that the kernel's postinst would build saves minutes.
+	# The kernel's postinst builds Debian's initrd, which the guest does
+	# not use (its own is made below); a short module list keeps that
+	# build quick.
 	mkdir -p "$root/etc/initramfs-tools/conf.d"
 	printf 'MODULES=list\nCOMPRESS=gzip\n' >"$root/etc/initramfs-tools/conf.d/metrolun"
 	# modules.d, not /etc/initramfs-tools/modules: that one is a conffile
@@ -159,6 +173,8 @@ if [ "$(cat "$dir/rootfs.key" 2>/dev/null)" != "$rootfs_key" ]; then
 		echo "build-guest: debootstrap failed (log: $log)" >&2
 		exit 1
 	fi
+	# The downloaded packages (110 MB) have no use in the guest.
+	rm -f "$root"/var/cache/apt/archives/*.deb
 	echo "$rootfs_key" >"$dir/rootfs.key"
 fi
 
@@ -167,8 +183,6 @@ printf '%s' "$init_script" >"$root/sbin/metrolun-init"
 chmod 755 "$root/sbin/metrolun-init"
 echo "InitiatorName=iqn.2026-11.io.metrolun:guest" >"$root/etc/iscsi/initiatorname.iscsi"
 echo metrolun-guest >"$root/etc/hostname"
-# lvm2 in a guest without systemd or lvmetad: no udev sync waits that
-# nobody answers.
 kver=$(ls "$root/lib/modules" | sort -V | tail -n1)
 if [ -z "$kver" ]; then
 	echo "build-guest: no kernel modules in $root/lib/modules" >&2

@@ -260,8 +260,8 @@ func waitPaths(t *testing.T, vm *VM, c *Cluster, d time.Duration, ok func([]Path
 		}
 		last = err
 		if time.Now().After(deadline) {
-			sessions, _ := vm.Run(ctx, 30*time.Second, "iscsiadm -m session -P 1 | grep -E 'Target:|Portal:|State:'")
-			t.Fatalf("multipath paths not as expected within %v: %v\nguest's sessions:\n%s\nredirects in the members' logs:\n%s", d, last, sessions, c.GrepLogs("login redirected", 10))
+			sessions, _ := vm.Run(ctx, 30*time.Second, "iscsiadm -m session -P 1 | grep -E 'Target:|Portal:|State:'; echo; echo iscsid:; tail -n 25 /run/iscsid.log; echo; echo kernel:; dmesg | tail -n 25")
+			t.Fatalf("multipath paths not as expected within %v: %v\nguest's sessions:\n%s\nlogins in the members' logs:\n%s", d, last, sessions, c.GrepLogs("login", 25))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
