@@ -73,7 +73,7 @@ clean:
 # dm-multipath, LVM) under qemu-system-x86_64 (TCG) against a two-site
 # cluster of real processes (integration/hosts, docs/hosts-linux.md).
 # The guest is built once into $(METROLUN_GUEST_DIR) (default
-# ~/.cache/metrolun-guest; about 2 minutes cold, nothing when warm).
+# ~/.cache/metrolun-guest; 1 to 2 minutes cold, nothing when warm).
 guest:
 	scripts/build-guest.sh
 

@@ -95,6 +95,13 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		if out, err := vm.Run(ctx, 60*time.Second, script); err != nil {
 			t.Fatalf("login to %s at %s: %v\n%s", s.Name, portal, err, out)
 		}
+		// The kernel's ALUA handler keeps one state per port group for
+		// all paths of a LUN and re-reads it only on a unit attention or
+		// a path group switch; what it saw at each login explains a
+		// priority that later disagrees with the target.
+		if out, err := vm.Run(ctx, 30*time.Second, "udevadm settle; for d in /sys/block/sd*; do echo \"${d##*/}: $(cat $d/device/access_state)\"; done"); err == nil {
+			t.Logf("after login to %s: kernel ALUA states %s", s.Name, strings.Join(strings.Fields(out), " "))
+		}
 	}
 	paths := waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
 		if len(ps) != 2 {
