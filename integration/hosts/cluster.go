@@ -29,9 +29,11 @@ type Site struct {
 	// Image is its LUN's backing file.
 	Image string
 	// Proxy stands between the guest and Portal; the guest logs in to
-	// 10.0.2.2:GuestPort.
+	// 10.0.2.2:GuestPort. It is nil while the portal is closed.
 	Proxy     *proxy.Proxy
 	GuestPort int
+
+	mu sync.Mutex
 }
 
 // Cluster is a two-site `metrolun demo` (two data sites and a witness, real
@@ -96,7 +98,6 @@ func StartCluster(t testing.TB, size string) *Cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { p.Close() })
 		_, port, err := net.SplitHostPort(p.Addr())
 		if err != nil {
 			t.Fatal(err)
@@ -108,10 +109,55 @@ func StartCluster(t testing.TB, size string) *Cluster {
 			GuestPort: guestPort,
 		})
 	}
+	t.Cleanup(func() {
+		for _, s := range c.Sites {
+			if p := s.proxy(); p != nil {
+				p.Close()
+			}
+		}
+	})
 	if len(c.Sites) != 2 {
 		t.Fatalf("demo has %d data sites, want 2", len(c.Sites))
 	}
 	return c
+}
+
+func (s *Site) proxy() *proxy.Proxy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Proxy
+}
+
+// ClosePortal takes the site's portal away from the guest while the site
+// is down: its proxy stops listening, so the guest's reconnects are
+// refused, as by a host whose target process is gone. A proxy left
+// listening would accept each reconnect and close it at once (its
+// upstream refuses), which no real portal does, and open-iscsi 2.1.8
+// then leaves the session in REOPEN for good ("can't bind conn ... to
+// session, retcode -107": the socket was closed between connect and
+// bind).
+func (s *Site) ClosePortal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Proxy != nil {
+		s.Proxy.Close()
+		s.Proxy = nil
+	}
+}
+
+// OpenPortal listens for the guest on the site's port again.
+func (s *Site) OpenPortal() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Proxy != nil {
+		return nil
+	}
+	p, err := proxy.New(net.JoinHostPort("127.0.0.1", strconv.Itoa(s.GuestPort)), s.Portal)
+	if err != nil {
+		return fmt.Errorf("listen for the guest on %s's port %d again: %w", s.Name, s.GuestPort, err)
+	}
+	s.Proxy = p
+	return nil
 }
 
 // Site returns the named site.

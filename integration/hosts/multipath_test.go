@@ -66,13 +66,16 @@ func settingsFromEnv() Settings {
 
 // TestLinuxMultipathFailover is the Linux kernel initiator against a
 // two-site cluster: one iSCSI session per site (explicit portals), the
-// README's multipath.conf device section; one dm map with two paths and
-// one WWID, ALUA groups as the writer says; then a stamped O_DIRECT
-// workload on the map through kill -9 of the writer, a restart by hand,
-// kill -9 of the next writer, another restart, and a site that vanishes
-// silently (the writer frozen with SIGSTOP and its path blackholed);
-// every acknowledged block is read back in the guest and at both sites.
-// It reports the host's pause after each fault.
+// README's multipath.conf and iscsid.conf settings; one dm map with two
+// paths and one WWID, ALUA as the writer says (multipathd, sg_rtpg, the
+// kernel, and VPD 83h naming each path's own port group); then a stamped
+// O_DIRECT workload on the map (16 MiB, 4 writes in flight) through
+// kill -9 of the writer, a restart by hand, kill -9 of the next writer,
+// another restart, and a writer that vanishes silently (frozen with
+// SIGSTOP, its path blackholed), each time until the site is in sync and
+// its path is back; every acknowledged block is then read back in the
+// guest and in both sites' images, and LVM is put on the map. It reports
+// the host's pause after each fault and fails above the bounds.
 func TestLinuxMultipathFailover(t *testing.T) {
 	enabled(t)
 	ctx := context.Background()
@@ -160,6 +163,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		if err := c.Signal(w, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		c.Site(w).ClosePortal()
 		pause, err := load.PauseAfter(t0, 3*time.Second, 90*time.Second)
 		if err != nil {
 			t.Fatalf("after kill -9 of %s: %v", w, err)
@@ -170,6 +174,9 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		}
 		resync, err := c.Restart(ctx, w, 3*time.Minute)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Site(w).OpenPortal(); err != nil {
 			t.Fatal(err)
 		}
 		results = append(results, result{fault: "kill -9 of writer " + w, pause: pause, resync: resync})
@@ -187,7 +194,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	c.Site(w).Proxy.Partition(true, true)
+	c.Site(w).proxy().Partition(true, true)
 	if err := c.Signal(w, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -202,9 +209,12 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	if err := c.WaitGone(w, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	c.Site(w).Proxy.Partition(false, false)
+	c.Site(w).ClosePortal()
 	resync, err := c.Restart(ctx, w, 3*time.Minute)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Site(w).OpenPortal(); err != nil {
 		t.Fatal(err)
 	}
 	results = append(results, result{fault: "writer " + w + " vanished silently", pause: pause, resync: resync})
