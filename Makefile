@@ -7,7 +7,7 @@ BIN     := bin/metrolun
 DIR     ?= $(CURDIR)/demo
 FUZZTIME ?= 15s
 
-.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps torture
+.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps torture guest hosts
 
 all: build
 
@@ -68,6 +68,17 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# The Linux kernel initiator: a Debian bookworm guest (open-iscsi,
+# dm-multipath, LVM) under qemu-system-x86_64 (TCG) against a two-site
+# cluster of real processes (integration/hosts, docs/hosts-linux.md).
+# The guest is built once into $(METROLUN_GUEST_DIR) (default
+# ~/.cache/metrolun-guest; 1 to 2 minutes cold, nothing when warm).
+guest:
+	scripts/build-guest.sh
+
+hosts: guest
+	METROLUN_HOSTS=1 $(GO) test -count=1 -v -timeout 30m ./integration/hosts/
 
 # Torture: real clusters whose inter-site links go through fault proxies,
 # clients at every site, a seeded fault schedule (kill -9, SIGSTOP,

@@ -1,0 +1,115 @@
+package hosts
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Path is one SCSI path of the multipath map as the guest sees it.
+type Path struct {
+	Dev  string // sdb
+	WWID string
+	// DMState is the path's state in the dm table ("active", "failed").
+	DMState string
+	// Checker is the path checker's verdict ("ready", "faulty", ...).
+	Checker string
+	Prio    int
+	Map     string // the multipath map's name, empty when in none
+	// Port is the iSCSI portal port the path's session logged in to
+	// (which site, through its proxy).
+	Port int
+}
+
+// pathsScript prints one line per multipath path: dev, wwid, dm state,
+// checker state, prio and map name from multipathd, then the session's
+// portal port from sysfs. multipathd's raw format leaves fields
+// unpadded.
+const pathsScript = `multipathd show paths raw format '%d|%w|%t|%T|%p|%m' | while IFS='|' read -r dev wwid dm chk prio map; do
+	port=-
+	for s in /sys/class/iscsi_session/session*; do
+		n=${s##*session}
+		if ls -d $s/device/target*/*:*/block/$dev >/dev/null 2>&1; then
+			port=$(cat /sys/class/iscsi_connection/connection$n:0/persistent_port 2>/dev/null || echo -)
+		fi
+	done
+	echo "$dev|$wwid|$dm|$chk|$prio|$map|$port"
+done`
+
+// parsePaths reads pathsScript's output.
+func parsePaths(out string) ([]Path, error) {
+	var ps []Path
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		f := strings.Split(line, "|")
+		if len(f) != 7 {
+			return nil, fmt.Errorf("path line %q: %d fields, want 7", line, len(f))
+		}
+		p := Path{Dev: f[0], WWID: f[1], DMState: f[2], Checker: f[3], Map: f[5]}
+		if p.Map == "[orphan]" {
+			p.Map = ""
+		}
+		var err error
+		if p.Prio, err = strconv.Atoi(f[4]); err != nil {
+			// multipathd prints "##" for a prio it has not computed.
+			p.Prio = -1
+		}
+		if p.Port, err = strconv.Atoi(f[6]); err != nil {
+			p.Port = -1
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
+var tpgRE = regexp.MustCompile(`(?m)^\s*Target port group:\s*0x([0-9a-fA-F]+)`)
+
+// parseInqTPG finds the target port group in `sg_inq -p 0x83` output
+// (the device identification page's target port group designator).
+func parseInqTPG(out string) (int, error) {
+	m := tpgRE.FindAllStringSubmatch(out, -1)
+	if len(m) != 1 {
+		return 0, fmt.Errorf("want one target port group designator in VPD 83h, found %d: %q", len(m), out)
+	}
+	v, err := strconv.ParseUint(m[0][1], 16, 16)
+	return int(v), err
+}
+
+var (
+	rtpgGroupRE = regexp.MustCompile(`target port group id\s*:\s*0x([0-9a-fA-F]+)`)
+	rtpgStateRE = regexp.MustCompile(`asymmetric access state\s*:\s*0x[0-9a-fA-F]+\s*\(([^)]*)\)`)
+)
+
+// parseRTPG reads `sg_rtpg -d` output: each target port group's
+// asymmetric access state ("active/optimized", ...).
+func parseRTPG(out string) (map[int]string, error) {
+	groups := map[int]string{}
+	cur := -1
+	for _, line := range strings.Split(out, "\n") {
+		if m := rtpgGroupRE.FindStringSubmatch(line); m != nil {
+			v, err := strconv.ParseUint(m[1], 16, 16)
+			if err != nil {
+				return nil, err
+			}
+			cur = int(v)
+			continue
+		}
+		if m := rtpgStateRE.FindStringSubmatch(line); m != nil {
+			if cur < 0 {
+				return nil, fmt.Errorf("sg_rtpg: a state before any group: %q", line)
+			}
+			// sg_rtpg says "active/non optimized", the kernel's ALUA
+			// handler "active/non-optimized".
+			groups[cur] = strings.ReplaceAll(strings.TrimSpace(m[1]), "non optimized", "non-optimized")
+			cur = -1
+		}
+	}
+	if len(groups) == 0 {
+		return nil, fmt.Errorf("sg_rtpg: no target port group in %q", out)
+	}
+	return groups, nil
+}

@@ -1,0 +1,90 @@
+package hosts
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// The testdata files are sg3-utils 1.46 output captured in the guest
+// against a two-site demo (site-a writer, group 1).
+
+func TestParseInqTPG(t *testing.T) {
+	b, err := os.ReadFile("testdata/sg_inq_vpd83.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := parseInqTPG(string(b))
+	if err != nil || g != 1 {
+		t.Fatalf("parseInqTPG = %d, %v; want 1", g, err)
+	}
+	// No designator, or two, is an error rather than a guess.
+	if _, err := parseInqTPG(strings.ReplaceAll(string(b), "Target port group: 0x1", "")); err == nil {
+		t.Error("no target port group designator: want an error")
+	}
+	if _, err := parseInqTPG(string(b) + "\n      Target port group: 0x2\n"); err == nil {
+		t.Error("two target port group designators: want an error")
+	}
+}
+
+func TestParseRTPG(t *testing.T) {
+	b, err := os.ReadFile("testdata/sg_rtpg.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, err := parseRTPG(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 2 || groups[1] != "active/optimized" || groups[2] != "active/non-optimized" {
+		t.Fatalf("parseRTPG = %v", groups)
+	}
+	swapped := strings.NewReplacer("0x00 (active/optimized)", "0x0e (offline)").Replace(string(b))
+	if groups, _ := parseRTPG(swapped); groups[1] != "offline" {
+		t.Fatalf("a changed state is not seen: %v", groups)
+	}
+	if _, err := parseRTPG("sg_rtpg: command not supported\n"); err == nil {
+		t.Error("no group: want an error")
+	}
+}
+
+func TestParsePaths(t *testing.T) {
+	out := "sda|1METROLUN7ffb4617d66413e6|active|ready|50|1METROLUN7ffb4617d66413e6|35975\n" +
+		"sdb|1METROLUN7ffb4617d66413e6|failed|faulty|##|1METROLUN7ffb4617d66413e6|45351\n" +
+		"sdc|1METROLUN7ffb4617d66413e6|undef|undef|10|[orphan]|-\n"
+	ps, err := parsePaths(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Path{
+		{Dev: "sda", WWID: "1METROLUN7ffb4617d66413e6", DMState: "active", Checker: "ready", Prio: 50, Map: "1METROLUN7ffb4617d66413e6", Port: 35975},
+		{Dev: "sdb", WWID: "1METROLUN7ffb4617d66413e6", DMState: "failed", Checker: "faulty", Prio: -1, Map: "1METROLUN7ffb4617d66413e6", Port: 45351},
+		{Dev: "sdc", WWID: "1METROLUN7ffb4617d66413e6", DMState: "undef", Checker: "undef", Prio: 10, Map: "", Port: -1},
+	}
+	if len(ps) != len(want) {
+		t.Fatalf("parsePaths = %+v", ps)
+	}
+	for i := range want {
+		if ps[i] != want[i] {
+			t.Errorf("path %d = %+v, want %+v", i, ps[i], want[i])
+		}
+	}
+	if _, err := parsePaths("sda|x|active\n"); err == nil {
+		t.Error("short line: want an error")
+	}
+}
+
+func TestSettings(t *testing.T) {
+	mp := Settings{FastIOFailTmo: "off"}.MultipathConf()
+	for _, want := range []string{`vendor "METROLUN"`, "prio alua", `hardware_handler "1 alua"`, "fast_io_fail_tmo off", "polling_interval " + Recommended.PollingInterval, "no_path_retry " + Recommended.NoPathRetry} {
+		if !strings.Contains(mp, want) {
+			t.Errorf("multipath.conf lacks %q:\n%s", want, mp)
+		}
+	}
+	ic := DebianDefaults.IscsidConf()
+	for _, want := range []string{"replacement_timeout = 120", "noop_out_interval = 5", "noop_out_timeout = 5"} {
+		if !strings.Contains(ic, want) {
+			t.Errorf("iscsid.conf lacks %q:\n%s", want, ic)
+		}
+	}
+}
