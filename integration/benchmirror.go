@@ -196,7 +196,7 @@ func RunMirrorBench(ctx context.Context, cols []MirrorColumn, cases []BenchCase,
 				if c.Tool == "iscsi-perf" {
 					ops = s.IOPS * float64(c.Seconds)
 				}
-				us := float64((cpu1-cpu0).Microseconds()) / ops
+				us := float64((cpu1 - cpu0).Microseconds()) / ops
 				row[i].IOPS = append(row[i].IOPS, s.IOPS)
 				row[i].CPUus = append(row[i].CPUus, us)
 				logf("%-18s %-22s run %d: %9.0f IOPS %7.1f µs CPU/op", c.Name, col.Label, rep+1, s.IOPS, us)

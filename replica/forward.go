@@ -396,6 +396,15 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				res.Err = err.Error()
 			case at >= 0:
 				res.At = int64(at) + 1
+			default:
+				// Done: the origin needs the ordered reference, on its
+				// stream, and this answer. Sent on the same link, right
+				// after the reference, both arrive in one message and
+				// are read in one go.
+				if l := s.streamTo(hello.From); l != nil {
+					l.Grant(res)
+					return
+				}
 			}
 			answer(res)
 		}()
@@ -441,6 +450,23 @@ func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {
 func (s *Site) takesForwardFrom(origin string) error {
 	if w := s.activeWriter(); w == nil || !w.takesForwardFrom(origin) {
 		return errNotWriter
+	}
+	return nil
+}
+
+// streamTo returns the writer's stream to the in-sync site origin, or
+// nil.
+func (s *Site) streamTo(origin string) *Link {
+	w := s.activeWriter()
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.peers {
+		if p.name == origin && p.state == peerInSync {
+			return p.link
+		}
 	}
 	return nil
 }

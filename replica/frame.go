@@ -205,21 +205,14 @@ func (f *Frame) Validate() error {
 	return nil
 }
 
-// WriteFrame encodes f with a 4-byte big-endian length prefix.
+// WriteFrame encodes f with a 4-byte big-endian length prefix
+// (appendFrame), in one Write.
 func WriteFrame(w io.Writer, f *Frame) error {
-	body, err := msgpack.Marshal(f)
+	b, err := appendFrame(nil, f)
 	if err != nil {
 		return err
 	}
-	if len(body) > maxFrameLen {
-		return fmt.Errorf("%w: encoded frame of %d bytes exceeds %d", ErrFrame, len(body), maxFrameLen)
-	}
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err = w.Write(body)
+	_, err = w.Write(b)
 	return err
 }
 

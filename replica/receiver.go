@@ -346,11 +346,18 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			}
 			return err
 		}
-		if f.Kind == FrameLease || f.Kind == FrameCommit {
-			if f.Kind == FrameLease {
+		if f.Kind == FrameLease || f.Kind == FrameCommit || f.Kind == FrameFwdResult {
+			switch f.Kind {
+			case FrameLease:
 				r.granted(f)
-			} else {
+			case FrameCommit:
 				r.committed(conn, f)
+			default:
+				// The writer's answer to an operation this site
+				// forwarded, right after its reference (serveForward).
+				if op := r.refs(f.Seq); op != nil {
+					op.answered(f)
+				}
 			}
 			// Acks held back while more input was buffered go out
 			// once none is.

@@ -653,7 +653,7 @@ func (w *writer) committer() {
 		live := map[*Link]uint64{}
 		for _, l := range links {
 			if sent[l] < c {
-				l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: c})
+				l.Commit(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: c})
 				live[l] = c
 			} else {
 				live[l] = sent[l]
