@@ -148,3 +148,220 @@ func appendStr(b []byte, s string) []byte {
 	}
 	return append(b, s...)
 }
+
+// decodeFrame decodes a frame body (one msgpack map, which msgpackFits
+// has checked) into f, as msgpack.Unmarshal would for what appendFrame
+// and msgpack.Marshal write, without reflection and without copying:
+// f.Data and the strings' bytes alias body. Keys it does not know are
+// skipped, as Unmarshal skips them.
+func decodeFrame(body []byte, f *Frame) error {
+	b := body
+	n, err := mapLen(&b)
+	if err != nil {
+		return err
+	}
+	for range n {
+		k, err := strBytes(&b)
+		if err != nil {
+			return err
+		}
+		var u uint64
+		switch string(k) {
+		case "k":
+			u, err = uintVal(&b, math.MaxUint8)
+			f.Kind = uint8(u)
+		case "e":
+			f.Epoch, err = uintVal(&b, math.MaxUint64)
+		case "s":
+			f.Seq, err = uintVal(&b, math.MaxUint64)
+		case "o":
+			f.Offset, err = intVal(&b)
+		case "l":
+			u, err = uintVal(&b, math.MaxUint32)
+			f.Length = uint32(u)
+		case "d":
+			f.Data, err = binBytes(&b)
+		case "c":
+			u, err = uintVal(&b, math.MaxUint32)
+			f.CRC = uint32(u)
+		case "f":
+			u, err = uintVal(&b, math.MaxUint8)
+			f.Flags = uint8(u)
+		case "x":
+			var s []byte
+			s, err = strOrNil(&b)
+			f.Err = string(s)
+		case "n":
+			var s []byte
+			s, err = strOrNil(&b)
+			f.From = string(s)
+		case "r":
+			f.Ref, err = uintVal(&b, math.MaxUint64)
+		case "a":
+			f.At, err = intVal(&b)
+		case "im":
+			var rest []byte
+			if rest, err = msgpackSkip(b, 0); err != nil {
+				break
+			}
+			v := b[:len(b)-len(rest)]
+			b = rest
+			if len(v) == 1 && v[0] == 0xc0 {
+				f.Image = nil
+				break
+			}
+			f.Image = &ImageID{}
+			err = msgpack.Unmarshal(v, f.Image)
+		default:
+			b, err = msgpackSkip(b, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: field %q: %v", ErrFrame, k, err)
+		}
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d bytes after the frame", ErrFrame, len(b))
+	}
+	return nil
+}
+
+var errCode = fmt.Errorf("unexpected msgpack code")
+
+func take(b *[]byte, n int) ([]byte, error) {
+	if n < 0 || n > len(*b) {
+		return nil, errMsgpackShort
+	}
+	v := (*b)[:n:n]
+	*b = (*b)[n:]
+	return v, nil
+}
+
+// beUint reads a big-endian unsigned integer of w bytes.
+func beUint(b *[]byte, w int) (uint64, error) {
+	v, err := take(b, w)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, x := range v {
+		n = n<<8 | uint64(x)
+	}
+	return n, nil
+}
+
+func mapLen(b *[]byte) (int, error) {
+	c, err := take(b, 1)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c[0]&0xf0 == 0x80:
+		return int(c[0] & 0x0f), nil
+	case c[0] == 0xde:
+		n, err := beUint(b, 2)
+		return int(n), err
+	case c[0] == 0xdf:
+		n, err := beUint(b, 4)
+		return int(n), err
+	}
+	return 0, fmt.Errorf("%w 0x%02x for a map", errCode, c[0])
+}
+
+// rawLen reads a str or bin header (bin: bins too) and returns the
+// length; nil (0xc0) gives -1.
+func rawLen(b *[]byte, strs, bins bool) (int, error) {
+	c, err := take(b, 1)
+	if err != nil {
+		return 0, err
+	}
+	var w int
+	switch x := c[0]; {
+	case x == 0xc0:
+		return -1, nil
+	case strs && x&0xe0 == 0xa0:
+		return int(x & 0x1f), nil
+	case strs && x == 0xd9, bins && x == 0xc4:
+		w = 1
+	case strs && x == 0xda, bins && x == 0xc5:
+		w = 2
+	case strs && x == 0xdb, bins && x == 0xc6:
+		w = 4
+	default:
+		return 0, fmt.Errorf("%w 0x%02x for a string or bytes", errCode, x)
+	}
+	n, err := beUint(b, w)
+	return int(n), err
+}
+
+func strBytes(b *[]byte) ([]byte, error) {
+	n, err := rawLen(b, true, false)
+	if err != nil {
+		return nil, err
+	}
+	if n < 0 {
+		return nil, fmt.Errorf("%w: nil map key", errCode)
+	}
+	return take(b, n)
+}
+
+func strOrNil(b *[]byte) ([]byte, error) {
+	n, err := rawLen(b, true, true)
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	return take(b, n)
+}
+
+// binBytes reads bytes (bin or str; nil gives nil, as Unmarshal does).
+func binBytes(b *[]byte) ([]byte, error) {
+	n, err := rawLen(b, true, true)
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	v, err := take(b, n)
+	if n == 0 {
+		return []byte{}, err
+	}
+	return v, err
+}
+
+// intVal reads any msgpack integer as an int64.
+func intVal(b *[]byte) (int64, error) {
+	c, err := take(b, 1)
+	if err != nil {
+		return 0, err
+	}
+	x := c[0]
+	switch {
+	case x <= 0x7f:
+		return int64(x), nil
+	case x >= 0xe0:
+		return int64(int8(x)), nil
+	case x == 0xc0:
+		return 0, nil
+	case x >= 0xcc && x <= 0xcf:
+		v, err := beUint(b, 1<<(x-0xcc))
+		return int64(v), err
+	case x >= 0xd0 && x <= 0xd3:
+		w := 1 << (x - 0xd0)
+		v, err := beUint(b, w)
+		// Sign-extend from w bytes.
+		s := uint(64 - 8*w)
+		return int64(v<<s) >> s, err
+	}
+	return 0, fmt.Errorf("%w 0x%02x for an integer", errCode, x)
+}
+
+// uintVal reads a msgpack integer that must fit in 0..max.
+func uintVal(b *[]byte, max uint64) (uint64, error) {
+	c := *b
+	v, err := intVal(b)
+	if err != nil {
+		return 0, err
+	}
+	u := uint64(v)
+	if len(c) > 0 && c[0] != 0xcf && v < 0 || u > max {
+		return 0, fmt.Errorf("integer %d out of range", v)
+	}
+	return u, nil
+}

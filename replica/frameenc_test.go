@@ -65,6 +65,19 @@ func TestAppendFrameDecodesAsMarshal(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("frame %d: appendFrame decodes to %+v, Marshal to %+v", i, got, want)
 		}
+		// decodeFrame reads both encodings as Unmarshal does.
+		for _, enc := range [][]byte{b[8:], m} {
+			var d Frame
+			if err := decodeFrame(enc, &d); err != nil {
+				t.Fatalf("frame %d: decodeFrame: %v", i, err)
+			}
+			if len(d.Data) == 0 && len(want.Data) == 0 {
+				d.Data = want.Data
+			}
+			if !reflect.DeepEqual(d, want) {
+				t.Fatalf("frame %d: decodeFrame gives %+v, Unmarshal %+v", i, d, want)
+			}
+		}
 		// skipBody (a refused forwarded frame) finds kind and seq first.
 		if want.Seq != 0 {
 			bg := &bodyGuard{conn: nopConn{}, timeout: 1}
@@ -89,3 +102,29 @@ func TestAppendFrameBound(t *testing.T) {
 type nopConn struct{ net.Conn }
 
 func (nopConn) SetReadDeadline(time.Time) error { return nil }
+
+// FuzzDecodeFrame: whatever msgpack.Unmarshal and decodeFrame both
+// accept, they decode alike; decodeFrame never panics.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, fr := range []*Frame{writeFrame([]byte("abc"), 9), {Kind: FrameHelloAck, Image: &ImageID{UUID: "u", Gen: 3}, From: "a", Err: "e"}} {
+		b, _ := appendFrame(nil, fr)
+		f.Add(b[4:])
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if msgpackFits(body) != nil {
+			return
+		}
+		var d, u Frame
+		derr := decodeFrame(body, &d)
+		uerr := msgpack.Unmarshal(body, &u)
+		if derr != nil || uerr != nil {
+			return
+		}
+		if len(d.Data) == 0 && len(u.Data) == 0 {
+			d.Data = u.Data
+		}
+		if !reflect.DeepEqual(d, u) {
+			t.Fatalf("decodeFrame %+v, Unmarshal %+v", d, u)
+		}
+	})
+}

@@ -339,7 +339,9 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 	}()
 
 	for {
-		f, err := readFrame(br, MaxDataFrameLen, g)
+		// The data stays in the pooled body until the frame is
+		// applied: no copy per write (release below).
+		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -359,6 +361,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 					op.answered(f)
 				}
 			}
+			release()
 			// Acks held back while more input was buffered go out
 			// once none is.
 			if br.Buffered() == 0 {
@@ -372,6 +375,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			continue
 		}
 		ans, stopNow := r.apply(conn, f)
+		release()
 		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
 			return err
 		}
