@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,9 @@ type MirrorSetup struct {
 	NS   string
 	Env  []string
 	Demo *Demo
+	// Writer is the data site that was the writer when the columns were
+	// chosen.
+	Writer string
 }
 
 // wrap is the command prefix that runs a program in the setup's
@@ -83,6 +87,36 @@ type MirrorTable struct {
 	// Idle is each setup's CPU, in % of one core, while no client runs.
 	Idle       map[string]float64
 	IdleWindow time.Duration
+	// Notes are what went wrong on the way that the figures do not show
+	// (a writer that moved: its columns swapped roles).
+	Notes []string
+}
+
+// writer asks the setup's cluster which data site is the writer
+// (metrolun status --json), "" for a single site.
+func (s *MirrorSetup) writer(ctx context.Context) (string, error) {
+	if len(s.Demo.File.DataMembers()) < 2 {
+		return "", nil
+	}
+	res, err := RunTool(ctx, 20*time.Second, nil, "ip", append(s.wrap()[1:], s.Bin, "status", "--dir", s.Demo.Dir, "--json")...)
+	if err != nil {
+		return "", err
+	}
+	var reps []struct {
+		Name   string
+		Status *struct {
+			Site *struct{ Role string }
+		}
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &reps); err != nil {
+		return "", err
+	}
+	for _, r := range reps {
+		if r.Status != nil && r.Status.Site != nil && r.Status.Site.Role == "writer" {
+			return r.Name, nil
+		}
+	}
+	return "", errors.New("no writer")
 }
 
 // NetNS creates network namespace name with its loopback up, and returns
@@ -203,6 +237,25 @@ func RunMirrorBench(ctx context.Context, cols []MirrorColumn, cases []BenchCase,
 			}
 		}
 		t.Cells = append(t.Cells, row)
+		// A writer that moved (a lease that lapsed on a loaded machine)
+		// swaps what its columns measure: say so.
+		seen := map[*MirrorSetup]bool{}
+		for _, col := range cols {
+			s := col.Setup
+			if seen[s] || len(s.Demo.File.DataMembers()) < 2 {
+				continue
+			}
+			seen[s] = true
+			w, err := s.writer(ctx)
+			if want := s.Writer; err != nil || w != want {
+				n := fmt.Sprintf("after %q, %s's writer is %q (%v), not %q", c.Name, s.Name, w, err, want)
+				t.Notes = append(t.Notes, n)
+				logf("%s", n)
+				if err == nil {
+					s.Writer = w
+				}
+			}
+		}
 	}
 	if idle > 0 {
 		seen := map[*MirrorSetup]bool{}
@@ -297,6 +350,9 @@ func (t *MirrorTable) WriteMarkdown(w io.Writer) error {
 		}
 		fmt.Fprintln(bw)
 		fmt.Fprintln(bw)
+	}
+	for _, n := range t.Notes {
+		fmt.Fprintf(bw, "Note: %s.\n", n)
 	}
 	fmt.Fprintf(bw, "Median of %d runs per cell, columns interleaved in every repetition; CPU is utime+stime of every member process of the column's cluster (/proc/PID/stat) over the run, per operation.\n", t.Reps)
 	return bw.Flush()

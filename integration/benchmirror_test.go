@@ -117,6 +117,7 @@ func TestBenchMirror(t *testing.T) {
 			// data member is the first epoch's writer (raftlog).
 			writer = data[0].Name
 		}
+		s.Writer = writer
 		var w, f []MirrorColumn
 		for _, m := range data {
 			if m.Name == writer {
