@@ -130,7 +130,8 @@ func NetNS(ctx context.Context, name string) (func(), error) {
 	if err := exec("netns", "add", name); err != nil {
 		return nil, err
 	}
-	del := func() { exec("netns", "del", name) }
+	// Not under ctx, which may be over by the time the caller cleans up.
+	del := func() { RunTool(context.Background(), 10*time.Second, nil, "ip", "netns", "del", name) }
 	if err := exec("netns", "exec", name, "ip", "link", "set", "lo", "up"); err != nil {
 		del()
 		return nil, err

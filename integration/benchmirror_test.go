@@ -29,7 +29,9 @@ import (
 // another metrolun binary: before and after side by side), BENCH_REPORT
 // (write the tables as markdown), METROLUN_MIRROR_PPROF=HOST:PORT (the
 // TLS two-site cluster's members serve net/http/pprof in its namespace
-// from that port on: site-a on PORT, site-b on PORT+1).
+// from that port on: site-a on PORT, site-b on PORT+1),
+// METROLUN_MIRROR_LOGS (where the demos' logs are kept, default the
+// temporary directory: bench-mirror-SETUP-PID.log).
 func TestBenchMirror(t *testing.T) {
 	if os.Getenv("METROLUN_BENCH_MIRROR") != "1" {
 		t.Skip("set METROLUN_BENCH_MIRROR=1 to run the mirroring benchmark")
@@ -90,6 +92,10 @@ func TestBenchMirror(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 	defer cancel()
+	logDir := os.Getenv("METROLUN_MIRROR_LOGS")
+	if logDir == "" {
+		logDir = os.TempDir()
+	}
 	var cols []MirrorColumn
 	for _, s := range setups {
 		s.NS = "mlbench-" + s.Name + "-" + tag
@@ -99,8 +105,11 @@ func TestBenchMirror(t *testing.T) {
 		}
 		t.Cleanup(del)
 		dir := filepath.Join(t.TempDir(), s.Name)
+		// The members' logs outlive the run (a writer that moved says
+		// why there).
+		logPath := filepath.Join(logDir, "bench-mirror-"+s.Name+"-"+tag+".log")
 		d, err := StartDemo(ctx, DemoOptions{Bin: s.Bin, Dir: dir, Port: 3260, Size: "1GiB", Args: s.Args,
-			Wrap: s.wrap(), Env: s.Env, ReadyTimeout: time.Minute})
+			Wrap: s.wrap(), Env: s.Env, ReadyTimeout: time.Minute, Log: logPath})
 		if err != nil {
 			t.Fatalf("%s: %v", s.Name, err)
 		}

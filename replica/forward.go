@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -98,9 +99,11 @@ type forwarder struct {
 	mu   sync.Mutex
 	to   string // writer site name
 	conn net.Conn
-	bw   *bufio.Writer
+	snd  *sender // conn's send side
 	ops  map[uint64]*fwdOp
 	next uint64
+	// nops is len(ops): operations waiting for an answer (sender.busy).
+	nops atomic.Int32
 	// retired: connections to a site that is no longer the writer, kept
 	// open until it answered what was sent on them or a grace ran out
 	// (retireLocked).
@@ -133,8 +136,9 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		if fw.conn != nil { // another operation connected meanwhile
 			conn.Close()
 		} else {
-			fw.conn, fw.to, fw.bw = conn, writer, bufio.NewWriterSize(conn, 256<<10)
-			go fw.readResults(conn, br)
+			snd := newSender(conn, func() bool { return fw.nops.Load() > 1 }, func(error) { conn.Close() })
+			fw.conn, fw.to, fw.snd = conn, writer, snd
+			go fw.readResults(conn, br, snd)
 		}
 	}
 	fw.next++
@@ -144,6 +148,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		fw.ops = make(map[uint64]*fwdOp)
 	}
 	fw.ops[op.id] = op
+	fw.nops.Store(int32(len(fw.ops)))
 	op.conn = fw.conn
 	f := &Frame{Kind: op.kind, Epoch: epoch, Seq: op.id, Offset: op.off, Length: uint32(op.n)}
 	switch op.kind {
@@ -161,14 +166,14 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		f.CRC = Checksum(op.data)
 	}
 	conn := fw.conn
-	err := WriteFrame(fw.bw, f)
-	if err == nil {
-		err = fw.bw.Flush()
-	}
+	// The data is copied into the batch before push returns: the
+	// initiator's buffer is not referenced after it.
+	err := fw.snd.push(f, sendNow)
 	fw.mu.Unlock()
 	defer func() {
 		fw.mu.Lock()
 		delete(fw.ops, op.id)
+		fw.nops.Store(int32(len(fw.ops)))
 		if _, ok := fw.retired[conn]; ok && !fw.pendingOn(conn) {
 			// The former writer answered everything sent to it.
 			conn.Close()
@@ -210,7 +215,8 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	return -1, nil
 }
 
-func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
+func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader, snd *sender) {
+	defer snd.close()
 	for {
 		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil || f.Kind != FrameFwdResult {
@@ -267,7 +273,7 @@ func (fw *forwarder) retarget(writer string) {
 // fw.mu is held.
 func (fw *forwarder) retireLocked() {
 	old := fw.conn
-	fw.conn, fw.bw = nil, nil
+	fw.conn, fw.snd = nil, nil
 	if old == nil {
 		return
 	}

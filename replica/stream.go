@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,21 +39,9 @@ type Ack struct {
 type Link struct {
 	conn net.Conn
 
-	// The send side (push): frames are encoded into out in the order
-	// they are given. A caller that finds no write under way writes out
-	// itself, at once; frames given while a write is under way wait in
-	// out and leave together, in one socket write (one TLS record up to
-	// 16 KiB), as soon as it ends. So an idle link costs no delay and a
-	// busy one a write per batch, not one per frame.
-	omu     sync.Mutex
-	out     []byte
-	spare   []byte // the last batch's buffer, for the next one
-	writing bool
-	werr    error
-	// lazy: frames that may wait for the next one (pushLazy) are in out;
-	// lazyTimer sends them after lazyLinger if no other frame does.
-	lazy      bool
-	lazyTimer *time.Timer
+	snd *sender
+	// npending is len(pending), for snd.busy.
+	npending atomic.Int32
 
 	mu      sync.Mutex
 	pending []pendingFrame // in sequence order
@@ -86,20 +75,11 @@ func NewLink(conn net.Conn, br *bufio.Reader, onLease func(*Link, *Frame), onDow
 		br = bufio.NewReaderSize(conn, 64<<10)
 	}
 	l := &Link{conn: conn, done: make(chan struct{}), onLease: onLease, onDown: onDown}
-	l.lazyTimer = time.AfterFunc(time.Hour, l.lazyFlush)
-	l.lazyTimer.Stop()
+	// Busy while the replica owes answers beyond the frame being sent.
+	l.snd = newSender(conn, func() bool { return l.npending.Load() > 1 }, func(err error) { l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err)) })
 	go l.readAcks(br)
 	return l
 }
-
-// lazyLinger bounds how long a lazy frame (a commit point, which only
-// makes writes visible to readers at the replica) waits for another
-// frame to carry it: under a steady stream it rides with the next write
-// and costs no socket write of its own.
-const lazyLinger = 500 * time.Microsecond
-
-// maxSpare: a batch buffer larger than this (large writes) is not kept.
-const maxSpare = 1 << 20
 
 // Send writes f to the replica. The returned channel gets the replica's
 // verdict. Frames must be sent in sequence order; the caller serialises
@@ -118,88 +98,27 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		p.n = int64(f.Length)
 	}
 	l.pending = append(l.pending, p)
+	l.npending.Store(int32(len(l.pending)))
 	l.mu.Unlock()
 	// A reference to a forwarded operation is of no use to the origin
 	// before the operation's result, which the writer sends on this link
 	// right after it (serveForward): the two leave in one write.
-	if err := l.push(f, f.Flags&FlagRef != 0); err != nil {
+	mode := sendNow
+	if f.Flags&FlagRef != 0 {
+		mode = sendLazy
+	}
+	if err := l.snd.push(f, mode); err != nil {
 		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 	}
 	return ch
 }
 
-func (l *Link) write(f *Frame) error { return l.push(f, false) }
-
-// push queues f and, unless lazy or a write is under way, writes out
-// everything queued.
-func (l *Link) push(f *Frame, lazy bool) error {
-	l.omu.Lock()
-	if l.werr != nil {
-		err := l.werr
-		l.omu.Unlock()
-		return err
-	}
-	var err error
-	if l.out, err = appendFrame(l.out, f); err != nil {
-		l.omu.Unlock()
-		return err
-	}
-	if lazy {
-		if !l.lazy && !l.writing {
-			l.lazy = true
-			l.lazyTimer.Reset(lazyLinger)
-		}
-		l.omu.Unlock()
-		return nil
-	}
-	return l.flushLocked()
-}
-
-// flushLocked (omu held; it unlocks) writes out what is queued, batch
-// after batch, unless another caller is doing so already.
-func (l *Link) flushLocked() error {
-	if l.writing {
-		l.omu.Unlock()
-		return nil
-	}
-	if l.lazy {
-		l.lazyTimer.Stop()
-	}
-	l.writing, l.lazy = true, false
-	var err error
-	for len(l.out) > 0 && err == nil {
-		buf := l.out
-		l.out, l.spare = l.spare[:0], nil
-		l.omu.Unlock()
-		_, err = l.conn.Write(buf)
-		l.omu.Lock()
-		if cap(buf) <= maxSpare {
-			l.spare = buf[:0]
-		}
-		if err != nil {
-			l.werr, l.out = err, nil
-		}
-	}
-	l.writing = false
-	l.omu.Unlock()
-	return err
-}
-
-func (l *Link) lazyFlush() {
-	l.omu.Lock()
-	if !l.lazy || l.werr != nil {
-		l.omu.Unlock()
-		return
-	}
-	if err := l.flushLocked(); err != nil {
-		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
-	}
-}
+func (l *Link) write(f *Frame) error { return l.snd.push(f, sendNow) }
 
 // Commit sends a commit point (FrameCommit) with the next frame, or
 // within lazyLinger.
 func (l *Link) Commit(f *Frame) {
-	if err := l.push(f, true); err != nil {
+	if err := l.snd.push(f, sendLazy); err != nil {
 		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 	}
 }
@@ -273,6 +192,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 			settle = append(settle, l.pending[0])
 			l.pending = l.pending[1:]
 		}
+		l.npending.Store(int32(len(l.pending)))
 		l.mu.Unlock()
 		for _, p := range settle {
 			if p.seq != f.Seq {
@@ -298,8 +218,9 @@ func (l *Link) fail(err error) {
 	}
 	pending := l.pending
 	l.pending = nil
+	l.npending.Store(0)
 	l.mu.Unlock()
-	l.lazyTimer.Stop()
+	l.snd.close()
 	l.conn.Close()
 	if first && l.onDown != nil {
 		l.onDown(err, pending)
