@@ -47,8 +47,10 @@ type sender struct {
 // no socket write of its own.
 const lazyLinger = 500 * time.Microsecond
 
-// maxSpare: a batch buffer larger than this (large writes) is not kept.
-const maxSpare = 1 << 20
+// maxSpare: a batch buffer larger than this is not kept for the next
+// batch. Large enough for a queue of 1 MiB writes, so that they do not
+// allocate (and zero) a new buffer per batch.
+const maxSpare = 8 << 20
 
 func newSender(conn net.Conn, busy func() bool, onErr func(error)) *sender {
 	s := &sender{conn: conn, busy: busy, onErr: onErr, kick: make(chan struct{}, 1), quit: make(chan struct{})}
@@ -72,6 +74,14 @@ func (s *sender) push(f *Frame, mode int) error {
 		err := s.werr
 		s.mu.Unlock()
 		return err
+	}
+	if need := len(f.Data) + len(f.Err) + len(f.From) + 256; cap(s.out)-len(s.out) < need {
+		// One allocation of what the frame needs (doubling, so that a
+		// batch of large frames is copied a bounded number of times),
+		// not append's growth steps, each of which copies the data.
+		nb := make([]byte, len(s.out), max(2*cap(s.out), len(s.out)+need))
+		copy(nb, s.out)
+		s.out = nb
 	}
 	var err error
 	if s.out, err = appendFrame(s.out, f); err != nil {
