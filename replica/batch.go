@@ -30,7 +30,10 @@ type sender struct {
 	// connection is then of no use (it may run more than once).
 	onErr func(error)
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// idle is signalled when a batch write ends (writing turns false),
+	// for a large frame waiting to be written by its caller (direct).
+	idle      sync.Cond
 	out       []byte
 	spare     []byte // the last batch's buffer, for the next one
 	writing   bool   // a batch is being written; new frames join the next
@@ -54,6 +57,7 @@ const maxSpare = 8 << 20
 
 func newSender(conn net.Conn, busy func() bool, onErr func(error)) *sender {
 	s := &sender{conn: conn, busy: busy, onErr: onErr, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	s.idle.L = &s.mu
 	s.lazyTimer = time.AfterFunc(time.Hour, s.lazyFlush)
 	s.lazyTimer.Stop()
 	go s.loop()
@@ -66,9 +70,16 @@ const (
 	sendLazy        // may wait for the next frame, up to lazyLinger
 )
 
+// directMin: a frame with at least this much data is written by its
+// caller from where the data is (direct), not copied into the batch.
+const directMin = 64 << 10
+
 // push queues f. It returns an error when the connection failed
 // already, f could not be encoded, or its own write failed.
 func (s *sender) push(f *Frame, mode int) error {
+	if len(f.Data) >= directMin {
+		return s.direct(f)
+	}
 	s.mu.Lock()
 	if s.werr != nil {
 		err := s.werr
@@ -111,6 +122,50 @@ func (s *sender) push(f *Frame, mode int) error {
 	return s.flushLocked()
 }
 
+// direct writes a large frame from its caller, after what is queued,
+// without copying its data: it waits for a batch being written to end,
+// writes the queue and the frame's start, the data, and the frame's end,
+// and returns once the data is on its way (f.Data is not referenced
+// after it returns), then writes what was queued meanwhile.
+func (s *sender) direct(f *Frame) error {
+	s.mu.Lock()
+	for s.writing && s.werr == nil {
+		s.idle.Wait()
+	}
+	if s.werr != nil {
+		err := s.werr
+		s.mu.Unlock()
+		return err
+	}
+	out, at, err := encodeFrame(s.out, f, false)
+	if err != nil {
+		s.out = out
+		s.mu.Unlock()
+		return err
+	}
+	if s.lazy {
+		s.lazyTimer.Stop()
+	}
+	s.writing, s.lazy = true, false
+	s.out, s.spare = s.spare[:0], nil
+	s.mu.Unlock()
+	_, err = s.conn.Write(out[:at])
+	if err == nil {
+		_, err = s.conn.Write(f.Data)
+	}
+	if err == nil && at < len(out) {
+		_, err = s.conn.Write(out[at:])
+	}
+	s.mu.Lock()
+	if cap(out) <= maxSpare {
+		s.spare = out[:0]
+	}
+	if err != nil {
+		s.werr, s.out = err, nil
+	}
+	return s.writeQueued(err)
+}
+
 // flushLocked (mu held; it unlocks) writes out what is queued, batch
 // after batch, unless a write is under way already.
 func (s *sender) flushLocked() error {
@@ -122,7 +177,12 @@ func (s *sender) flushLocked() error {
 		s.lazyTimer.Stop()
 	}
 	s.writing, s.lazy = true, false
-	var err error
+	return s.writeQueued(nil)
+}
+
+// writeQueued (mu held, writing set; it unlocks) writes batches until
+// none is queued, then clears writing.
+func (s *sender) writeQueued(err error) error {
 	for len(s.out) > 0 && err == nil {
 		buf := s.out
 		s.out, s.spare = s.spare[:0], nil
@@ -137,6 +197,7 @@ func (s *sender) flushLocked() error {
 		}
 	}
 	s.writing = false
+	s.idle.Broadcast()
 	s.mu.Unlock()
 	return err
 }

@@ -17,6 +17,14 @@ import (
 // rest of the encoding, and the data is copied once, into b.
 // msgpack.Unmarshal (readFrame) decodes it as it decodes Marshal's.
 func appendFrame(b []byte, f *Frame) ([]byte, error) {
+	b, _, err := encodeFrame(b, f, true)
+	return b, err
+}
+
+// encodeFrame is appendFrame; without withData, f.Data's bytes are left
+// out (its length and the rest of the frame are there) and at is where
+// they belong in b, for a sender that writes them from where they are.
+func encodeFrame(b []byte, f *Frame, withData bool) (_ []byte, at int, _ error) {
 	start := len(b)
 	b = append(b, 0, 0, 0, 0)
 	fields := 6 // k e s o l c
@@ -52,9 +60,14 @@ func appendFrame(b []byte, f *Frame) ([]byte, error) {
 	b = appendInt(b, f.Offset)
 	b = appendKey(b, "l")
 	b = appendUint(b, uint64(f.Length))
+	at = -1
 	if len(f.Data) > 0 {
 		b = appendKey(b, "d")
-		b = appendBin(b, f.Data)
+		b = appendBinHeader(b, len(f.Data))
+		at = len(b)
+		if withData {
+			b = append(b, f.Data...)
+		}
 	}
 	b = appendKey(b, "c")
 	b = appendUint(b, uint64(f.CRC))
@@ -81,17 +94,20 @@ func appendFrame(b []byte, f *Frame) ([]byte, error) {
 	if f.Image != nil {
 		im, err := msgpack.Marshal(f.Image)
 		if err != nil {
-			return b[:start], err
+			return b[:start], 0, err
 		}
 		b = appendKey(b, "im")
 		b = append(b, im...)
 	}
 	n := len(b) - start - 4
+	if !withData {
+		n += len(f.Data)
+	}
 	if n > maxFrameLen {
-		return b[:start], fmt.Errorf("%w: encoded frame of %d bytes exceeds %d", ErrFrame, n, maxFrameLen)
+		return b[:start], 0, fmt.Errorf("%w: encoded frame of %d bytes exceeds %d", ErrFrame, n, maxFrameLen)
 	}
 	binary.BigEndian.PutUint32(b[start:], uint32(n))
-	return b, nil
+	return b, at, nil
 }
 
 // appendKey appends a map key of at most 31 bytes (fixstr).
@@ -123,16 +139,14 @@ func appendInt(b []byte, v int64) []byte {
 	return binary.BigEndian.AppendUint64(append(b, 0xd3), uint64(v))
 }
 
-func appendBin(b []byte, p []byte) []byte {
-	switch n := len(p); {
+func appendBinHeader(b []byte, n int) []byte {
+	switch {
 	case n <= math.MaxUint8:
-		b = append(b, 0xc4, byte(n))
+		return append(b, 0xc4, byte(n))
 	case n <= math.MaxUint16:
-		b = binary.BigEndian.AppendUint16(append(b, 0xc5), uint16(n))
-	default:
-		b = binary.BigEndian.AppendUint32(append(b, 0xc6), uint32(n))
+		return binary.BigEndian.AppendUint16(append(b, 0xc5), uint16(n))
 	}
-	return append(b, p...)
+	return binary.BigEndian.AppendUint32(append(b, 0xc6), uint32(n))
 }
 
 func appendStr(b []byte, s string) []byte {
