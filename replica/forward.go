@@ -92,6 +92,14 @@ func (o *fwdOp) check() {
 	}
 }
 
+// helloResultsOnStream, in a forwarding hello's At, says that the
+// forwarding site takes the writer's results (FrameFwdResult) on the
+// stream it gets from the writer as well as on the forwarding
+// connection; the writer then sends a result right after the reference
+// to the operation (serveForward). A hello's At is otherwise unused, and
+// a writer from before ignores it.
+const helloResultsOnStream = 1
+
 // forwarder holds this site's forwarding connection to the writer.
 type forwarder struct {
 	s *Site
@@ -345,6 +353,9 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 		}
 	}
 	answer(&Frame{Kind: FrameHelloAck, Epoch: hello.Epoch})
+	// Only a forwarder that says so takes results on its stream (a site
+	// from before that would refuse the frame there and be dropped).
+	onStream := hello.At&helloResultsOnStream != 0
 	// Data is refused before it is read when this site would refuse it
 	// anyway (orderForwarded checks again once the operation is ordered).
 	g.refuse = func() error { return s.takesForwardFrom(hello.From) }
@@ -402,7 +413,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				res.Err = err.Error()
 			case at >= 0:
 				res.At = int64(at) + 1
-			default:
+			case onStream:
 				// Done: the origin needs the ordered reference, on its
 				// stream, and this answer. Sent on the same link, right
 				// after the reference, both arrive in one message and
@@ -503,7 +514,11 @@ func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64
 	dl, _ := ctx.Deadline()
 	conn.SetDeadline(dl)
 	br := bufio.NewReaderSize(conn, 64<<10)
-	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: epoch, From: s.cfg.Name, Flags: flags}); err != nil {
+	hello := &Frame{Kind: FrameHello, Epoch: epoch, From: s.cfg.Name, Flags: flags}
+	if flags&FlagForward != 0 {
+		hello.At = helloResultsOnStream
+	}
+	if err := WriteFrame(conn, hello); err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
