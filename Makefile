@@ -7,7 +7,7 @@ BIN     := bin/metrolun
 DIR     ?= $(CURDIR)/demo
 FUZZTIME ?= 15s
 
-.PHONY: all build demo test unit conformance conformance-update bench recovery wan fuzz vet clean deps torture guest hosts
+.PHONY: all build demo test unit conformance conformance-update bench bench-mirror recovery wan fuzz vet clean deps torture guest hosts
 
 all: build
 
@@ -42,6 +42,15 @@ conformance-update: deps
 
 bench: deps
 	scripts/bench.sh
+
+# What mirroring costs (issue 13): single site vs a two-site cluster (at
+# the writer and at the forwarding site), each in its own network
+# namespace (root), IOPS, ratios, server CPU per op, idle CPU. N runs
+# per cell; PLAINTEXT=1 adds a cluster without TLS; OLD=BIN adds one run
+# by another binary.
+N ?= 3
+bench-mirror: deps
+	N=$(N) scripts/bench-mirror.sh $(if $(PLAINTEXT),--plaintext) $(if $(OLD),--old $(OLD))
 
 # Recovery time after kill -9 of the writer of a two-site demo cluster,
 # default timeouts: median and max over KILLS kills.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,6 +70,22 @@ var (
 // RunBenchCase runs one case once against url. blockSize is the LUN's
 // logical block size (iscsi-perf counts in blocks).
 func RunBenchCase(ctx context.Context, url string, c BenchCase, blockSize int) (BenchSample, error) {
+	return RunBenchCaseIn(ctx, nil, url, c, blockSize)
+}
+
+// RunBenchCaseIn is RunBenchCase with the client run through wrap (e.g.
+// ip netns exec NS), or directly when wrap is empty.
+func RunBenchCaseIn(ctx context.Context, wrap []string, url string, c BenchCase, blockSize int) (BenchSample, error) {
+	run := func(timeout time.Duration, name string, args ...string) (ToolResult, error) {
+		if len(wrap) == 0 {
+			return RunTool(ctx, timeout, nil, name, args...)
+		}
+		path, err := Tool(name)
+		if err != nil {
+			return ToolResult{}, err
+		}
+		return RunTool(ctx, timeout, nil, wrap[0], append(append(slices.Clone(wrap[1:]), path), args...)...)
+	}
 	switch c.Tool {
 	case "qemu-img":
 		// -f raw: no format probing (qemu refuses writes to block 0 of a
@@ -79,7 +96,7 @@ func RunBenchCase(ctx context.Context, url string, c BenchCase, blockSize int) (
 			args = append(args, "-w")
 		}
 		args = append(args, "-s", strconv.Itoa(c.Size), "-d", strconv.Itoa(c.Depth), "-c", strconv.Itoa(c.Count), url)
-		res, err := RunTool(ctx, 3*time.Minute, nil, "qemu-img", args...)
+		res, err := run(3*time.Minute, "qemu-img", args...)
 		if err != nil {
 			return BenchSample{}, err
 		}
@@ -90,7 +107,7 @@ func RunBenchCase(ctx context.Context, url string, c BenchCase, blockSize int) (
 		}
 		args := []string{"-r", "-m", strconv.Itoa(c.Depth), "-b", strconv.Itoa(c.Size / blockSize),
 			"-t", strconv.Itoa(c.Seconds), "-i", perfInitIQN, url}
-		res, err := RunTool(ctx, time.Duration(c.Seconds)*time.Second+30*time.Second, nil, "iscsi-perf", args...)
+		res, err := run(time.Duration(c.Seconds)*time.Second+30*time.Second, "iscsi-perf", args...)
 		if err != nil {
 			return BenchSample{}, err
 		}

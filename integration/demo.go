@@ -33,6 +33,9 @@ type Member struct {
 // DemoFile is DIR/demo.json, written by `metrolun demo` once it is ready.
 type DemoFile struct {
 	Members []Member `json:"members"`
+	// Writer is the data site that held the writer lease when the demo
+	// became ready; empty for a single site.
+	Writer string `json:"writer,omitempty"`
 }
 
 // DataMembers returns the members that serve iSCSI, in file order.
@@ -106,6 +109,11 @@ type DemoOptions struct {
 	StopTimeout time.Duration
 	// Log receives the demo's stdout and stderr; empty means Dir+".log".
 	Log string
+	// Wrap, if set, is a command that runs the demo (it must exec it, so
+	// that the demo keeps its pid): e.g. ip netns exec NS.
+	Wrap []string
+	// Env is added to the demo's environment.
+	Env []string
 }
 
 // Demo is a running `metrolun demo`.
@@ -174,7 +182,14 @@ func StartDemo(ctx context.Context, opts DemoOptions) (_ *Demo, err error) {
 	}
 	defer logf.Close()
 	d := &Demo{Dir: opts.Dir, Log: opts.Log, bin: opts.Bin, stopTimeout: opts.StopTimeout, exited: make(chan struct{})}
-	d.cmd = exec.Command(opts.Bin, args...)
+	if len(opts.Wrap) > 0 {
+		d.cmd = exec.Command(opts.Wrap[0], append(append(slices.Clone(opts.Wrap[1:]), opts.Bin), args...)...)
+	} else {
+		d.cmd = exec.Command(opts.Bin, args...)
+	}
+	if len(opts.Env) > 0 {
+		d.cmd.Env = append(os.Environ(), opts.Env...)
+	}
 	d.cmd.Stdout = logf
 	d.cmd.Stderr = logf
 	d.cmd.SysProcAttr = groupAttr()

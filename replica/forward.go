@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -93,6 +94,14 @@ func (o *fwdOp) check() {
 	}
 }
 
+// helloResultsOnStream, in a forwarding hello's At, says that the
+// forwarding site takes the writer's results (FrameFwdResult) on the
+// stream it gets from the writer as well as on the forwarding
+// connection; the writer then sends a result right after the reference
+// to the operation (serveForward). A hello's At is otherwise unused, and
+// a writer from before ignores it.
+const helloResultsOnStream = 1
+
 // forwarder holds this site's forwarding connection to the writer.
 type forwarder struct {
 	s *Site
@@ -100,9 +109,11 @@ type forwarder struct {
 	mu   sync.Mutex
 	to   string // writer site name
 	conn net.Conn
-	bw   *bufio.Writer
+	snd  *sender // conn's send side
 	ops  map[uint64]*fwdOp
 	next uint64
+	// nops is len(ops): operations waiting for an answer (sender.busy).
+	nops atomic.Int32
 	// retired: connections to a site that is no longer the writer, kept
 	// open until it answered what was sent on them or a grace ran out
 	// (retireLocked).
@@ -135,8 +146,9 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		if fw.conn != nil { // another operation connected meanwhile
 			conn.Close()
 		} else {
-			fw.conn, fw.to, fw.bw = conn, writer, bufio.NewWriterSize(conn, 256<<10)
-			go fw.readResults(conn, br)
+			snd := newSender(conn, func() bool { return fw.nops.Load() > 1 }, func(error) { conn.Close() })
+			fw.conn, fw.to, fw.snd = conn, writer, snd
+			go fw.readResults(conn, br, snd)
 		}
 	}
 	fw.next++
@@ -146,6 +158,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		fw.ops = make(map[uint64]*fwdOp)
 	}
 	fw.ops[op.id] = op
+	fw.nops.Store(int32(len(fw.ops)))
 	op.conn = fw.conn
 	f := &Frame{Kind: op.kind, Epoch: epoch, Seq: op.id, Offset: op.off, Length: uint32(op.n)}
 	switch op.kind {
@@ -163,14 +176,14 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		f.CRC = Checksum(op.data)
 	}
 	conn := fw.conn
-	err := WriteFrame(fw.bw, f)
-	if err == nil {
-		err = fw.bw.Flush()
-	}
+	// The data is copied into the batch before push returns: the
+	// initiator's buffer is not referenced after it.
+	err := fw.snd.push(f, sendNow)
 	fw.mu.Unlock()
 	defer func() {
 		fw.mu.Lock()
 		delete(fw.ops, op.id)
+		fw.nops.Store(int32(len(fw.ops)))
 		if _, ok := fw.retired[conn]; ok && !fw.pendingOn(conn) {
 			// The former writer answered everything sent to it.
 			conn.Close()
@@ -212,7 +225,8 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	return -1, nil
 }
 
-func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader) {
+func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader, snd *sender) {
+	defer snd.close()
 	for {
 		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil || f.Kind != FrameFwdResult {
@@ -269,7 +283,7 @@ func (fw *forwarder) retarget(writer string) {
 // fw.mu is held.
 func (fw *forwarder) retireLocked() {
 	old := fw.conn
-	fw.conn, fw.bw = nil, nil
+	fw.conn, fw.snd = nil, nil
 	if old == nil {
 		return
 	}
@@ -341,6 +355,9 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 		}
 	}
 	answer(&Frame{Kind: FrameHelloAck, Epoch: hello.Epoch})
+	// Only a forwarder that says so takes results on its stream (a site
+	// from before that would refuse the frame there and be dropped).
+	onStream := hello.At&helloResultsOnStream != 0
 	// Data is refused before it is read when this site would refuse it
 	// anyway (orderForwarded checks again once the operation is ordered).
 	g.refuse = func() error { return s.takesForwardFrom(hello.From) }
@@ -398,6 +415,15 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				res.Err = err.Error()
 			case at >= 0:
 				res.At = int64(at) + 1
+			case onStream:
+				// Done: the origin needs the ordered reference, on its
+				// stream, and this answer. Sent on the same link, right
+				// after the reference, both arrive in one message and
+				// are read in one go.
+				if l := s.streamTo(hello.From); l != nil {
+					l.Grant(res)
+					return
+				}
 			}
 			answer(res)
 		}()
@@ -447,6 +473,23 @@ func (s *Site) takesForwardFrom(origin string) error {
 	return nil
 }
 
+// streamTo returns the writer's stream to the in-sync site origin, or
+// nil.
+func (s *Site) streamTo(origin string) *Link {
+	w := s.activeWriter()
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.peers {
+		if p.name == origin && w.st(p) == core.InSync {
+			return p.link
+		}
+	}
+	return nil
+}
+
 func (w *writer) takesForwardFrom(origin string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -473,7 +516,11 @@ func (s *Site) hello(ctx context.Context, site string, flags uint8, epoch uint64
 	dl, _ := ctx.Deadline()
 	conn.SetDeadline(dl)
 	br := bufio.NewReaderSize(conn, 64<<10)
-	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: epoch, From: s.cfg.Name, Flags: flags}); err != nil {
+	hello := &Frame{Kind: FrameHello, Epoch: epoch, From: s.cfg.Name, Flags: flags}
+	if flags&FlagForward != 0 {
+		hello.At = helloResultsOnStream
+	}
+	if err := WriteFrame(conn, hello); err != nil {
 		conn.Close()
 		return nil, nil, err
 	}

@@ -209,21 +209,14 @@ func (f *Frame) Validate() error {
 	return nil
 }
 
-// WriteFrame encodes f with a 4-byte big-endian length prefix.
+// WriteFrame encodes f with a 4-byte big-endian length prefix
+// (appendFrame), in one Write.
 func WriteFrame(w io.Writer, f *Frame) error {
-	body, err := msgpack.Marshal(f)
+	b, err := appendFrame(nil, f)
 	if err != nil {
 		return err
 	}
-	if len(body) > maxFrameLen {
-		return fmt.Errorf("%w: encoded frame of %d bytes exceeds %d", ErrFrame, len(body), maxFrameLen)
-	}
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err = w.Write(body)
+	_, err = w.Write(b)
 	return err
 }
 
@@ -347,32 +340,59 @@ func skipBody(r *bufio.Reader, n int, g *bodyGuard, why error) error {
 
 // readFrame is ReadFrame under g (nil: no guard).
 func readFrame(r *bufio.Reader, limit int, g *bodyGuard) (*Frame, error) {
+	f, release, err := readFrameHeld(r, limit, g)
+	if err != nil {
+		return nil, err
+	}
+	if f.Data != nil {
+		f.Data = bytes.Clone(f.Data)
+	}
+	release()
+	return f, nil
+}
+
+// readFrameHeld is readFrame without the copy: the frame's Data is in
+// the pooled body, and the body and its share of the frame memory stay
+// taken until release is called (after which Data must not be used).
+func readFrameHeld(r *bufio.Reader, limit int, g *bodyGuard) (f *Frame, release func(), err error) {
+	var undo []func()
+	rel := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		undo = nil
+	}
+	defer func() {
+		if err != nil {
+			rel()
+		}
+	}()
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if limit = min(limit, maxFrameLen); n == 0 || n > limit {
-		return nil, fmt.Errorf("%w: length prefix %d not in 1..%d", ErrFrame, n, limit)
+		return nil, nil, fmt.Errorf("%w: length prefix %d not in 1..%d", ErrFrame, n, limit)
 	}
 	c := bodyClass(n)
 	guarded := false
 	if size := int64(classSize(c)); size > budgetFree {
 		if g != nil && g.refuse != nil {
 			if why := g.refuse(); why != nil {
-				return nil, skipBody(r, n, g, why)
+				return nil, nil, skipBody(r, n, g, why)
 			}
 		}
 		if g != nil {
 			if err := takeMemory(g.peer, size); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			defer g.peer.Release(size)
+			undo = append(undo, func() { g.peer.Release(size) })
 		}
 		if err := takeMemory(frameBudget, size); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		defer frameBudget.Release(size)
+		undo = append(undo, func() { frameBudget.Release(size) })
 		if g != nil && n > r.Buffered() {
 			// Set once per large body only: small frames, which hold
 			// no share, keep the hot path free of syscalls.
@@ -381,31 +401,31 @@ func readFrame(r *bufio.Reader, limit int, g *bodyGuard) (*Frame, error) {
 		}
 	}
 	bp := getBody(c)
-	defer putBody(bp)
+	undo = append(undo, func() { putBody(bp) })
 	body := (*bp)[:n]
-	_, err := io.ReadFull(r, body)
+	_, err = io.ReadFull(r, body)
 	if guarded {
 		// The connection may stay idle between frames for ever.
 		g.conn.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// msgpack allocates a bin or str from its length header before it
 	// reads the bytes: a 10-byte body claiming 4 GiB would allocate it.
+	// (decodeFrame allocates nothing by a length; the check also bounds
+	// the nesting it skips.)
 	if err := msgpackFits(body); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	f := &Frame{}
-	// Unmarshal copies Data and the strings out of body, which is
-	// reused.
-	if err := msgpack.Unmarshal(body, f); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrFrame, err)
+	f = &Frame{}
+	if err := decodeFrame(body, f); err != nil {
+		return nil, nil, err
 	}
 	if err := f.Validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return f, nil
+	return f, rel, nil
 }
 
 func takeMemory(sem *semaphore.Weighted, n int64) error {

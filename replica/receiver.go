@@ -342,19 +342,29 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 	}()
 
 	for {
-		f, err := readFrame(br, MaxDataFrameLen, g)
+		// The data stays in the pooled body until the frame is
+		// applied: no copy per write (release below).
+		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		if f.Kind == FrameLease || f.Kind == FrameCommit {
-			if f.Kind == FrameLease {
+		if f.Kind == FrameLease || f.Kind == FrameCommit || f.Kind == FrameFwdResult {
+			switch f.Kind {
+			case FrameLease:
 				r.granted(f)
-			} else {
+			case FrameCommit:
 				r.committed(conn, f)
+			default:
+				// The writer's answer to an operation this site
+				// forwarded, right after its reference (serveForward).
+				if op := r.refs(f.Seq); op != nil {
+					op.answered(f)
+				}
 			}
+			release()
 			// Acks held back while more input was buffered go out
 			// once none is.
 			if br.Buffered() == 0 {
@@ -368,6 +378,7 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			continue
 		}
 		ans, stopNow := r.apply(conn, f)
+		release()
 		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
 			return err
 		}

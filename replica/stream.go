@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,8 +38,10 @@ type Ack struct {
 // and returns a channel that receives the replica's verdict.
 type Link struct {
 	conn net.Conn
-	wmu  sync.Mutex // orders frames on the wire
-	bw   *bufio.Writer
+
+	snd *sender
+	// npending is len(pending), for snd.busy.
+	npending atomic.Int32
 
 	mu      sync.Mutex
 	pending []pendingFrame // in sequence order
@@ -71,7 +74,9 @@ func NewLink(conn net.Conn, br *bufio.Reader, onLease func(*Link, *Frame), onDow
 	if br == nil {
 		br = bufio.NewReaderSize(conn, 64<<10)
 	}
-	l := &Link{conn: conn, bw: bufio.NewWriterSize(conn, 256<<10), done: make(chan struct{}), onLease: onLease, onDown: onDown}
+	l := &Link{conn: conn, done: make(chan struct{}), onLease: onLease, onDown: onDown}
+	// Busy while the replica owes answers beyond the frame being sent.
+	l.snd = newSender(conn, func() bool { return l.npending.Load() > 1 }, func(err error) { l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err)) })
 	go l.readAcks(br)
 	return l
 }
@@ -93,21 +98,22 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		p.n = int64(f.Length)
 	}
 	l.pending = append(l.pending, p)
+	l.npending.Store(int32(len(l.pending)))
 	l.mu.Unlock()
-	if err := l.write(f); err != nil {
+	// A reference to a forwarded operation is of no use to the origin
+	// before the operation's result, which the writer sends on this link
+	// right after it (serveForward): the two leave in one write.
+	mode := sendNow
+	if f.Flags&FlagRef != 0 {
+		mode = sendLazy
+	}
+	if err := l.snd.push(f, mode); err != nil {
 		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 	}
 	return ch
 }
 
-func (l *Link) write(f *Frame) error {
-	l.wmu.Lock()
-	defer l.wmu.Unlock()
-	if err := WriteFrame(l.bw, f); err != nil {
-		return err
-	}
-	return l.bw.Flush()
-}
+func (l *Link) write(f *Frame) error { return l.snd.push(f, sendNow) }
 
 // Grant sends a lease answer; it is not a stream frame and takes no seq.
 func (l *Link) Grant(f *Frame) {
@@ -178,6 +184,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 			settle = append(settle, l.pending[0])
 			l.pending = l.pending[1:]
 		}
+		l.npending.Store(int32(len(l.pending)))
 		l.mu.Unlock()
 		for _, p := range settle {
 			if p.seq != f.Seq {
@@ -203,7 +210,9 @@ func (l *Link) fail(err error) {
 	}
 	pending := l.pending
 	l.pending = nil
+	l.npending.Store(0)
 	l.mu.Unlock()
+	l.snd.close()
 	l.conn.Close()
 	if first && l.onDown != nil {
 		l.onDown(err, pending)

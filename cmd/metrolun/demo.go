@@ -31,6 +31,10 @@ const demoTarget = "iqn.2026-11.io.metrolun:demo"
 // disturb a demo cluster.
 type DemoFile struct {
 	Members []DemoMember `json:"members"`
+	// Writer is the data site that held the writer lease when the demo
+	// became ready (a benchmark picks the writer's and a forwarding
+	// site's URL from it); empty for a single site.
+	Writer string `json:"writer,omitempty"`
 }
 
 // DemoMember is one member process of a demo cluster.
@@ -53,6 +57,9 @@ type demoOptions struct {
 	// resyncBandwidth caps every site's resync (resync_bandwidth), "" or
 	// "0" for none: a slow resync that a person or a test can watch.
 	resyncBandwidth string
+	// plaintext runs Raft and replication over plain TCP (to measure
+	// what TLS costs); TLS stays the default.
+	plaintext bool
 }
 
 func demoCmd() *cobra.Command {
@@ -77,6 +84,7 @@ then stops everything it started.`,
 	f.IntVar(&o.basePort, "cluster-port", conf.DefaultRaftPort, "first of the three cluster ports of every member (Raft, replication, admin)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
+	f.BoolVar(&o.plaintext, "plaintext", false, "Raft and replication over plain TCP, unauthenticated (to measure what TLS costs; TLS is the default)")
 	return cmd
 }
 
@@ -138,10 +146,13 @@ func runDemo(o demoOptions) error {
 		if err := demoToken(filepath.Join(dir, conf.AdminTokenFileName)); err != nil {
 			return err
 		}
-		if err := demoPKI(dir, configs); err != nil {
-			return err
+		if !o.plaintext {
+			if err := demoPKI(dir, configs); err != nil {
+				return err
+			}
 		}
 	}
+	pprofHost, pprofPort := demoPprof()
 	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
 			return err
@@ -155,6 +166,12 @@ func runDemo(o demoOptions) error {
 		}
 		cmd := exec.Command(self, "serve", "--config", path)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if pprofHost != "" {
+			// One profiling port per member: the first member gets
+			// METROLUN_PPROF's, the next ones the ports after it.
+			cmd.Env = append(os.Environ(), "METROLUN_PPROF="+net.JoinHostPort(pprofHost, strconv.Itoa(pprofPort)))
+			pprofPort++
+		}
 		// Members get their own process group so that a test can kill one
 		// without touching the others.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -186,14 +203,14 @@ func runDemo(o demoOptions) error {
 			return fmt.Errorf("%s did not start: %w", m.Name, err)
 		}
 	}
+	var df DemoFile
 	if len(configs) > 1 {
 		// Ready means a writer holds its lease and every site serves.
-		if err := waitWriter(ctx, dir, configs); err != nil {
+		if df.Writer, err = waitWriter(ctx, dir, configs); err != nil {
 			stopAll()
 			return err
 		}
 	}
-	var df DemoFile
 	for _, m := range members {
 		df.Members = append(df.Members, m.DemoMember)
 	}
@@ -276,6 +293,9 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 	for _, c := range configs {
 		c.LogLevel = o.logLevel
 		c.Cluster.ResyncBandwidth = bw
+		if o.plaintext {
+			c.Cluster.TLS, c.Cluster.Plaintext = nil, true
+		}
 		for ti := range c.Targets {
 			for li := range c.Targets[ti].LUNs {
 				c.Targets[ti].LUNs[li].Size = size
@@ -283,6 +303,18 @@ func demoConfigs(o demoOptions, dir string, size int64) ([]*conf.Config, error) 
 		}
 	}
 	return configs, nil
+}
+
+// demoPprof reads METROLUN_PPROF (host:port) for the demo's members:
+// each member gets its own port from there on ("" when unset or not
+// host:port).
+func demoPprof() (string, int) {
+	host, p, err := net.SplitHostPort(os.Getenv("METROLUN_PPROF"))
+	port, perr := strconv.Atoi(p)
+	if err != nil || perr != nil || port <= 0 {
+		return "", 0
+	}
+	return host, port
 }
 
 // demoOperator names the operator certificate `metrolun demo` makes.
@@ -315,23 +347,23 @@ func demoPKI(dir string, configs []*conf.Config) error {
 }
 
 // waitWriter polls the members' admin endpoints until one reports that
-// it is the writer with a lease.
-func waitWriter(ctx context.Context, dir string, configs []*conf.Config) error {
+// it is the writer with a lease, and returns its name.
+func waitWriter(ctx context.Context, dir string, configs []*conf.Config) (string, error) {
 	eps := endpoints(configs[0].Cluster.Members)
 	// As `metrolun status --dir DIR` would.
 	client, err := (&clusterFlags{dir: dir}).client(configs[0], dir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	for {
 		for _, r := range client.Gather(ctx, eps) {
 			if r.Status != nil && r.Status.Site != nil && r.Status.Site.Role == "writer" {
-				return nil
+				return r.Name, nil
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("no writer elected: %w", ctx.Err())
+			return "", fmt.Errorf("no writer elected: %w", ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
