@@ -126,6 +126,10 @@ type Site struct {
 	// powerLost: the writer marker is from another boot of this host
 	// (statefiles.go): this site's own unflushed writes are gone.
 	powerLost atomic.Bool
+	// servedAt is when State last found this site able to serve (a
+	// writer with its lease, or a replica with a read lease), in Unix
+	// nanoseconds; the site's start at first.
+	servedAt  atomic.Int64
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
@@ -207,6 +211,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 		}
 	}
 	s.view = cfg.Control.View()
+	s.servedAt.Store(time.Now().UnixNano())
 	s.wg.Add(1)
 	go s.run()
 	return s, nil
@@ -710,25 +715,31 @@ func (s *Site) State() target.PathState {
 	if s.fenced() {
 		return target.PathUnavailable
 	}
+	now := time.Now()
 	if s.activeWriter() != nil {
+		s.servedAt.Store(now.UnixNano())
 		return target.PathActiveOptimized
 	}
 	v := s.currentView()
 	if !slices.Contains(v.InSync, s.cfg.Name) {
 		return target.PathUnavailable
 	}
-	now := time.Now()
-	if ok, end := s.recv.leaseValid(now); !ok && now.Sub(end) > s.cfg.Lease {
-		// In sync by the last view this site heard, but it has held no
-		// lease for a lease period (cut off from the writer, or a
-		// writer whose own lease lapsed): its reads and writes wait and
-		// then answer NOT READY, transitioning, and so do its state,
-		// TEST UNIT READY and its answer to REPORT TARGET PORT GROUPS.
-		// A multipath host's path checker then fails this path over
-		// instead of keeping it because TEST UNIT READY still passes.
-		// The grace of one lease keeps a renewal that comes a little
-		// late (a loaded machine) from flapping the state and sending
-		// every initiator a unit attention.
+	if ok, _ := s.recv.leaseValid(now); ok {
+		s.servedAt.Store(now.UnixNano())
+		return target.PathActiveNonOptimized
+	}
+	if now.Sub(time.Unix(0, s.servedAt.Load())) > s.cfg.Hold {
+		// In sync by the last view this site heard, but it has had no
+		// lease (as a replica or as the writer) for longer than it
+		// holds an operation: cut off from the writer, or from the
+		// cluster. Its reads and writes answer NOT READY,
+		// transitioning, after that hold, and now so do its state, TEST
+		// UNIT READY and its REPORT TARGET PORT GROUPS: a multipath
+		// host's path checker fails this path over instead of keeping
+		// it because TEST UNIT READY passes. A shorter gap (a writer
+		// moving, a renewal late on a loaded machine) keeps the state:
+		// operations are held through it, and initiators get no unit
+		// attention for it.
 		return target.PathTransitioning
 	}
 	return target.PathActiveNonOptimized

@@ -627,12 +627,12 @@ func TestSitePartitionedReplicaStopsReading(t *testing.T) {
 }
 
 // TestSiteWithoutLeaseReportsTransitioning: a site that cannot serve
-// because it holds no lease says so in its ALUA state (so TEST UNIT
-// READY and its own REPORT TARGET PORT GROUPS agree with the NOT READY its
-// reads and writes get), instead of the state of a view it can no longer
-// act on: a replica cut off from the writer, and a writer whose lease
-// lapsed, report transitioning; a replica whose lease returns is
-// active/non-optimized again.
+// because it has held no lease for longer than it holds an operation
+// says so in its ALUA state (so TEST UNIT READY and its own REPORT TARGET
+// PORT GROUPS agree with the NOT READY its reads and writes get), instead
+// of the state of a view it can no longer act on: a replica cut off from
+// the writer, and a writer whose lease lapsed, report transitioning; a
+// replica whose lease returns is active/non-optimized again.
 func TestSiteWithoutLeaseReportsTransitioning(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
 	px, err := proxy.New("127.0.0.1:0", tc.addrs["b"])
@@ -658,10 +658,16 @@ func TestSiteWithoutLeaseReportsTransitioning(t *testing.T) {
 	}
 	px.Partition(false, false)
 	until(t, "b active/non-optimized with its lease back", 10*time.Second, func() bool { return b.State() == target.PathActiveNonOptimized })
-	tc.c.revoke("a")
-	if st := a.State(); st != target.PathTransitioning {
-		t.Fatalf("writer without its lease: %v, want transitioning", st)
+	if st := a.State(); st != target.PathActiveOptimized {
+		t.Fatalf("writer: %v", st)
 	}
+	tc.c.revoke("a")
+	// A gap shorter than the hold (a writer moving) keeps the state, so
+	// that initiators get no unit attention for it; a longer one does not.
+	if st := a.State(); st == target.PathTransitioning {
+		t.Fatalf("writer just without its lease: %v, want no transition yet", st)
+	}
+	until(t, "a transitioning once it has been without a lease for the hold", 10*time.Second, func() bool { return a.State() == target.PathTransitioning })
 }
 
 // TestSiteDivergedWriterGetsFullResync: a site that stopped uncleanly as
