@@ -1349,7 +1349,11 @@ func luOnly(b []byte) []byte {
 // compared (each other site's against the first's). The error names the
 // first differing block and what each copy holds there (as a checker
 // stamp when it is one).
-func (c *TortureCluster) CompareBacking() (int64, error) {
+//
+// Bytes in lost (LostRanges: lost at every site alike, reads fail there)
+// are not compared: what each file holds there is what a failed write
+// left, which no read returns.
+func (c *TortureCluster) CompareBacking(lost [][2]int64) (int64, error) {
 	sites := c.DataSites()
 	ref := sites[0]
 	a, err := os.ReadFile(ref.Backing)
@@ -1373,6 +1377,14 @@ func (c *TortureCluster) CompareBacking() (int64, error) {
 		if len(a) != len(b) {
 			errs = append(errs, fmt.Errorf("I4: %s's LU is %d bytes, %s's %d", ref.Name, len(a), m.Name, len(b)))
 			continue
+		}
+		if len(lost) > 0 {
+			a, b = slices.Clone(a), slices.Clone(b)
+			for _, r := range lost {
+				lo, hi := min(r[0], int64(len(a))), min(r[1], int64(len(a)))
+				clear(a[lo:hi])
+				clear(b[lo:hi])
+			}
 		}
 		compared += int64(len(a))
 		if bytes.Equal(a, b) {
@@ -1403,7 +1415,10 @@ func (c *TortureCluster) CompareBacking() (int64, error) {
 // over a session of its own) and records the reads in h as clients
 // firstClient, firstClient+1, ... (one per site). It returns an error
 // for a read that did not succeed: after WaitInSync every site serves.
-func (c *TortureCluster) ReadAll(ctx context.Context, h *checker.History, firstClient int, first uint64, n int) error {
+//
+// A block in lost (LostRanges) must fail with MEDIUM ERROR instead: its
+// data is gone at every site, and reading it must say so.
+func (c *TortureCluster) ReadAll(ctx context.Context, h *checker.History, firstClient int, first uint64, n int, lost [][2]int64) error {
 	var errs []error
 	for i, m := range c.DataSites() {
 		client := firstClient + i
@@ -1420,13 +1435,26 @@ func (c *TortureCluster) ReadAll(ctx context.Context, h *checker.History, firstC
 			data, err := s.ReadBlocks(rctx, 0, lba, 1)
 			cancel()
 			op.Return = h.Now()
-			if err != nil {
+			isLost := inRanges(lost, int64(lba)*int64(max(m.BlockSize, 512)))
+			var se *initiator.SCSIError
+			switch {
+			case isLost && errors.As(err, &se) && se.SenseKey == initiator.SenseMediumError:
+				op.Outcome, op.Err = checker.Failed, err.Error()
+			case isLost:
+				errs = append(errs, fmt.Errorf("final read of block %d at %s, in a range reported lost: %v, want MEDIUM ERROR", lba, m.Name, err))
+				if err == nil {
+					op.Outcome = checker.OK
+					op.Value, op.Corrupt = checker.ReadValue(lba, data)
+				} else {
+					op.Outcome, op.Err = checker.Failed, err.Error()
+				}
+			case err != nil:
 				op.Outcome, op.Err = checker.Failed, err.Error()
 				if initiator.Indeterminate(err) {
 					op.Outcome = checker.Indeterminate
 				}
 				errs = append(errs, fmt.Errorf("final read of block %d at %s: %w", lba, m.Name, err))
-			} else {
+			default:
 				op.Outcome = checker.OK
 				op.Value, op.Corrupt = checker.ReadValue(lba, data)
 			}
@@ -1438,6 +1466,49 @@ func (c *TortureCluster) ReadAll(ctx context.Context, h *checker.History, firstC
 		s.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// LostRanges returns the byte ranges every data site reports lost
+// (status lost_ranges: a failed write-back at a writer that had no in-sync
+// replica to hand over to; reads there fail), and an error when the sites
+// do not report the same ones (I4: a lost range must read as lost at
+// every site) or one reports more than status lists.
+func (c *TortureCluster) LostRanges(ctx context.Context) ([][2]int64, error) {
+	reps, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var first [][2]int64
+	firstName := ""
+	for _, r := range reps {
+		if r.Role != "data" {
+			continue
+		}
+		if r.Status == nil || r.Status.Site == nil {
+			return nil, fmt.Errorf("%s: no site status", r.Name)
+		}
+		st := r.Status.Site
+		if len(st.LostRanges) >= 16 {
+			return st.LostRanges, fmt.Errorf("%s reports %d lost regions, more ranges than its status lists", r.Name, st.LostRegions)
+		}
+		if firstName == "" {
+			first, firstName = st.LostRanges, r.Name
+			continue
+		}
+		if !slices.Equal(first, st.LostRanges) {
+			return first, fmt.Errorf("I4: %s reports lost ranges %v, %s %v", firstName, first, r.Name, st.LostRanges)
+		}
+	}
+	return first, nil
+}
+
+func inRanges(rs [][2]int64, off int64) bool {
+	for _, r := range rs {
+		if off >= r[0] && off < r[1] {
+			return true
+		}
+	}
+	return false
 }
 
 // sentinelLBAs are blocks outside the workload's that WriteSentinels

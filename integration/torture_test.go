@@ -86,6 +86,7 @@ type tortureResult struct {
 	check    checker.Result
 	i4       error
 	finalErr error
+	lost     [][2]int64 // byte ranges lost at every site
 	summary  string
 	// storageSteps counts storage faults applied without error;
 	// injected is what the sites' stores injected, by kind.
@@ -342,7 +343,11 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 			res.injected[k] += n
 		}
 	}
-	res.finalErr = c.ReadAll(ctx, h, len(c.DataSites())*w.ClientsPerSite+1, tortureFirstLBA, tortureBlocks)
+	// Ranges lost at every site: a writer's failed write with no in-sync
+	// replica to hand over to (two failures) leaves nothing to copy.
+	lost, lostErr := c.LostRanges(ctx)
+	res.lost = lost
+	res.finalErr = errors.Join(lostErr, c.ReadAll(ctx, h, len(c.DataSites())*w.ClientsPerSite+1, tortureFirstLBA, tortureBlocks, lost))
 
 	if err := h.SaveJSON(filepath.Join(r.out, "history.json")); err != nil {
 		t.Errorf("history: %v", err)
@@ -359,7 +364,7 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 			t.Errorf("visualization: %v", err)
 		}
 	}
-	compared, i4 := c.CompareBacking()
+	compared, i4 := c.CompareBacking(lost)
 	res.i4 = i4
 
 	svg := filepath.Join(r.out, "latency.svg")
@@ -401,6 +406,9 @@ func runTorture(t *testing.T, r tortureRun) tortureResult {
 	fmt.Fprintf(&b, "  in sync %v after the heal; final reads: %v\n", syncTook.Round(time.Millisecond), errOrOK(res.finalErr))
 	fmt.Fprintf(&b, "  checker: %s (%d ops checked in %v)\n", res.check.Verdict, res.check.Ops, checkTook.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  I4 backing files: %v (%d MiB of LU compared with %s's)\n", errOrOK(res.i4), compared>>20, siteNames[0])
+	if len(res.lost) > 0 {
+		fmt.Fprintf(&b, "  lost at every site (a writer's store failed with no in-sync replica; reads there answer MEDIUM ERROR): %v\n", res.lost)
+	}
 	fmt.Fprintf(&b, "  images replaced: %d; sentinel blocks and copies: %v\n", res.replaced, errOrOK(res.images))
 	for _, l := range replacedLines {
 		fmt.Fprintf(&b, "    %s\n", l)

@@ -62,6 +62,11 @@ const (
 	// to Seq is on every in-sync site, so a replica may show it to
 	// readers (writer.settle).
 	FrameCommit
+
+	// FrameLost: a resync's stream frame for Offset..+Length, which the
+	// writer's store lost (a failed write-back, LostError): the replica
+	// marks the range lost too instead of receiving bytes (MarkLost).
+	FrameLost
 )
 
 // MaxFrameData bounds the data of one frame; a larger write is split. It
@@ -174,6 +179,10 @@ func (f *Frame) Validate() error {
 		}
 		if int(f.Length) != len(f.Data) || Checksum(f.Data) != f.CRC {
 			return fmt.Errorf("%w: shared record of %d bytes carries %d, or a bad checksum", ErrFrame, f.Length, len(f.Data))
+		}
+	case FrameLost:
+		if len(f.Data) != 0 || f.Length == 0 || f.Flags != 0 {
+			return fmt.Errorf("%w: a lost range needs a length, and no data or flags", ErrFrame)
 		}
 	case FrameSum:
 		if len(f.Data) != sumLen || f.Length == 0 {

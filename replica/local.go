@@ -169,10 +169,11 @@ func (v *LocalFile) SetLogger(l hclog.Logger) {
 func (v *LocalFile) Size() int64 { return v.size }
 
 func (v *LocalFile) ReadAt(p []byte, off int64) error {
-	if lo, hi, ok := v.wb.lostIn(off, int64(len(p))); ok {
-		// The write-back of these bytes failed earlier: what the file
-		// returns now is older data, not what was acknowledged.
-		return fmt.Errorf("%w: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, v.path, lo, hi)
+	if lo, hi, ok := v.wb.lostIn(off, int64(len(p)), false); ok {
+		// The write-back of these bytes failed earlier (here, or at the
+		// writer that resynced this site): what the file returns now is
+		// older data, not what was acknowledged.
+		return &LostError{Path: v.path, Off: lo, End: hi}
 	}
 	v.blocks.rlock(off, int64(len(p)))
 	defer v.blocks.runlock(off, int64(len(p)))
@@ -264,7 +265,7 @@ func (v *LocalFile) Flush() error {
 		return v.ioError("flush", lo, hi-lo, err)
 	}
 	v.wb.flushed()
-	if lo, hi, ok := v.wb.lostIn(0, v.size); ok {
+	if lo, hi, ok := v.wb.lostIn(0, v.size, true); ok {
 		return fmt.Errorf("%w: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, v.path, lo, hi)
 	}
 	return nil
@@ -273,14 +274,42 @@ func (v *LocalFile) Flush() error {
 // Lost reports how many regions are lost (see LocalFile).
 func (v *LocalFile) Lost() int { return v.wb.lostCount() }
 
-// Resynced forgets every lost region: a resync rewrote whatever differed
-// from the writer's copy.
+// Resynced forgets every region lost here: a resync rewrote whatever
+// differed from the writer's copy. Regions the writer lost too
+// (MarkLost) stay lost.
 func (v *LocalFile) Resynced() {
-	if n := v.wb.lostCount(); n > 0 {
+	if n := int(v.wb.nlost.Load()); n > 0 {
 		v.log.Info("resync ended; lost regions are whole again", "path", v.path, "regions", n)
 	}
 	v.wb.clearLost()
 }
+
+// MarkLost makes off..off+n read as lost here (MEDIUM ERROR), as it does
+// at the writer whose store lost it (FrameLost): a resync cannot copy
+// bytes the writer no longer has, and the older bytes here are not what
+// was acknowledged. A write that covers a whole lost region (64 KiB)
+// makes it whole again, here and at the writer alike.
+func (v *LocalFile) MarkLost(off, n int64) {
+	v.wb.markAbsent(off, n)
+	v.log.Error("the writer lost this range (a failed write-back there); reads of it fail here too until it is rewritten", "path", v.path, "offset", off, "bytes", n)
+}
+
+// LostRanges returns up to max byte ranges that read as lost here, and
+// how many 64 KiB regions are lost in all.
+func (v *LocalFile) LostRanges(max int) ([][2]int64, int) { return v.wb.lostRanges(max) }
+
+// LostError is a read of bytes this store lost (a write-back that failed
+// here, or at the writer: MarkLost). It is a MEDIUM ERROR to initiators.
+type LostError struct {
+	Path     string
+	Off, End int64 // the lost part of the read, in bytes
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("%v: %s bytes %d-%d: a write-back failed earlier and the data there was not rewritten since", target.ErrMedium, e.Path, e.Off, e.End)
+}
+
+func (e *LostError) Unwrap() error { return target.ErrMedium }
 
 func (v *LocalFile) Unmap(off, length int64) error {
 	v.cawLock.RLock()

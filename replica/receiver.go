@@ -34,6 +34,7 @@ type Store interface {
 type lossTracker interface {
 	Lost() int
 	Resynced()
+	MarkLost(off, n int64)
 }
 
 // receiver applies the current writer's stream to the local store, in
@@ -453,6 +454,12 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		err = r.store.WriteAt(data, f.Offset, f.Flags&FlagFUA != 0)
 	case FrameUnmap:
 		err = r.store.Unmap(f.Offset, int64(f.Length))
+	case FrameLost:
+		lt, ok := r.store.(lossTracker)
+		if !ok {
+			return nack("this store cannot record a lost range")
+		}
+		lt.MarkLost(f.Offset, int64(f.Length))
 	case FrameMeta:
 		data := f.Data
 		if op != nil {
@@ -507,7 +514,7 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 		r.wake()
 		r.carriedCommits++
 	}
-	if (f.Kind == FrameWrite || f.Kind == FrameUnmap) && f.Seq > r.commit {
+	if (f.Kind == FrameWrite || f.Kind == FrameUnmap || f.Kind == FrameLost) && f.Seq > r.commit {
 		r.uncommitted = append(r.uncommitted, appliedRange{seq: f.Seq, off: f.Offset, n: int64(f.Length)})
 	}
 	if op != nil {

@@ -100,14 +100,19 @@ func (w *writer) resync(p *peer) error {
 	// A window of regions in flight keeps the link busy over a WAN.
 	type inflight struct {
 		r   int
-		ch  <-chan Ack
+		chs []<-chan Ack
 		sum bool
 	}
 	window := make(chan inflight, 16)
 	errc := make(chan error, 1)
 	go func() {
 		for f := range window {
-			a := <-f.ch
+			var a Ack
+			for _, ch := range f.chs {
+				if a = <-ch; a.Err != nil {
+					break
+				}
+			}
 			if a.Err != nil {
 				errc <- a.Err
 				for range window {
@@ -167,23 +172,36 @@ func (w *writer) resync(p *peer) error {
 			sendErr = err
 			break
 		}
-		if err := w.s.cfg.Store.ReadAt(buf[:n], off); err != nil {
+		var chs []<-chan Ack
+		sum := full
+		err := w.s.cfg.Store.ReadAt(buf[:n], off)
+		var lost *LostError
+		switch {
+		case errors.As(err, &lost):
+			// Part of the region is lost here: nothing to compare;
+			// the replica gets what this site still has, and the rest
+			// marked lost (sendRegion).
+			chs, err = w.sendRegion(p, off, n)
+			sum = false
+		case err == nil:
+			f := &Frame{Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n)}
+			if full {
+				s := sha256.Sum256(buf[:n])
+				f.Kind, f.Data = FrameSum, s[:]
+			} else {
+				f.Kind, f.Data, f.CRC = FrameWrite, buf[:n], Checksum(buf[:n])
+				p.resync.Copied++
+			}
+			chs = []<-chan Ack{p.link.Send(f)}
+		}
+		if err != nil {
 			w.mu.Unlock()
 			sendErr = err
 			break
 		}
-		f := &Frame{Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n)}
-		if full {
-			sum := sha256.Sum256(buf[:n])
-			f.Kind, f.Data = FrameSum, sum[:]
-		} else {
-			f.Kind, f.Data, f.CRC = FrameWrite, buf[:n], Checksum(buf[:n])
-			p.resync.Copied++
-		}
-		ch := p.link.Send(f)
 		w.c.SetCursor(p.id, off+n)
 		w.mu.Unlock()
-		window <- inflight{r, ch, full}
+		window <- inflight{r, chs, sum}
 	}
 	close(window)
 	if err := <-errc; err != nil || sendErr != nil {
@@ -227,20 +245,62 @@ func (w *writer) resync(p *peer) error {
 func (w *writer) copyRegion(p *peer, r int, region, size int64) error {
 	off := int64(r) * region
 	n := min(region, size-off)
-	buf := make([]byte, n)
 	w.mu.Lock()
 	if p.link == nil || w.closed {
 		w.mu.Unlock()
 		return errNotWriter
 	}
-	if err := w.s.cfg.Store.ReadAt(buf, off); err != nil {
-		w.mu.Unlock()
+	chs, err := w.sendRegion(p, off, n)
+	w.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	ch := p.link.Send(&Frame{Kind: FrameWrite, Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n), Data: buf, CRC: Checksum(buf)})
-	p.resync.Copied++
-	w.mu.Unlock()
 	// Waiting here keeps at most one copy in flight per compared window
 	// slot; the ack also proves the region arrived.
-	return (<-ch).Err
+	for _, ch := range chs {
+		if a := <-ch; a.Err != nil {
+			return a.Err
+		}
+	}
+	return nil
+}
+
+// sendRegion (w.mu held) sends p this site's bytes at off..off+n in the
+// write order. Parts this store lost (LostError: a write-back failed
+// here, or a resync marked them) are sent as FrameLost, so that p reads
+// them as lost too rather than keep older bytes, and the resync goes on:
+// failing it would leave p out of sync for good, even where this site's
+// bytes are whole.
+func (w *writer) sendRegion(p *peer, off, n int64) ([]<-chan Ack, error) {
+	buf := make([]byte, n)
+	err := w.s.cfg.Store.ReadAt(buf, off)
+	if err == nil {
+		p.resync.Copied++
+		f := &Frame{Kind: FrameWrite, Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: off, Length: uint32(n), Data: buf, CRC: Checksum(buf)}
+		return []<-chan Ack{p.link.Send(f)}, nil
+	}
+	if !errors.As(err, new(*LostError)) {
+		return nil, err
+	}
+	var chs []<-chan Ack
+	for o := off; o < off+n; {
+		e := min((o/wbRegion+1)*wbRegion, off+n)
+		part := buf[o-off : e-off]
+		f := &Frame{Epoch: w.epoch, Seq: w.c.NextSeq(), Offset: o, Length: uint32(e - o)}
+		err := w.s.cfg.Store.ReadAt(part, o)
+		switch {
+		case errors.As(err, new(*LostError)):
+			f.Kind = FrameLost
+			w.lostSent.Add(1)
+		case err != nil:
+			return chs, err
+		default:
+			f.Kind, f.Data, f.CRC = FrameWrite, part, Checksum(part)
+		}
+		chs = append(chs, p.link.Send(f))
+		o = e
+	}
+	p.resync.Copied++
+	w.log.Warn("resync: part of a region is lost here and is marked lost at the replica too", "replica", p.name, "offset", off, "bytes", n)
+	return chs, nil
 }

@@ -14,14 +14,20 @@ import (
 
 // SiteStatus is what `metrolun status` shows about a site's volume.
 type SiteStatus struct {
-	Name   string        `json:"name"`
-	Role   string        `json:"role"` // writer, replica or none
-	Epoch  uint64        `json:"epoch"`
-	Seq    uint64        `json:"seq"`
-	Lease  string        `json:"lease_left,omitempty"`
-	Stale  bool          `json:"diverged,omitempty"`
-	Peers  []PeerStatus  `json:"peers,omitempty"` // at the writer
-	Verify *VerifyStatus `json:"verify,omitempty"`
+	Name  string `json:"name"`
+	Role  string `json:"role"` // writer, replica or none
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	Lease string `json:"lease_left,omitempty"`
+	Stale bool   `json:"diverged,omitempty"`
+	// LostRegions: 64 KiB regions whose reads fail here (MEDIUM ERROR)
+	// because a write-back failed here or at the writer that resynced
+	// this site, until they are rewritten; LostRanges lists the first
+	// ones as byte ranges [from, to).
+	LostRegions int           `json:"lost_regions,omitempty"`
+	LostRanges  [][2]int64    `json:"lost_ranges,omitempty"`
+	Peers       []PeerStatus  `json:"peers,omitempty"` // at the writer
+	Verify      *VerifyStatus `json:"verify,omitempty"`
 }
 
 // PeerStatus is one replica as the writer sees it.
@@ -51,6 +57,7 @@ func (s *Site) Status() SiteStatus {
 	st.Epoch, st.Seq = s.recv.Applied()
 	s.mu.Lock()
 	st.Stale = s.markerStale.Load()
+	st.LostRanges, st.LostRegions = s.cfg.Store.LostRanges(16)
 	if s.verify != nil {
 		v := *s.verify
 		st.Verify = &v

@@ -165,3 +165,94 @@ func TestSiteStoreFaults(t *testing.T) {
 		})
 	}
 }
+
+// TestSiteResyncCarriesLostRegions: the writer's store lost a region (a
+// failed write) while the only other site was away, so no copy of that
+// region's acknowledged bytes is left anywhere. The other site's resync
+// must still end, with that region marked lost there too (reads fail at
+// both sites alike, I4) and every other region copied; a write that
+// covers the region makes it whole at both. The resync once failed on
+// the region it could not read and started again every few seconds for
+// good, leaving the site without redundancy even for the good regions.
+func TestSiteResyncCarriesLostRegions(t *testing.T) {
+	const size = 1 << 20
+	const reg = 64 << 10
+	const lostOff = 5 * reg
+	fc := newFaultCluster(t, size, "a", "b")
+	a, _ := fc.start("a"), fc.start("b")
+	fc.c.setWriter("a")
+	waitWriter(t, a)
+	if err := a.WriteAt(block(1, size), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	fc.stop("b")
+	// Acknowledged at a only (b is dropped): regions 2 and 5 are dirty
+	// for b.
+	if err := a.WriteAt(block(2, reg), 2*reg, true); err != nil {
+		t.Fatalf("write with b away: %v", err)
+	}
+	until(t, "b out of the in-sync set", 10*time.Second, func() bool { return !fc.c.inSync("b") })
+	if err := a.WriteAt(block(3, reg), lostOff, true); err != nil {
+		t.Fatal(err)
+	}
+	// a's store fails a write into region 5: what it holds there is
+	// unknown from now on, and nobody else has region 5's last bytes.
+	fc.fs["a"].Set(Faults{WriteEIO: true})
+	if err := a.WriteAt(block(4, 4096), lostOff+8192, true); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("write on a failing store: %v, want a medium error", err)
+	}
+	fc.fs["a"].Set(Faults{})
+	if err := a.ReadAt(make([]byte, 4096), lostOff); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("read of the lost region at the writer: %v, want a medium error", err)
+	}
+
+	b := fc.start("b")
+	until(t, "b back in sync", 15*time.Second, func() bool { return fc.c.inSync("b") })
+	if n := a.activeWriter(); n == nil || n.lostSent.Load() == 0 {
+		t.Fatal("the resync sent no lost mark")
+	}
+	for _, s := range []*Site{a, b} {
+		if err := s.ReadAt(make([]byte, 4096), lostOff); !errors.Is(err, target.ErrMedium) {
+			t.Fatalf("read of the lost region at %s: %v, want a medium error", s.cfg.Name, err)
+		}
+		got := make([]byte, reg)
+		if err := s.ReadAt(got, 2*reg); err != nil || !bytes.Equal(got, block(2, reg)) {
+			t.Fatalf("region 2 at %s: err %v, equal %v", s.cfg.Name, err, bytes.Equal(got, block(2, reg)))
+		}
+	}
+	if rs, n := fc.fs["b"].LostRanges(8); n != 1 || len(rs) != 1 || rs[0] != [2]int64{lostOff, lostOff + reg} {
+		t.Fatalf("lost at b: %v (%d regions), want region 5 only", rs, n)
+	}
+	// a's flushes fail while its own write-back error stands; that hands
+	// the writer role to b, which compares a in full: region 5 is lost at
+	// both, so that compare must end too.
+	if err := a.Flush(); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("flush at a with a lost region: %v, want a medium error", err)
+	}
+	until(t, "b is the writer", 10*time.Second, func() bool { return b.activeWriter() != nil })
+	until(t, "a back in sync and no longer diverged", 15*time.Second, func() bool { return fc.c.inSync("a") && !a.Status().Stale })
+	for _, s := range []*Site{a, b} {
+		if err := s.ReadAt(make([]byte, 4096), lostOff); !errors.Is(err, target.ErrMedium) {
+			t.Fatalf("read of the lost region at %s after the hand-over: %v, want a medium error", s.cfg.Name, err)
+		}
+	}
+	// Rewritten whole: readable and equal everywhere.
+	if err := b.WriteAt(block(5, reg), lostOff, true); err != nil {
+		t.Fatalf("rewriting the lost region: %v", err)
+	}
+	for _, s := range []*Site{a, b} {
+		got := make([]byte, reg)
+		if err := s.ReadAt(got, lostOff); err != nil || !bytes.Equal(got, block(5, reg)) {
+			t.Fatalf("rewritten region at %s: err %v, equal %v", s.cfg.Name, err, bytes.Equal(got, block(5, reg)))
+		}
+	}
+	for _, s := range []*Site{a, b} {
+		if err := s.Flush(); err != nil {
+			t.Fatalf("flush at %s once the lost region is rewritten: %v", s.cfg.Name, err)
+		}
+	}
+	if !fc.c.inSync("a") || !fc.c.inSync("b") {
+		t.Fatal("a site left the in-sync set")
+	}
+	sameFiles(t, fc.sites["a"].img, fc.sites["b"].img)
+}

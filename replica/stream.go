@@ -94,7 +94,7 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		return ch
 	}
 	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch}
-	if f.Kind == FrameWrite || f.Kind == FrameUnmap {
+	if f.Kind == FrameWrite || f.Kind == FrameUnmap || f.Kind == FrameLost {
 		p.n = int64(f.Length)
 	}
 	l.pending = append(l.pending, p)

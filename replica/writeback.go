@@ -24,6 +24,12 @@ type writeBack struct {
 	anyActive, anyFlushing bool
 	lost                   []uint64
 	nlost                  atomic.Int64 // bits set in lost: reads skip the lock at 0
+	// absent: regions the writer has lost (its resync sent FrameLost):
+	// reads fail here as there, until a write covers them. Unlike lost,
+	// they are not this store's failure, so flushes do not fail for
+	// them and the end of a resync does not forget them.
+	absent  []uint64
+	nabsent atomic.Int64
 }
 
 func (w *writeBack) init(size int64) {
@@ -32,6 +38,7 @@ func (w *writeBack) init(size int64) {
 	w.active = make([]uint64, words)
 	w.flushing = make([]uint64, words)
 	w.lost = make([]uint64, words)
+	w.absent = make([]uint64, words)
 }
 
 // span returns the regions off..off+n touches, and the ones it covers
@@ -93,12 +100,31 @@ func (w *writeBack) rewrote(off, n int64) {
 }
 
 func (w *writeBack) rewroteLocked(ff, fl int64) {
-	if w.nlost.Load() == 0 {
+	if w.nlost.Load() == 0 && w.nabsent.Load() == 0 {
 		return
 	}
 	for r := ff; r <= fl; r++ {
 		if clearBit(w.lost, r) {
 			w.nlost.Add(-1)
+		}
+		if clearBit(w.absent, r) {
+			w.nabsent.Add(-1)
+		}
+	}
+}
+
+// markAbsent marks the regions off..off+n touches as lost at the writer
+// (FrameLost).
+func (w *writeBack) markAbsent(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first, last, _, _ := span(off, n)
+	for r := first; r <= last; r++ {
+		if setBit(w.absent, r) {
+			w.nabsent.Add(1)
 		}
 	}
 }
@@ -175,10 +201,15 @@ func (w *writeBack) flushFailed() (lo, hi int64, regions int) {
 	return lo, hi, int(w.nlost.Load())
 }
 
-// lostIn reports whether off..off+n touches a lost region, and the byte
-// range of the lost regions it touches.
-func (w *writeBack) lostIn(off, n int64) (lo, hi int64, ok bool) {
-	if n <= 0 || w.nlost.Load() == 0 {
+// lostIn reports whether off..off+n touches a lost region (this
+// store's own failed write-back, or one the writer lost when own is
+// false), and the byte range of the lost regions it touches.
+func (w *writeBack) lostIn(off, n int64, own bool) (lo, hi int64, ok bool) {
+	na := w.nabsent.Load()
+	if own {
+		na = 0
+	}
+	if n <= 0 || w.nlost.Load()+na == 0 {
 		return 0, 0, false
 	}
 	w.mu.Lock()
@@ -186,11 +217,16 @@ func (w *writeBack) lostIn(off, n int64) (lo, hi int64, ok bool) {
 	first, last, _, _ := span(off, n)
 	lo = -1
 	for r := first; r <= last; r++ {
-		if r%64 == 0 && r+63 <= last && w.lost[r/64] == 0 {
+		i := r / 64
+		word := w.lost[i]
+		if na > 0 {
+			word |= w.absent[i]
+		}
+		if r%64 == 0 && r+63 <= last && word == 0 {
 			r += 63
 			continue
 		}
-		if testBit(w.lost, r) {
+		if word&(1<<(r%64)) != 0 {
 			if lo < 0 {
 				lo = r * wbRegion
 			}
@@ -200,7 +236,35 @@ func (w *writeBack) lostIn(off, n int64) (lo, hi int64, ok bool) {
 	return max(lo, off), min(hi, off+n), lo >= 0
 }
 
-func (w *writeBack) lostCount() int { return int(w.nlost.Load()) }
+// lostRanges returns up to max byte ranges of lost regions (own or
+// absent), in order, adjacent regions merged, and how many regions are
+// lost in all.
+func (w *writeBack) lostRanges(max int) (rs [][2]int64, regions int) {
+	if w.nlost.Load()+w.nabsent.Load() == 0 {
+		return nil, 0
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := range w.lost {
+		word := w.lost[i] | w.absent[i]
+		for word != 0 {
+			b := int64(bits.TrailingZeros64(word))
+			word &^= 1 << b
+			regions++
+			lo := (int64(i)*64 + b) * wbRegion
+			if n := len(rs); n > 0 && rs[n-1][1] == lo {
+				rs[n-1][1] = lo + wbRegion
+				continue
+			}
+			if len(rs) < max {
+				rs = append(rs, [2]int64{lo, lo + wbRegion})
+			}
+		}
+	}
+	return rs, regions
+}
+
+func (w *writeBack) lostCount() int { return int(w.nlost.Load() + w.nabsent.Load()) }
 
 func (w *writeBack) clearLost() {
 	w.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -67,6 +68,9 @@ type writer struct {
 	// commitFrames counts the FrameCommits the committer sent (tests:
 	// data frames carry the commit point under load).
 	commitFrames int
+	// lostSent counts the FrameLost a resync sent (parts of regions this
+	// store lost).
+	lostSent atomic.Int64
 
 	// carried: ranges this site applied as a replica that the last
 	// writer never committed. Readers here wait for them until every

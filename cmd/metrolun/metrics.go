@@ -109,6 +109,7 @@ var (
 	descDirty   = prometheus.NewDesc("metrolun_dirty_regions", "Regions a replica misses (at the writer).", []string{"replica"}, nil)
 	descResync  = prometheus.NewDesc("metrolun_resync_progress_ratio", "Resync progress of a replica, 0..1 (at the writer).", []string{"replica"}, nil)
 	descApplied = prometheus.NewDesc("metrolun_applied_seq", "Highest sequence number applied at this site in its epoch.", nil, nil)
+	descLost    = prometheus.NewDesc("metrolun_lost_regions", "64 KiB regions whose reads fail at this site (a failed write-back here or at the writer) until rewritten.", nil, nil)
 
 	// The hosts (metrolun hosts, cmd/paths): this site's own sessions,
 	// and every initiator in the cluster as this member knows it.
@@ -123,7 +124,7 @@ var (
 type clusterCollector struct{ m *member }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEpoch, descWriter, descLeader, descInSync, descLag, descDirty, descResync, descApplied,
+	for _, d := range []*prometheus.Desc{descEpoch, descWriter, descLeader, descInSync, descLag, descDirty, descResync, descApplied, descLost,
 		descSessionRTT, descSessionState, descHostPaths, descHostOneSite, descHostFar, descHostsUnheard} {
 		ch <- d
 	}
@@ -148,6 +149,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(st.Site.Seq))
+	ch <- prometheus.MustNewConstMetric(descLost, prometheus.GaugeValue, float64(st.Site.LostRegions))
 	for _, p := range st.Site.Peers {
 		ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(p.LagBytes), p.Name)
 		ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, float64(p.DirtyRegions), p.Name)

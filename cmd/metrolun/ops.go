@@ -175,6 +175,9 @@ func printStatus(w io.Writer, reps []admin.MemberReport) {
 			if st.Site.Stale {
 				note = "may hold unacknowledged writes (full resync pending)"
 			}
+			if n := st.Site.LostRegions; n > 0 {
+				note = strings.TrimPrefix(note+"; "+lostNote(n, st.Site.LostRanges), "; ")
+			}
 		}
 		if n := memberNote(view, reps, r.Name, r.Role); n != "" {
 			note = strings.TrimPrefix(note+"; "+n, "; ")
@@ -331,3 +334,18 @@ func verifyCmd() *cobra.Command {
 // can outlast a few hundred milliseconds, and an operator's command
 // should ride it out rather than fail (5 s).
 const leaderAttempts = 20
+
+// lostNote says which bytes read as lost at a site (MEDIUM ERROR until
+// rewritten).
+func lostNote(regions int, rs [][2]int64) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d regions of 64 KiB lost (reads fail until rewritten):", regions)
+	for i, r := range rs {
+		if i == 3 {
+			b.WriteString(" ...")
+			break
+		}
+		fmt.Fprintf(&b, " bytes %d-%d", r[0], r[1])
+	}
+	return b.String()
+}
