@@ -223,6 +223,17 @@ func TestSiteResyncCarriesLostRegions(t *testing.T) {
 	if rs, n := fc.fs["b"].LostRanges(8); n != 1 || len(rs) != 1 || rs[0] != [2]int64{lostOff, lostOff + reg} {
 		t.Fatalf("lost at b: %v (%d regions), want region 5 only", rs, n)
 	}
+	// A restart does not make b forget: its older bytes there are not
+	// what was acknowledged.
+	fc.stop("b")
+	b = fc.start("b")
+	until(t, "b in sync with a lease after its restart", 15*time.Second, func() bool {
+		ok, _ := b.recv.leaseValid(time.Now())
+		return ok && fc.c.inSync("b")
+	})
+	if err := b.ReadAt(make([]byte, 4096), lostOff); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("read of the lost region at b after its restart: %v, want a medium error", err)
+	}
 	// a's flushes fail while its own write-back error stands; that hands
 	// the writer role to b, which compares a in full: region 5 is lost at
 	// both, so that compare must end too.

@@ -264,6 +264,28 @@ func (w *writeBack) lostRanges(max int) (rs [][2]int64, regions int) {
 	return rs, regions
 }
 
+// absentRanges returns every range marked by markAbsent, merged.
+func (w *writeBack) absentRanges() (rs [][2]int64) {
+	if w.nabsent.Load() == 0 {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, word := range w.absent {
+		for word != 0 {
+			b := int64(bits.TrailingZeros64(word))
+			word &^= 1 << b
+			lo := (int64(i)*64 + b) * wbRegion
+			if n := len(rs); n > 0 && rs[n-1][1] == lo {
+				rs[n-1][1] = lo + wbRegion
+				continue
+			}
+			rs = append(rs, [2]int64{lo, lo + wbRegion})
+		}
+	}
+	return rs
+}
+
 func (w *writeBack) lostCount() int { return int(w.nlost.Load() + w.nabsent.Load()) }
 
 func (w *writeBack) clearLost() {
