@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
+
+	"github.com/metrolun/metrolun/internal/durable"
 )
 
 // The shared record is the small piece of LU state the SCSI layer needs
@@ -103,28 +104,9 @@ func (m *metaStore) set(version uint64, data []byte) error {
 	if version == m.version.Load() && string(data) == string(m.data) {
 		return nil // a resync resends what this site has
 	}
-	tmp := m.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(encodeMeta(version, data)); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, m.path); err != nil {
-		return err
-	}
-	if err := syncDir(filepath.Dir(m.path)); err != nil {
-		// The rename may not survive a crash: not applied, as far as
-		// anyone may rely on.
+	if err := durable.Replace(m.path, encodeMeta(version, data), 0o644); err != nil {
+		// If only the directory sync failed, the rename may not survive
+		// a crash: not applied, as far as anyone may rely on.
 		return err
 	}
 	m.data = append(m.data[:0], data...)

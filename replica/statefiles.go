@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/metrolun/metrolun/internal/durable"
 	"strings"
 )
 
@@ -29,10 +31,7 @@ func (s *Site) setMarker() error {
 		// divergence): it must still say that the host restarted.
 		boot = "lost"
 	}
-	err := writeFileSync(s.markerPath(), []byte("metrolun writer marker\n"+markerBootKey+boot+"\n"))
-	if err == nil {
-		err = syncDir(s.cfg.Dir)
-	}
+	err := durable.Replace(s.markerPath(), []byte("metrolun writer marker\n"+markerBootKey+boot+"\n"), 0o600)
 	if err != nil {
 		s.log.Error("writing the writer marker; this writer acknowledges nothing", "error", err)
 	}
@@ -70,45 +69,10 @@ func (s *Site) bootID() string {
 func (s *Site) clearMarker() {
 	s.markerStale.Store(false)
 	s.powerLost.Store(false)
-	err := os.Remove(s.markerPath())
-	if errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	if err == nil {
-		err = syncDir(s.cfg.Dir)
-	}
-	if err != nil {
+	if err := durable.Remove(s.markerPath()); err != nil {
 		// Left in place, the marker only costs a full compare later.
 		s.log.Warn("removing the writer marker", "error", err)
 	}
-}
-
-// writeFileSync writes a small file and makes it durable.
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // forgetBitmap closes and deletes the dirty bitmap of a peer that left
@@ -123,7 +87,7 @@ func (s *Site) forgetBitmap(peer string) {
 	if err := os.Remove(s.bitmapPath(peer)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("removing the dirty bitmap of a removed site", "replica", peer, "error", err)
 	}
-	if err := syncDir(s.cfg.Dir); err != nil {
+	if err := durable.SyncDir(s.cfg.Dir); err != nil {
 		s.log.Warn("syncing the data directory", "error", err)
 	}
 }
@@ -161,22 +125,12 @@ func (s *Site) saveLost() {
 	rs := s.cfg.Store.wb.absentRanges()
 	var err error
 	if len(rs) == 0 {
-		err = os.Remove(s.lostPath())
-		if errors.Is(err, os.ErrNotExist) {
-			return
-		}
+		err = durable.Remove(s.lostPath())
 	} else {
 		var b []byte
-		b, err = json.Marshal(rs)
-		if err == nil {
-			err = writeFileSync(s.lostPath()+".tmp", b)
+		if b, err = json.Marshal(rs); err == nil {
+			err = durable.Replace(s.lostPath(), b, 0o600)
 		}
-		if err == nil {
-			err = os.Rename(s.lostPath()+".tmp", s.lostPath())
-		}
-	}
-	if err == nil {
-		err = syncDir(s.cfg.Dir)
 	}
 	if err != nil {
 		s.log.Error("could not record the ranges lost at the writer; after a restart this site would read its older bytes there", "error", err)

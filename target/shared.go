@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/metrolun/metrolun/internal/durable"
 )
 
 // The LU state every site must agree on (prState) lives, when the volume
@@ -668,7 +670,7 @@ func (lu *LU) savePR(next *prState) error {
 		if err := os.Remove(sh.file); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		if err := syncDir(filepath.Dir(sh.file)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(sh.file)); err != nil {
 			return err
 		}
 		sh.saved = nil
@@ -688,43 +690,11 @@ func (lu *LU) savePR(next *prState) error {
 	return nil
 }
 
-// writeFileSynced replaces path with data durably: a temporary file,
-// fsync, rename, fsync of the directory.
+// writeFileSynced replaces path with data durably (durable.Replace),
+// creating its directory if needed.
 func writeFileSynced(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return durable.Replace(path, data, 0o644)
 }
