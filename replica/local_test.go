@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -91,5 +92,39 @@ func TestOpenLocalErrors(t *testing.T) {
 	}
 	if _, err := OpenLocal(filepath.Join(dir, "missing", "x.img"), 1<<20); err == nil {
 		t.Fatal("a path in a missing directory was accepted")
+	}
+}
+
+// TestWriteBackLostRanges: lost and absent regions are listed as merged
+// byte ranges, capped, with the count of every region; a whole rewrite
+// clears both kinds, a partial one neither.
+func TestWriteBackLostRanges(t *testing.T) {
+	var w writeBack
+	w.init(100 * wbRegion)
+	w.lose(0, 1)                            // region 0
+	w.markAbsent(wbRegion, wbRegion)        // region 1: merges with 0
+	w.markAbsent(5*wbRegion+10, 2*wbRegion) // regions 5-7
+	w.lose(70*wbRegion, 1)                  // region 70 (another word)
+	rs, n := w.lostRanges(16)
+	want := [][2]int64{{0, 2 * wbRegion}, {5 * wbRegion, 8 * wbRegion}, {70 * wbRegion, 71 * wbRegion}}
+	if n != 6 || !slices.Equal(rs, want) {
+		t.Fatalf("lostRanges: %v (%d regions), want %v (6)", rs, n, want)
+	}
+	if rs, n := w.lostRanges(1); n != 6 || len(rs) != 1 {
+		t.Fatalf("lostRanges(1): %v (%d regions)", rs, n)
+	}
+	if got := w.absentRanges(); !slices.Equal(got, [][2]int64{{wbRegion, 2 * wbRegion}, {5 * wbRegion, 8 * wbRegion}}) {
+		t.Fatalf("absentRanges: %v", got)
+	}
+	if _, _, ok := w.lostIn(wbRegion, 10, true); ok {
+		t.Fatal("an absent region counts as this store's own loss (flushes would fail)")
+	}
+	if _, _, ok := w.lostIn(wbRegion, 10, false); !ok {
+		t.Fatal("an absent region reads as whole")
+	}
+	w.rewrote(5*wbRegion, wbRegion+100) // region 5 whole, 6 partly
+	w.wrote(0, wbRegion)                // region 0 whole
+	if rs, n := w.lostRanges(16); n != 4 || !slices.Equal(rs, [][2]int64{{wbRegion, 2 * wbRegion}, {6 * wbRegion, 8 * wbRegion}, {70 * wbRegion, 71 * wbRegion}}) {
+		t.Fatalf("after rewrites: %v (%d regions)", rs, n)
 	}
 }

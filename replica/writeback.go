@@ -115,22 +115,14 @@ func (w *writeBack) rewroteLocked(ff, fl int64) {
 
 // markAbsent marks the regions off..off+n touches as lost at the writer
 // (FrameLost).
-func (w *writeBack) markAbsent(off, n int64) {
-	if n <= 0 {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	first, last, _, _ := span(off, n)
-	for r := first; r <= last; r++ {
-		if setBit(w.absent, r) {
-			w.nabsent.Add(1)
-		}
-	}
-}
+func (w *writeBack) markAbsent(off, n int64) { w.mark(w.absent, &w.nabsent, off, n) }
 
 // lose marks off..off+n lost (a write that failed).
-func (w *writeBack) lose(off, n int64) {
+func (w *writeBack) lose(off, n int64) { w.mark(w.lost, &w.nlost, off, n) }
+
+// mark sets the bits of the regions off..off+n touches in b, counting
+// new ones in count.
+func (w *writeBack) mark(b []uint64, count *atomic.Int64, off, n int64) {
 	if n <= 0 {
 		return
 	}
@@ -138,8 +130,8 @@ func (w *writeBack) lose(off, n int64) {
 	defer w.mu.Unlock()
 	first, last, _, _ := span(off, n)
 	for r := first; r <= last; r++ {
-		if setBit(w.lost, r) {
-			w.nlost.Add(1)
+		if setBit(b, r) {
+			count.Add(1)
 		}
 	}
 }
@@ -245,45 +237,39 @@ func (w *writeBack) lostRanges(max int) (rs [][2]int64, regions int) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for i := range w.lost {
-		word := w.lost[i] | w.absent[i]
-		for word != 0 {
-			b := int64(bits.TrailingZeros64(word))
-			word &^= 1 << b
-			regions++
-			lo := (int64(i)*64 + b) * wbRegion
-			if n := len(rs); n > 0 && rs[n-1][1] == lo {
-				rs[n-1][1] = lo + wbRegion
-				continue
-			}
-			if len(rs) < max {
-				rs = append(rs, [2]int64{lo, lo + wbRegion})
-			}
-		}
-	}
-	return rs, regions
+	return ranges(func(i int) uint64 { return w.lost[i] | w.absent[i] }, len(w.lost), max)
 }
 
 // absentRanges returns every range marked by markAbsent, merged.
-func (w *writeBack) absentRanges() (rs [][2]int64) {
+func (w *writeBack) absentRanges() [][2]int64 {
 	if w.nabsent.Load() == 0 {
 		return nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for i, word := range w.absent {
-		for word != 0 {
-			b := int64(bits.TrailingZeros64(word))
-			word &^= 1 << b
+	rs, _ := ranges(func(i int) uint64 { return w.absent[i] }, len(w.absent), -1)
+	return rs
+}
+
+// ranges turns the set bits of words 0..n-1 into byte ranges, adjacent
+// regions merged, at most max of them (max < 0: all), and counts the bits.
+func ranges(word func(i int) uint64, n, max int) (rs [][2]int64, regions int) {
+	for i := range n {
+		for x := word(i); x != 0; {
+			b := int64(bits.TrailingZeros64(x))
+			x &^= 1 << b
+			regions++
 			lo := (int64(i)*64 + b) * wbRegion
-			if n := len(rs); n > 0 && rs[n-1][1] == lo {
-				rs[n-1][1] = lo + wbRegion
+			if k := len(rs); k > 0 && rs[k-1][1] == lo {
+				rs[k-1][1] = lo + wbRegion
 				continue
 			}
-			rs = append(rs, [2]int64{lo, lo + wbRegion})
+			if max < 0 || len(rs) < max {
+				rs = append(rs, [2]int64{lo, lo + wbRegion})
+			}
 		}
 	}
-	return rs
+	return rs, regions
 }
 
 func (w *writeBack) lostCount() int { return int(w.nlost.Load() + w.nabsent.Load()) }
