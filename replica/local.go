@@ -5,6 +5,7 @@ package replica
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/metrolun/metrolun/target"
+
+	"github.com/metrolun/metrolun/internal/durable"
 )
 
 // LocalFile is a volume backed by a regular file (sparse, thin) or a block
@@ -50,6 +53,10 @@ type LocalFile struct {
 	flushMu sync.Mutex
 	wb      writeBack
 	log     hclog.Logger
+	// lostFile keeps the lost ranges across restarts (PersistLost);
+	// lostMu serialises its writes.
+	lostFile string
+	lostMu   sync.Mutex
 }
 
 var _ target.Volume = (*LocalFile)(nil)
@@ -209,7 +216,9 @@ func (v *LocalFile) writeAt(p []byte, off int64, fua bool) error {
 		err = v.pwriteAll(p, off, false)
 		v.blocks.unlock(off, n)
 		if err == nil {
-			v.wb.wrote(off, n)
+			if v.wb.wrote(off, n) {
+				v.saveLost()
+			}
 			return v.Flush()
 		}
 	}
@@ -220,13 +229,18 @@ func (v *LocalFile) writeAt(p []byte, off int64, fua bool) error {
 			// it must fail rather than return older data.
 			v.wb.lose(off, n)
 			v.log.Error("storage write failed; the range is lost until rewritten or resynced", "path", v.path, "offset", off, "bytes", n, "fua", fua, "error", err)
+			v.saveLost()
 		}
 		return v.ioError("write", off, n, err)
 	}
+	var cleared bool
 	if fua {
-		v.wb.rewrote(off, n)
+		cleared = v.wb.rewrote(off, n)
 	} else {
-		v.wb.wrote(off, n)
+		cleared = v.wb.wrote(off, n)
+	}
+	if cleared {
+		v.saveLost()
 	}
 	return nil
 }
@@ -260,6 +274,7 @@ func (v *LocalFile) Flush() error {
 	v.wb.startFlush()
 	if err := v.io.datasync(); err != nil {
 		lo, hi, regions := v.wb.flushFailed()
+		v.saveLost()
 		v.log.Error("storage flush failed; the data written since the last flush is lost until rewritten or resynced",
 			"path", v.path, "from_offset", lo, "to_offset", hi, "regions", regions, "error", err)
 		return v.ioError("flush", lo, hi-lo, err)
@@ -281,7 +296,9 @@ func (v *LocalFile) Resynced() {
 	if n := int(v.wb.nlost.Load()); n > 0 {
 		v.log.Info("resync ended; lost regions are whole again", "path", v.path, "regions", n)
 	}
-	v.wb.clearLost()
+	if v.wb.clearLost() {
+		v.saveLost()
+	}
 }
 
 // MarkLost makes off..off+n read as lost here (MEDIUM ERROR), as it does
@@ -291,7 +308,68 @@ func (v *LocalFile) Resynced() {
 // makes it whole again, here and at the writer alike.
 func (v *LocalFile) MarkLost(off, n int64) {
 	v.wb.markAbsent(off, n)
+	v.saveLost()
 	v.log.Error("the writer lost this range (a failed write-back there); reads of it fail here too until it is rewritten", "path", v.path, "offset", off, "bytes", n)
+}
+
+// PersistLost keeps this store's lost ranges in the file at path from
+// now on (written durably whenever they change, removed when none is
+// left), and first marks lost again the ones it lists: a write-back error
+// is forgotten by the kernel at a restart, and without the file the
+// restarted process would serve the older bytes there with GOOD. The
+// file may list ranges rewritten since (a crash between the rewrite and
+// the file's update): they read as lost until rewritten again or
+// resynced, never as stale data. Call it before the store is used.
+func (v *LocalFile) PersistLost(path string) error {
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		var rs [][2]int64
+		if err := json.Unmarshal(b, &rs); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		for _, r := range rs {
+			if r[0] < 0 || r[1] <= r[0] || r[0] >= v.size {
+				return fmt.Errorf("%s: range %v is not within the LU (%d bytes)", path, r, v.size)
+			}
+			// Reloaded as lost at the writer's word: reads fail, and a
+			// flush does not (the kernel's error is gone with the
+			// process that saw it).
+			v.wb.markAbsent(r[0], min(r[1], v.size)-r[0])
+		}
+		if len(rs) > 0 {
+			v.log.Warn("ranges lost before this start read as lost until rewritten or resynced", "path", v.path, "ranges", len(rs), "state", path)
+		}
+	}
+	v.lostMu.Lock()
+	v.lostFile = path
+	v.lostMu.Unlock()
+	return nil
+}
+
+// saveLost writes the lost ranges to the PersistLost file, if any.
+func (v *LocalFile) saveLost() {
+	v.lostMu.Lock()
+	defer v.lostMu.Unlock()
+	if v.lostFile == "" {
+		return
+	}
+	rs, _ := v.wb.lostRanges(-1)
+	var err error
+	if len(rs) == 0 {
+		err = durable.Remove(v.lostFile)
+	} else {
+		var b []byte
+		if b, err = json.Marshal(rs); err == nil {
+			err = durable.Replace(v.lostFile, b, 0o600)
+		}
+	}
+	if err != nil {
+		v.log.Error("could not record the lost ranges; after a restart this site would read its older bytes there", "path", v.path, "state", v.lostFile, "error", err)
+	}
 }
 
 // LostRanges returns up to max byte ranges that read as lost here, and
@@ -322,7 +400,9 @@ func (v *LocalFile) Unmap(off, length int64) error {
 		if err != nil {
 			return v.ioError("unmap", off, length, err)
 		}
-		v.wb.wrote(off, length)
+		if v.wb.wrote(off, length) {
+			v.saveLost()
+		}
 		return nil
 	}
 	v.blocks.lock(off, length)
@@ -344,7 +424,9 @@ func (v *LocalFile) Unmap(off, length int64) error {
 	if err != nil {
 		return v.ioError("unmap", off, length, err)
 	}
-	v.wb.wrote(off, length)
+	if v.wb.wrote(off, length) {
+		v.saveLost()
+	}
 	return nil
 }
 

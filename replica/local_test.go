@@ -2,9 +2,13 @@ package replica
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/metrolun/metrolun/target"
 )
 
 func TestLocalFile(t *testing.T) {
@@ -126,5 +130,76 @@ func TestWriteBackLostRanges(t *testing.T) {
 	w.wrote(0, wbRegion)                // region 0 whole
 	if rs, n := w.lostRanges(16); n != 4 || !slices.Equal(rs, [][2]int64{{wbRegion, 2 * wbRegion}, {6 * wbRegion, 8 * wbRegion}, {70 * wbRegion, 71 * wbRegion}}) {
 		t.Fatalf("after rewrites: %v (%d regions)", rs, n)
+	}
+}
+
+// TestLocalFileLostSurvivesRestart: a failed write-back leaves its
+// regions unreadable, and a restart (a new LocalFile on the same file)
+// must not make them readable again with the older bytes the file holds:
+// the kernel forgets the error with the process that saw it.
+func TestLocalFileLostSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	img, state := filepath.Join(dir, "lun.img"), filepath.Join(dir, "lost.ranges")
+	const size = 1 << 20
+	open := func() *LocalFile {
+		t.Helper()
+		v, err := OpenLocal(img, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.PersistLost(state); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v := open()
+	fs := NewFaultStore(v)
+	if err := v.WriteAt(block(1, size), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(block(2, 4096), 3*wbRegion, false); err != nil {
+		t.Fatal(err)
+	}
+	fs.Set(Faults{FlushEIO: 1})
+	if err := v.Flush(); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("flush: %v, want a medium error", err)
+	}
+	v.Close()
+
+	v = open()
+	if err := v.ReadAt(make([]byte, 512), 3*wbRegion); !errors.Is(err, target.ErrMedium) {
+		t.Fatalf("read of the lost region after a restart: %v, want a medium error", err)
+	}
+	if err := v.ReadAt(make([]byte, 512), 4*wbRegion); err != nil {
+		t.Fatalf("read of a region that was not lost: %v", err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatalf("flush after the restart: %v (the error was reported before it)", err)
+	}
+	// Rewritten whole: readable, and nothing left to remember.
+	if err := v.WriteAt(block(3, wbRegion), 3*wbRegion, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatalf("lost.ranges still there with nothing lost: %v", err)
+	}
+	v.Close()
+	v = open()
+	defer v.Close()
+	got := make([]byte, wbRegion)
+	if err := v.ReadAt(got, 3*wbRegion); err != nil || !bytes.Equal(got, block(3, wbRegion)) {
+		t.Fatalf("rewritten region after a restart: %v, equal %v", err, bytes.Equal(got, block(3, wbRegion)))
+	}
+	// A damaged state file stops the start rather than being ignored.
+	if err := os.WriteFile(state, []byte("[[0,"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := OpenLocal(img, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.PersistLost(state); err == nil {
+		t.Fatal("a damaged lost.ranges was accepted")
 	}
 }

@@ -447,11 +447,14 @@ func (w *writer) manage(p *peer, stale bool) {
 		w.mu.Lock()
 		initial := w.epoch == 1 && !(w.empty && p.empty) && !recorded
 		w.mu.Unlock()
-		if err == nil && !diverged && stale && w.s.powerLost.Load() {
-			// This host restarted since it was the writer: its own
-			// unflushed writes are gone, and p, in sync, holds every
-			// acknowledged one. p's bytes must win, not this site's:
-			// p becomes the writer and compares this site in full.
+		if err == nil && !diverged && stale && (w.s.powerLost.Load() || w.s.cfg.Store.Lost() > 0) {
+			// This host restarted since it was the writer, or this
+			// site's store lost a write-back before it stopped
+			// (LocalFile.PersistLost): its own unflushed writes are gone,
+			// and p, in sync, holds every acknowledged one. p's bytes
+			// must win, not this site's (nor may a resync from here mark
+			// p's good copy lost): p becomes the writer and compares
+			// this site in full.
 			w.mu.Lock()
 			w.handOverAfterPowerLoss(p)
 			w.mu.Unlock()

@@ -19,10 +19,12 @@ func TestSiteWriterPowerLoss(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		reboot    bool
+		lost      bool // a's write-back of the acknowledged write failed before it died
 		newWriter string
 	}{
-		{"power lost", true, "b"},
-		{"process died", false, "a"},
+		{"power lost", true, false, "b"},
+		{"process died", false, false, "a"},
+		{"process died with a lost region", false, true, "b"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tc := newTestCluster(t, 2<<20, "a", "b")
@@ -52,10 +54,21 @@ func TestSiteWriterPowerLoss(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(tc.sites["a"].dir, "writer.marker"), marker, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if c.reboot {
-				// The host restarted: the write a had not flushed is
-				// gone from its image.
-				boot["a"] = "boot-2"
+			if c.lost {
+				// The kernel dropped the page it could not write back,
+				// and a recorded the range as lost (LocalFile.PersistLost).
+				// b, in sync, holds the acknowledged write: b's bytes must
+				// win, not a's (nor must a's loss spread to b).
+				if err := os.WriteFile(filepath.Join(tc.sites["a"].dir, "lost.ranges"), []byte("[[65536,131072]]"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.reboot || c.lost {
+				// The host restarted, or the page's write-back failed:
+				// the write a had not flushed is gone from its image.
+				if c.reboot {
+					boot["a"] = "boot-2"
+				}
 				f, err := os.OpenFile(tc.sites["a"].img, os.O_WRONLY, 0)
 				if err != nil {
 					t.Fatal(err)

@@ -47,9 +47,6 @@ type receiver struct {
 	refs func(id uint64) *fwdOp
 	// synced runs when a resync ends (the diverged marker can go).
 	synced func()
-	// lostChanged runs (r.mu held) when the ranges held lost at the
-	// writer's word change: FrameLost, the end of a resync.
-	lostChanged func()
 
 	mu       sync.Mutex
 	epoch    uint64
@@ -463,9 +460,6 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 			return nack("this store cannot record a lost range")
 		}
 		lt.MarkLost(f.Offset, int64(f.Length))
-		if r.lostChanged != nil {
-			r.lostChanged()
-		}
 	case FrameMeta:
 		data := f.Data
 		if op != nil {
@@ -491,9 +485,7 @@ func (r *receiver) apply(conn net.Conn, f *Frame) (ans *Frame, stop bool) {
 			if r.synced != nil {
 				r.synced()
 			}
-			if r.lostChanged != nil {
-				r.lostChanged()
-			}
+
 		}
 	case FrameSum:
 		var same bool

@@ -194,8 +194,8 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 		return nil, err
 	}
 	s.meta = meta
-	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker, lostChanged: s.saveLost}
-	if err := s.loadLost(); err != nil {
+	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
+	if err := cfg.Store.PersistLost(filepath.Join(cfg.Dir, "lost.ranges")); err != nil {
 		return nil, err
 	}
 	if boot, err := s.readMarker(); err == nil {

@@ -1,9 +1,7 @@
 package replica
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 
@@ -110,51 +108,4 @@ func (s *Site) bitmap(peer string) (*Bitmap, error) {
 	}
 	s.bitmaps[peer] = b
 	return b, nil
-}
-
-// The ranges the writer lost (FrameLost) that this site holds as lost
-// (LocalFile.MarkLost) live in memory; lost.ranges keeps them across a
-// restart, so a restarted site does not serve its older bytes there as
-// if they were current. The file may list ranges rewritten since: they
-// read as lost after a restart until the next resync (the hello reports
-// them, so the writer compares everything), never as stale data.
-func (s *Site) lostPath() string { return filepath.Join(s.cfg.Dir, "lost.ranges") }
-
-// saveLost records the ranges held as lost now (none: no file).
-func (s *Site) saveLost() {
-	rs := s.cfg.Store.wb.absentRanges()
-	var err error
-	if len(rs) == 0 {
-		err = durable.Remove(s.lostPath())
-	} else {
-		var b []byte
-		if b, err = json.Marshal(rs); err == nil {
-			err = durable.Replace(s.lostPath(), b, 0o600)
-		}
-	}
-	if err != nil {
-		s.log.Error("could not record the ranges lost at the writer; after a restart this site would read its older bytes there", "error", err)
-	}
-}
-
-// loadLost marks the ranges lost.ranges lists lost again (at start).
-func (s *Site) loadLost() error {
-	b, err := os.ReadFile(s.lostPath())
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var rs [][2]int64
-	if err := json.Unmarshal(b, &rs); err != nil {
-		return fmt.Errorf("%s: %w", s.lostPath(), err)
-	}
-	for _, r := range rs {
-		s.cfg.Store.wb.markAbsent(r[0], r[1]-r[0])
-	}
-	if len(rs) > 0 {
-		s.log.Warn("ranges the writer had lost read as lost here until rewritten or resynced", "ranges", len(rs))
-	}
-	return nil
 }

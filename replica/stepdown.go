@@ -80,8 +80,12 @@ func (w *writer) localFailed(f *Frame, err error) {
 // with an unclean marker, would undo them (I1); so this site steps down
 // as after a store failure and the new writer compares it in full.
 func (w *writer) handOverAfterPowerLoss(p *peer) {
-	w.log.Warn("this host restarted since it was the writer, so its unflushed writes are gone: handing the writer role to an in-sync replica, which then compares this site in full",
-		"to", p.name)
+	why := "this host restarted since it was the writer, so its unflushed writes are gone"
+	if !w.s.powerLost.Load() {
+		why = "this site's store lost a write-back before it stopped"
+	}
+	w.log.Warn(why+": handing the writer role to an in-sync replica, which then compares this site in full",
+		"to", p.name, "lost_regions", w.s.cfg.Store.Lost())
 	w.tainted = true
 	w.s.markDiverged()
 	if w.steppingDown || w.closed {

@@ -74,9 +74,9 @@ func testBit(b []uint64, r int64) bool {
 
 // wrote records a write that reached the page cache: the regions it
 // covers completely are whole again, and all it touches wait for a flush.
-func (w *writeBack) wrote(off, n int64) {
+func (w *writeBack) wrote(off, n int64) (cleared bool) {
 	if n <= 0 {
-		return
+		return false
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -85,32 +85,37 @@ func (w *writeBack) wrote(off, n int64) {
 		setBit(w.active, r)
 	}
 	w.anyActive = true
-	w.rewroteLocked(ff, fl)
+	return w.rewroteLocked(ff, fl)
 }
 
 // rewrote records a write that is already stable (FUA).
-func (w *writeBack) rewrote(off, n int64) {
-	if n <= 0 {
-		return
+func (w *writeBack) rewrote(off, n int64) (cleared bool) {
+	if n <= 0 || w.nlost.Load() == 0 && w.nabsent.Load() == 0 {
+		return false
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	_, _, ff, fl := span(off, n)
-	w.rewroteLocked(ff, fl)
+	return w.rewroteLocked(ff, fl)
 }
 
-func (w *writeBack) rewroteLocked(ff, fl int64) {
+// rewroteLocked clears the lost and absent bits of regions ff..fl and
+// reports whether any was set.
+func (w *writeBack) rewroteLocked(ff, fl int64) (cleared bool) {
 	if w.nlost.Load() == 0 && w.nabsent.Load() == 0 {
-		return
+		return false
 	}
 	for r := ff; r <= fl; r++ {
 		if clearBit(w.lost, r) {
 			w.nlost.Add(-1)
+			cleared = true
 		}
 		if clearBit(w.absent, r) {
 			w.nabsent.Add(-1)
+			cleared = true
 		}
 	}
+	return cleared
 }
 
 // markAbsent marks the regions off..off+n touches as lost at the writer
@@ -274,9 +279,15 @@ func ranges(word func(i int) uint64, n, max int) (rs [][2]int64, regions int) {
 
 func (w *writeBack) lostCount() int { return int(w.nlost.Load() + w.nabsent.Load()) }
 
-func (w *writeBack) clearLost() {
+// clearLost forgets this store's own lost regions and reports whether
+// there were any.
+func (w *writeBack) clearLost() bool {
+	if w.nlost.Load() == 0 {
+		return false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	clear(w.lost)
 	w.nlost.Store(0)
+	return true
 }

@@ -322,6 +322,11 @@ func openSingleLUN(dataDir, targetName string, l conf.LUN, log hclog.Logger) (*r
 			return nil, fmt.Errorf("LU record: %w", err)
 		}
 	}
+	// Ranges whose write-back failed stay unreadable across a restart.
+	if err := vol.PersistLost(strings.TrimSuffix(record, ".created") + ".lost"); err != nil {
+		vol.Close()
+		return nil, fmt.Errorf("lost ranges: %w", err)
+	}
 	return vol, nil
 }
 
