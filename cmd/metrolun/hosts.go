@@ -26,8 +26,12 @@ func hostsCmd() *cobra.Command {
 anywhere in the cluster: its sessions per site, the ALUA access state each
 path reports to it, and each session's round trip measured with NOP-In
 pings (iscsi nop_interval). It flags a host with paths to one site only
-(it loses I/O with that site) and a host whose nearest site (lowest round
-trip) is not its preferred one (the writer's, without a prefer block).`,
+(it loses I/O with that site), a host whose nearest site (lowest round
+trip) is not its preferred one (the writer's, without a prefer block), and
+an initiator name with sessions at one site from two addresses: most
+likely several hosts sharing one name (QEMU's default without -name, a
+cloned image), which the cluster takes for one host (reservations,
+redirects and ALUA preferences are per name). Give each host its own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			eps, client, err := f.connect()
@@ -101,6 +105,9 @@ func printHosts(w io.Writer, r admin.HostsResponse) {
 		}
 		if h.NotNearest {
 			notes = append(notes, "NEAREST IS "+h.Nearest)
+		}
+		if h.SharedName {
+			notes = append(notes, "SEVERAL HOSTS SHARE THIS NAME?")
 		}
 		for i, p := range h.Paths {
 			name, note := "", ""

@@ -117,6 +117,7 @@ var (
 	descSessionState = prometheus.NewDesc("metrolun_session_alua_state", "1 for the ALUA access state this site reports to a session's initiator.", []string{"initiator", "isid", "state"}, nil)
 	descHostPaths    = prometheus.NewDesc("metrolun_host_sessions", "Live sessions of an initiator at a site (cluster-wide).", []string{"initiator", "site"}, nil)
 	descHostOneSite  = prometheus.NewDesc("metrolun_host_one_site", "1 if an initiator has paths to one site only while the cluster has more.", []string{"initiator"}, nil)
+	descHostShared   = prometheus.NewDesc("metrolun_host_shared_name", "1 if an initiator name has sessions at one site from two addresses (several hosts sharing one name, most likely).", []string{"initiator"}, nil)
 	descHostFar      = prometheus.NewDesc("metrolun_host_not_nearest", "1 if an initiator's nearest site (lowest RTT) is not its preferred one.", []string{"initiator"}, nil)
 	descHostsUnheard = prometheus.NewDesc("metrolun_hosts_sites_unheard", "Data sites whose session lists this member has not had.", nil, nil)
 )
@@ -125,7 +126,7 @@ type clusterCollector struct{ m *member }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEpoch, descWriter, descLeader, descInSync, descLag, descDirty, descResync, descApplied, descLost,
-		descSessionRTT, descSessionState, descHostPaths, descHostOneSite, descHostFar, descHostsUnheard} {
+		descSessionRTT, descSessionState, descHostPaths, descHostOneSite, descHostShared, descHostFar, descHostsUnheard} {
 		ch <- d
 	}
 }
@@ -186,6 +187,7 @@ func (c *clusterCollector) collectHosts(ch chan<- prometheus.Metric, b func(bool
 			ch <- prometheus.MustNewConstMetric(descHostPaths, prometheus.GaugeValue, float64(n), h.Initiator, site)
 		}
 		ch <- prometheus.MustNewConstMetric(descHostOneSite, prometheus.GaugeValue, b(h.OneSite), h.Initiator)
+		ch <- prometheus.MustNewConstMetric(descHostShared, prometheus.GaugeValue, b(h.SharedName), h.Initiator)
 		ch <- prometheus.MustNewConstMetric(descHostFar, prometheus.GaugeValue, b(h.NotNearest), h.Initiator)
 	}
 }

@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -30,6 +31,38 @@ type Host struct {
 	// its preferred one (clearly nearer: ClearlyNearer); its optimized
 	// path crosses a longer link than it needs to.
 	NotNearest bool `json:"not_nearest"`
+	// SharedName: two sessions at one site under this initiator name come
+	// from different addresses, so it is most likely several hosts
+	// sharing one name (QEMU's default, a cloned image). The cluster
+	// takes them for one host with several paths: reservations, the
+	// redirect rule and ALUA preferences treat them as one.
+	SharedName bool `json:"shared_name,omitempty"`
+}
+
+// sharedName reports whether two of paths (one initiator's live
+// sessions) at one site come from different IP addresses.
+func sharedName(paths []Session) bool {
+	from := map[string]string{} // site -> the first address seen there
+	for _, p := range paths {
+		ip := remoteIP(p.Remote)
+		if ip == "" {
+			continue
+		}
+		if first, ok := from[p.Site]; ok && first != ip {
+			return true
+		}
+		from[p.Site] = ip
+	}
+	return false
+}
+
+// remoteIP is the address part of host:port ("" when there is none).
+func remoteIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return ""
+	}
+	return host
 }
 
 // Hosts returns every initiator with a live session in the cluster, in
@@ -76,6 +109,7 @@ func Hosts(c Cluster) []Host {
 			h.Preferred, h.PreferredBy = c.Writer, "writer"
 		}
 		h.OneSite = len(h.Sites) == 1 && len(c.Sites) > 1
+		h.SharedName = sharedName(h.Paths)
 		// With several sites: the nearest is clearly nearer than the
 		// preferred one's path, or the preferred one has no measured
 		// path at all.

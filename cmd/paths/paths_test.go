@@ -219,6 +219,20 @@ func TestHosts(t *testing.T) {
 	if got[0].Preferred != "site-a" || got[0].PreferredBy != "auto" || got[0].NotNearest {
 		t.Fatalf("auto: %+v", got[0])
 	}
+	// Two sessions at one site from different addresses under one name:
+	// most likely two hosts sharing it. One address with two sessions
+	// there (two ISIDs from one host) is not.
+	x1, x2, x3 := live("site-a", h2, "1"), live("site-a", h2, "2"), live("site-b", h2, "3")
+	x1.Remote, x2.Remote, x3.Remote = "10.0.0.1:40001", "10.0.0.1:40002", "10.0.1.7:40003"
+	c.Sessions = []Session{x1, x2, x3}
+	if got := Hosts(c); len(got) != 1 || got[0].SharedName {
+		t.Fatalf("one host, two sessions at site-a from one address, one at site-b from another: %+v", got)
+	}
+	x2.Remote = "10.0.0.2:40002"
+	c.Sessions = []Session{x1, x2, x3}
+	if got := Hosts(c); len(got) != 1 || !got[0].SharedName {
+		t.Fatalf("two addresses at site-a under one name are not flagged: %+v", got)
+	}
 	// A single-site cluster flags nobody for having one site.
 	c.Sites = c.Sites[:1]
 	for _, h := range Hosts(c) {
