@@ -108,14 +108,18 @@ func (s *Site) Status() SiteStatus {
 
 // VerifyStatus is the progress and outcome of an online verify.
 type VerifyStatus struct {
-	Running  bool               `json:"running"`
-	Started  time.Time          `json:"started"`
-	Done     int                `json:"regions_done"`
-	Total    int                `json:"regions_total"`
-	Differ   map[string][]int64 `json:"differ,omitempty"` // replica -> byte offsets of differing regions
-	Region   int64              `json:"region_bytes"`
-	Error    string             `json:"error,omitempty"`
-	Replicas []string           `json:"replicas"`
+	Running bool               `json:"running"`
+	Started time.Time          `json:"started"`
+	Done    int                `json:"regions_done"`
+	Total   int                `json:"regions_total"`
+	Differ  map[string][]int64 `json:"differ,omitempty"` // replica -> byte offsets of differing regions
+	// Lost: byte offsets of regions not compared because part of them is
+	// lost at the writer (status lost_ranges; they read as lost at the
+	// replicas too).
+	Lost     []int64  `json:"lost,omitempty"`
+	Region   int64    `json:"region_bytes"`
+	Error    string   `json:"error,omitempty"`
+	Replicas []string `json:"replicas"`
 }
 
 // Verify compares every in-sync replica with this site (the writer),
@@ -190,6 +194,17 @@ func (s *Site) Verify(ctx context.Context, bandwidth int64) (VerifyStatus, error
 		}
 		if sendErr = s.cfg.Store.ReadAt(buf[:n], off); sendErr != nil {
 			w.mu.Unlock()
+			if errors.As(sendErr, new(*LostError)) {
+				// Nothing here to compare with: the region's last bytes
+				// exist nowhere (or only at a replica the resync marked
+				// lost as well).
+				sendErr = nil
+				s.mu.Lock()
+				vs.Lost = append(vs.Lost, off)
+				vs.Done++
+				s.mu.Unlock()
+				continue
+			}
 			break
 		}
 		sum := sha256.Sum256(buf[:n])

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"slices"
 	"testing"
@@ -222,6 +223,11 @@ func TestSiteResyncCarriesLostRegions(t *testing.T) {
 	}
 	if rs, n := fc.fs["b"].LostRanges(8); n != 1 || len(rs) != 1 || rs[0] != [2]int64{lostOff, lostOff + reg} {
 		t.Fatalf("lost at b: %v (%d regions), want region 5 only", rs, n)
+	}
+	// An online verify compares the rest and names the lost region.
+	vs, err := a.Verify(context.Background(), 0)
+	if err != nil || len(vs.Differ) != 0 || !slices.Equal(vs.Lost, []int64{lostOff}) {
+		t.Fatalf("verify with a lost region: %v, differ %v, lost %v (want [%d])", err, vs.Differ, vs.Lost, lostOff)
 	}
 	// A restart does not make b forget: its older bytes there are not
 	// what was acknowledged.
