@@ -69,6 +69,7 @@ type LU struct {
 	groups        PortGroupsFunc    // the other sites' port groups; nil: this one only
 	aluaSeen      string            // port group states at the last checkALUA (mu)
 	aluaSeenBy    map[string]string // the same per initiator (lower case) with a nexus here (mu)
+	aluaSettled   bool              // a group has been active/optimized at some check: changes are reported from then on (mu)
 	log           hclog.Logger      // nil: volume errors are not logged (unit tests)
 	onVolErr      func(VolumeError)
 
