@@ -156,6 +156,9 @@ func (lu *LU) checkALUA() {
 	// and Linux's ALUA handler keeps that until the next unit attention:
 	// with none for the way out, both paths stayed at priority 10.
 	settled := lu.aluaSettled
+	if lu.aluaSeen != d && lu.aluaSeen != "" && lu.log != nil {
+		lu.log.Info("port group states changed", "from", lu.aluaSeen, "to", d, "unit_attention", settled)
+	}
 	if settled && lu.aluaSeen != d {
 		lu.queueUA(ascAsymAccessStateChanged, nil)
 	}
