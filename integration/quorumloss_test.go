@@ -59,9 +59,15 @@ func TestClusterQuorumLossPDL(t *testing.T) {
 		return s
 	}
 	atCut, atWriter := dial(cut), dial(w)
-	if err := atCut.TestUnitReady(ctx, 0); err != nil {
-		t.Fatalf("TEST UNIT READY at %s before the cut: %v", cut, err)
+	// The site must have served (a read needs its lease) before it is
+	// cut off: one that never has, just started, is not taken as lost.
+	if _, err := c.WaitInSync(ctx, time.Minute); err != nil {
+		t.Fatal(err)
 	}
+	until(t, cut+" serving reads", 30*time.Second, func() bool {
+		_, err := atCut.ReadBlocks(ctx, 0, 0, 8)
+		return err == nil && atCut.TestUnitReady(ctx, 0) == nil
+	})
 	for _, m := range c.Members {
 		if m.Name != cut {
 			if err := c.Partition(cut, m.Name); err != nil {
@@ -71,14 +77,21 @@ func TestClusterQuorumLossPDL(t *testing.T) {
 	}
 	cutAt := time.Now()
 	lost := func(err error) bool { return isSense(err, initiator.SenseIllegalRequest, 0x25, 0x00) }
-	var last error
-	until(t, cut+" answering LOGICAL UNIT NOT SUPPORTED", 30*time.Second, func() bool {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		tctx, tcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer tcancel()
-		last = atCut.TestUnitReady(tctx, 0)
-		return lost(last)
-	})
+		err := atCut.TestUnitReady(tctx, 0)
+		tcancel()
+		if lost(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s cut off for %v: TEST UNIT READY %v, want 05/25/00", cut, time.Since(cutAt).Round(time.Millisecond), err)
+		}
+	}
 	t.Logf("%s answered 05/25/00 %v after it was cut off (hold %v)", cut, time.Since(cutAt).Round(10*time.Millisecond), c.Hold())
+	if !logHas(t, c.Member(cut).Log, "lost the cluster") {
+		t.Errorf("%s's log does not say that it answers as a lost device", cut)
+	}
 	if _, err := atCut.ReadBlocks(ctx, 0, 0, 8); !lost(err) {
 		t.Errorf("READ at the lost site: %v, want 05/25/00", err)
 	}

@@ -137,7 +137,9 @@ type Site struct {
 	// nanoseconds; the site's start at first.
 	servedAt atomic.Int64
 	// served: State has found this site able to serve since it started.
-	served    atomic.Bool
+	served atomic.Bool
+	// lost: what Lost last answered (to log its changes).
+	lost      atomic.Bool
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
@@ -764,7 +766,15 @@ func (s *Site) State() target.PathState {
 // the site a host should leave. A fenced or resyncing site is
 // unavailable, not lost: the cluster knows it and will bring it back.
 func (s *Site) Lost() bool {
-	return s.cfg.PDL && s.served.Load() && s.State() == target.PathTransitioning
+	lost := s.cfg.PDL && s.served.Load() && s.State() == target.PathTransitioning
+	if s.lost.Swap(lost) != lost {
+		if lost {
+			s.log.Warn("lost the cluster: every command now gets LOGICAL UNIT NOT SUPPORTED (quorum_loss = \"pdl\")")
+		} else {
+			s.log.Info("back in the cluster: commands are served again")
+		}
+	}
+	return lost
 }
 
 // Close stops the site: the writer (if this is it) finishes what is in
