@@ -766,8 +766,12 @@ func (s *Site) State() target.PathState {
 // the site a host should leave. A fenced or resyncing site is
 // unavailable, not lost: the cluster knows it and will bring it back.
 func (s *Site) Lost() bool {
-	lost := s.cfg.PDL && s.served.Load() && s.State() == target.PathTransitioning
-	if s.lost.Swap(lost) != lost {
+	if !s.cfg.PDL {
+		// Called on every command: nothing more without the option.
+		return false
+	}
+	lost := s.served.Load() && s.State() == target.PathTransitioning
+	if s.lost.Load() != lost && s.lost.CompareAndSwap(!lost, lost) {
 		if lost {
 			s.log.Warn("lost the cluster: every command now gets LOGICAL UNIT NOT SUPPORTED (quorum_loss = \"pdl\")")
 		} else {
