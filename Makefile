@@ -21,9 +21,13 @@ deps:
 	scripts/install-test-deps.sh
 
 # Everything CI runs: vet, unit and integration tests (real clients:
-# iscsi-test-cu, iscsi-ls, qemu-img, qemu-io), and a bounded fuzz pass.
+# iscsi-test-cu, iscsi-ls, qemu-img, qemu-io), the Linux kernel
+# initiator in a guest (make hosts: it installs its host tools and
+# builds the guest when missing, and then nothing in it skips), and a
+# bounded fuzz pass.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) hosts
 	$(MAKE) fuzz
 
 unit:

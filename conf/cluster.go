@@ -54,9 +54,28 @@ type Cluster struct {
 	// fenced) redirects new sessions' logins to one that can; default
 	// true.
 	RedirectLogins bool
-	Members        []Member     // every member including this one, in file order
-	Preferred      []Preference // preferred site per initiator IQN (ALUA active/optimized)
+	// QuorumLoss is what a data site that has lost the cluster (in sync
+	// by the last state it heard, but without a lease for longer than it
+	// holds an operation: cut off, or without quorum) answers:
+	// QuorumLossTransitioning (the default) or QuorumLossPDL.
+	QuorumLoss string
+	Members    []Member     // every member including this one, in file order
+	Preferred  []Preference // preferred site per initiator IQN (ALUA active/optimized)
 }
+
+// The answers of a site that has lost the cluster (quorum_loss).
+const (
+	// QuorumLossTransitioning: NOT READY, ASYMMETRIC ACCESS STATE
+	// TRANSITION (02/04/0A) on I/O and its port group transitioning: the
+	// host waits or uses another path (VMware calls it all paths down
+	// when no path is left).
+	QuorumLossTransitioning = "transitioning"
+	// QuorumLossPDL: ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED
+	// (05/25/00) on every command to the LU: VMware ESXi's permanent
+	// device loss, on which vSphere HA restarts the VMs at the surviving
+	// site (vMSC).
+	QuorumLossPDL = "pdl"
+)
 
 // TLS names the PEM files for mutually authenticated TLS between members:
 // the CA that signs every member's certificate, and this member's
@@ -128,6 +147,7 @@ func DefaultClusterBlock() *Cluster {
 		ElectionTimeout: DefaultElectionTimeout,
 		ReplicaTimeout:  DefaultReplicaTimeout,
 		RedirectLogins:  true,
+		QuorumLoss:      QuorumLossTransitioning,
 	}
 }
 

@@ -48,6 +48,7 @@ func TestParseClusterExample(t *testing.T) {
 		ResyncBandwidth:   100 << 20,
 		VerifyBandwidth:   10e6,
 		RedirectLogins:    false,
+		QuorumLoss:        QuorumLossPDL,
 		TLS: &TLS{
 			CA:   "/etc/metrolun/ca.pem",
 			Cert: "/etc/metrolun/site-a.pem",
@@ -176,6 +177,7 @@ func TestParseClusterDefaults(t *testing.T) {
 		ElectionTimeout:   DefaultElectionTimeout,
 		ReplicaTimeout:    DefaultReplicaTimeout,
 		RedirectLogins:    true,
+		QuorumLoss:        QuorumLossTransitioning,
 		Plaintext:         true,
 		Members: []Member{
 			{Name: "a", Role: RoleData, Raft: "10.0.0.1:7400", Replication: "10.0.0.1:7401", PortalGroup: 1},
@@ -492,6 +494,10 @@ func TestClusterValidateInCode(t *testing.T) {
 			"cluster.election_timeout: must be between 10ms and 10m, got 0s",
 			"cluster.replica_timeout: must be between 10ms and 10m, got 0s",
 			"cluster: has no tls block: members authenticate each other with certificates (metrolun certs init, then metrolun certs issue NAME per member; see docs/security.md); for unauthenticated plain TCP between members say plaintext = true",
+			`cluster.quorum_loss: expected "transitioning" or "pdl", got ""`,
+		}},
+		{"quorum_loss", func(c *Config) { c.Cluster.QuorumLoss = "apd" }, []string{
+			`cluster.quorum_loss: expected "transitioning" or "pdl", got "apd"`,
 		}},
 		{"listen addresses are not filled in", func(c *Config) {
 			c.Cluster.RaftListen, c.Cluster.ReplicationListen, c.Cluster.AdminListen = "", "", ""

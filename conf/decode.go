@@ -64,7 +64,7 @@ var (
 			{Name: "raft_listen"}, {Name: "replication_listen"}, {Name: "admin_listen"},
 			{Name: "lease"}, {Name: "election_timeout"}, {Name: "replica_timeout"},
 			{Name: "resync_bandwidth"}, {Name: "verify_bandwidth"}, {Name: "join"},
-			{Name: "redirect_logins"}, {Name: "plaintext"},
+			{Name: "redirect_logins"}, {Name: "quorum_loss"}, {Name: "plaintext"},
 			{Name: "admin_token_file"}, {Name: "admin_public_metrics"}, {Name: "admin_insecure"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{
@@ -330,6 +330,7 @@ func (d *decoder) cluster(b *hcl.Block) *Cluster {
 	s.bandwidth("verify_bandwidth", &cl.VerifyBandwidth)
 	s.boolean("join", &cl.Join)
 	s.boolean("redirect_logins", &cl.RedirectLogins)
+	s.str("quorum_loss", &cl.QuorumLoss)
 	s.str("admin_token_file", &cl.AdminTokenFile)
 	s.boolean("admin_public_metrics", &cl.AdminPublicMetrics)
 	s.boolean("admin_insecure", &cl.AdminInsecure)

@@ -29,6 +29,9 @@ func (v *validator) cluster(c *Config) {
 	v.adminCredential(cl)
 	v.transport(cl)
 	v.preferences(cl)
+	if cl.QuorumLoss != QuorumLossTransitioning && cl.QuorumLoss != QuorumLossPDL {
+		v.fail("cluster.quorum_loss", "expected %q or %q, got %q", QuorumLossTransitioning, QuorumLossPDL, cl.QuorumLoss)
+	}
 	v.join(c, self)
 	v.imagePaths(c)
 }

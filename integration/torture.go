@@ -56,6 +56,9 @@ type TortureConfig struct {
 	Size int64
 	// Cluster timings; zero keeps metrolun's defaults.
 	Lease, ElectionTimeout, ReplicaTimeout time.Duration
+	// QuorumLoss is the cluster block's quorum_loss; empty keeps the
+	// default.
+	QuorumLoss string
 	// LogLevel of the members (default "info").
 	LogLevel string
 	// KillResetsLinks: Kill also resets the killed member's links, so
@@ -342,6 +345,9 @@ func StartTorture(ctx context.Context, cfg TortureConfig) (_ *TortureCluster, er
 		if cfg.ReplicaTimeout > 0 {
 			cl.ReplicaTimeout = cfg.ReplicaTimeout
 		}
+		if cfg.QuorumLoss != "" {
+			cl.QuorumLoss = cfg.QuorumLoss
+		}
 		for i := range cl.Members {
 			p := &cl.Members[i]
 			if p.Name == mc.Name {
@@ -426,6 +432,9 @@ func renderTortureConfig(c *conf.Config) string {
 		q(cl.AdminListen), q(cl.Lease.String()), q(cl.ElectionTimeout.String()), q(cl.ReplicaTimeout.String()))
 	if cl.AdminTokenFile != "" {
 		fmt.Fprintf(&b, "  admin_token_file = %s\n", q(cl.AdminTokenFile))
+	}
+	if cl.QuorumLoss != "" {
+		fmt.Fprintf(&b, "  quorum_loss = %s\n", q(cl.QuorumLoss))
 	}
 	b.WriteString(tlsBlock(cl))
 	for _, m := range cl.Members {

@@ -84,6 +84,12 @@ type SiteConfig struct {
 	Hold time.Duration
 	// ResyncBandwidth caps resync traffic in bytes/s; 0: no cap.
 	ResyncBandwidth int64
+	// PDL: once this site has lost the cluster (State would say
+	// transitioning) after having served since it started, it reports
+	// its volume lost (Lost, target.DeviceLoss) rather than
+	// transitioning: the answer VMware ESXi takes for a permanent
+	// device loss (conf's quorum_loss = "pdl").
+	PDL bool
 	// RegionSize is the bytes per dirty-bitmap bit; default 1 MiB.
 	RegionSize int64
 	// Dial opens a connection to the data site name at addr (TLS when
@@ -129,7 +135,11 @@ type Site struct {
 	// servedAt is when State last found this site able to serve (a
 	// writer with its lease, or a replica with a read lease), in Unix
 	// nanoseconds; the site's start at first.
-	servedAt  atomic.Int64
+	servedAt atomic.Int64
+	// served: State has found this site able to serve since it started.
+	served atomic.Bool
+	// lost: what Lost last answered (to log its changes).
+	lost      atomic.Bool
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
@@ -721,6 +731,7 @@ func (s *Site) State() target.PathState {
 	now := time.Now()
 	if s.activeWriter() != nil {
 		s.servedAt.Store(now.UnixNano())
+		s.served.Store(true)
 		return target.PathActiveOptimized
 	}
 	v := s.currentView()
@@ -729,6 +740,7 @@ func (s *Site) State() target.PathState {
 	}
 	if ok, _ := s.recv.leaseValid(now); ok {
 		s.servedAt.Store(now.UnixNano())
+		s.served.Store(true)
 		return target.PathActiveNonOptimized
 	}
 	if now.Sub(time.Unix(0, s.servedAt.Load())) > s.cfg.Hold {
@@ -746,6 +758,30 @@ func (s *Site) State() target.PathState {
 		return target.PathTransitioning
 	}
 	return target.PathActiveNonOptimized
+}
+
+// Lost reports whether the site is to answer every command as a lost
+// device (target.DeviceLoss): only with SiteConfig.PDL, once it has
+// served since it started, while State says transitioning (in sync by
+// the last view it heard, without a lease for longer than the hold: cut
+// off, or without quorum). A site that has not served yet (it starts
+// while cut off) stays transitioning: it cannot tell that it was ever
+// the site a host should leave. A fenced or resyncing site is
+// unavailable, not lost: the cluster knows it and will bring it back.
+func (s *Site) Lost() bool {
+	if !s.cfg.PDL {
+		// Called on every command: nothing more without the option.
+		return false
+	}
+	lost := s.served.Load() && s.State() == target.PathTransitioning
+	if s.lost.Load() != lost && s.lost.CompareAndSwap(!lost, lost) {
+		if lost {
+			s.log.Warn("lost the cluster: every command now gets LOGICAL UNIT NOT SUPPORTED (quorum_loss = \"pdl\")")
+		} else {
+			s.log.Info("back in the cluster: commands are served again")
+		}
+	}
+	return lost
 }
 
 // Close stops the site: the writer (if this is it) finishes what is in

@@ -754,3 +754,49 @@ func TestSiteRefusesUnsetTimings(t *testing.T) {
 		}
 	}
 }
+
+// TestSiteLostWithPDL: with PDL set, a site that has served and then
+// lost the cluster (a replica cut off from the writer until its state
+// says transitioning) reports itself lost (target.DeviceLoss), and not
+// lost again once its lease is back. Without PDL, or before it has
+// served since it started, the same site is transitioning and not lost.
+func TestSiteLostWithPDL(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	tc.opts = func(c *SiteConfig) { c.PDL = true }
+	px, err := proxy.New("127.0.0.1:0", tc.addrs["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	tc.addrs["b"] = px.Addr()
+	a, b := tc.start("a"), tc.start("b")
+	var _ target.DeviceLoss = b
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	if b.State() != target.PathActiveNonOptimized || b.Lost() || a.Lost() {
+		t.Fatalf("in sync with a lease: b %v, lost %v; a lost %v", b.State(), b.Lost(), a.Lost())
+	}
+	px.Partition(true, true)
+	until(t, "b lost once it is transitioning", 10*time.Second, func() bool { return b.Lost() })
+	if st := b.State(); st != target.PathTransitioning {
+		t.Fatalf("b lost but %v", st)
+	}
+	// The same moment without PDL, and for a site that has not served
+	// since it started (only the test goroutine reads these).
+	b.cfg.PDL = false
+	if b.Lost() {
+		t.Fatal("b lost without PDL")
+	}
+	b.cfg.PDL = true
+	b.served.Store(false)
+	if b.Lost() {
+		t.Fatal("b lost before it ever served")
+	}
+	b.served.Store(true)
+	px.Partition(false, false)
+	until(t, "b back with its lease", 10*time.Second, func() bool { return b.State() == target.PathActiveNonOptimized })
+	if b.Lost() {
+		t.Fatal("b still lost with its lease back")
+	}
+}

@@ -146,12 +146,26 @@ func (lu *LU) checkALUA() {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	// A cluster that is coming up (no group active/optimized yet: no
-	// writer) gets its first states without a unit attention.
-	settled := strings.Contains(lu.aluaSeen, fmt.Sprintf(":%d;", PathActiveOptimized))
+	// writer) gets its first states without a unit attention. From the
+	// first writer on, every change is reported, those into and out of
+	// a moment without an active/optimized group included: a writer
+	// that moves passes through one at each site (the old writer's own
+	// group drops before the cluster names the new one; the new
+	// writer's is named before it takes over). An initiator that read
+	// REPORT TARGET PORT GROUPS in that moment saw no group optimized,
+	// and Linux's ALUA handler keeps that until the next unit attention:
+	// with none for the way out, both paths stayed at priority 10.
+	settled := lu.aluaSettled
+	if lu.aluaSeen != d && lu.aluaSeen != "" && lu.log != nil {
+		lu.log.Info("port group states changed", "from", lu.aluaSeen, "to", d, "unit_attention", settled)
+	}
 	if settled && lu.aluaSeen != d {
 		lu.queueUA(ascAsymAccessStateChanged, nil)
 	}
 	lu.aluaSeen = d
+	if strings.Contains(d, fmt.Sprintf(":%d;", PathActiveOptimized)) {
+		lu.aluaSettled = true
+	}
 	for in, pd := range per {
 		if old, ok := lu.aluaSeenBy[in]; settled && ok && old != pd {
 			for id, n := range lu.nexuses {

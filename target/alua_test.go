@@ -419,3 +419,58 @@ func TestALUAPreferenceChangeUnitAttention(t *testing.T) {
 	wantGood(t, e.do(a, tur, nil), "once")
 	wantGood(t, e.do(b, tur, nil), "host-c's groups did not change")
 }
+
+// TestALUAWriterMoveThroughNoOptimizedGroup: a writer that moves passes
+// through a moment in which no group is active/optimized at a site (the
+// old writer's own group has dropped and the cluster has not named the
+// new one yet). Both changes, into that moment and out of it, get
+// ASYMMETRIC ACCESS STATE CHANGED: an initiator that re-read REPORT
+// TARGET PORT GROUPS after the first saw no group optimized and must be
+// told again. The old code gave the second change none (it counted a
+// check without an optimized group as a cluster coming up), and the
+// Linux guest of `make hosts` kept both paths at priority 10.
+func TestALUAWriterMoveThroughNoOptimizedGroup(t *testing.T) {
+	e := newLUEnv(t, LUNConfig{})
+	states := map[uint16]PathState{1: PathActiveOptimized, 2: PathActiveNonOptimized}
+	var mu sync.Mutex
+	e.lu.groups = func(initiator string) []PortGroup {
+		mu.Lock()
+		defer mu.Unlock()
+		return sitesProvider(maps.Clone(states))(initiator)
+	}
+	set := func(own, other PathState) {
+		mu.Lock()
+		states[1], states[2] = own, other
+		mu.Unlock()
+		e.vol.setState(own)
+	}
+	tur := []byte{0, 0, 0, 0, 0, 0}
+	a := e.nexus("iqn.host-a", 1)
+	for i := 0; e.do(a, tur, nil).status != statusGood; i++ {
+		if i == 4 {
+			t.Fatal("TEST UNIT READY keeps failing")
+		}
+	}
+	set(PathActiveOptimized, PathActiveNonOptimized)
+	e.lu.checkALUA()
+	e.lu.checkALUA()
+	wantGood(t, e.do(a, tur, nil), "steady")
+	// This site was the writer and no longer is; the cluster has not
+	// named the next one.
+	set(PathActiveNonOptimized, PathActiveNonOptimized)
+	e.lu.checkALUA()
+	wantSense(t, e.do(a, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "the old writer's group dropped")
+	wantGood(t, e.do(a, tur, nil), "once")
+	// The other site is the writer now.
+	set(PathActiveNonOptimized, PathActiveOptimized)
+	e.lu.checkALUA()
+	wantSense(t, e.do(a, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "the new writer took over")
+	wantGood(t, e.do(a, tur, nil), "once")
+	// The same through a moment in which this site is transitioning.
+	set(PathTransitioning, PathActiveNonOptimized)
+	e.lu.checkALUA()
+	wantSense(t, e.do(a, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "no writer, this site transitioning")
+	set(PathActiveOptimized, PathActiveNonOptimized)
+	e.lu.checkALUA()
+	wantSense(t, e.do(a, tur, nil), senseUnitAttention, ascAsymAccessStateChanged, "this site the writer again")
+}

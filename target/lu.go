@@ -69,7 +69,9 @@ type LU struct {
 	groups        PortGroupsFunc    // the other sites' port groups; nil: this one only
 	aluaSeen      string            // port group states at the last checkALUA (mu)
 	aluaSeenBy    map[string]string // the same per initiator (lower case) with a nexus here (mu)
+	aluaSettled   bool              // a group has been active/optimized at some check: changes are reported from then on (mu)
 	log           hclog.Logger      // nil: volume errors are not logged (unit tests)
+	loss          DeviceLoss        // nil: the volume is never reported lost
 	onVolErr      func(VolumeError)
 
 	mu      sync.Mutex
@@ -133,6 +135,7 @@ func newLU(t *Target, c LUNConfig, tpgt uint16) (*LU, error) {
 	copy(lu.naa[:], sum[8:16])
 	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
 	lu.attachShared(c.Volume)
+	lu.loss = deviceLossOf(c.Volume)
 	if err := lu.loadPR(c.PRStateFile); err != nil {
 		return nil, err
 	}

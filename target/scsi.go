@@ -130,6 +130,9 @@ func lookup(cdb []byte) (*opInfo, *scsiResult) {
 	return nil, invalidOpcode()
 }
 
+// opReportLUNs is REPORT LUNS, which a lost LU still answers (DeviceLoss).
+const opReportLUNs = 0xa0
+
 // prepare parses a CDB and applies the checks that come before any data
 // moves, in SAM-5 order: LUN, opcode, unit attention, reservations, CDB
 // fields, access state.
@@ -151,6 +154,10 @@ func (lu *LU) senseFormat(res *scsiResult) *scsiResult {
 
 func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
 	o, res := lookup(cdb)
+	if lu != nil && lu.loss != nil && len(cdb) > 0 && cdb[0] != opReportLUNs && lu.loss.Lost() {
+		// First, as for a LUN that does not exist (DeviceLoss).
+		return nil, checkCondition(senseIllegalRequest, ascLUNotSupported)
+	}
 	if lu == nil {
 		if o == nil || o.flags&fNoLUN == 0 {
 			return nil, checkCondition(senseIllegalRequest, ascLUNotSupported)

@@ -100,6 +100,21 @@ func sharedStateOf(v Volume) SharedState {
 	return nil
 }
 
+// deviceLossOf finds DeviceLoss on v or on a volume it wraps.
+func deviceLossOf(v Volume) DeviceLoss {
+	for range 8 {
+		if l, ok := v.(DeviceLoss); ok {
+			return l
+		}
+		u, ok := v.(interface{ Unwrap() Volume })
+		if !ok {
+			return nil
+		}
+		v = u.Unwrap()
+	}
+	return nil
+}
+
 // attachShared loads the record when the LU is created. Whatever happened
 // before is no news to nexuses that do not exist yet: no unit attentions.
 func (lu *LU) attachShared(v Volume) {

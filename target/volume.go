@@ -47,6 +47,20 @@ type SharedState interface {
 	SetSharedState(expect uint64, data []byte) (ok bool, err error)
 }
 
+// DeviceLoss is implemented by a volume that this site can lose while it
+// runs and that is to be reported lost, not merely unreachable, as
+// VMware ESXi expects of a device that is gone for good: a cluster site
+// cut off from the others, configured so (conf's quorum_loss = "pdl").
+// While Lost reports true, every command to the LU but REPORT LUNS is
+// answered CHECK CONDITION, ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED
+// (05/25/00), the sense ESXi takes for a permanent device loss (PDL) on
+// that path; REPORT LUNS still lists the LU, so that a rescan finds it
+// once it is back. A volume that wraps another passes it on as it does
+// SharedState. Lost is called on every command: it must be cheap.
+type DeviceLoss interface {
+	Lost() bool
+}
+
 // PathState is the ALUA access state of this site's port group for a
 // volume (SPC-4 section 5.15.2).
 type PathState int

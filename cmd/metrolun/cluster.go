@@ -348,6 +348,7 @@ func startMember(cfg *conf.Config, log hclog.Logger) (*member, error) {
 		Peers: others, Control: control{m.cluster},
 		Lease: cl.Lease, ReplicaTimeout: cl.ReplicaTimeout,
 		ResyncBandwidth: cl.ResyncBandwidth,
+		PDL:             cl.QuorumLoss == conf.QuorumLossPDL,
 		Dial:            dial,
 		Authenticate:    auth,
 		Logger:          log.Named("replica"),

@@ -30,6 +30,7 @@ cluster {
   verify_bandwidth = "10MB/s"
   # Out-of-sync sites take logins themselves instead of redirecting them.
   redirect_logins = false
+  quorum_loss = "pdl"
 
   tls {
     ca = "/etc/metrolun/ca.pem"

@@ -18,12 +18,15 @@ import (
 // aim is under 2 s after kill -9 and it is met in most kills (see
 // docs/hosts-linux.md), but the pause is mostly the cluster's own
 // takeover (up to 2.0 s at the target, README), which a loaded machine
-// stretches; the bounds catch the initiator settings going wrong (5 s
-// and more with Debian's defaults), not 100 ms of noise. A silent loss
-// costs the host 2 s more at most: NOP-Out every second, 1 s to answer.
+// stretches (3.07 s once on 2 cores shared by the TCG guest, the
+// cluster and other work at a load of 15, with CI's `make test`); the
+// bounds catch the initiator settings going wrong (5.2 s and more after
+// a kill, 15.5 s after a silent loss with Debian's defaults), not a
+// second of noise. A silent loss costs the host 2 s more at most:
+// NOP-Out every second, 1 s to answer.
 var (
-	maxKillPause   = envDuration("METROLUN_HOSTS_MAX_KILL_PAUSE", 3*time.Second)
-	maxSilentPause = envDuration("METROLUN_HOSTS_MAX_SILENT_PAUSE", 4*time.Second)
+	maxKillPause   = envDuration("METROLUN_HOSTS_MAX_KILL_PAUSE", 4*time.Second)
+	maxSilentPause = envDuration("METROLUN_HOSTS_MAX_SILENT_PAUSE", 5*time.Second)
 )
 
 func envDuration(name string, def time.Duration) time.Duration {
