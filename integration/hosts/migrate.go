@@ -1,0 +1,582 @@
+package hosts
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/metrolun/metrolun/integration/hosts/agent"
+	"github.com/metrolun/metrolun/integration/hosts/stamp"
+)
+
+// A migratable guest is the host tests' Debian guest booted so that
+// QEMU can live-migrate it from one process to another on this host:
+//
+//   - its root is a qcow2 overlay on root.img that every QEMU opens (the
+//     shared storage of a same-host migration; snapshot=on would give
+//     each QEMU a private overlay);
+//   - its data disk is the cluster's LUN through QEMU's own iSCSI
+//     initiator (libiscsi: -blockdev driver=iscsi), at the site the QEMU
+//     stands beside, with that host's initiator name;
+//   - the control channel migrates with the guest: QEMU's user network
+//     forwards the guest's connections to 10.0.2.100:7000 (guestfwd) to
+//     a socket chardev connected to the harness, and those sockets are
+//     the only TCP state libslirp saves in the migration stream. Each
+//     QEMU connects its own chardev; the harness reads each to its end
+//     (the QEMU quits after handing over) before the next, and writes to
+//     the QEMU that runs the guest.
+//
+// The guest's init runs the agent from the 9p share and dials 10.0.2.2,
+// neither of which migrates (QEMU blocks migration while the 9p export is
+// mounted). So after boot the agent copies itself to /tmp (tmpfs, in the
+// guest's RAM), replaces itself with the copy (agent op "exec": same pid,
+// which the init waits on) dialling 10.0.2.100:7000, and the share is
+// unmounted.
+
+// migrateCtlAddr is where the guest's agent dials after boot: QEMU's
+// guestfwd sends it to the harness.
+const migrateCtlAddr = "10.0.2.100:7000"
+
+// Migration settings for a guest under TCG on a loaded 2-core host: the
+// bandwidth bound is loopback's, not a WAN's (QEMU's default is 32 MiB/s,
+// which with 512 MiB of guest RAM spends seconds on pages that are
+// mostly zero), and the downtime limit is QEMU's default.
+const (
+	migrateMaxBandwidth = 1 << 30 // bytes/s
+	migrateDowntimeMS   = 300
+	migrateTimeout      = 3 * time.Minute
+	migrateGuestMemMB   = 512
+)
+
+// DataSerial is the serial of the guest's iSCSI data disk
+// (/sys/block/vdX/serial).
+const DataSerial = "metrolun-data"
+
+// MigratableGuest is a guest that moves between QEMU processes.
+type MigratableGuest struct {
+	// VM is the control channel to the guest's agent; it survives
+	// migrations.
+	VM *VM
+
+	dir, guest, share, overlay, appendLine string
+	cluster                                *Cluster
+	relay                                  *ctlRelay
+
+	mu    sync.Mutex
+	cur   *qemuProc
+	procs []*qemuProc
+	n     int
+}
+
+// qemuProc is one QEMU process of a migratable guest.
+type qemuProc struct {
+	Name string
+	Site *Site
+	IQN  string
+	Log  string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	qmp    *QMP
+	ctl    net.Conn // its guestfwd chardev, accepted from it
+}
+
+// MigrationResult is what one live migration cost.
+type MigrationResult struct {
+	From, To string // QEMU names: "qemu1@site-a"
+	// Downtime is QEMU's figure (query-migrate on the source: from
+	// stopping the guest to the last byte sent).
+	Downtime time.Duration
+	// Paused is from the source's STOP event to the destination's
+	// RESUME event (QEMU's timestamps, the host's clock): how long the
+	// guest did not run at all.
+	Paused time.Duration
+	// Total is query-migrate's total-time; Setup its setup-time.
+	Total, Setup time.Duration
+	// RAM is what the migration stream carried for RAM, in bytes
+	// (ram.transferred), and Passes the dirty-sync count.
+	RAM    int64
+	Passes int64
+	// Started and Completed are on the host's clock: the migrate command,
+	// and the destination's RESUME.
+	Started, Completed time.Time
+}
+
+// StartMigratableGuest boots the guest in a first QEMU ("qemu1") beside
+// site, its data disk the LUN at that site with initiator name iqn, and
+// moves its agent onto the migratable channel. Everything stops when the
+// test ends.
+func StartMigratableGuest(t testing.TB, c *Cluster, share string, site *Site, iqn string) (*MigratableGuest, error) {
+	ctx := context.Background()
+	dir := GuestDir()
+	for _, f := range []string{"vmlinuz", "initrd.img", "root.img"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("guest not built: %s missing (run scripts/build-guest.sh, or make hosts): %w", f, err)
+		}
+	}
+	g := &MigratableGuest{dir: t.TempDir(), guest: dir, share: share, cluster: c}
+	t.Cleanup(g.Stop)
+	g.overlay = filepath.Join(g.dir, "root.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", filepath.Join(dir, "root.img"), g.overlay).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qemu-img create the root overlay: %v: %s", err, out)
+	}
+	boot, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer boot.Close()
+	g.appendLine = "console=ttyS0 root=/dev/vda rw init=/sbin/metrolun-init quiet loglevel=4 panic=-1 net.ifnames=0 metrolun.ctl=" + strconv.Itoa(boot.Addr().(*net.TCPAddr).Port)
+	start := time.Now()
+	p, err := g.startQEMU(ctx, site, iqn, false)
+	if err != nil {
+		return nil, err
+	}
+	// The init's agent, from the share, over 10.0.2.2.
+	conn, err := acceptWithin(boot, 5*time.Minute, p.exited)
+	if err != nil {
+		return nil, fmt.Errorf("guest's agent did not connect: %w; console: %s", err, tail(p.Log, 15))
+	}
+	first := attachVM(conn, p.Log)
+	defer first.Stop()
+	if _, err := first.Run(ctx, time.Minute, fmt.Sprintf("cp /mnt/share/agent /tmp/agent && date -s @%.3f >/dev/null", float64(time.Now().UnixNano())/1e9)); err != nil {
+		return nil, err
+	}
+	g.relay = newCtlRelay(p.ctl)
+	g.VM = attachVM(g.relay.host, p.Log)
+	if _, err := first.call(ctx, agent.Request{Op: "exec", Argv: []string{"/tmp/agent", "agent", "-connect", migrateCtlAddr}}, 30*time.Second); err != nil {
+		return nil, fmt.Errorf("moving the agent to /tmp: %w", err)
+	}
+	// Sent before the new agent dials: QEMU holds it until the guest's
+	// connection exists.
+	if out, err := g.VM.Run(ctx, time.Minute, "umount /mnt/share && echo unmounted"); err != nil || !strings.Contains(out, "unmounted") {
+		return nil, fmt.Errorf("unmount the share (QEMU refuses to migrate while it is mounted): %v %s", err, out)
+	}
+	g.VM.Booted = time.Since(start)
+	return g, nil
+}
+
+// startQEMU starts the next QEMU of the guest beside site; incoming
+// makes it wait for a migration (-incoming defer; Migrate says where).
+func (g *MigratableGuest) startQEMU(ctx context.Context, site *Site, iqn string, incoming bool) (_ *qemuProc, err error) {
+	g.mu.Lock()
+	g.n++
+	name := fmt.Sprintf("qemu%d@%s", g.n, site.Name)
+	g.mu.Unlock()
+	ctlLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ctlLn.Close()
+	host, port, err := net.SplitHostPort(site.Portal)
+	if err != nil {
+		return nil, err
+	}
+	p := &qemuProc{Name: name, Site: site, IQN: iqn, Log: filepath.Join(g.dir, name+".log"), exited: make(chan struct{})}
+	qmpPath := filepath.Join(g.dir, name+".qmp")
+	args := []string{
+		"-name", name,
+		"-accel", "tcg,thread=multi",
+		"-machine", "pc", "-cpu", "max",
+		"-smp", "2", "-m", strconv.Itoa(migrateGuestMemMB),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-serial", "stdio",
+		"-kernel", filepath.Join(g.guest, "vmlinuz"),
+		"-initrd", filepath.Join(g.guest, "initrd.img"),
+		"-append", g.appendLine,
+		"-drive", "file=" + g.overlay + ",if=none,id=root,format=qcow2",
+		"-device", "virtio-blk-pci,drive=root,id=vroot,addr=0x4",
+		// The LUN through libiscsi, as docs/live-migration.md recommends:
+		// the host's own initiator name, no host cache (cache=none), the
+		// guest told of a write cache so that its flushes reach the LUN.
+		"-blockdev", "driver=iscsi,node-name=data,transport=tcp,portal=" + net.JoinHostPort(host, port) +
+			",target=" + g.cluster.Target + ",lun=0,initiator-name=" + iqn + ",cache.direct=on,cache.no-flush=off",
+		"-device", "virtio-blk-pci,drive=data,id=vdata,serial=" + DataSerial + ",write-cache=on,addr=0x5",
+		"-netdev", "user,id=n0,net=10.0.2.0/24,guestfwd=tcp:" + migrateCtlAddr + "-tcp:" + ctlLn.Addr().String(),
+		"-device", "virtio-net-pci,netdev=n0,romfile=,addr=0x3",
+		"-virtfs", "local,path=" + g.share + ",mount_tag=share,security_model=none,id=share",
+		"-qmp", "unix:" + qmpPath + ",server=on,wait=off",
+	}
+	if incoming {
+		args = append(args, "-incoming", "defer")
+	}
+	logf, err := os.Create(p.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	p.cmd = exec.Command("qemu-system-x86_64", args...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	g.mu.Lock()
+	g.procs = append(g.procs, p)
+	g.mu.Unlock()
+	defer func() {
+		if err != nil {
+			p.stop()
+		}
+	}()
+	// QEMU connects the guestfwd chardev while it sets up the network,
+	// before its monitor answers.
+	if p.ctl, err = acceptWithin(ctlLn, time.Minute, p.exited); err != nil {
+		return nil, fmt.Errorf("%s did not connect its control chardev: %w; log: %s", name, err, tail(p.Log, 10))
+	}
+	if p.qmp, err = DialQMP(ctx, qmpPath, time.Minute); err != nil {
+		return nil, fmt.Errorf("%s: %w; log: %s", name, err, tail(p.Log, 10))
+	}
+	return p, nil
+}
+
+// acceptWithin accepts one connection on ln, up to d, unless exited
+// closes first.
+func acceptWithin(ln net.Listener, d time.Duration, exited <-chan struct{}) (net.Conn, error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-exited:
+		return nil, errors.New("QEMU exited")
+	case <-time.After(d):
+		return nil, fmt.Errorf("no connection within %v", d)
+	}
+}
+
+// Current is the QEMU running the guest.
+func (g *MigratableGuest) Current() *qemuProc {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cur == nil && len(g.procs) > 0 {
+		return g.procs[0]
+	}
+	return g.cur
+}
+
+// Migrate live-migrates the guest to a new QEMU beside site whose data
+// disk is the LUN at that site (initiator name iqn): the destination
+// starts with -incoming, the source migrates to it over loopback
+// (query-migrate polled until completed, at most migrateTimeout; no
+// block migration, the LUN is shared storage: QEMU flushes and releases
+// it at the source before the destination takes it), and the source
+// quits once the guest runs at the destination.
+func (g *MigratableGuest) Migrate(ctx context.Context, site *Site, iqn string) (MigrationResult, error) {
+	src := g.Current()
+	dst, err := g.startQEMU(ctx, site, iqn, true)
+	if err != nil {
+		return MigrationResult{}, err
+	}
+	res := MigrationResult{From: src.Name, To: dst.Name}
+	fail := func(err error) (MigrationResult, error) {
+		src.qmp.Execute(ctx, 10*time.Second, "migrate_cancel", nil, nil)
+		dst.stop()
+		return res, fmt.Errorf("migrate %s -> %s: %w; destination log: %s", src.Name, dst.Name, err, tail(dst.Log, 10))
+	}
+	if err := dst.qmp.Execute(ctx, 30*time.Second, "migrate-incoming", map[string]any{"uri": "tcp:127.0.0.1:0"}, nil); err != nil {
+		return fail(err)
+	}
+	var in struct {
+		SocketAddress []struct {
+			Host string `json:"host"`
+			Port string `json:"port"`
+		} `json:"socket-address"`
+	}
+	if err := dst.qmp.Execute(ctx, 30*time.Second, "query-migrate", nil, &in); err != nil {
+		return fail(err)
+	}
+	if len(in.SocketAddress) == 0 {
+		return fail(errors.New("the destination names no listening address (query-migrate socket-address)"))
+	}
+	uri := "tcp:" + net.JoinHostPort(in.SocketAddress[0].Host, in.SocketAddress[0].Port)
+	if err := src.qmp.Execute(ctx, 30*time.Second, "migrate-set-parameters", map[string]any{
+		"max-bandwidth": migrateMaxBandwidth, "downtime-limit": migrateDowntimeMS}, nil); err != nil {
+		return fail(err)
+	}
+	res.Started = time.Now()
+	if err := src.qmp.Execute(ctx, 30*time.Second, "migrate", map[string]any{"uri": uri}, nil); err != nil {
+		return fail(err)
+	}
+	var st struct {
+		Status    string `json:"status"`
+		TotalTime int64  `json:"total-time"`
+		Downtime  int64  `json:"downtime"`
+		SetupTime int64  `json:"setup-time"`
+		ErrorDesc string `json:"error-desc"`
+		RAM       struct {
+			Transferred    int64 `json:"transferred"`
+			DirtySyncCount int64 `json:"dirty-sync-count"`
+		} `json:"ram"`
+	}
+	for deadline := time.Now().Add(migrateTimeout); ; {
+		if err := src.qmp.Execute(ctx, 30*time.Second, "query-migrate", nil, &st); err != nil {
+			return fail(err)
+		}
+		if st.Status == "completed" {
+			break
+		}
+		if st.Status == "failed" || st.Status == "cancelled" {
+			return fail(fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc))
+		}
+		if time.Now().After(deadline) {
+			return fail(fmt.Errorf("not completed within %v (status %s, %d bytes of RAM sent)", migrateTimeout, st.Status, st.RAM.Transferred))
+		}
+		select {
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	res.Downtime = time.Duration(st.Downtime) * time.Millisecond
+	res.Total = time.Duration(st.TotalTime) * time.Millisecond
+	res.Setup = time.Duration(st.SetupTime) * time.Millisecond
+	res.RAM, res.Passes = st.RAM.Transferred, st.RAM.DirtySyncCount
+	stop, err := src.qmp.WaitEvent(ctx, "STOP", res.Started.Add(-time.Second), 10*time.Second)
+	if err != nil {
+		return fail(err)
+	}
+	// The destination runs the guest once it has loaded the state
+	// (autostart); its RESUME is the end of the pause.
+	resume, err := dst.qmp.WaitEvent(ctx, "RESUME", res.Started.Add(-time.Second), time.Minute)
+	if err != nil {
+		return fail(err)
+	}
+	res.Paused = resume.Time.Sub(stop.Time)
+	res.Completed = resume.Time
+	// From here the guest talks through the destination: the source's
+	// chardev is read to its end (the source quits), then the
+	// destination's.
+	g.relay.next(dst.ctl)
+	g.mu.Lock()
+	g.cur = dst
+	g.mu.Unlock()
+	if err := src.qmp.Execute(ctx, 30*time.Second, "quit", nil, nil); err != nil && !strings.Contains(err.Error(), "closed") {
+		src.stop()
+	}
+	select {
+	case <-src.exited:
+	case <-time.After(30 * time.Second):
+		src.stop()
+	}
+	return res, nil
+}
+
+// DataDev finds the guest's iSCSI data disk by its serial.
+func (g *MigratableGuest) DataDev(ctx context.Context) (string, error) {
+	out, err := g.VM.Run(ctx, 30*time.Second, `for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "`+DataSerial+`" ] && echo /dev/${d##*/}; done`)
+	if err != nil {
+		return "", err
+	}
+	dev := strings.TrimSpace(out)
+	if dev == "" || strings.Contains(dev, "\n") {
+		return "", fmt.Errorf("no single disk with serial %s in the guest: %q", DataSerial, out)
+	}
+	return dev, nil
+}
+
+// Stop kills every QEMU of the guest.
+func (g *MigratableGuest) Stop() {
+	if g.VM != nil {
+		g.VM.Stop()
+	}
+	if g.relay != nil {
+		g.relay.Close()
+	}
+	g.mu.Lock()
+	procs := append([]*qemuProc(nil), g.procs...)
+	g.mu.Unlock()
+	for _, p := range procs {
+		p.stop()
+	}
+}
+
+func (p *qemuProc) stop() {
+	if p.qmp != nil {
+		p.qmp.Close()
+	}
+	if p.ctl != nil {
+		p.ctl.Close()
+	}
+	if p.cmd != nil && p.cmd.Process != nil {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// attachVM makes a VM of a control connection that no one QEMU owns (the
+// migratable guest's): Stop closes the connection only.
+func attachVM(conn net.Conn, log string) *VM {
+	exited := make(chan struct{})
+	close(exited)
+	vm := &VM{Log: log, cmd: &exec.Cmd{}, exited: exited, conn: conn, wait: map[uint64]chan agent.Message{},
+		proc: map[string]chan agent.Message{}, done: make(chan struct{})}
+	vm.enc = json.NewEncoder(conn)
+	go vm.read()
+	return vm
+}
+
+// ctlRelay joins the guestfwd chardevs of a guest's QEMUs into one
+// connection for the harness (host): what the guest sends is read from
+// each chardev to its end, in the order of the QEMUs, so that a line
+// split across a migration arrives whole; what the harness sends goes to
+// the QEMU that runs the guest. Bytes the harness sends to a source that
+// has already stopped the guest are lost, so nothing is sent during a
+// migration.
+type ctlRelay struct {
+	host, inner net.Conn // the two ends of a pipe
+
+	mu     sync.Mutex
+	cur    net.Conn
+	all    []net.Conn
+	conns  chan net.Conn
+	closed bool
+}
+
+func newCtlRelay(first net.Conn) *ctlRelay {
+	a, b := net.Pipe()
+	r := &ctlRelay{host: a, inner: b, cur: first, all: []net.Conn{first}, conns: make(chan net.Conn, 16)}
+	r.conns <- first
+	go r.fromGuest()
+	go r.toGuest()
+	return r
+}
+
+func (r *ctlRelay) fromGuest() {
+	for c := range r.conns {
+		if _, err := io.Copy(r.inner, c); err != nil && errors.Is(err, io.ErrClosedPipe) {
+			return
+		}
+	}
+}
+
+func (r *ctlRelay) toGuest() {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.inner.Read(buf)
+		if n > 0 {
+			r.mu.Lock()
+			c := r.cur
+			r.mu.Unlock()
+			c.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// next makes c the connection of the QEMU that runs the guest now.
+func (r *ctlRelay) next(c net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.cur = c
+	r.all = append(r.all, c)
+	r.conns <- c
+}
+
+func (r *ctlRelay) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	close(r.conns)
+	r.host.Close()
+	r.inner.Close()
+	for _, c := range r.all {
+		c.Close()
+	}
+}
+
+// StartGuestLoad runs `agent write` on dev in the guest like StartLoad,
+// but from the agent's copy in /tmp with its journal at journal (a guest
+// path: the share is unmounted), reporting gaps longer than gap.
+func StartGuestLoad(ctx context.Context, vm *VM, name, dev, journal string, offset int64, blocks, workers int, gap time.Duration) (*Load, error) {
+	l := &Load{vm: vm, changed: make(chan struct{}), finished: make(chan struct{})}
+	ch, err := vm.Start(ctx, name, "/tmp/agent", "write", "-dev", dev,
+		"-journal", journal, "-offset", strconv.FormatInt(offset, 10),
+		"-blocks", strconv.Itoa(blocks), "-workers", strconv.Itoa(workers), "-gap", gap.String())
+	if err != nil {
+		return nil, err
+	}
+	go l.follow(ch)
+	return l, nil
+}
+
+// StopGuestLoad stops a load started by StartGuestLoad (SIGTERM to the
+// process called name), and fetches its journal from the guest into
+// hostPath.
+func StopGuestLoad(ctx context.Context, l *Load, name, journal, hostPath string) (*stamp.Journal, error) {
+	if err := l.vm.Signal(ctx, name, syscall.SIGTERM); err != nil {
+		return nil, err
+	}
+	select {
+	case <-l.finished:
+	case <-time.After(2 * time.Minute):
+		return nil, fmt.Errorf("workload did not exit within 2m of SIGTERM; last output: %s", strings.Join(l.tailLines(), " | "))
+	}
+	l.mu.Lock()
+	exit := l.exit
+	l.mu.Unlock()
+	if exit != 0 {
+		return nil, fmt.Errorf("workload exited %d: %s", exit, strings.Join(l.tailLines(), " | "))
+	}
+	out, err := l.vm.Run(ctx, time.Minute, "cat "+journal)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(hostPath, []byte(out), 0o644); err != nil {
+		return nil, err
+	}
+	l.Journal = hostPath
+	return stamp.Load(hostPath)
+}
+
+func (l *Load) tailLines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.tail...)
+}
+
+// LongestGap is the longest write gap the guest reported whose report
+// arrived in [from, to] (host clock), and how many there were.
+func (l *Load) LongestGap(from, to time.Time) (time.Duration, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var longest time.Duration
+	n := 0
+	for _, g := range l.gaps {
+		if !g.Arrived.Before(from) && !g.Arrived.After(to) {
+			longest = max(longest, g.Length)
+			n++
+		}
+	}
+	return longest, n
+}
