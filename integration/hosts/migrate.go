@@ -1,7 +1,9 @@
 package hosts
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +81,8 @@ type MigratableGuest struct {
 	cur   *qemuProc
 	procs []*qemuProc
 	n     int
+	taps  map[string]*wireTap // by site
+	done  *completions
 }
 
 // qemuProc is one QEMU process of a migratable guest.
@@ -109,9 +114,9 @@ type MigrationResult struct {
 	// (ram.transferred), and Passes the dirty-sync count.
 	RAM    int64
 	Passes int64
-	// Started and Completed are on the host's clock: the migrate command,
-	// and the destination's RESUME.
-	Started, Completed time.Time
+	// Started, Stopped and Completed are on the host's clock: the
+	// migrate command, the source's STOP and the destination's RESUME.
+	Started, Stopped, Completed time.Time
 }
 
 // StartMigratableGuest boots the guest in a first QEMU ("qemu1") beside
@@ -126,7 +131,7 @@ func StartMigratableGuest(t testing.TB, c *Cluster, share string, site *Site, iq
 			return nil, fmt.Errorf("guest not built: %s missing (run scripts/build-guest.sh, or make hosts): %w", f, err)
 		}
 	}
-	g := &MigratableGuest{dir: t.TempDir(), guest: dir, share: share, cluster: c}
+	g := &MigratableGuest{dir: t.TempDir(), guest: dir, share: share, cluster: c, taps: map[string]*wireTap{}, done: &completions{}}
 	t.Cleanup(g.Stop)
 	g.overlay = filepath.Join(g.dir, "root.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", filepath.Join(dir, "root.img"), g.overlay).CombinedOutput(); err != nil {
@@ -179,7 +184,11 @@ func (g *MigratableGuest) startQEMU(ctx context.Context, site *Site, iqn string,
 		return nil, err
 	}
 	defer ctlLn.Close()
-	host, port, err := net.SplitHostPort(site.Portal)
+	tap, err := g.tap(site)
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(tap.Addr())
 	if err != nil {
 		return nil, err
 	}
@@ -200,8 +209,9 @@ func (g *MigratableGuest) startQEMU(ctx context.Context, site *Site, iqn string,
 		// The LUN through libiscsi, as docs/live-migration.md recommends:
 		// the host's own initiator name, no host cache (cache=none), the
 		// guest told of a write cache so that its flushes reach the LUN.
+		// No header digest: the wire tap reads the PDUs.
 		"-blockdev", "driver=iscsi,node-name=data,transport=tcp,portal=" + net.JoinHostPort(host, port) +
-			",target=" + g.cluster.Target + ",lun=0,initiator-name=" + iqn + ",cache.direct=on,cache.no-flush=off",
+			",target=" + g.cluster.Target + ",lun=0,initiator-name=" + iqn + ",header-digest=none,cache.direct=on,cache.no-flush=off",
 		"-device", "virtio-blk-pci,drive=data,id=vdata,serial=" + DataSerial + ",write-cache=on,addr=0x5",
 		"-netdev", "user,id=n0,net=10.0.2.0/24,guestfwd=tcp:" + migrateCtlAddr + "-tcp:" + ctlLn.Addr().String(),
 		"-device", "virtio-net-pci,netdev=n0,romfile=,addr=0x3",
@@ -282,11 +292,22 @@ func (g *MigratableGuest) Current() *qemuProc {
 // it at the source before the destination takes it), and the source
 // quits once the guest runs at the destination.
 func (g *MigratableGuest) Migrate(ctx context.Context, site *Site, iqn string) (MigrationResult, error) {
-	src := g.Current()
-	dst, err := g.startQEMU(ctx, site, iqn, true)
+	dst, err := g.Prepare(ctx, site, iqn)
 	if err != nil {
 		return MigrationResult{}, err
 	}
+	return g.MigrateTo(ctx, dst)
+}
+
+// Prepare starts the QEMU a migration goes to: beside site, with the LUN
+// there as its data disk (initiator name iqn), waiting for the guest.
+func (g *MigratableGuest) Prepare(ctx context.Context, site *Site, iqn string) (*qemuProc, error) {
+	return g.startQEMU(ctx, site, iqn, true)
+}
+
+// MigrateTo migrates the guest to dst (from Prepare); see Migrate.
+func (g *MigratableGuest) MigrateTo(ctx context.Context, dst *qemuProc) (MigrationResult, error) {
+	src := g.Current()
 	res := MigrationResult{From: src.Name, To: dst.Name}
 	fail := func(err error) (MigrationResult, error) {
 		src.qmp.Execute(ctx, 10*time.Second, "migrate_cancel", nil, nil)
@@ -362,7 +383,7 @@ func (g *MigratableGuest) Migrate(ctx context.Context, site *Site, iqn string) (
 		return fail(err)
 	}
 	res.Paused = resume.Time.Sub(stop.Time)
-	res.Completed = resume.Time
+	res.Stopped, res.Completed = stop.Time, resume.Time
 	// From here the guest talks through the destination: the source's
 	// chardev is read to its end (the source quits), then the
 	// destination's.
@@ -394,6 +415,32 @@ func (g *MigratableGuest) DataDev(ctx context.Context) (string, error) {
 	return dev, nil
 }
 
+// tap returns the wire tap in front of site's portal, starting it the
+// first time.
+func (g *MigratableGuest) tap(site *Site) (*wireTap, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t := g.taps[site.Name]; t != nil {
+		return t, nil
+	}
+	t, err := newWireTap(site.Portal, g.done)
+	if err != nil {
+		return nil, err
+	}
+	g.taps[site.Name] = t
+	return t, nil
+}
+
+// LongestIOGap is the longest time in [from, to] (the host's clock) in
+// which no write of the guest's disk completed at any site, as seen on
+// the wire between its QEMUs and the sites' portals: the gap, when it
+// began, and how many writes completed in the window. It is an
+// error when a tap lost track of the PDUs (a figure from a misread
+// stream would be wrong, not rough).
+func (g *MigratableGuest) LongestIOGap(from, to time.Time) (IOGap, error) {
+	return g.done.longestGap(from, to)
+}
+
 // Stop kills every QEMU of the guest.
 func (g *MigratableGuest) Stop() {
 	if g.VM != nil {
@@ -407,6 +454,11 @@ func (g *MigratableGuest) Stop() {
 	g.mu.Unlock()
 	for _, p := range procs {
 		p.stop()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range g.taps {
+		t.Close()
 	}
 }
 
@@ -579,4 +631,186 @@ func (l *Load) LongestGap(from, to time.Time) (time.Duration, int) {
 		}
 	}
 	return longest, n
+}
+
+// completions are the times (host clock) at which a target completed a
+// write of the guest's disk.
+type completions struct {
+	mu     sync.Mutex
+	at     []time.Time
+	broken error
+}
+
+func (c *completions) add(t time.Time) {
+	c.mu.Lock()
+	c.at = append(c.at, t)
+	c.mu.Unlock()
+}
+
+func (c *completions) fail(err error) {
+	c.mu.Lock()
+	if c.broken == nil {
+		c.broken = err
+	}
+	c.mu.Unlock()
+}
+
+// IOGap is the longest stretch without a completed command in a window.
+type IOGap struct {
+	Length    time.Duration
+	Start     time.Time
+	Completed int // writes completed in the window
+}
+
+func (c *completions) longestGap(from, to time.Time) (IOGap, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.broken != nil {
+		return IOGap{}, c.broken
+	}
+	var in []time.Time
+	for _, t := range c.at {
+		if !t.Before(from) && !t.After(to) {
+			in = append(in, t)
+		}
+	}
+	slices.SortFunc(in, func(a, b time.Time) int { return a.Compare(b) })
+	g := IOGap{Completed: len(in)}
+	for i := 1; i < len(in); i++ {
+		if d := in[i].Sub(in[i-1]); d > g.Length {
+			g.Length, g.Start = d, in[i-1]
+		}
+	}
+	return g, nil
+}
+
+// wireTap forwards a QEMU's iSCSI connections to a site's portal and
+// notes when the target completes a write: the SCSI Response PDU (RFC
+// 7143 section 11.4) whose Initiator Task Tag is that of a SCSI Command
+// PDU (section 11.3) carrying a WRITE CDB, on the host's clock. It
+// assumes no digests (the QEMUs ask for none) and gives up, and says so,
+// on a PDU it cannot frame.
+type wireTap struct {
+	ln       net.Listener
+	upstream string
+	done     *completions
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newWireTap(upstream string, done *completions) (*wireTap, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	t := &wireTap{ln: ln, upstream: upstream, done: done}
+	t.wg.Add(1)
+	go t.accept()
+	return t, nil
+}
+
+// Addr is the address QEMU connects to.
+func (t *wireTap) Addr() string { return t.ln.Addr().String() }
+
+func (t *wireTap) accept() {
+	defer t.wg.Done()
+	for {
+		a, err := t.ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.DialTimeout("tcp", t.upstream, 10*time.Second)
+		if err != nil {
+			a.Close()
+			continue
+		}
+		t.mu.Lock()
+		t.conns = append(t.conns, a, b)
+		t.mu.Unlock()
+		writes := &writeTags{tags: map[uint32]bool{}}
+		t.wg.Add(2)
+		go func() {
+			defer t.wg.Done()
+			t.relay(b, a, func(bhs []byte, _ time.Time) {
+				// SCSI Command: CDB at bytes 32-47.
+				if bhs[0]&0x3f == 0x01 && isWriteCDB(bhs[32]) {
+					writes.add(binary.BigEndian.Uint32(bhs[16:20]))
+				}
+			})
+			b.(*net.TCPConn).CloseWrite()
+		}()
+		go func() {
+			defer t.wg.Done()
+			t.relay(a, b, func(bhs []byte, at time.Time) {
+				if bhs[0]&0x3f == 0x21 && writes.take(binary.BigEndian.Uint32(bhs[16:20])) {
+					t.done.add(at)
+				}
+			})
+			a.(*net.TCPConn).CloseWrite()
+		}()
+	}
+}
+
+// isWriteCDB is true for WRITE(10), WRITE(12) and WRITE(16) (SBC-4).
+func isWriteCDB(op byte) bool { return op == 0x2a || op == 0xaa || op == 0x8a }
+
+// writeTags are the task tags of a connection's writes in flight.
+type writeTags struct {
+	mu   sync.Mutex
+	tags map[uint32]bool
+}
+
+func (w *writeTags) add(tag uint32) {
+	w.mu.Lock()
+	w.tags[tag] = true
+	w.mu.Unlock()
+}
+
+func (w *writeTags) take(tag uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ok := w.tags[tag]
+	delete(w.tags, tag)
+	return ok
+}
+
+// relay copies PDUs from src to dst, showing each header to seen (with
+// the time it was read) before forwarding it.
+func (t *wireTap) relay(dst, src net.Conn, seen func(bhs []byte, at time.Time)) {
+	r := bufio.NewReaderSize(src, 256<<10)
+	bhs := make([]byte, 48)
+	for {
+		if _, err := io.ReadFull(r, bhs); err != nil {
+			return
+		}
+		at := time.Now()
+		ahs := int(bhs[4]) * 4
+		dlen := int(bhs[5])<<16 | int(bhs[6])<<8 | int(bhs[7])
+		if dlen > 16<<20 {
+			t.done.fail(fmt.Errorf("wire tap to %s: cannot frame a PDU (opcode %#x, %d data bytes): no write gap measured", t.upstream, bhs[0]&0x3f, dlen))
+			dst.Write(bhs)
+			io.Copy(dst, r)
+			return
+		}
+		seen(bhs, at)
+		if _, err := dst.Write(bhs); err != nil {
+			return
+		}
+		if _, err := io.CopyN(dst, r, int64(ahs+dlen+(4-dlen%4)%4)); err != nil {
+			return
+		}
+	}
+}
+
+// Close stops the tap and its connections.
+func (t *wireTap) Close() {
+	t.ln.Close()
+	t.mu.Lock()
+	for _, c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
 }

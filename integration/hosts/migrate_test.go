@@ -56,6 +56,8 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 			for _, p := range g.procs {
 				t.Logf("%s console (last lines):\n%s", p.Name, strings.ReplaceAll(tail(p.Log, 20), " | ", "\n"))
 			}
+			t.Logf("writers started, in the members' logs:\n%s", c.GrepLogs("writer: starting", 10))
+			t.Logf("warnings and errors in the members' logs:\n%s\n%s", c.GrepLogs("[WARN]", 30), c.GrepLogs("[ERROR]", 30))
 		}
 	})
 	dev, err := g.DataDev(ctx)
@@ -71,11 +73,13 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 		journal string
 		load    *Load
 		res     MigrationResult
-		gap     time.Duration
+		gap     time.Duration // longest write gap the guest measured
+		ioGap   time.Duration // longest time no command completed, on the wire
 		gaps    int
-		lag     time.Duration // guest clock behind the host's, gained in the migration
 		j       *stamp.Journal
 		verify  string
+		checked int // blocks last written through the source's site, read back through the destination's
+		moved   int // new writer epochs during the phase, when writes failed
 	}
 	phases := []*phase{
 		{to: siteB, iqn: hostBIQN, offset: 1 << 20, journal: "/tmp/journal-1.json"},
@@ -83,6 +87,14 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 	}
 	const blocks, workers = 4096, 4
 	for i, ph := range phases {
+		// The destination first: the workload then runs at the source
+		// for a few hundred writes only, and most blocks still hold
+		// them when they are read back at the destination.
+		dst, err := g.Prepare(ctx, ph.to, ph.iqn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		startsBefore := writerStarts(c)
 		name := fmt.Sprintf("load%d", i+1)
 		ph.load, err = StartGuestLoad(ctx, g.VM, name, dev, ph.journal, ph.offset, blocks, workers, 20*time.Millisecond)
 		if err != nil {
@@ -91,31 +103,29 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 		if err := ph.load.WaitWrites(300, 2*time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		before, err := clockLag(ctx, g.VM)
-		if err != nil {
-			t.Fatal(err)
-		}
 		from := g.Current()
 		atSource := ph.load.Writes()
-		ph.res, err = g.Migrate(ctx, ph.to, ph.iqn)
+		ph.res, err = g.MigrateTo(ctx, dst)
 		if err != nil {
 			t.Fatal(err)
 		}
-		after, err := clockLag(ctx, g.VM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ph.lag = after - before
 		// The workload runs on at the destination, a few hundred writes:
 		// most blocks still hold what was written at the source.
 		if err := ph.load.WaitWrites(ph.load.Writes()+200, 2*time.Minute); err != nil {
 			t.Fatalf("after the migration to %s: %v", ph.to.Name, err)
 		}
-		ph.gap, ph.gaps = ph.load.LongestGap(ph.res.Started, time.Now())
-		t.Logf("%s (%s, %s) -> %s (%s, %s): QEMU downtime %v, guest paused %v, total %v (setup %v, %d passes, %d MiB of RAM), longest write gap in the guest %v (%d gaps over 20ms); the guest's clock fell %v behind the host's (pause and TCG drift)",
+		end := time.Now()
+		ph.gap, ph.gaps = ph.load.LongestGap(ph.res.Started, end)
+		wire, err := g.LongestIOGap(ph.res.Started, end)
+		if err != nil {
+			t.Error(err)
+		}
+		ph.ioGap = wire.Length
+		t.Logf("%s (%s, %s) -> %s (%s, %s): QEMU downtime %v, guest paused %v, total %v (setup %v, %d passes, %d MiB of RAM); longest write gap in the guest %v (%d gaps over 20ms), on the wire %v from %v before STOP to %v after RESUME (%d writes completed)",
 			from.Name, from.Site.Portal, from.IQN, ph.res.To, ph.to.Portal, ph.iqn,
 			ph.res.Downtime, ph.res.Paused.Round(time.Millisecond), ph.res.Total, ph.res.Setup, ph.res.Passes, ph.res.RAM>>20,
-			ph.gap, ph.gaps, ph.lag.Round(time.Millisecond))
+			ph.gap, ph.gaps, wire.Length.Round(time.Millisecond), ph.res.Stopped.Sub(wire.Start).Round(time.Millisecond),
+			wire.Start.Add(wire.Length).Sub(ph.res.Completed).Round(time.Millisecond), wire.Completed)
 		ph.j, err = StopGuestLoad(ctx, ph.load, name, ph.journal, filepath.Join(t.TempDir(), "journal.json"))
 		if err != nil {
 			t.Fatal(err)
@@ -125,14 +135,29 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 		// through the source's site (all but the few in flight then were
 		// acknowledged there too, and the source drains those before it
 		// hands over).
-		fromSource := 0
 		for _, n := range ph.j.Acked {
 			if n != 0 && n <= atSource {
-				fromSource++
+				ph.checked++
 			}
 		}
+		if ph.checked == 0 {
+			t.Errorf("no block still holds a write from before the migration: the read-back at %s proves nothing about writes made through %s", ph.to.Name, from.Site.Name)
+		}
+		// QEMU's iSCSI driver fails a write the target answers with
+		// ABORTED COMMAND (outcome unknown) or NOT READY, which is what a
+		// writer move gives the writes in flight; the kernel's initiator
+		// retries them. On a loaded host a lease can lapse and the writer
+		// move by itself: writes failed then are reported, not blamed on
+		// the migration (docs/live-migration.md).
+		moves := writerStarts(c)[len(startsBefore):]
 		if errs := ph.load.Errors(); len(errs) > 0 || ph.j.Errors > 0 {
-			t.Errorf("the guest saw %d failed writes: %s", ph.j.Errors, strings.Join(errs[:min(len(errs), 5)], "; "))
+			if len(moves) > 0 {
+				ph.moved = len(moves)
+				t.Logf("the guest saw %d failed writes while the writer moved by itself (%d new writer epochs: %s): %s",
+					ph.j.Errors, len(moves), strings.Join(moves, "; "), strings.Join(errs[:min(len(errs), 5)], "; "))
+			} else {
+				t.Errorf("the guest saw %d failed writes, and the writer did not move: %s", ph.j.Errors, strings.Join(errs[:min(len(errs), 5)], "; "))
+			}
 		}
 		// Every block read back through the destination's site: the
 		// writes acknowledged at the source's site seconds ago included.
@@ -140,7 +165,7 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 		if err != nil {
 			t.Errorf("read back in the guest through %s: %v", ph.to.Name, err)
 		}
-		t.Logf("guest, through %s: %s (%d writes acknowledged, %d failed; %d blocks last written through %s)", ph.to.Name, strings.TrimSpace(ph.verify), ph.j.Writes, ph.j.Errors, fromSource, from.Site.Name)
+		t.Logf("guest, through %s: %s (%d writes acknowledged, %d failed; %d blocks last written through %s)", ph.to.Name, strings.TrimSpace(ph.verify), ph.j.Writes, ph.j.Errors, ph.checked, from.Site.Name)
 	}
 	// The first region again, now through site A.
 	if out, err := g.VM.Run(ctx, 5*time.Minute, "/tmp/agent verify -dev "+dev+" -journal "+phases[0].journal); err != nil {
@@ -166,28 +191,36 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 	} else {
 		t.Logf("%s's and %s's images hold the same %d MiB", siteA.Name, siteB.Name, lunSize>>20)
 	}
-	t.Logf("%-32s %10s %10s %14s %10s", "MIGRATION", "DOWNTIME", "PAUSED", "GUEST W. GAP", "TOTAL")
+	t.Logf("%-32s %9s %9s %10s %9s %9s %14s %7s", "MIGRATION", "DOWNTIME", "PAUSED", "GUEST GAP", "WIRE GAP", "TOTAL", "SOURCE BLOCKS", "FAILED")
 	for _, ph := range phases {
-		t.Logf("%-32s %10v %10v %14v %10v", ph.res.From+" -> "+ph.res.To, ph.res.Downtime, ph.res.Paused.Round(time.Millisecond), ph.gap, ph.res.Total)
+		failed := strconv.FormatUint(ph.j.Errors, 10)
+		if ph.moved > 0 {
+			failed += " (writer moved)"
+		}
+		t.Logf("%-32s %9v %9v %10v %9v %9v %14d %7s", ph.res.From+" -> "+ph.res.To, ph.res.Downtime, ph.res.Paused.Round(time.Millisecond), ph.gap, ph.ioGap.Round(time.Millisecond), ph.res.Total, ph.checked, failed)
 	}
 	t.Logf("total %v", time.Since(started).Round(time.Second))
 }
 
-// clockLag is how far the guest's clock is behind the host's (the host's
-// time taken halfway through the round trip).
-func clockLag(ctx context.Context, vm *VM) (time.Duration, error) {
-	t0 := time.Now()
-	out, err := vm.Run(ctx, 30*time.Second, "date +%s.%N")
-	t1 := time.Now()
-	if err != nil {
-		return 0, err
+// writerStarts lists the "writer: starting" lines of the members' logs
+// (the demo's and those of members restarted by hand), one per writer
+// epoch, oldest first within each log.
+func writerStarts(c *Cluster) []string {
+	files := []string{c.Demo.Log}
+	more, _ := filepath.Glob(filepath.Join(c.Demo.Dir, "*-restart.log"))
+	var out []string
+	for _, f := range append(files, more...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "writer: starting") {
+				out = append(out, strings.TrimSpace(line))
+			}
+		}
 	}
-	s, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
-	if err != nil {
-		return 0, fmt.Errorf("guest's date: %q", out)
-	}
-	mid := t0.Add(t1.Sub(t0) / 2)
-	return mid.Sub(time.Unix(0, int64(s*1e9))), nil
+	return out
 }
 
 // sameLU compares the first size bytes (the LU; each site's image
