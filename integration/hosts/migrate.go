@@ -76,6 +76,7 @@ type MigratableGuest struct {
 	dir, guest, share, overlay, appendLine string
 	cluster                                *Cluster
 	relay                                  *ctlRelay
+	stopOnError                            bool // werror=stop,rerror=stop on the data disk
 
 	mu    sync.Mutex
 	cur   *qemuProc
@@ -121,9 +122,11 @@ type MigrationResult struct {
 
 // StartMigratableGuest boots the guest in a first QEMU ("qemu1") beside
 // site, its data disk the LUN at that site with initiator name iqn, and
-// moves its agent onto the migratable channel. Everything stops when the
-// test ends.
-func StartMigratableGuest(t testing.TB, c *Cluster, share string, site *Site, iqn string) (*MigratableGuest, error) {
+// moves its agent onto the migratable channel. With stopOnError every
+// QEMU of the guest stops it on an I/O error of the data disk instead of
+// failing the request (werror=stop,rerror=stop; see ResumeOnIOError).
+// Everything stops when the test ends.
+func StartMigratableGuest(t testing.TB, c *Cluster, share string, site *Site, iqn string, stopOnError bool) (*MigratableGuest, error) {
 	ctx := context.Background()
 	dir := GuestDir()
 	for _, f := range []string{"vmlinuz", "initrd.img", "root.img"} {
@@ -131,7 +134,7 @@ func StartMigratableGuest(t testing.TB, c *Cluster, share string, site *Site, iq
 			return nil, fmt.Errorf("guest not built: %s missing (run scripts/build-guest.sh, or make hosts): %w", f, err)
 		}
 	}
-	g := &MigratableGuest{dir: t.TempDir(), guest: dir, share: share, cluster: c, taps: map[string]*wireTap{}, done: &completions{}}
+	g := &MigratableGuest{dir: t.TempDir(), guest: dir, share: share, cluster: c, taps: map[string]*wireTap{}, done: &completions{}, stopOnError: stopOnError}
 	t.Cleanup(g.Stop)
 	g.overlay = filepath.Join(g.dir, "root.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", filepath.Join(dir, "root.img"), g.overlay).CombinedOutput(); err != nil {
@@ -212,7 +215,7 @@ func (g *MigratableGuest) startQEMU(ctx context.Context, site *Site, iqn string,
 		// No header digest: the wire tap reads the PDUs.
 		"-blockdev", "driver=iscsi,node-name=data,transport=tcp,portal=" + net.JoinHostPort(host, port) +
 			",target=" + g.cluster.Target + ",lun=0,initiator-name=" + iqn + ",header-digest=none,cache.direct=on,cache.no-flush=off",
-		"-device", "virtio-blk-pci,drive=data,id=vdata,serial=" + DataSerial + ",write-cache=on,addr=0x5",
+		"-device", "virtio-blk-pci,drive=data,id=vdata,serial=" + DataSerial + ",write-cache=on,addr=0x5" + g.errorPolicy(),
 		"-netdev", "user,id=n0,net=10.0.2.0/24,guestfwd=tcp:" + migrateCtlAddr + "-tcp:" + ctlLn.Addr().String(),
 		"-device", "virtio-net-pci,netdev=n0,romfile=,addr=0x3",
 		"-virtfs", "local,path=" + g.share + ",mount_tag=share,security_model=none,id=share",
@@ -250,6 +253,13 @@ func (g *MigratableGuest) startQEMU(ctx context.Context, site *Site, iqn string,
 		return nil, fmt.Errorf("%s: %w; log: %s", name, err, tail(p.Log, 10))
 	}
 	return p, nil
+}
+
+func (g *MigratableGuest) errorPolicy() string {
+	if g.stopOnError {
+		return ",werror=stop,rerror=stop"
+	}
+	return ""
 }
 
 // acceptWithin accepts one connection on ln, up to d, unless exited
@@ -402,6 +412,95 @@ func (g *MigratableGuest) MigrateTo(ctx context.Context, dst *qemuProc) (Migrati
 	return res, nil
 }
 
+// IOErrorStops is what ResumeOnIOError did.
+type IOErrorStops struct {
+	// Events is the count of BLOCK_IO_ERROR events (one per failed
+	// request: what the guest would have seen fail without werror=stop),
+	// Resumes the count of cont commands.
+	Events, Resumes int
+	// Stopped is the total time the guest stood stopped on errors (the
+	// first error of a stop to its cont, QEMU's clock).
+	Stopped time.Duration
+	// First is when the first error was reported (zero for none), and
+	// Reasons the errors' reasons, one of each.
+	First   time.Time
+	Reasons []string
+}
+
+// ResumeOnIOError acts as a management layer would for a guest started
+// with stopOnError: whenever QEMU stops the guest on an I/O error of its
+// disk, it resumes it after delay (cont), which retries the failed
+// requests. It runs until the returned function is called, which says
+// what it did.
+func (g *MigratableGuest) ResumeOnIOError(ctx context.Context, delay time.Duration) func() IOErrorStops {
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		mu  sync.Mutex
+		res IOErrorStops
+		wg  sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		since := time.Now()
+		for ctx.Err() == nil {
+			q := g.Current().qmp
+			e, err := q.WaitEvent(ctx, "BLOCK_IO_ERROR", since, 200*time.Millisecond)
+			if err != nil {
+				continue
+			}
+			// Every request that failed before the cont counts; they
+			// arrive within a moment of each other.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			n := 0
+			last := e.Time
+			var reasons []string
+			for _, ev := range q.eventsSince(since) {
+				if ev.Name == "BLOCK_IO_ERROR" {
+					n++
+					last = ev.Time
+					var d struct {
+						Operation string `json:"operation"`
+						Reason    string `json:"reason"`
+					}
+					json.Unmarshal(ev.Data, &d)
+					if r := d.Operation + ": " + d.Reason; !slices.Contains(reasons, r) {
+						reasons = append(reasons, r)
+					}
+				}
+			}
+			if err := q.Execute(ctx, 10*time.Second, "cont", nil, nil); err != nil {
+				continue
+			}
+			mu.Lock()
+			if res.First.IsZero() {
+				res.First = e.Time
+			}
+			for _, r := range reasons {
+				if !slices.Contains(res.Reasons, r) {
+					res.Reasons = append(res.Reasons, r)
+				}
+			}
+			res.Events += n
+			res.Resumes++
+			res.Stopped += time.Since(e.Time)
+			mu.Unlock()
+			since = last.Add(time.Microsecond)
+		}
+	}()
+	return func() IOErrorStops {
+		cancel()
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return res
+	}
+}
+
 // DataDev finds the guest's iSCSI data disk by its serial.
 func (g *MigratableGuest) DataDev(ctx context.Context) (string, error) {
 	out, err := g.VM.Run(ctx, 30*time.Second, `for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = "`+DataSerial+`" ] && echo /dev/${d##*/}; done`)
@@ -431,10 +530,11 @@ func (g *MigratableGuest) tap(site *Site) (*wireTap, error) {
 	return t, nil
 }
 
-// LongestIOGap is the longest time in [from, to] (the host's clock) in
-// which no write of the guest's disk completed at any site, as seen on
-// the wire between its QEMUs and the sites' portals: the gap, when it
-// began, and how many writes completed in the window. It is an
+// LongestIOGap is the longest time up to to (the host's clock) in which
+// no write of the guest's disk completed at any site, among the
+// stretches that end after from (the one under way at from included), as
+// seen on the wire between its QEMUs and the sites' portals: the gap,
+// when it began, and how many writes completed in [from, to]. It is an
 // error when a tap lost track of the PDUs (a figure from a misread
 // stream would be wrong, not rough).
 func (g *MigratableGuest) LongestIOGap(from, to time.Time) (IOGap, error) {
@@ -668,14 +768,25 @@ func (c *completions) longestGap(from, to time.Time) (IOGap, error) {
 	if c.broken != nil {
 		return IOGap{}, c.broken
 	}
+	// The stretch under way at from counts too: it starts at the last
+	// completion before from.
 	var in []time.Time
+	var before time.Time
 	for _, t := range c.at {
-		if !t.Before(from) && !t.After(to) {
+		switch {
+		case t.Before(from):
+			if t.After(before) {
+				before = t
+			}
+		case !t.After(to):
 			in = append(in, t)
 		}
 	}
 	slices.SortFunc(in, func(a, b time.Time) int { return a.Compare(b) })
 	g := IOGap{Completed: len(in)}
+	if !before.IsZero() {
+		in = append([]time.Time{before}, in...)
+	}
 	for i := 1; i < len(in); i++ {
 		if d := in[i].Sub(in[i-1]); d > g.Length {
 			g.Length, g.Start = d, in[i-1]
@@ -686,8 +797,9 @@ func (c *completions) longestGap(from, to time.Time) (IOGap, error) {
 
 // wireTap forwards a QEMU's iSCSI connections to a site's portal and
 // notes when the target completes a write: the SCSI Response PDU (RFC
-// 7143 section 11.4) whose Initiator Task Tag is that of a SCSI Command
-// PDU (section 11.3) carrying a WRITE CDB, on the host's clock. It
+// 7143 section 11.4) with status GOOD whose Initiator Task Tag is that of
+// a SCSI Command PDU (section 11.3) carrying a WRITE CDB, on the host's
+// clock. It
 // assumes no digests (the QEMUs ask for none) and gives up, and says so,
 // on a PDU it cannot frame.
 type wireTap struct {
@@ -744,7 +856,10 @@ func (t *wireTap) accept() {
 		go func() {
 			defer t.wg.Done()
 			t.relay(a, b, func(bhs []byte, at time.Time) {
-				if bhs[0]&0x3f == 0x21 && writes.take(binary.BigEndian.Uint32(bhs[16:20])) {
+				// Response byte 2, Status byte 3: a write that completed
+				// is "command completed at target" with GOOD; one that
+				// ended in CHECK CONDITION (QEMU may retry it) did not.
+				if bhs[0]&0x3f == 0x21 && writes.take(binary.BigEndian.Uint32(bhs[16:20])) && bhs[2] == 0 && bhs[3] == 0 {
 					t.done.add(at)
 				}
 			})

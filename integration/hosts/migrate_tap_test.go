@@ -24,10 +24,16 @@ func pdu(op byte, itt uint32, cdb0 byte, ahsWords int, data []byte) []byte {
 	return append(b, make([]byte, (4-len(data)%4)%4)...)
 }
 
+// checkCondition sets a SCSI Response's status to CHECK CONDITION.
+func checkCondition(b []byte) []byte {
+	b[3] = 0x02
+	return b
+}
+
 // TestWireTapCountsWriteCompletions runs PDUs through a wire tap both
-// ways: only the SCSI Response to a WRITE counts, whatever comes between
-// (a READ's response, a NOP-In with padded data, AHS), and every byte
-// arrives unchanged.
+// ways: only a GOOD SCSI Response to a WRITE counts, whatever comes
+// between (a READ's response, a NOP-In with padded data, AHS, a write
+// answered CHECK CONDITION), and every byte arrives unchanged.
 func TestWireTapCountsWriteCompletions(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,6 +52,7 @@ func TestWireTapCountsWriteCompletions(t *testing.T) {
 		pdu(0x01, 8, 0x28, 1, nil),                           // READ(10), an AHS
 		pdu(0x01, 9, 0x8a, 0, nil),                           // WRITE(16), its data to come
 		pdu(0x05, 9, 0, 0, bytes.Repeat([]byte{2}, 513)),     // Data-Out, padded
+		pdu(0x01, 10, 0x2a, 0, nil),                          // WRITE(10) that fails
 	}, nil)
 	toInitiator := bytes.Join([][]byte{
 		pdu(0x23, 0, 0, 0, []byte("TargetPortalGroupTag=1")), // login response
@@ -54,6 +61,7 @@ func TestWireTapCountsWriteCompletions(t *testing.T) {
 		pdu(0x21, 7, 0, 0, nil),                              // WRITE(10) done
 		pdu(0x21, 9, 0, 0, nil),                              // WRITE(16) done
 		pdu(0x21, 7, 0, 0, nil),                              // a tag already answered
+		checkCondition(pdu(0x21, 10, 0, 0, nil)),             // WRITE(10) failed
 	}, nil)
 	got := make(chan []byte, 1)
 	go func() {
@@ -94,5 +102,22 @@ func TestWireTapCountsWriteCompletions(t *testing.T) {
 	}
 	if g.Completed != 2 {
 		t.Fatalf("%d write completions counted, want 2", g.Completed)
+	}
+}
+
+// TestLongestGapSpansTheWindowStart: the stretch under way when the
+// window opens counts from the last completion before it.
+func TestLongestGapSpansTheWindowStart(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	c := &completions{}
+	for _, ms := range []int{0, 10, 20, 900, 910, 1500} {
+		c.add(t0.Add(time.Duration(ms) * time.Millisecond))
+	}
+	g, err := c.longestGap(t0.Add(100*time.Millisecond), t0.Add(1000*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Length != 880*time.Millisecond || !g.Start.Equal(t0.Add(20*time.Millisecond)) || g.Completed != 2 {
+		t.Fatalf("got %+v, want 880ms from 20ms with 2 completions", g)
 	}
 }

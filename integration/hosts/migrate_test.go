@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestLiveMigrationAcrossSites(t *testing.T) {
 	c := StartCluster(t, strconv.Itoa(lunSize>>20)+"MiB")
 	siteA, siteB := c.Sites[0], c.Sites[1]
 	share := NewShare(t, Settings{})
-	g, err := StartMigratableGuest(t, c, share, siteA, hostAIQN)
+	g, err := StartMigratableGuest(t, c, share, siteA, hostAIQN, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,4 +255,116 @@ func sameLU(a, b string, size int64) error {
 		}
 	}
 	return nil
+}
+
+// TestQEMUInitiatorWriterKill is a guest on QEMU's own initiator at the
+// site that is not the writer when the writer is killed (kill -9): QEMU
+// fails the writes in flight (ABORTED COMMAND: outcome unknown) and
+// those issued while the cluster elects the new writer (NOT READY,
+// transitioning), because its iSCSI driver retries neither. With
+// werror=stop,rerror=stop it stops the guest instead, and a management
+// layer that resumes it (here: cont 500 ms after each stop) has the
+// failed requests retried: the guest must see no failed write. It
+// reports how many requests failed at QEMU (BLOCK_IO_ERROR), the stops
+// and the longest stretch with no write completed on the wire, then
+// restarts the killed site, reads every block back in the guest and in
+// both images, and compares the images.
+func TestQEMUInitiatorWriterKill(t *testing.T) {
+	enabled(t)
+	ctx := context.Background()
+	started := time.Now()
+	const lunSize = 64 << 20
+	c := StartCluster(t, strconv.Itoa(lunSize>>20)+"MiB")
+	w, err := c.Writer(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := c.Other(w)
+	share := NewShare(t, Settings{})
+	g, err := StartMigratableGuest(t, c, share, site, hostBIQN, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := g.DataDev(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const journal = "/tmp/journal.json"
+	load, err := StartGuestLoad(ctx, g.VM, "load", dev, journal, 1<<20, 4096, 4, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := load.WaitWrites(300, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	w, err = c.Writer(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w == site.Name {
+		// A lease lapsed on the loaded host and the writer came to the
+		// guest's site: move it back (a planned move fails no I/O).
+		to := c.Other(site.Name).Name
+		if _, err := integration.RunTool(ctx, 60*time.Second, nil, c.Bin, "promote", to, "--dir", c.Demo.Dir); err != nil {
+			t.Fatalf("the writer moved to the guest's site by itself; promote %s: %v", to, err)
+		}
+		if w, err = c.Writer(ctx, 30*time.Second); err != nil || w != to {
+			t.Fatalf("after promote %s the writer is %q (%v)", to, w, err)
+		}
+		t.Logf("the writer had moved to %s by itself; promoted %s back", site.Name, to)
+	}
+	done := g.ResumeOnIOError(ctx, 500*time.Millisecond)
+	t0 := time.Now()
+	if err := c.Signal(w, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := load.WaitWrites(load.Writes()+300, 2*time.Minute); err != nil {
+		t.Fatalf("after kill -9 of %s: %v", w, err)
+	}
+	stops := done()
+	wire, err := g.LongestIOGap(t0, time.Now())
+	if err != nil {
+		t.Error(err)
+	}
+	gap, _ := load.LongestGap(t0, time.Now())
+	first := "-"
+	if !stops.First.IsZero() {
+		first = stops.First.Sub(t0).Round(time.Millisecond).String()
+	}
+	t.Logf("kill -9 of writer %s, guest at %s: %d requests failed at QEMU (BLOCK_IO_ERROR %v after the kill: %s), %d stops resumed, stopped %v in all; no write completed on the wire for %v from %v after the kill, in the guest for %v (guest clock)",
+		w, site.Name, stops.Events, first, strings.Join(stops.Reasons, ", "), stops.Resumes, stops.Stopped.Round(time.Millisecond),
+		wire.Length.Round(time.Millisecond), wire.Start.Sub(t0).Round(time.Millisecond), gap)
+	if err := c.WaitGone(w, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	resync, err := c.Restart(ctx, w, 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s restarted, in sync after %v", w, resync.Round(time.Millisecond))
+	j, err := StopGuestLoad(ctx, load, "load", journal, filepath.Join(t.TempDir(), "journal.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := load.Errors(); len(errs) > 0 || j.Errors > 0 {
+		t.Errorf("the guest saw %d failed writes with werror=stop and resume: %s", j.Errors, strings.Join(errs[:min(len(errs), 5)], "; "))
+	}
+	out, err := g.VM.Run(ctx, 5*time.Minute, "/tmp/agent verify -dev "+dev+" -journal "+journal)
+	if err != nil {
+		t.Errorf("read back in the guest: %v", err)
+	}
+	t.Logf("guest: %s (%d writes acknowledged, %d failed)", strings.TrimSpace(out), j.Writes, j.Errors)
+	g.Stop()
+	for _, s := range c.Sites {
+		if err := integration.WaitInSync(ctx, c.Bin, c.Demo.Dir, s.Name, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := verifyImage(s.Image, j); err != nil {
+			t.Errorf("at %s: %v", s.Name, err)
+		}
+	}
+	if err := sameLU(c.Sites[0].Image, c.Sites[1].Image, lunSize); err != nil {
+		t.Error(err)
+	}
+	t.Logf("total %v", time.Since(started).Round(time.Second))
 }

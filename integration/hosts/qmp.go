@@ -209,5 +209,18 @@ func (q *QMP) WaitEvent(ctx context.Context, name string, since time.Time, d tim
 	}
 }
 
+// eventsSince returns the events that arrived at or after since.
+func (q *QMP) eventsSince(since time.Time) []QMPEvent {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []QMPEvent
+	for _, e := range q.events {
+		if !e.Time.Before(since) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // Close closes the connection.
 func (q *QMP) Close() error { return q.conn.Close() }
