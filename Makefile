@@ -84,7 +84,9 @@ clean:
 
 # The Linux kernel initiator: a Debian bookworm guest (open-iscsi,
 # dm-multipath, LVM) under qemu-system-x86_64 (TCG) against a two-site
-# cluster of real processes (integration/hosts, docs/hosts-linux.md).
+# cluster of real processes (integration/hosts, docs/hosts-linux.md),
+# and the same guest live-migrated by QEMU between sites on QEMU's own
+# initiator (docs/live-migration.md).
 # The guest is built once into $(METROLUN_GUEST_DIR) (default
 # ~/.cache/metrolun-guest; 1 to 2 minutes cold, nothing when warm).
 guest:

@@ -8,7 +8,12 @@
 // and answers with its exit status and output. "start" starts a command
 // in the background and answers at once; every line it prints then
 // arrives as a Message naming the process, and its end as one with
-// Exited set. "signal" signals a started process.
+// Exited set. "signal" signals a started process. "exec" answers and
+// then replaces the agent's process with Argv (same pid, so the guest's
+// init keeps waiting on it); the connection closes, and the new program
+// is expected to dial the harness again. The live-migration test uses it
+// to move the agent off the 9p share, which blocks migration while
+// mounted, and onto a channel that migrates with the guest.
 package agent
 
 import (
@@ -19,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -28,7 +34,7 @@ import (
 // Request is one command from the harness.
 type Request struct {
 	ID uint64 `json:"id"`
-	// Op is "run", "start" or "signal".
+	// Op is "run", "start", "signal" or "exec".
 	Op   string   `json:"op"`
 	Argv []string `json:"argv,omitempty"`
 	// Name names a started process ("start", "signal").
@@ -74,6 +80,10 @@ func Serve(rw io.ReadWriter) error {
 			s.start(req)
 		case "signal":
 			s.signal(req)
+		case "exec":
+			if err := s.exec(req); err != nil {
+				return err
+			}
 		default:
 			s.send(Message{ID: req.ID, Exit: -1, Err: fmt.Sprintf("unknown op %q", req.Op)})
 		}
@@ -184,6 +194,31 @@ func (s *server) signal(req Request) {
 		return
 	}
 	s.send(Message{ID: req.ID})
+}
+
+// exec replaces the process; it returns only if it could not. Processes
+// still running from "start" would lose their reader, so it refuses
+// while there are any.
+func (s *server) exec(req Request) error {
+	if len(req.Argv) == 0 {
+		s.send(Message{ID: req.ID, Exit: -1, Err: "empty argv"})
+		return nil
+	}
+	path, err := exec.LookPath(req.Argv[0])
+	if err != nil {
+		s.send(Message{ID: req.ID, Exit: -1, Err: err.Error()})
+		return nil
+	}
+	s.mu.Lock()
+	n := len(s.procs)
+	s.mu.Unlock()
+	if n > 0 {
+		s.send(Message{ID: req.ID, Exit: -1, Err: fmt.Sprintf("exec: %d started processes still running", n)})
+		return nil
+	}
+	s.send(Message{ID: req.ID})
+	err = syscall.Exec(path, req.Argv, os.Environ())
+	return fmt.Errorf("exec %s: %w", path, err)
 }
 
 func (s *server) killAll() {

@@ -110,3 +110,26 @@ func TestStartSignal(t *testing.T) {
 		t.Fatalf("signal to an exited process: %+v", m)
 	}
 }
+
+// TestExecRefusals covers the exec requests that must not replace the
+// agent (a successful exec would replace the test binary; the host test
+// TestLiveMigrationAcrossSites runs that path in the guest).
+func TestExecRefusals(t *testing.T) {
+	h := newHarness(t)
+	h.send(Request{ID: 1, Op: "exec"})
+	if m := h.recv(); m.ID != 1 || !strings.Contains(m.Err, "empty argv") {
+		t.Fatalf("exec without argv: %+v", m)
+	}
+	h.send(Request{ID: 2, Op: "exec", Argv: []string{"/nonexistent/program"}})
+	if m := h.recv(); m.ID != 2 || m.Err == "" {
+		t.Fatalf("exec of a missing program: %+v", m)
+	}
+	h.send(Request{ID: 3, Op: "start", Name: "p", Argv: []string{"/bin/sh", "-c", "sleep 30"}})
+	if m := h.recv(); m.ID != 3 || m.Err != "" {
+		t.Fatalf("start: %+v", m)
+	}
+	h.send(Request{ID: 4, Op: "exec", Argv: []string{"/bin/true"}})
+	if m := h.recv(); m.ID != 4 || !strings.Contains(m.Err, "still running") {
+		t.Fatalf("exec while a started process runs: %+v", m)
+	}
+}
