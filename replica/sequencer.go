@@ -377,6 +377,22 @@ func (w *writer) readSettled(p []byte, off int64) error {
 	}
 }
 
+// tryReadSettled is readSettled when no write to the range is
+// unsettled, and false (nothing read) when readSettled would wait. It
+// does not wait for rmu either: an apply holds it for as long as the
+// store takes, a flush included.
+func (w *writer) tryReadSettled(p []byte, off int64) (bool, error) {
+	n := int64(len(p))
+	if !w.rmu.TryRLock() {
+		return false, nil
+	}
+	defer w.rmu.RUnlock()
+	if slices.ContainsFunc(w.busy, func(r *busyRange) bool { return r.off < off+n && off < r.off+r.n }) {
+		return false, nil
+	}
+	return true, w.s.cfg.Store.ReadAt(p, off)
+}
+
 // ready reports whether every in-sync peer is connected (at the start of
 // an epoch they are being connected, or dropped). w.mu is held.
 func (w *writer) ready() bool { return w.c.Linked() }

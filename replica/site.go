@@ -704,6 +704,27 @@ func (s *Site) ReadAt(p []byte, off int64) error {
 	}
 }
 
+var _ target.InlineReader = (*Site)(nil)
+
+// TryReadAt is ReadAt when ReadAt would not wait: this site is not
+// fenced, is in sync, holds its lease (the writer's, or a read lease the
+// writer granted) and no write to the range is unsettled here (at the
+// writer: not yet on every in-sync site; at a replica: applied and not
+// yet committed). Then it reads p at off from the local store, with the
+// same guarantees as ReadAt (I3), and reports true. Otherwise it reads
+// nothing and reports false, and the caller calls ReadAt where it may
+// wait (target.InlineReader: the connection's reader must not).
+func (s *Site) TryReadAt(p []byte, off int64) (bool, error) {
+	v := s.currentView()
+	if slices.Contains(v.Fenced, s.cfg.Name) || !slices.Contains(v.InSync, s.cfg.Name) {
+		return false, nil
+	}
+	if w := s.activeWriter(); w != nil {
+		return w.tryReadSettled(p, off)
+	}
+	return s.recv.tryRead(p, off, time.Now())
+}
+
 // Size is the capacity.
 func (s *Site) Size() int64 { return s.cfg.Store.Size() }
 
