@@ -261,10 +261,7 @@ func (w *writer) step() {
 			}
 		}
 		if rd.CommitMoved {
-			select {
-			case w.commitSig <- struct{}{}:
-			default:
-			}
+			w.commitTimer.Reset(commitIdle)
 		}
 		w.c.Advance(rd)
 	}
@@ -308,18 +305,20 @@ func (w *writer) releaseCarried() {
 func (w *writer) committer() {
 	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
 	defer tick.Stop()
-	idle := time.NewTimer(time.Hour)
-	defer idle.Stop()
+	defer w.commitTimer.Stop()
 	for {
 		select {
 		case <-w.ctx.Done():
 			return
-		case <-w.commitSig:
 		case <-tick.C:
-		case <-idle.C:
+		case <-w.commitTimer.C:
 		}
 		w.mu.Lock()
+		w.commitWakes++
 		fs, wait := w.c.CommitsDue()
+		if wait > 0 {
+			w.commitTimer.Reset(wait)
+		}
 		type out struct {
 			l   *Link
 			seq uint64
@@ -334,9 +333,6 @@ func (w *writer) committer() {
 		w.mu.Unlock()
 		for _, o := range outs {
 			o.l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: o.seq})
-		}
-		if wait > 0 {
-			idle.Reset(wait)
 		}
 	}
 }
