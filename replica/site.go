@@ -558,6 +558,14 @@ func (s *Site) knownPeer(name string) bool {
 // op runs one operation: at the writer directly, elsewhere forwarded;
 // while there is no writer it waits (up to Hold) for one.
 func (s *Site) op(local func(w *writer) (int, error), fwd func() *fwdOp) (int, error) {
+	// At the writer, most operations need neither the hold's context
+	// nor its timer (a few µs of CPU per write): the loop below checks
+	// again from the start if this does not settle it.
+	if w := s.activeWriter(); w != nil && !s.fenced() {
+		if at, err := local(w); !errors.Is(err, errNotWriter) {
+			return at, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Hold)
 	defer cancel()
 	for {
@@ -673,6 +681,10 @@ func firstDiff(a, b []byte) int {
 // ReadAt serves reads locally, at the writer under its lease and
 // elsewhere under the read lease the writer grants (DESIGN.md I3).
 func (s *Site) ReadAt(p []byte, off int64) error {
+	// Most reads need not wait, nor the hold's timer.
+	if ok, err := s.TryReadAt(p, off); ok {
+		return err
+	}
 	deadline := time.NewTimer(s.cfg.Hold)
 	defer deadline.Stop()
 	for {
