@@ -348,14 +348,16 @@ func (c *conn) start(t *task) {
 		return
 	}
 	begin := time.Now()
-	if !c.execute(t, 1) {
-		t.cmd.try = nil
-		go c.execute(t, goroutineFlush)
-		return
-	}
+	done := c.execute(t, 1)
 	end := time.Now()
 	if end.Sub(begin) > inlineSlow {
 		c.inlineOff = end.Add(inlineBackoff)
+	}
+	if !done {
+		// The volume would wait (TryReadAt): nothing was done.
+		t.cmd.try = nil
+		go c.execute(t, goroutineFlush)
+		return
 	}
 	c.pr.answeredAt(end)
 }
