@@ -10,7 +10,8 @@ import (
 // frame carries the commit point to its replica and the committer sends
 // (almost) no commit frame of its own; once the writes stop, the last
 // commit point still reaches the replica within commitIdle, so its
-// readers see the last write (I3 with the fast path of issue 13).
+// readers see the last write (I3 with the fast path of issue 13). The
+// committer goroutine is not woken for a commit point that rides.
 func TestCommitRidesOnDataFrames(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
 	a, b := tc.start("a"), tc.start("b")
@@ -19,7 +20,7 @@ func TestCommitRidesOnDataFrames(t *testing.T) {
 	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
 	w := a.activeWriter()
 	w.mu.Lock()
-	before := w.commitFrames
+	before, wakesBefore := w.commitFrames, w.commitWakes
 	w.mu.Unlock()
 	const writes = 400
 	var last []byte
@@ -39,12 +40,12 @@ func TestCommitRidesOnDataFrames(t *testing.T) {
 		t.Fatal("the replica does not show the last acknowledged write")
 	}
 	w.mu.Lock()
-	sent := w.commitFrames - before
+	sent, wakes := w.commitFrames-before, w.commitWakes-wakesBefore
 	w.mu.Unlock()
 	b.recv.mu.Lock()
 	carried := b.recv.carriedCommits
 	b.recv.mu.Unlock()
-	t.Logf("%d sequential writes: %d commit points carried on data frames, %d commit frames (one per write before issue 13)", writes, carried, sent)
+	t.Logf("%d sequential writes: %d commit points carried on data frames, %d commit frames (one per write before issue 13), the committer woke %d times (once per write before the commit timer)", writes, carried, sent, wakes)
 	if carried < writes/2 {
 		t.Fatalf("only %d of %d writes carried the commit point", carried, writes)
 	}
@@ -52,5 +53,10 @@ func TestCommitRidesOnDataFrames(t *testing.T) {
 	// the fallback go; most must ride on the next frame.
 	if sent > writes/4 {
 		t.Fatalf("%d commit frames for %d writes: the commit point does not ride on data frames", sent, writes)
+	}
+	// Nor does the committer wake for a commit point the next frame
+	// carries (its ticks, every lease/4, and the fallbacks above aside).
+	if wakes > writes/4 {
+		t.Fatalf("the committer woke %d times for %d writes", wakes, writes)
 	}
 }

@@ -189,6 +189,29 @@ func (r *receiver) readCommitted(p []byte, off int64, deadline <-chan time.Time,
 	}
 }
 
+// tryRead reads p at off if this site holds its read lease at now and
+// no uncommitted write overlaps the range, as leaseValid and then
+// readCommitted would, and reports false (nothing read) when they would
+// not serve it or would wait. It waits for neither lock: an apply holds
+// both for as long as the store takes, a flush included.
+func (r *receiver) tryRead(p []byte, off int64, now time.Time) (bool, error) {
+	n := int64(len(p))
+	if !r.vmu.TryRLock() {
+		return false, nil
+	}
+	defer r.vmu.RUnlock()
+	if !r.mu.TryLock() {
+		return false, nil
+	}
+	ok := !r.fenced && now.Before(r.leaseEnd) && r.leaseEp == r.epoch &&
+		!slices.ContainsFunc(r.uncommitted, func(a appliedRange) bool { return a.off < off+n && off < a.off+a.n })
+	r.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	return true, r.store.ReadAt(p, off)
+}
+
 // Applied returns the epoch and the highest applied sequence number.
 func (r *receiver) Applied() (epoch, seq uint64) {
 	r.mu.Lock()

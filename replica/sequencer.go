@@ -261,10 +261,7 @@ func (w *writer) step() {
 			}
 		}
 		if rd.CommitMoved {
-			select {
-			case w.commitSig <- struct{}{}:
-			default:
-			}
+			w.commitTimer.Reset(commitIdle)
 		}
 		w.c.Advance(rd)
 	}
@@ -308,18 +305,20 @@ func (w *writer) releaseCarried() {
 func (w *writer) committer() {
 	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
 	defer tick.Stop()
-	idle := time.NewTimer(time.Hour)
-	defer idle.Stop()
+	defer w.commitTimer.Stop()
 	for {
 		select {
 		case <-w.ctx.Done():
 			return
-		case <-w.commitSig:
 		case <-tick.C:
-		case <-idle.C:
+		case <-w.commitTimer.C:
 		}
 		w.mu.Lock()
+		w.commitWakes++
 		fs, wait := w.c.CommitsDue()
+		if wait > 0 {
+			w.commitTimer.Reset(wait)
+		}
 		type out struct {
 			l   *Link
 			seq uint64
@@ -334,9 +333,6 @@ func (w *writer) committer() {
 		w.mu.Unlock()
 		for _, o := range outs {
 			o.l.Grant(&Frame{Kind: FrameCommit, Epoch: w.epoch, Seq: o.seq})
-		}
-		if wait > 0 {
-			idle.Reset(wait)
 		}
 	}
 }
@@ -375,6 +371,22 @@ func (w *writer) readSettled(p []byte, off int64) error {
 		w.rmu.RUnlock()
 		<-wait
 	}
+}
+
+// tryReadSettled is readSettled when no write to the range is
+// unsettled, and false (nothing read) when readSettled would wait. It
+// does not wait for rmu either: an apply holds it for as long as the
+// store takes, a flush included.
+func (w *writer) tryReadSettled(p []byte, off int64) (bool, error) {
+	n := int64(len(p))
+	if !w.rmu.TryRLock() {
+		return false, nil
+	}
+	defer w.rmu.RUnlock()
+	if slices.ContainsFunc(w.busy, func(r *busyRange) bool { return r.off < off+n && off < r.off+r.n }) {
+		return false, nil
+	}
+	return true, w.s.cfg.Store.ReadAt(p, off)
 }
 
 // ready reports whether every in-sync peer is connected (at the start of

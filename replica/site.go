@@ -571,6 +571,14 @@ func (s *Site) knownPeer(name string) bool {
 // op runs one operation: at the writer directly, elsewhere forwarded;
 // while there is no writer it waits (up to Hold) for one.
 func (s *Site) op(local func(w *writer) (int, error), fwd func() *fwdOp) (int, error) {
+	// At the writer, most operations need neither the hold's context
+	// nor its timer (a few µs of CPU per write): the loop below checks
+	// again from the start if this does not settle it.
+	if w := s.activeWriter(); w != nil && !s.fenced() {
+		if at, err := local(w); !errors.Is(err, errNotWriter) {
+			return at, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Hold)
 	defer cancel()
 	for {
@@ -686,6 +694,10 @@ func firstDiff(a, b []byte) int {
 // ReadAt serves reads locally, at the writer under its lease and
 // elsewhere under the read lease the writer grants (DESIGN.md I3).
 func (s *Site) ReadAt(p []byte, off int64) error {
+	// Most reads need not wait, nor the hold's timer.
+	if ok, err := s.TryReadAt(p, off); ok {
+		return err
+	}
 	deadline := time.NewTimer(s.cfg.Hold)
 	defer deadline.Stop()
 	for {
@@ -715,6 +727,27 @@ func (s *Site) ReadAt(p []byte, off int64) error {
 		case <-time.After(s.cfg.Lease / 8):
 		}
 	}
+}
+
+var _ target.InlineReader = (*Site)(nil)
+
+// TryReadAt is ReadAt when ReadAt would not wait: this site is not
+// fenced, is in sync, holds its lease (the writer's, or a read lease the
+// writer granted) and no write to the range is unsettled here (at the
+// writer: not yet on every in-sync site; at a replica: applied and not
+// yet committed). Then it reads p at off from the local store, with the
+// same guarantees as ReadAt (I3), and reports true. Otherwise it reads
+// nothing and reports false, and the caller calls ReadAt where it may
+// wait (target.InlineReader: the connection's reader must not).
+func (s *Site) TryReadAt(p []byte, off int64) (bool, error) {
+	v := s.currentView()
+	if slices.Contains(v.Fenced, s.cfg.Name) || !slices.Contains(v.InSync, s.cfg.Name) {
+		return false, nil
+	}
+	if w := s.activeWriter(); w != nil {
+		return w.tryReadSettled(p, off)
+	}
+	return s.recv.tryRead(p, off, time.Now())
 }
 
 // Size is the capacity.

@@ -63,11 +63,16 @@ type writer struct {
 	// in-sync site holds it, its origin included (the core settles it).
 	// Here its busy range is released then; the replicas learn it from
 	// the commit point, on the next data frame or from the committer.
-	rmu       sync.RWMutex // guards busy; local apply and its busy range vs. reads here
-	commitSig chan struct{}
-	// commitFrames counts the FrameCommits the committer sent (tests:
-	// data frames carry the commit point under load).
-	commitFrames int
+	rmu sync.RWMutex // guards busy; local apply and its busy range vs. reads here
+	// commitTimer wakes the committer commitIdle after the commit point
+	// last moved (reset under mu by step, which is cheaper than waking
+	// the committer for every move: at queue depth 1 every write moved
+	// it, and the next write's frame carried it).
+	commitTimer *time.Timer
+	// commitFrames counts the FrameCommits the committer sent and
+	// commitWakes the times it woke (tests: data frames carry the commit
+	// point under load, and the committer sleeps meanwhile).
+	commitFrames, commitWakes int
 	// lostSent counts the FrameLost a resync sent (parts of regions this
 	// store lost).
 	lostSent atomic.Int64
@@ -98,7 +103,7 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
 		started: time.Now(), handover: v.Handover,
-		commitSig: make(chan struct{}, 1), flushEvery: flushEvery, flushSig: make(chan struct{}, 1), waiters: map[uint64]*waiter{}}
+		commitTimer: time.NewTimer(time.Hour), flushEvery: flushEvery, flushSig: make(chan struct{}, 1), waiters: map[uint64]*waiter{}}
 	w.c = core.New(core.Config{Epoch: epoch, Lease: s.cfg.Lease, Clock: core.Real{}, WriterLease: s.cfg.Control.WriterLease,
 		Started: w.started, Handover: w.handover, CommitIdle: commitIdle})
 	w.done.Add(2)

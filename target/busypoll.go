@@ -19,8 +19,8 @@ import (
 // pieces. It polls only while that pays (the initiator's last command
 // came within twice pollWindow of the answer before it), and never more
 // than maxPollers readers at once, which leaves at least one CPU to
-// everything else. A mirrored LU never gets here: its commands do not
-// run inline.
+// everything else. Of a mirrored LU only reads get here: its other
+// commands do not run inline.
 //
 // pollWindow is a variable for tests only.
 var pollWindow = 50 * time.Microsecond

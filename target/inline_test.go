@@ -6,13 +6,15 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // Inline execution (task.go): at queue depth 1 the connection's reader
 // executes a small READ or WRITE itself; anything else, and everything on
-// a mirrored volume, runs on its own goroutine so that the reader keeps
+// a mirrored volume but a READ it can serve without waiting
+// (InlineReader), runs on its own goroutine so that the reader keeps
 // reading.
 
 // probeVolume reports, for every read and write, whether it runs on a
@@ -220,5 +222,59 @@ func TestInlineNotOnMirroredVolume(t *testing.T) {
 	in.nopPing([]byte("while the write waits"))
 	close(pv.hold)
 	in.expectGood(itt)
+	in.logout()
+}
+
+// inlineMirror is a mirroredProbe that can tell when a read would not
+// wait for another site (InlineReader), unless wouldWait is set.
+type inlineMirror struct {
+	*mirroredProbe
+	wouldWait atomic.Bool
+}
+
+func (v *inlineMirror) TryReadAt(p []byte, off int64) (bool, error) {
+	if v.wouldWait.Load() {
+		return false, nil
+	}
+	v.probe()
+	return true, v.memVolume.ReadAt(p, off)
+}
+
+// TestInlineReadOnMirroredVolume: a lone small READ of a mirrored volume
+// that says it would not wait runs on the reader, found through a
+// wrapping volume as SharedState is; when it would wait, the READ runs on
+// its own goroutine (ReadAt) and is answered all the same; a WRITE never
+// runs on the reader.
+func TestInlineReadOnMirroredVolume(t *testing.T) {
+	pv := newProbeVolume(t, 1<<20, false)
+	mv := &inlineMirror{mirroredProbe: &mirroredProbe{pv, &sharedVolume{pv.memVolume, &fakeShared{}}}}
+	in := dial(t, startServerOn(t, wrappedVolume{mv}, pv.stop))
+	in.login(inlineLogin)
+	for i := range 3 {
+		data := pattern(4096, byte(10+i))
+		itt := in.writeImmediate(uint32(8*i), data)
+		if pv.ranOnReader(t) {
+			t.Fatalf("write %d to a mirrored volume ran on the reader", i)
+		}
+		in.expectGood(itt)
+		got, _ := in.read(uint32(8*i), 8, 262144)
+		if !pv.ranOnReader(t) {
+			t.Fatalf("read %d: a lone 4 KiB READ of a mirrored volume that would not wait did not run on the reader", i)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("read %d returned other data", i)
+		}
+	}
+	mv.wouldWait.Store(true)
+	for i := range 3 {
+		got, _ := in.read(uint32(8*i), 8, 262144)
+		if pv.ranOnReader(t) {
+			t.Fatalf("read %d: the volume said it would wait, and ReadAt ran on the reader", i)
+		}
+		if !bytes.Equal(got, pattern(4096, byte(10+i))) {
+			t.Fatalf("read %d (after would wait) returned other data", i)
+		}
+	}
+	in.nopPing([]byte("still there"))
 	in.logout()
 }

@@ -98,12 +98,27 @@ func execRead(c *scsiCmd, _ []byte) *scsiResult {
 		return resultGood
 	}
 	buf := getBuf(n)
-	if err := c.lu.vol.ReadAt(buf, c.off()); err != nil {
+	var err error
+	if c.try != nil {
+		var ok bool
+		if ok, err = c.try.TryReadAt(buf, c.off()); !ok && err == nil {
+			putBuf(buf)
+			return resultWouldWait
+		}
+	} else {
+		err = c.lu.vol.ReadAt(buf, c.off())
+	}
+	if err != nil {
 		putBuf(buf)
 		return volumeError(err, true)
 	}
 	return &scsiResult{status: statusGood, data: buf, release: func() { putBuf(buf) }}
 }
+
+// resultWouldWait is what a command run with scsiCmd.try answers when
+// the volume would have to wait: nothing was done, run it again where
+// it may wait.
+var resultWouldWait = &scsiResult{}
 
 func parseWrite(c *scsiCmd) *scsiResult {
 	c.parseLBA()

@@ -78,6 +78,9 @@ type scsiCmd struct {
 	// aborted reports the task's abort (task.go), for commands that run
 	// long (SANITIZE, EXTENDED COPY); nil when no task runs the command.
 	aborted func() bool
+	// try: the command runs on the connection's reader and reads only
+	// through TryReadAt (task.go); nil: it may wait.
+	try InlineReader
 }
 
 // saGroups lists the opcodes whose commands are told apart by a service
@@ -229,6 +232,9 @@ func prepareFixed(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) 
 
 func (c *scsiCmd) exec(data []byte) *scsiResult {
 	res := c.execFixed(data)
+	if res == resultWouldWait {
+		return res
+	}
 	if res != nil && res.volErr != nil {
 		c.lu.reportVolumeError(c, res)
 	}

@@ -70,8 +70,11 @@ var errSharedFull = fmt.Errorf("LU state would exceed %d bytes", maxSharedBytes)
 
 // sharedLU is how an LU reaches the record.
 type sharedLU struct {
-	ss      SharedState // nil: this site alone serves the LU
-	version uint64      // the version lu.pr was loaded from (counts changes without ss)
+	ss SharedState // nil: this site alone serves the LU
+	// inline: how a READ of a mirrored LU (ss not nil) runs on a
+	// connection's reader (task.go); nil: nothing of it does.
+	inline  InlineReader
+	version uint64 // the version lu.pr was loaded from (counts changes without ss)
 	// bad is why version badVersion of the record did not decode.
 	bad        error
 	badVersion uint64
@@ -86,18 +89,22 @@ type sharedLU struct {
 }
 
 // sharedStateOf finds SharedState on v or on a volume it wraps.
-func sharedStateOf(v Volume) SharedState {
+func sharedStateOf(v Volume) SharedState { return implementedBy[SharedState](v) }
+
+// implementedBy finds I on v or on a volume it wraps (Unwrap).
+func implementedBy[I any](v Volume) I {
+	var zero I
 	for range 8 {
-		if s, ok := v.(SharedState); ok {
+		if s, ok := v.(I); ok {
 			return s
 		}
 		u, ok := v.(interface{ Unwrap() Volume })
 		if !ok {
-			return nil
+			return zero
 		}
 		v = u.Unwrap()
 	}
-	return nil
+	return zero
 }
 
 // deviceLossOf finds DeviceLoss on v or on a volume it wraps.
@@ -123,6 +130,7 @@ func (lu *LU) attachShared(v Volume) {
 		return
 	}
 	lu.shared.ss = ss
+	lu.shared.inline = implementedBy[InlineReader](v)
 	ver, data := ss.SharedState()
 	s, err := decodeShared(data)
 	if err != nil {

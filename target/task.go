@@ -327,8 +327,11 @@ const goroutineFlush = 4
 // this site alone serves (one without SharedState, shared.go): a mirrored
 // volume may wait for another site (a WAN round trip, or a lease), and
 // the connection must keep reading then (task management, NOP-Out,
-// further commands). Once it has answered, the reader polls briefly for
-// the next command (busypoll.go).
+// further commands). A READ from a mirrored volume that can tell when it
+// would not wait (InlineReader) runs inline too, through TryReadAt; when
+// that says it would wait, the READ goes to its own goroutine as any
+// other command. Once it has answered, the reader polls briefly for the
+// next command (busypoll.go).
 const (
 	inlineMaxBytes = 256 << 10
 	// An inline command slower than inlineSlow (a stalled disk) turns
@@ -345,10 +348,16 @@ func (c *conn) start(t *task) {
 		return
 	}
 	begin := time.Now()
-	c.execute(t, 1)
+	done := c.execute(t, 1)
 	end := time.Now()
 	if end.Sub(begin) > inlineSlow {
 		c.inlineOff = end.Add(inlineBackoff)
+	}
+	if !done {
+		// The volume would wait (TryReadAt): nothing was done.
+		t.cmd.try = nil
+		go c.execute(t, goroutineFlush)
+		return
 	}
 	c.pr.answeredAt(end)
 }
@@ -356,16 +365,17 @@ func (c *conn) start(t *task) {
 // inline reports whether the reader may execute t itself.
 func (c *conn) inline(t *task) bool {
 	cmd := t.cmd
-	if t.lu == nil || t.lu.shared.ss != nil {
+	if t.lu == nil {
 		return false
 	}
+	mirrored := t.lu.shared.ss != nil
 	switch cmd.cdb[0] {
 	case 0x08, 0x28, 0xa8, 0x88: // READ(6/10/12/16)
-		if cmd.alloc > inlineMaxBytes {
+		if cmd.alloc > inlineMaxBytes || mirrored && t.lu.shared.inline == nil {
 			return false
 		}
 	case 0x0a, 0x2a, 0xaa, 0x8a: // WRITE(6/10/12/16)
-		if cmd.dataOut > inlineMaxBytes {
+		if cmd.dataOut > inlineMaxBytes || mirrored {
 			return false
 		}
 	default:
@@ -381,19 +391,27 @@ func (c *conn) inline(t *task) bool {
 	if !alone {
 		return false
 	}
-	return c.inlineOff.IsZero() || time.Now().After(c.inlineOff)
+	if !c.inlineOff.IsZero() && !time.Now().After(c.inlineOff) {
+		return false
+	}
+	if mirrored {
+		cmd.try = t.lu.shared.inline
+	}
+	return true
 }
 
-// execute runs the command on its LU and answers; direct is as for complete.
-func (c *conn) execute(t *task, direct int) {
+// execute runs the command on its LU and answers; direct is as for
+// complete. It reports false, having done nothing, when the command runs
+// with scsiCmd.try and the volume would wait.
+func (c *conn) execute(t *task, direct int) bool {
 	var res *scsiResult
 	if t.aborted.Load() {
 		c.finish(t, nil)
-		return
+		return true
 	}
 	if t.dataErr {
 		c.complete(t, checkCondition(senseAbortedCommand, ascProtocolCRC), direct)
-		return
+		return true
 	}
 	var grant int64
 	if t.cmd.dataIn && t.cmd.alloc > 1<<20 {
@@ -401,10 +419,16 @@ func (c *conn) execute(t *task, direct int) {
 		grant = int64(min(t.cmd.alloc, connBudget))
 		if err := c.budget.Acquire(c.ctx, grant); err != nil {
 			c.finish(t, nil)
-			return
+			return true
 		}
 	}
 	res = t.cmd.exec(t.buf[:min(len(t.buf), t.xfer)])
+	if res == resultWouldWait {
+		if grant > 0 {
+			c.budget.Release(grant)
+		}
+		return false
+	}
 	if len(t.cmd.abortPorts) > 0 {
 		c.abortPreempted(t, t.cmd.abortPorts)
 	}
@@ -417,6 +441,7 @@ func (c *conn) execute(t *task, direct int) {
 		}
 	}
 	c.complete(t, res, direct)
+	return true
 }
 
 // finish completes t with res; the writer goroutine writes the answer.

@@ -61,6 +61,19 @@ type DeviceLoss interface {
 	Lost() bool
 }
 
+// InlineReader is implemented by a volume that may wait for another
+// site (one with SharedState) but can tell when a read would not. The
+// target runs a lone small READ on such a volume on the connection's
+// reader (task.go) through TryReadAt; a volume that wraps another passes
+// it on as for SharedState.
+type InlineReader interface {
+	// TryReadAt reads p at off, as ReadAt would, if it can do so now
+	// waiting for nothing but its local store, and reports true.
+	// Otherwise it reads nothing, returns false and a nil error, and the
+	// target calls ReadAt from a goroutine of its own.
+	TryReadAt(p []byte, off int64) (ok bool, err error)
+}
+
 // PathState is the ALUA access state of this site's port group for a
 // volume (SPC-4 section 5.15.2).
 type PathState int

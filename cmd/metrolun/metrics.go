@@ -60,6 +60,25 @@ func (m metered) ReadAt(p []byte, off int64) error {
 	return err
 }
 
+// TryReadAt passes target.InlineReader on, so that reads served on a
+// connection's reader are counted too.
+func (m metered) TryReadAt(p []byte, off int64) (bool, error) {
+	ir, ok := m.Volume.(target.InlineReader)
+	if !ok {
+		return false, nil
+	}
+	t := time.Now()
+	done, err := ir.TryReadAt(p, off)
+	if !done && err == nil {
+		return false, nil
+	}
+	observe("read", t, err)
+	if err == nil {
+		ioBytes.WithLabelValues("read").Add(float64(len(p)))
+	}
+	return done, err
+}
+
 func (m metered) WriteAt(p []byte, off int64, fua bool) error {
 	t := time.Now()
 	err := m.Volume.WriteAt(p, off, fua)
