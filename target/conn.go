@@ -55,6 +55,10 @@ type conn struct {
 	sess   *session
 	params Params
 
+	// work hands a task to one of the connection's idle executors
+	// (spawn): unbuffered, so a send succeeds only when one waits.
+	work chan *task
+
 	// statSN: login uses it directly; afterwards wmu guards it.
 	statSN uint32
 
@@ -117,6 +121,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.wspace = sync.NewCond(&c.wmu)
 	c.budget = semaphore.NewWeighted(connBudget)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.work = make(chan *task)
 	c.pr = newPollReader(nc)
 	c.br = bufio.NewReaderSize(c.pr, 64*1024)
 	c.rd = pduReader{r: c.br, maxData: s.cfg.Limits.MaxRecvDataSegmentLength}

@@ -278,3 +278,27 @@ func TestInlineReadOnMirroredVolume(t *testing.T) {
 	in.nopPing([]byte("still there"))
 	in.logout()
 }
+
+// TestExecutorsAreReused: commands that do not run on the reader (writes
+// to a mirrored volume) reuse the connection's executor goroutines, whose
+// stacks have grown, instead of starting a goroutine each (a new one
+// regrows its stack on every command).
+func TestExecutorsAreReused(t *testing.T) {
+	pv := newProbeVolume(t, 1<<20, false)
+	mv := &inlineMirror{mirroredProbe: &mirroredProbe{pv, &sharedVolume{pv.memVolume, &fakeShared{}}}}
+	in := dial(t, startServerOn(t, wrappedVolume{mv}, pv.stop))
+	in.login(inlineLogin)
+	before := executorsStarted.Load()
+	const writes = 50
+	for i := range writes {
+		itt := in.writeImmediate(uint32(8*(i%16)), pattern(4096, byte(i)))
+		if pv.ranOnReader(t) {
+			t.Fatalf("write %d to a mirrored volume ran on the reader", i)
+		}
+		in.expectGood(itt)
+	}
+	if n := executorsStarted.Load() - before; n > 5 {
+		t.Fatalf("%d sequential writes started %d executors, want a few reused", writes, n)
+	}
+	in.logout()
+}
