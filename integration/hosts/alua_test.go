@@ -45,17 +45,7 @@ func TestLinuxALUAFollowsWriter(t *testing.T) {
 			t.Fatalf("login to %s at %s: %v\n%s", s.Name, portal, err, out)
 		}
 	}
-	paths := waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
-		if len(ps) != 2 {
-			return fmt.Errorf("%d paths, want 2", len(ps))
-		}
-		for _, p := range ps {
-			if p.Map == "" || p.DMState != "active" || p.Checker != "ready" {
-				return fmt.Errorf("path %s: map %q, dm %s, checker %s", p.Dev, p.Map, p.DMState, p.Checker)
-			}
-		}
-		return nil
-	})
+	paths := waitBothPathsActive(t, vm, c)
 	mapName, _ := checkOneMap(t, paths)
 	w, took := checkALUA(t, vm, c, 30*time.Second)
 	t.Logf("writer %s; the host's ALUA view agreed after %v", w, took.Round(100*time.Millisecond))

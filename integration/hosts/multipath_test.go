@@ -109,17 +109,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 			t.Logf("after login to %s: kernel ALUA states %s", s.Name, strings.Join(strings.Fields(out), " "))
 		}
 	}
-	paths := waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
-		if len(ps) != 2 {
-			return fmt.Errorf("%d paths, want 2", len(ps))
-		}
-		for _, p := range ps {
-			if p.Map == "" || p.DMState != "active" || p.Checker != "ready" {
-				return fmt.Errorf("path %s: map %q, dm %s, checker %s", p.Dev, p.Map, p.DMState, p.Checker)
-			}
-		}
-		return nil
-	})
+	paths := waitBothPathsActive(t, vm, c)
 	mapName, wwid := checkOneMap(t, paths)
 	dev := "/dev/mapper/" + mapName
 	t.Logf("multipath map %s (WWID %s), paths %+v", mapName, wwid, paths)
@@ -263,6 +253,23 @@ func TestLinuxMultipathFailover(t *testing.T) {
 
 // waitPaths polls the guest's multipath paths until ok accepts them, up
 // to d, and fails the test otherwise.
+// waitBothPathsActive waits (bounded) for one path per site, each in a
+// multipath map, active in it and passing its checker.
+func waitBothPathsActive(t *testing.T, vm *VM, c *Cluster) []Path {
+	t.Helper()
+	return waitPaths(t, vm, c, 60*time.Second, func(ps []Path) error {
+		if len(ps) != 2 {
+			return fmt.Errorf("%d paths, want 2", len(ps))
+		}
+		for _, p := range ps {
+			if p.Map == "" || p.DMState != "active" || p.Checker != "ready" {
+				return fmt.Errorf("path %s: map %q, dm %s, checker %s", p.Dev, p.Map, p.DMState, p.Checker)
+			}
+		}
+		return nil
+	})
+}
+
 func waitPaths(t *testing.T, vm *VM, c *Cluster, d time.Duration, ok func([]Path) error) []Path {
 	t.Helper()
 	ctx := context.Background()
