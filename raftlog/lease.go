@@ -17,29 +17,35 @@ import (
 // measured from when it became leader, then commits set-writer for the
 // next epoch; it holds the lease from then on.
 //
-// Why the wait is enough (I2). A writer renews its lease by VerifyLeader:
-// a majority answered an AppendEntries of its term, and the lease then
-// runs to the time the call started plus Lease. A new leader needs the
-// votes of a majority, and that majority holds a member M whose answer
-// counted for the old writer's last successful renewal, or the old writer
-// itself (whose lease ends when it moves to the higher term to vote). M
-// answered before it voted (having voted in a higher term, it would have
-// refused the old term), so the new leader was elected after M answered.
-// Raft counts any answer that arrives after the call started, but its
-// request may have been sent before: the transport gives every RPC an I/O
-// deadline of RPCTimeout from when it was sent, and does not pipeline, so
-// M answered at most RPCTimeout before the renewal started (plus local
-// scheduling, within the margin below). Hence
+// Why the wait is enough (I2). A writer renews its lease from the
+// AppendEntries its followers accept, the heartbeats Raft sends anyway
+// (termguard.go records them): if a majority of the voters, itself
+// included, accepted an AppendEntries of its term sent at t or later, the
+// lease runs to t + Lease. A new leader needs the votes of a majority,
+// and that majority holds a member M that accepted such a request, or the
+// old writer itself (whose lease ends when it moves to the higher term to
+// vote). M answered before it voted (having voted in a higher term, it
+// would have refused the old term, and the old writer would not count
+// the answer), and after the request was sent, so the new leader was
+// elected after t. Hence
 //
-//	old lease end = renewal start + Lease
-//	             <= M's answer + RPCTimeout + Lease
-//	             <  new leader elected + RPCTimeout + Lease,
+//	old lease end = t + Lease
+//	             <  new leader elected + Lease,
 //
 // and the new leader, which counts from when it saw itself elected (later
-// still), waits Lease + RPCTimeout + 10% of Lease; the 10% covers clocks
-// that run at different rates on the two machines. This does not rely on
-// followers ignoring candidates while they hear from a leader, so it holds
-// for a member that restarts between answering and voting.
+// still), waits Lease + 10% of Lease; the 10% covers clocks that run at
+// different rates on the two machines. This does not rely on followers
+// ignoring candidates while they hear from a leader, so it holds for a
+// member that restarts between answering and voting. The first lease of
+// an epoch rests on the set-writer entry instead: t is when it was
+// proposed, and the majority that committed it accepted it later.
+//
+// The new leader waits RPCTimeout on top. A writer used to renew by
+// VerifyLeader, a round of AppendEntries per renewal (one RPC to each
+// follower every Lease/4, on top of the heartbeats) that counted answers
+// to requests sent up to RPCTimeout (the transport's I/O deadline) before
+// the call started; a member still running that code, in a rolling
+// upgrade, relies on the longer wait.
 //
 // Leases are bound to the Raft term they were granted in: WriterLease is
 // zero as soon as this member is no longer leader of that term, and a
@@ -57,12 +63,57 @@ type lease struct {
 	term  uint64    // the Raft term it was granted and renewed in
 	since time.Time // when this member became writer of epoch
 	until time.Time
+	// renew: answers to this leader's AppendEntries extend it (contacted);
+	// off until the writer holds it (holdLease), and once it is fenced.
+	renew bool
 }
 
 // takeoverWait is how long a new leader waits before it becomes writer,
 // unless the previous writer released its epoch.
 func (c *Cluster) takeoverWait() time.Duration {
 	return c.cfg.Lease + c.cfg.Lease/10 + c.cfg.RPCTimeout
+}
+
+// confirmed is the latest time t such that a majority of the voters of
+// Raft's latest configuration, this member included, accepted an
+// AppendEntries of term sent at t or later (termGuard.confirmed).
+func (c *Cluster) confirmed(term uint64, now time.Time) (time.Time, bool) {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return time.Time{}, false
+	}
+	var voters []raft.ServerID
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s.ID)
+		}
+	}
+	return c.trans.confirmed(raft.ServerID(c.cfg.Name), voters, term, now)
+}
+
+// contacted renews the lease from what a majority has confirmed, after a
+// peer accepted an AppendEntries of term (termGuard calls it, on Raft's
+// replication goroutine, right after the answer): the renewal sends
+// nothing and wakes nobody.
+func (c *Cluster) contacted(term uint64) {
+	c.mu.Lock()
+	l, ld := c.lease, c.lead
+	c.mu.Unlock()
+	if !l.renew || l.term != term || ld == nil || ld.term != term {
+		return
+	}
+	if t, ok := c.confirmed(term, time.Now()); ok {
+		c.extendLease(ld, l.epoch, t.Add(c.cfg.Lease))
+	}
+}
+
+// renewing turns the renewal of the lease for epoch on or off.
+func (c *Cluster) renewing(ld *leadership, epoch uint64, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lead == ld && c.lease.epoch == epoch {
+		c.lease.renew = on
+	}
 }
 
 // WriterLease says whether this member may act as writer now: for epoch,
@@ -108,7 +159,7 @@ func (c *Cluster) grantLease(ld *leadership, l lease) bool {
 // extendLease moves the end of the lease for epoch to until.
 func (c *Cluster) extendLease(ld *leadership, epoch uint64, until time.Time) {
 	c.mu.Lock()
-	if c.lead != ld || c.lease.epoch != epoch || !until.After(c.lease.until) {
+	if c.lead != ld || c.lease.epoch != epoch || !c.lease.renew || !until.After(c.lease.until) {
 		c.mu.Unlock()
 		return
 	}
@@ -127,10 +178,11 @@ func (c *Cluster) armLease() {
 	if c.lease.until.After(c.lastUntil) {
 		c.lastUntil = c.lease.until
 	}
-	if c.leaseTimer != nil {
-		c.leaseTimer.Stop()
+	if c.leaseTimer == nil {
+		c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
+		return
 	}
-	c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
+	c.leaseTimer.Reset(time.Until(c.lease.until))
 }
 
 // endLease stops this member acting as writer.
@@ -520,24 +572,33 @@ const (
 	takeBack                   // a planned move failed; take the next epoch
 )
 
-// holdLease renews the lease every Lease/4 and serves planned moves
-// until this member is fenced.
+// holdLease keeps the lease renewed and serves planned moves until this
+// member is fenced.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
-	tick := time.NewTicker(c.cfg.Lease / 4)
-	defer tick.Stop()
+	c.renewing(ld, epoch, true)
 	for {
 		changed := c.Changed()
 		if c.State().IsFenced(c.cfg.Name) {
 			return c.stepDownFenced(ld, epoch)
 		}
+		// Answers to the heartbeats renew the lease (contacted). A
+		// member that is the only voter gets none, and renews by itself.
+		var tick, giveUp <-chan time.Time
+		alone, lapsed, ok := c.renew(ld, epoch)
+		switch {
+		case !ok:
+			return leaseLost
+		case alone:
+			tick = time.After(c.cfg.Lease / 4)
+		case lapsed > 0:
+			giveUp = time.After(lapsed)
+		}
 		select {
 		case <-ld.stop:
 			return leaseLost
 		case <-changed:
-		case <-tick.C:
-			if !c.renew(ld, epoch) {
-				return leaseLost
-			}
+		case <-tick:
+		case <-giveUp:
 		case p := <-ld.promote:
 			if p.name == c.cfg.Name {
 				p.reply <- nil
@@ -548,18 +609,54 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	}
 }
 
-func (c *Cluster) renew(ld *leadership, epoch uint64) bool {
-	start := time.Now()
-	if c.raft.CurrentTerm() == ld.term {
-		err := c.raft.VerifyLeader().Error()
-		if err == nil && c.raft.CurrentTerm() == ld.term {
-			c.extendLease(ld, epoch, start.Add(c.cfg.Lease))
-			return true
-		}
-		c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch, "error", err)
+// renew extends the lease to what a majority has confirmed (see the top
+// of this file) and checks that this member still leads; ok is false
+// when it does not. Without a majority the lease runs out by itself, and
+// Raft, whose own leader lease is shorter, steps down meanwhile; a leader
+// that still has none an election timeout after the lease ran out gives
+// its duties up, as a failed renewal did: giveUp is how long until then
+// while the lease has run out. alone: this member is the only voter.
+func (c *Cluster) renew(ld *leadership, epoch uint64) (alone bool, giveUp time.Duration, ok bool) {
+	now := time.Now()
+	if c.raft.CurrentTerm() != ld.term || !c.isLeader() {
+		c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
+			"error", fmt.Sprintf("not the leader of term %d", ld.term))
+		c.endLease()
+		return false, 0, false
 	}
+	if t, ok := c.confirmed(ld.term, now); ok {
+		c.extendLease(ld, epoch, t.Add(c.cfg.Lease))
+	}
+	c.mu.Lock()
+	held, until := c.lease.epoch == epoch, c.lease.until
+	c.mu.Unlock()
+	if !held {
+		return false, 0, false // ended meanwhile (leadership lost)
+	}
+	if now.Before(until) {
+		return c.onlyVoter(), 0, true
+	}
+	if end := until.Add(c.cfg.ElectionTimeout); now.Before(end) {
+		return c.onlyVoter(), end.Sub(now), true
+	}
+	c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
+		"error", "no majority accepted this leader's AppendEntries since "+until.Add(-c.cfg.Lease).Format(time.StampMilli))
 	c.endLease()
-	return false
+	return false, 0, false
+}
+
+// onlyVoter reports whether this member is the only voter.
+func (c *Cluster) onlyVoter() bool {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(c.cfg.Name) {
+			return false
+		}
+	}
+	return true
 }
 
 // handOver is a planned move of the writer to p.name.
