@@ -58,14 +58,13 @@ type Config struct {
 	// Lease is the writer lease. Required: conf is the only source of
 	// defaults (conf.DefaultLease); a zero value is refused, not filled in.
 	Lease time.Duration
-	// ElectionTimeout is Raft's heartbeat and election timeout; Raft's
-	// leader lease is half of it. Required (conf.DefaultElectionTimeout).
+	// ElectionTimeout is Raft's heartbeat, election and leader lease
+	// timeout. Required (conf.DefaultElectionTimeout).
 	ElectionTimeout time.Duration
 	// RPCTimeout bounds every Raft RPC on the transport, dial and TLS
-	// handshake included (default ElectionTimeout/2, which is Raft's
-	// leader lease: a leader whose RPCs take longer steps down anyway). It
-	// also bounds how old the acknowledgements behind a lease renewal can
-	// be, so a new writer waits it out on top of Lease (see lease.go).
+	// handshake included (default ElectionTimeout/2). It also bounds how
+	// old the acknowledgements behind a VerifyLeader renewal can be, so a
+	// new writer waits it out on top of Lease (see lease.go).
 	RPCTimeout time.Duration
 	// Guard, when set, wraps the Raft listener (cmd/netguard: connection
 	// caps, accept errors waited out). Nil: the bare listener.
@@ -204,6 +203,10 @@ type Cluster struct {
 	// this member acted as writer at no time after it.
 	lastUntil  time.Time
 	leaseTimer *time.Timer
+	// staleTimer fires when no majority has confirmed this leader for
+	// Lease/2 (lease.go); it tells holdLease through stale.
+	staleTimer *time.Timer
+	stale      chan struct{}
 	lead       *leadership // the leader's duties while it leads, else nil
 }
 
@@ -242,8 +245,10 @@ func Open(cfg Config) (*Cluster, error) {
 		Stream:  stream,
 		MaxPool: 3,
 		// No pipelining: every AppendEntries then goes through
-		// termGuard.AppendEntries, whose answers renew the writer lease
-		// (lease.go), and has its own I/O deadline of Timeout.
+		// termGuard.AppendEntries, whose answers renew the writer lease,
+		// and has its own I/O deadline of Timeout from when it was sent,
+		// which bounds how stale an answer counted by VerifyLeader can be
+		// (lease.go).
 		MaxRPCsInFlight: 1,
 		Timeout:         cfg.RPCTimeout,
 		Logger:          rlog.Named("transport"),
@@ -253,7 +258,13 @@ func Open(cfg Config) (*Cluster, error) {
 	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.ElectionTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
-	rc.LeaderLeaseTimeout = cfg.ElectionTimeout / 2
+	// Raft's leader lease only makes a leader cut off from a majority
+	// step down; the writer lease (lease.go) is what keeps two writers
+	// apart, and it lapses after Lease without a majority. At half the
+	// election timeout a leader stepped down whenever two heartbeats in a
+	// row were late (a loaded machine, a 50 ms link), which the VerifyLeader
+	// rounds and commit-timeout AppendEntries once hid by adding contacts.
+	rc.LeaderLeaseTimeout = cfg.ElectionTimeout
 	// CommitTimeout is how often the leader sends each follower an
 	// AppendEntries with nothing new, only so that it learns the commit
 	// index when no entry follows: as often as the heartbeats it doubled
@@ -299,6 +310,7 @@ func Open(cfg Config) (*Cluster, error) {
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		changed: make(chan struct{}),
+		stale:   make(chan struct{}, 1),
 	}
 	c.fsm = &FSM{onChange: c.notify}
 	trans.onContact = c.contacted
@@ -347,6 +359,9 @@ func (c *Cluster) Close() error {
 		c.mu.Lock()
 		if c.leaseTimer != nil {
 			c.leaseTimer.Stop()
+		}
+		if c.staleTimer != nil {
+			c.staleTimer.Stop()
 		}
 		c.mu.Unlock()
 		c.notify()

@@ -40,12 +40,18 @@ import (
 // an epoch rests on the set-writer entry instead: t is when it was
 // proposed, and the majority that committed it accepted it later.
 //
-// The new leader waits RPCTimeout on top. A writer used to renew by
-// VerifyLeader, a round of AppendEntries per renewal (one RPC to each
-// follower every Lease/4, on top of the heartbeats) that counted answers
-// to requests sent up to RPCTimeout (the transport's I/O deadline) before
-// the call started; a member still running that code, in a rolling
-// upgrade, relies on the longer wait.
+// The new leader waits RPCTimeout on top, for the other way a lease is
+// renewed. When no majority has confirmed the writer for Lease/2 (answers
+// slower than the heartbeats, over a long link or on a loaded machine),
+// it runs a VerifyLeader round, which has Raft heartbeat every follower
+// at once, and the lease then runs to the time the call started plus
+// Lease. Raft counts any answer that arrives after the call started, but
+// its request may have been sent before: the transport gives every RPC
+// an I/O deadline of RPCTimeout from when it was sent, and does not
+// pipeline, so M answered at most RPCTimeout before the round started,
+// and the old lease ends before the new leader was elected + RPCTimeout +
+// Lease. (Writers renewed only this way, every Lease/4, before: a round of
+// RPCs on top of the heartbeats, most of an idle cluster's Raft traffic.)
 //
 // Leases are bound to the Raft term they were granted in: WriterLease is
 // zero as soon as this member is no longer leader of that term, and a
@@ -180,9 +186,22 @@ func (c *Cluster) armLease() {
 	}
 	if c.leaseTimer == nil {
 		c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
-		return
+	} else {
+		c.leaseTimer.Reset(time.Until(c.lease.until))
 	}
-	c.leaseTimer.Reset(time.Until(c.lease.until))
+	staleIn := time.Until(c.lease.until) - c.cfg.Lease/2
+	if c.staleTimer == nil {
+		c.staleTimer = time.AfterFunc(staleIn, c.pokeStale)
+	} else {
+		c.staleTimer.Reset(staleIn)
+	}
+}
+
+func (c *Cluster) pokeStale() {
+	select {
+	case c.stale <- struct{}{}:
+	default:
+	}
 }
 
 // endLease stops this member acting as writer.
@@ -193,6 +212,9 @@ func (c *Cluster) endLease() {
 	if c.leaseTimer != nil {
 		c.leaseTimer.Stop()
 		c.leaseTimer = nil
+	}
+	if c.staleTimer != nil {
+		c.staleTimer.Stop()
 	}
 	c.mu.Unlock()
 	if had {
@@ -573,7 +595,9 @@ const (
 )
 
 // holdLease keeps the lease renewed and serves planned moves until this
-// member is fenced.
+// member is fenced. Answers to Raft's heartbeats renew it (contacted); when
+// none has come from a majority for Lease/2 (a slow link, a loaded
+// machine, or this member is the only voter), it asks for them itself.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	c.renewing(ld, epoch, true)
 	for {
@@ -581,24 +605,20 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 		if c.State().IsFenced(c.cfg.Name) {
 			return c.stepDownFenced(ld, epoch)
 		}
-		// Answers to the heartbeats renew the lease (contacted). A
-		// member that is the only voter gets none, and renews by itself.
-		var tick, giveUp <-chan time.Time
-		alone, lapsed, ok := c.renew(ld, epoch)
-		switch {
-		case !ok:
-			return leaseLost
-		case alone:
-			tick = time.After(c.cfg.Lease / 4)
-		case lapsed > 0:
-			giveUp = time.After(lapsed)
-		}
 		select {
 		case <-ld.stop:
 			return leaseLost
 		case <-changed:
-		case <-tick:
-		case <-giveUp:
+			if c.raft.CurrentTerm() != ld.term || !c.isLeader() {
+				c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
+					"error", fmt.Sprintf("not the leader of term %d", ld.term))
+				c.endLease()
+				return leaseLost
+			}
+		case <-c.stale:
+			if !c.verify(ld, epoch) {
+				return leaseLost
+			}
 		case p := <-ld.promote:
 			if p.name == c.cfg.Name {
 				p.reply <- nil
@@ -609,54 +629,32 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	}
 }
 
-// renew extends the lease to what a majority has confirmed (see the top
-// of this file) and checks that this member still leads; ok is false
-// when it does not. Without a majority the lease runs out by itself, and
-// Raft, whose own leader lease is shorter, steps down meanwhile; a leader
-// that still has none an election timeout after the lease ran out gives
-// its duties up, as a failed renewal did: giveUp is how long until then
-// while the lease has run out. alone: this member is the only voter.
-func (c *Cluster) renew(ld *leadership, epoch uint64) (alone bool, giveUp time.Duration, ok bool) {
-	now := time.Now()
-	if c.raft.CurrentTerm() != ld.term || !c.isLeader() {
-		c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
-			"error", fmt.Sprintf("not the leader of term %d", ld.term))
-		c.endLease()
-		return false, 0, false
-	}
-	if t, ok := c.confirmed(ld.term, now); ok {
-		c.extendLease(ld, epoch, t.Add(c.cfg.Lease))
-	}
+// verify renews a lease that no majority has confirmed for Lease/2 by a
+// VerifyLeader round: Raft sends every follower a heartbeat at once, and
+// the lease runs to when the call started plus Lease (the rule the
+// takeover wait's RPCTimeout covers, see the top of this file). A failed
+// round ends the lease.
+func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 	c.mu.Lock()
 	held, until := c.lease.epoch == epoch, c.lease.until
 	c.mu.Unlock()
 	if !held {
-		return false, 0, false // ended meanwhile (leadership lost)
+		return false // ended meanwhile
 	}
-	if now.Before(until) {
-		return c.onlyVoter(), 0, true
+	if time.Until(until) > c.cfg.Lease/2 {
+		return true // confirmed meanwhile
 	}
-	if end := until.Add(c.cfg.ElectionTimeout); now.Before(end) {
-		return c.onlyVoter(), end.Sub(now), true
-	}
-	c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
-		"error", "no majority accepted this leader's AppendEntries since "+until.Add(-c.cfg.Lease).Format(time.StampMilli))
-	c.endLease()
-	return false, 0, false
-}
-
-// onlyVoter reports whether this member is the only voter.
-func (c *Cluster) onlyVoter() bool {
-	f := c.raft.GetConfiguration()
-	if f.Error() != nil {
-		return false
-	}
-	for _, s := range f.Configuration().Servers {
-		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(c.cfg.Name) {
-			return false
+	start := time.Now()
+	if c.raft.CurrentTerm() == ld.term {
+		err := c.raft.VerifyLeader().Error()
+		if err == nil && c.raft.CurrentTerm() == ld.term {
+			c.extendLease(ld, epoch, start.Add(c.cfg.Lease))
+			return true
 		}
+		c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch, "error", err)
 	}
-	return true
+	c.endLease()
+	return false
 }
 
 // handOver is a planned move of the writer to p.name.
