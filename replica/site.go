@@ -194,7 +194,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 		return nil, err
 	}
 	s.meta = meta
-	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
+	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker, regrant: make(chan struct{}, 1)}
 	if boot, err := s.readMarker(); err == nil {
 		// This site was a writer that did not stop cleanly: it may hold
 		// writes nobody acknowledged.
