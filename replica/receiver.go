@@ -409,8 +409,10 @@ func (r *receiver) askLeases(conn net.Conn, stop <-chan struct{}, send func(*Fra
 
 // granted records a lease: it runs from when the request left this site,
 // so it ends no later than the writer believes (DESIGN.md I3). The next
-// request goes out a quarter lease, or two round trips if longer, before
-// it ends, and never sooner than a quarter lease after this one.
+// request goes out a quarter lease, or three round trips if longer (a
+// grant is shorter than a lease by how old the writer's own confirmation
+// is, which grows with the round trip), before it ends, and never sooner
+// than a quarter lease after this one.
 func (r *receiver) granted(f *Frame) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -426,7 +428,7 @@ func (r *receiver) granted(f *Frame) {
 	if end := sent.Add(time.Duration(f.Length) * time.Millisecond); end.After(r.leaseEnd) {
 		r.leaseEnd, r.leaseEp = end, f.Epoch
 	}
-	margin := max(r.lease/4, 2*time.Since(sent))
+	margin := max(r.lease/4, 3*time.Since(sent))
 	r.renewAt = r.leaseEnd.Add(-margin)
 	if soonest := sent.Add(r.lease / 4); r.renewAt.Before(soonest) {
 		r.renewAt = soonest
