@@ -639,7 +639,6 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	}
 	p.link = l
 	w.c.Connected(p.id, true)
-	w.kickCommitter()
 	w.mu.Unlock()
 	w.mu.Lock()
 	p.empty = ack.Flags&FlagEmpty != 0

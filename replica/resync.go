@@ -68,7 +68,6 @@ func (w *writer) resync(p *peer) error {
 		w.mu.Unlock()
 		return errNotWriter
 	}
-	w.kickCommitter()
 	p.resync = resyncProgress{Total: b.Regions(), Started: time.Now()}
 	w.mu.Unlock()
 	w.log.Info("resync: starting", "replica", p.name, "full_compare", full, "dirty_regions", b.Dirty(), "regions", b.Regions())
@@ -198,7 +197,6 @@ func (w *writer) resync(p *peer) error {
 		w.mu.Unlock()
 		return fail(errNotWriter)
 	}
-	w.kickCommitter()
 	// From here on its misses are new ones (a failure after this pass):
 	// the bitmap is cleared only if none was recorded.
 	marks := b.Marks()

@@ -303,11 +303,11 @@ func (w *writer) releaseCarried() {
 
 // committer sends the commit point to replicas that no data frame
 // carried it to within commitIdle (the core decides which), so they may
-// show those writes to their readers. It runs when the commit point
-// moves, and when a replica may lack one it did not see move: a link
-// came up, a resync started or ended (kickCommitter). It used to tick
-// every lease/4 for those, which was most of what an idle writer did.
+// show those writes to their readers. It also ticks, for frames outside
+// the write order (resync copies) and for links that came up since.
 func (w *writer) committer() {
+	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
+	defer tick.Stop()
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -315,6 +315,7 @@ func (w *writer) committer() {
 		case <-w.ctx.Done():
 			return
 		case <-w.commitSig:
+		case <-tick.C:
 		case <-idle.C:
 		}
 		w.mu.Lock()
@@ -337,14 +338,6 @@ func (w *writer) committer() {
 		if wait > 0 {
 			idle.Reset(wait)
 		}
-	}
-}
-
-// kickCommitter has the committer look again.
-func (w *writer) kickCommitter() {
-	select {
-	case w.commitSig <- struct{}{}:
-	default:
 	}
 }
 
