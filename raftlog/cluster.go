@@ -270,12 +270,11 @@ func Open(cfg Config) (*Cluster, error) {
 	// index when no entry follows: at 50-100 ms, as often as the
 	// heartbeats, it doubled the idle cluster's Raft traffic. propose
 	// sends the commit index on at once instead (a barrier entry after
-	// each entry it commits). They also reach a follower when the
-	// heartbeats do not (Raft's heartbeat loop waits while a VerifyLeader
-	// round is answered, and a follower whose only contact was the
-	// heartbeats started elections with the election timeout here: a
-	// leader 744 ms without heartbeats after `metrolun drill`), so they
-	// stay several times per election timeout.
+	// each entry it commits). They also reset a follower's election
+	// timer when the heartbeats do not (with the election timeout here,
+	// a leader that sent no heartbeat for 744 ms after `metrolun drill`,
+	// cause not found, lost its followers to an election), so they stay
+	// several times per election timeout.
 	rc.CommitTimeout = cfg.ElectionTimeout / 5
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 1024
