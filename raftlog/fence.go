@@ -186,6 +186,7 @@ func (c *Cluster) expireFences() {
 // its site finish under it, and then hands leadership over without
 // releasing the epoch, as a lost writer would.
 func (c *Cluster) stepDownFenced(ld *leadership, epoch uint64) leaseEnd {
+	c.renewing(ld, epoch, false)
 	c.mu.Lock()
 	until := c.lease.until
 	c.mu.Unlock()

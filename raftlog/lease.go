@@ -17,29 +17,41 @@ import (
 // measured from when it became leader, then commits set-writer for the
 // next epoch; it holds the lease from then on.
 //
-// Why the wait is enough (I2). A writer renews its lease by VerifyLeader:
-// a majority answered an AppendEntries of its term, and the lease then
-// runs to the time the call started plus Lease. A new leader needs the
-// votes of a majority, and that majority holds a member M whose answer
-// counted for the old writer's last successful renewal, or the old writer
-// itself (whose lease ends when it moves to the higher term to vote). M
-// answered before it voted (having voted in a higher term, it would have
-// refused the old term), so the new leader was elected after M answered.
-// Raft counts any answer that arrives after the call started, but its
-// request may have been sent before: the transport gives every RPC an I/O
-// deadline of RPCTimeout from when it was sent, and does not pipeline, so
-// M answered at most RPCTimeout before the renewal started (plus local
-// scheduling, within the margin below). Hence
+// Why the wait is enough (I2). A writer renews its lease from the
+// AppendEntries its followers accept, the heartbeats Raft sends anyway
+// (termguard.go records them): if a majority of the voters, itself
+// included, accepted an AppendEntries of its term sent at t or later, the
+// lease runs to t + Lease. A new leader needs the votes of a majority,
+// and that majority holds a member M that accepted such a request, or the
+// old writer itself (whose lease ends when it moves to the higher term to
+// vote). M answered before it voted (having voted in a higher term, it
+// would have refused the old term, and the old writer would not count
+// the answer), and after the request was sent, so the new leader was
+// elected after t. Hence
 //
-//	old lease end = renewal start + Lease
-//	             <= M's answer + RPCTimeout + Lease
-//	             <  new leader elected + RPCTimeout + Lease,
+//	old lease end = t + Lease
+//	             <  new leader elected + Lease,
 //
 // and the new leader, which counts from when it saw itself elected (later
-// still), waits Lease + RPCTimeout + 10% of Lease; the 10% covers clocks
-// that run at different rates on the two machines. This does not rely on
-// followers ignoring candidates while they hear from a leader, so it holds
-// for a member that restarts between answering and voting.
+// still), waits Lease + 10% of Lease; the 10% covers clocks that run at
+// different rates on the two machines. This does not rely on followers
+// ignoring candidates while they hear from a leader, so it holds for a
+// member that restarts between answering and voting. The first lease of
+// an epoch rests on the set-writer entry instead: t is when it was
+// proposed, and the majority that committed it accepted it later.
+//
+// The new leader waits RPCTimeout on top, for the other way a lease is
+// renewed. When no majority has confirmed the writer for Lease/2 (answers
+// slower than the heartbeats, over a long link or on a loaded machine),
+// it runs a VerifyLeader round, which has Raft heartbeat every follower
+// at once, and the lease then runs to the time the call started plus
+// Lease. Raft counts any answer that arrives after the call started, but
+// its request may have been sent before: the transport gives every RPC
+// an I/O deadline of RPCTimeout from when it was sent, and does not
+// pipeline, so M answered at most RPCTimeout before the round started,
+// and the old lease ends before the new leader was elected + RPCTimeout +
+// Lease. (Writers renewed only this way, every Lease/4, before: a round of
+// RPCs on top of the heartbeats, most of an idle cluster's Raft traffic.)
 //
 // Leases are bound to the Raft term they were granted in: WriterLease is
 // zero as soon as this member is no longer leader of that term, and a
@@ -57,12 +69,57 @@ type lease struct {
 	term  uint64    // the Raft term it was granted and renewed in
 	since time.Time // when this member became writer of epoch
 	until time.Time
+	// renew: answers to this leader's AppendEntries extend it (contacted);
+	// off until the writer holds it (holdLease), and once it is fenced.
+	renew bool
 }
 
 // takeoverWait is how long a new leader waits before it becomes writer,
 // unless the previous writer released its epoch.
 func (c *Cluster) takeoverWait() time.Duration {
 	return c.cfg.Lease + c.cfg.Lease/10 + c.cfg.RPCTimeout
+}
+
+// confirmed is the latest time t such that a majority of the voters of
+// Raft's latest configuration, this member included, accepted an
+// AppendEntries of term sent at t or later (termGuard.confirmed).
+func (c *Cluster) confirmed(term uint64, now time.Time) (time.Time, bool) {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return time.Time{}, false
+	}
+	var voters []raft.ServerID
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s.ID)
+		}
+	}
+	return c.trans.confirmed(raft.ServerID(c.cfg.Name), voters, term, now)
+}
+
+// contacted renews the lease from what a majority has confirmed, after a
+// peer accepted an AppendEntries of term (termGuard calls it, on Raft's
+// replication goroutine, right after the answer): the renewal sends
+// nothing and wakes nobody.
+func (c *Cluster) contacted(term uint64) {
+	c.mu.Lock()
+	l, ld := c.lease, c.lead
+	c.mu.Unlock()
+	if !l.renew || l.term != term || ld == nil || ld.term != term {
+		return
+	}
+	if t, ok := c.confirmed(term, time.Now()); ok {
+		c.extendLease(ld, l.epoch, t.Add(c.cfg.Lease))
+	}
+}
+
+// renewing turns the renewal of the lease for epoch on or off.
+func (c *Cluster) renewing(ld *leadership, epoch uint64, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lead == ld && c.lease.epoch == epoch {
+		c.lease.renew = on
+	}
 }
 
 // WriterLease says whether this member may act as writer now: for epoch,
@@ -108,7 +165,7 @@ func (c *Cluster) grantLease(ld *leadership, l lease) bool {
 // extendLease moves the end of the lease for epoch to until.
 func (c *Cluster) extendLease(ld *leadership, epoch uint64, until time.Time) {
 	c.mu.Lock()
-	if c.lead != ld || c.lease.epoch != epoch || !until.After(c.lease.until) {
+	if c.lead != ld || c.lease.epoch != epoch || !c.lease.renew || !until.After(c.lease.until) {
 		c.mu.Unlock()
 		return
 	}
@@ -127,10 +184,24 @@ func (c *Cluster) armLease() {
 	if c.lease.until.After(c.lastUntil) {
 		c.lastUntil = c.lease.until
 	}
-	if c.leaseTimer != nil {
-		c.leaseTimer.Stop()
+	if c.leaseTimer == nil {
+		c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
+	} else {
+		c.leaseTimer.Reset(time.Until(c.lease.until))
 	}
-	c.leaseTimer = time.AfterFunc(time.Until(c.lease.until), c.notify)
+	staleIn := time.Until(c.lease.until) - c.cfg.Lease/2
+	if c.staleTimer == nil {
+		c.staleTimer = time.AfterFunc(staleIn, c.pokeStale)
+	} else {
+		c.staleTimer.Reset(staleIn)
+	}
+}
+
+func (c *Cluster) pokeStale() {
+	select {
+	case c.stale <- struct{}{}:
+	default:
+	}
 }
 
 // endLease stops this member acting as writer.
@@ -141,6 +212,9 @@ func (c *Cluster) endLease() {
 	if c.leaseTimer != nil {
 		c.leaseTimer.Stop()
 		c.leaseTimer = nil
+	}
+	if c.staleTimer != nil {
+		c.staleTimer.Stop()
 	}
 	c.mu.Unlock()
 	if had {
@@ -520,11 +594,12 @@ const (
 	takeBack                   // a planned move failed; take the next epoch
 )
 
-// holdLease renews the lease every Lease/4 and serves planned moves
-// until this member is fenced.
+// holdLease keeps the lease renewed and serves planned moves until this
+// member is fenced. Answers to Raft's heartbeats renew it (contacted); when
+// none has come from a majority for Lease/2 (a slow link, a loaded
+// machine, or this member is the only voter), it asks for them itself.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
-	tick := time.NewTicker(c.cfg.Lease / 4)
-	defer tick.Stop()
+	c.renewing(ld, epoch, true)
 	for {
 		changed := c.Changed()
 		if c.State().IsFenced(c.cfg.Name) {
@@ -534,8 +609,14 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 		case <-ld.stop:
 			return leaseLost
 		case <-changed:
-		case <-tick.C:
-			if !c.renew(ld, epoch) {
+			if c.raft.CurrentTerm() != ld.term || !c.isLeader() {
+				c.log.Warn("writer lease renewal failed; not the writer any more", "epoch", epoch,
+					"error", fmt.Sprintf("not the leader of term %d", ld.term))
+				c.endLease()
+				return leaseLost
+			}
+		case <-c.stale:
+			if !c.verify(ld, epoch) {
 				return leaseLost
 			}
 		case p := <-ld.promote:
@@ -548,7 +629,21 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	}
 }
 
-func (c *Cluster) renew(ld *leadership, epoch uint64) bool {
+// verify renews a lease that no majority has confirmed for Lease/2 by a
+// VerifyLeader round: Raft sends every follower a heartbeat at once, and
+// the lease runs to when the call started plus Lease (the rule the
+// takeover wait's RPCTimeout covers, see the top of this file). A failed
+// round ends the lease.
+func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
+	c.mu.Lock()
+	held, until := c.lease.epoch == epoch, c.lease.until
+	c.mu.Unlock()
+	if !held {
+		return false // ended meanwhile
+	}
+	if time.Until(until) > c.cfg.Lease/2 {
+		return true // confirmed meanwhile
+	}
 	start := time.Now()
 	if c.raft.CurrentTerm() == ld.term {
 		err := c.raft.VerifyLeader().Error()

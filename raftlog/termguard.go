@@ -2,8 +2,10 @@ package raftlog
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -31,10 +33,24 @@ type termGuard struct {
 	out  chan raft.RPC
 	done chan struct{}
 	once sync.Once
+
+	cmu      sync.Mutex
+	contacts map[raft.ServerID]contact
+	// onContact, when set (before Raft starts), is called after each
+	// contact recorded, with its term.
+	onContact func(term uint64)
+}
+
+// contact is the latest AppendEntries a peer accepted: of term, sent at
+// sent (lease.go).
+type contact struct {
+	term uint64
+	sent time.Time
 }
 
 func newTermGuard(t *raft.NetworkTransport, stable raft.StableStore) *termGuard {
-	g := &termGuard{NetworkTransport: t, stable: stable, out: make(chan raft.RPC), done: make(chan struct{})}
+	g := &termGuard{NetworkTransport: t, stable: stable, out: make(chan raft.RPC), done: make(chan struct{}),
+		contacts: map[raft.ServerID]contact{}}
 	go g.run()
 	return g
 }
@@ -112,4 +128,54 @@ func (g *termGuard) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
 func (g *termGuard) Close() error {
 	g.once.Do(func() { close(g.done) })
 	return g.NetworkTransport.Close()
+}
+
+// AppendEntries records, for the writer lease, when each peer was last
+// sent an AppendEntries (a heartbeat or entries) that it accepted as the
+// leader's of that term: Success, and its term equal to the request's,
+// so it had not moved to a later term (and voted there) when it answered.
+// The time is taken before the request is handed to the connection, so
+// it is never after the peer's answer, however long the dial, the queue
+// or the network took.
+func (g *termGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	sent := time.Now()
+	err := g.NetworkTransport.AppendEntries(id, target, args, resp)
+	if err == nil && resp.Success && resp.Term == args.Term {
+		g.cmu.Lock()
+		if c := g.contacts[id]; args.Term > c.term || (args.Term == c.term && sent.After(c.sent)) {
+			g.contacts[id] = contact{term: args.Term, sent: sent}
+		}
+		g.cmu.Unlock()
+		if g.onContact != nil {
+			g.onContact(args.Term)
+		}
+	}
+	return err
+}
+
+// confirmed is the latest time t such that a majority of voters (this
+// member, self, included when it is one) accepted an AppendEntries of
+// term sent at t or later; ok is false when no majority did. now stands
+// for self, whose own acceptance is immediate.
+func (g *termGuard) confirmed(self raft.ServerID, voters []raft.ServerID, term uint64, now time.Time) (t time.Time, ok bool) {
+	need := len(voters)/2 + 1
+	var sent []time.Time
+	g.cmu.Lock()
+	for _, v := range voters {
+		if v == self {
+			sent = append(sent, now)
+			continue
+		}
+		if c, ok := g.contacts[v]; ok && c.term == term {
+			sent = append(sent, c.sent)
+		}
+	}
+	g.cmu.Unlock()
+	if len(sent) < need {
+		return time.Time{}, false
+	}
+	// The need-th latest: every voter from there up answered a request
+	// sent no earlier.
+	slices.SortFunc(sent, func(a, b time.Time) int { return b.Compare(a) })
+	return sent[need-1], true
 }

@@ -59,6 +59,10 @@ type receiver struct {
 	leaseEp  uint64
 	reqs     map[uint64]time.Time // lease request id -> when it was sent
 	nextReq  uint64
+	// renewAt is when to ask for the next lease, set by each grant;
+	// regrant tells the asker it moved.
+	renewAt time.Time
+	regrant chan struct{}
 
 	// Applied but not yet committed (FrameCommit): readers here wait for
 	// these ranges. vmu orders a store write and its registration against
@@ -335,35 +339,10 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 		return err
 	}
 
-	// Ask for a read lease four times per lease period.
+	// Ask for a read lease, and again before it runs out (granted).
 	stop := make(chan struct{})
 	defer close(stop)
-	go func() {
-		t := time.NewTicker(r.lease / 4)
-		defer t.Stop()
-		for {
-			r.mu.Lock()
-			if r.cur != conn {
-				r.mu.Unlock()
-				return
-			}
-			r.nextReq++
-			id := r.nextReq
-			if r.reqs == nil {
-				r.reqs = make(map[uint64]time.Time)
-			}
-			r.reqs[id] = time.Now()
-			r.mu.Unlock()
-			if send(&Frame{Kind: FrameLeaseReq, Seq: id}, true) != nil {
-				return
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	go r.askLeases(conn, stop, send)
 
 	for {
 		// The data stays in the pooled body until the frame is
@@ -412,8 +391,52 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 	}
 }
 
+// askLeases asks the writer on conn for read leases while conn is the
+// current stream: at once, then each time the lease granted nears its end
+// (granted sets when), and every lease/4 while none comes. Asking every
+// lease/4 whatever the grant was kept an idle replica and its writer
+// busy with a round trip every 75 ms.
+func (r *receiver) askLeases(conn net.Conn, stop <-chan struct{}, send func(*Frame, bool) error) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		case <-r.regrant:
+			r.mu.Lock()
+			at := r.renewAt
+			r.mu.Unlock()
+			t.Reset(time.Until(at))
+			continue
+		}
+		r.mu.Lock()
+		if r.cur != conn {
+			r.mu.Unlock()
+			return
+		}
+		r.nextReq++
+		id := r.nextReq
+		if r.reqs == nil {
+			r.reqs = make(map[uint64]time.Time)
+		}
+		now := time.Now()
+		r.reqs[id] = now
+		r.mu.Unlock()
+		t.Reset(r.lease / 4) // unless a grant says when
+		if send(&Frame{Kind: FrameLeaseReq, Seq: id}, true) != nil {
+			return
+		}
+	}
+}
+
 // granted records a lease: it runs from when the request left this site,
-// so it ends no later than the writer believes (DESIGN.md I3).
+// so it ends no later than the writer believes (DESIGN.md I3). The next
+// request goes out a quarter lease, or three round trips if longer (a
+// grant is shorter than a lease by how old the writer's own confirmation
+// is, which grows with the round trip), before it ends, and never sooner
+// than a quarter lease after this one.
 func (r *receiver) granted(f *Frame) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -428,6 +451,15 @@ func (r *receiver) granted(f *Frame) {
 	}
 	if end := sent.Add(time.Duration(f.Length) * time.Millisecond); end.After(r.leaseEnd) {
 		r.leaseEnd, r.leaseEp = end, f.Epoch
+	}
+	margin := max(r.lease/4, 3*time.Since(sent))
+	r.renewAt = r.leaseEnd.Add(-margin)
+	if soonest := sent.Add(r.lease / 4); r.renewAt.Before(soonest) {
+		r.renewAt = soonest
+	}
+	select {
+	case r.regrant <- struct{}{}:
+	default:
 	}
 }
 

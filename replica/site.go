@@ -204,7 +204,7 @@ func NewSite(cfg SiteConfig) (*Site, error) {
 		return nil, err
 	}
 	s.meta = meta
-	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker}
+	s.recv = &receiver{store: cfg.Store, meta: meta, lease: cfg.Lease, refs: s.fwd.lookup, synced: s.clearMarker, regrant: make(chan struct{}, 1)}
 	if err := cfg.Store.PersistLost(filepath.Join(cfg.Dir, "lost.ranges")); err != nil {
 		return nil, err
 	}

@@ -42,8 +42,21 @@ type Client struct {
 	// Timeout bounds each call but Verify; 0 means 15s.
 	Timeout time.Duration
 
+	mu   sync.Mutex
+	pool *clientPool
+}
+
+// clientPool holds the HTTP clients of a Client and of the copies it
+// makes for one call (Verify, Gather), so that they share connections.
+type clientPool struct {
 	mu sync.Mutex
-	hc *http.Client
+	// byName has one HTTP client per server name a TLS connection is
+	// verified for ("" when verified by address, and for plain HTTP):
+	// a kept connection is reused only for the member it was verified
+	// for. A member polls the others' sessions every second, and a TLS
+	// handshake per poll cost more than everything else the idle
+	// cluster did (docs/bench.md).
+	byName map[string]*http.Client
 }
 
 // Error is a member's refusal.
@@ -67,30 +80,66 @@ func NotLeader(err error) bool {
 	return errors.As(err, &e) && e.Code == http.StatusConflict
 }
 
-func (c *Client) httpClient() *http.Client {
+func (c *Client) clients() *clientPool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.Proxy = nil // admin addresses are dialled directly
-		if c.TLS != nil {
-			tr.DialTLSContext = c.dialTLS
-			// A connection is verified for the member it was dialled
-			// for; the pool knows only addresses, so it is not kept
-			// for another request that may expect another member.
-			tr.DisableKeepAlives = true
-		}
-		c.hc = &http.Client{Transport: tr}
+	if c.pool == nil {
+		c.pool = &clientPool{byName: map[string]*http.Client{}}
 	}
-	return c.hc
+	return c.pool
+}
+
+// httpClient is the HTTP client for requests to the member name (""
+// when unknown).
+func (c *Client) httpClient(name string) *http.Client {
+	if c.TLS == nil {
+		name = "" // nothing is verified: one pool for every member
+	}
+	p := c.clients()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if hc := p.byName[name]; hc != nil {
+		return hc
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil // admin addresses are dialled directly
+	if c.TLS != nil {
+		// Every connection of this transport is verified for name, so
+		// the pool (which knows only addresses) never hands one
+		// verified for another member to a request.
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return c.dialTLS(ctx, network, addr, name)
+		}
+	}
+	hc := &http.Client{Transport: tr}
+	p.byName[name] = hc
+	return hc
+}
+
+// CloseIdleConnections closes the connections kept for later requests.
+func (c *Client) CloseIdleConnections() {
+	p := c.clients()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, hc := range p.byName {
+		hc.CloseIdleConnections()
+	}
 }
 
 // Do sends a request to ep and decodes the answer into out (a *[]byte
 // takes it as it is, e.g. /metrics). in, when not nil, is the JSON body;
 // a state-changing request always gets one.
 func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, out any) error {
+	_, _, err := c.do(ctx, ep, method, path, nil, in, out)
+	return err
+}
+
+// do is Do with extra request headers; it returns the answer's status
+// and headers. A 304 (Not Modified) answer is not an error and leaves out
+// alone.
+func (c *Client) do(ctx context.Context, ep Endpoint, method, path string, hdr http.Header, in, out any) (int, http.Header, error) {
 	if ep.Admin == "" {
-		return fmt.Errorf("%s has no admin address", ep.Name)
+		return 0, nil, fmt.Errorf("%s has no admin address", ep.Name)
 	}
 	if c.Timeout >= 0 {
 		t := c.Timeout
@@ -108,18 +157,20 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return 0, nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	scheme := "http"
 	if c.TLS != nil {
 		scheme = "https"
-		ctx = withServerName(ctx, ep.Name)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+ep.Admin+path, body)
 	if err != nil {
-		return err
+		return 0, nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -131,14 +182,17 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.httpClient(ep.Name).Do(req)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("%s%s: %w", ep.Admin, path, err)
+		return 0, nil, fmt.Errorf("%s%s: %w", ep.Admin, path, err)
+	}
+	if resp.StatusCode == http.StatusNotModified {
+		return resp.StatusCode, resp.Header, nil
 	}
 	if resp.StatusCode != http.StatusOK {
 		var er ErrorResponse
@@ -150,18 +204,18 @@ func (c *Client) Do(ctx context.Context, ep Endpoint, method, path string, in, o
 				*r = *er.Report
 			}
 		}
-		return &Error{Code: resp.StatusCode, Msg: er.Error, Leader: er.Leader}
+		return resp.StatusCode, resp.Header, &Error{Code: resp.StatusCode, Msg: er.Error, Leader: er.Leader}
 	}
 	if raw, ok := out.(*[]byte); ok {
 		*raw = b
-		return nil
+		return resp.StatusCode, resp.Header, nil
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s%s: %w", ep.Admin, path, err)
+			return 0, nil, fmt.Errorf("%s%s: %w", ep.Admin, path, err)
 		}
 	}
-	return nil
+	return resp.StatusCode, resp.Header, nil
 }
 
 // Status asks ep for its status.
@@ -176,6 +230,24 @@ func (c *Client) Sessions(ctx context.Context, ep Endpoint) (SessionList, error)
 	var r SessionList
 	err := c.Do(ctx, ep, http.MethodGet, PathSessions, nil, &r)
 	return r, err
+}
+
+// SessionsIfChanged is Sessions for a caller that holds the list whose
+// ETag is etag ("" for none): unchanged says ep's list is still that one,
+// and nothing else was sent. tag is the ETag of the list now.
+func (c *Client) SessionsIfChanged(ctx context.Context, ep Endpoint, etag string) (l SessionList, tag string, unchanged bool, err error) {
+	var hdr http.Header
+	if etag != "" {
+		hdr = http.Header{"If-None-Match": {etag}}
+	}
+	code, h, err := c.do(ctx, ep, http.MethodGet, PathSessions, hdr, nil, &l)
+	if err != nil {
+		return SessionList{}, "", false, err
+	}
+	if code == http.StatusNotModified {
+		return SessionList{}, etag, true, nil
+	}
+	return l, h.Get("ETag"), false, nil
 }
 
 // Hosts asks ep for every initiator in the cluster.
@@ -224,7 +296,7 @@ func (c *Client) RemoveMember(ctx context.Context, ep Endpoint, name string) (Re
 // so only ctx bounds it. A failed verify returns the report so far too.
 func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) {
 	var r VerifyReport
-	cc := &Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: -1, hc: c.httpClient()}
+	cc := &Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: -1, pool: c.clients()}
 	err := cc.Do(ctx, ep, http.MethodPost, PathVerify, nil, &r)
 	return r, err
 }
@@ -234,7 +306,7 @@ func (c *Client) Verify(ctx context.Context, ep Endpoint) (VerifyReport, error) 
 func (c *Client) Gather(ctx context.Context, eps []Endpoint) []MemberReport {
 	out := make([]MemberReport, len(eps))
 	done := make(chan struct{}, len(eps))
-	hc := c.httpClient()
+	pool := c.clients()
 	for i, ep := range eps {
 		out[i] = MemberReport{Name: ep.Name, Role: ep.Role, Admin: ep.Admin}
 		go func() {
@@ -243,7 +315,7 @@ func (c *Client) Gather(ctx context.Context, eps []Endpoint) []MemberReport {
 				out[i].Error = "no admin address in the config"
 				return
 			}
-			cc := Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: 2 * time.Second, hc: hc}
+			cc := Client{Token: c.Token, TokenSource: c.TokenSource, TLS: c.TLS, Timeout: 2 * time.Second, pool: pool}
 			st, err := cc.Status(ctx, ep)
 			if err != nil {
 				out[i].Error = err.Error()
@@ -348,18 +420,10 @@ func (c *Client) AtLeader(ctx context.Context, eps []Endpoint, attempts int, fn 
 	return fmt.Errorf("the Raft leader kept changing: %w", last)
 }
 
-type serverNameKey struct{}
-
-func withServerName(ctx context.Context, name string) context.Context {
-	return context.WithValue(ctx, serverNameKey{}, name)
-}
-
 // dialTLS verifies a member's certificate against the CA (TLS.RootCAs)
 // and against the member's name (its CN and role, as the Raft transport
 // checks members) or, only when no name is known, the address dialled.
-// The name travels in the request's context.
-func (c *Client) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
-	name, _ := ctx.Value(serverNameKey{}).(string)
+func (c *Client) dialTLS(ctx context.Context, network, addr, name string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err

@@ -21,9 +21,13 @@
 package admin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"time"
 
@@ -309,6 +313,31 @@ type SessionList struct {
 	// times below relative to it, not to its own clock.
 	Now      time.Time `json:"now"`
 	Sessions []Session `json:"sessions"`
+}
+
+// SessionsETag names a member's session list by its content (not its
+// clock), for GET /v1/sessions with If-None-Match: a poller that holds
+// the list gets 304 and no body while it is unchanged.
+func SessionsETag(list []Session) string {
+	b, err := json.Marshal(list)
+	if err != nil {
+		return "" // no tag: every answer is sent whole
+	}
+	sum := sha256.Sum256(b)
+	return `"` + hex.EncodeToString(sum[:12]) + `"`
+}
+
+// WriteSessions answers GET /v1/sessions with l, or with 304 and no body
+// when the request names l's sessions by their ETag (If-None-Match).
+func WriteSessions(w http.ResponseWriter, r *http.Request, l SessionList) {
+	if tag := SessionsETag(l.Sessions); tag != "" {
+		w.Header().Set("ETag", tag)
+		if r.Header.Get("If-None-Match") == tag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	WriteJSON(w, http.StatusOK, l)
 }
 
 // Host is one initiator as GET /v1/hosts shows it.

@@ -236,7 +236,7 @@ func (m *member) adminHandler(g *admin.Guard) http.Handler {
 	})
 	mux.HandleFunc("GET "+admin.PathSessions, func(w http.ResponseWriter, r *http.Request) {
 		own, now := m.book.own()
-		admin.WriteJSON(w, http.StatusOK, admin.SessionList{Member: m.cfg.Name, Now: now, Sessions: own})
+		admin.WriteSessions(w, r, admin.SessionList{Member: m.cfg.Name, Now: now, Sessions: own})
 	})
 	mux.HandleFunc("GET "+admin.PathHosts, func(w http.ResponseWriter, r *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, m.hosts())

@@ -52,6 +52,7 @@ type sessionBook struct {
 type peerSessions struct {
 	sessions []paths.Session
 	heard    time.Time
+	etag     string // the site's name for this list (admin.SessionsETag)
 }
 
 func newSessionBook(m *member) *sessionBook {
@@ -109,12 +110,19 @@ func (b *sessionBook) poll() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l, err := client.Sessions(ctx, ep)
+			l, tag, same, err := client.SessionsIfChanged(ctx, ep, b.etag(ep.Name))
 			if err != nil {
 				b.m.log.Trace("asking for another site's sessions", "site", ep.Name, "error", err)
 				return
 			}
+			if same {
+				b.heardSame(ep.Name, time.Now())
+				return
+			}
 			b.heard(ep.Name, l, time.Now())
+			b.mu.Lock()
+			b.peers[ep.Name].etag = tag
+			b.mu.Unlock()
 		}()
 	}
 	wg.Wait()
@@ -129,6 +137,25 @@ func (b *sessionBook) poll() {
 	b.mu.Unlock()
 	if all {
 		b.readyOnce.Do(func() { close(b.ready) })
+	}
+}
+
+// etag names the list held for site ("" for none).
+func (b *sessionBook) etag(site string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p := b.peers[site]; p != nil {
+		return p.etag
+	}
+	return ""
+}
+
+// heardSame records that site's list, asked at at, is the one held.
+func (b *sessionBook) heardSame(site string, at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p := b.peers[site]; p != nil {
+		p.heard = at
 	}
 }
 

@@ -1,0 +1,118 @@
+package raftlog
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// TestConfirmed: the writer lease rests on the latest time a majority of
+// the voters accepted an AppendEntries of the term sent no earlier:
+// answers of another term, of non-voters, and missing answers do not
+// count, and this member counts only when it is a voter.
+func TestConfirmed(t *testing.T) {
+	now := time.Now()
+	at := func(ms int) time.Time { return now.Add(-time.Duration(ms) * time.Millisecond) }
+	ids := func(names ...string) []raft.ServerID {
+		var out []raft.ServerID
+		for _, n := range names {
+			out = append(out, raft.ServerID(n))
+		}
+		return out
+	}
+	for _, k := range []struct {
+		name     string
+		contacts map[raft.ServerID]contact
+		voters   []raft.ServerID
+		want     time.Time
+		ok       bool
+	}{
+		{"alone", nil, ids("a"), now, true},
+		{"three, both answered", map[raft.ServerID]contact{"b": {7, at(80)}, "c": {7, at(20)}}, ids("a", "b", "c"), at(20), true},
+		{"three, one answered", map[raft.ServerID]contact{"b": {7, at(80)}}, ids("a", "b", "c"), at(80), true},
+		{"three, only an older term", map[raft.ServerID]contact{"b": {6, at(10)}, "c": {6, at(10)}}, ids("a", "b", "c"), time.Time{}, false},
+		{"three, a later term", map[raft.ServerID]contact{"b": {8, at(10)}, "c": {7, at(90)}}, ids("a", "b", "c"), at(90), true},
+		{"five, need two others", map[raft.ServerID]contact{"b": {7, at(10)}, "c": {7, at(50)}, "d": {7, at(30)}, "e": {7, at(200)}}, ids("a", "b", "c", "d", "e"), at(30), true},
+		{"five, one other", map[raft.ServerID]contact{"b": {7, at(10)}}, ids("a", "b", "c", "d", "e"), time.Time{}, false},
+		{"a non-voter's answer", map[raft.ServerID]contact{"x": {7, at(10)}}, ids("a", "b", "c"), time.Time{}, false},
+		{"self not a voter", map[raft.ServerID]contact{"b": {7, at(10)}, "c": {7, at(40)}}, ids("b", "c", "d"), at(40), true},
+	} {
+		g := &termGuard{contacts: k.contacts}
+		if g.contacts == nil {
+			g.contacts = map[raft.ServerID]contact{}
+		}
+		got, ok := g.confirmed("a", k.voters, 7, now)
+		if ok != k.ok || !got.Equal(k.want) {
+			t.Errorf("%s: %v %v, want %v %v", k.name, got.Sub(now), ok, k.want.Sub(now), k.ok)
+		}
+	}
+}
+
+// TestAppendEntriesContact: the transport records a peer's contact only
+// for an AppendEntries it accepted in the request's term, at a time no
+// later than the request left.
+func TestAppendEntriesContact(t *testing.T) {
+	peer, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	answers := make(chan raft.AppendEntriesResponse, 1)
+	go func() {
+		for rpc := range peer.Consumer() {
+			select {
+			case a := <-answers:
+				rpc.Respond(&a, nil)
+			default:
+				rpc.Respond(nil, raft.ErrTransportShutdown)
+			}
+		}
+	}()
+	nt, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newTermGuard(nt, raft.NewInmemStore())
+	defer g.Close()
+	send := func(term uint64, ans raft.AppendEntriesResponse) (time.Time, error) {
+		answers <- ans
+		before := time.Now()
+		var resp raft.AppendEntriesResponse
+		err := g.AppendEntries("b", peer.LocalAddr(), &raft.AppendEntriesRequest{Term: term}, &resp)
+		return before, err
+	}
+	contactOf := func() contact {
+		g.cmu.Lock()
+		defer g.cmu.Unlock()
+		return g.contacts["b"]
+	}
+	before, err := send(5, raft.AppendEntriesResponse{Term: 5, Success: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := contactOf()
+	if c.term != 5 || c.sent.Before(before) || c.sent.After(time.Now()) {
+		t.Fatalf("accepted heartbeat: contact %+v, sent at or after %v", c, before)
+	}
+	for _, ans := range []raft.AppendEntriesResponse{
+		{Term: 6, Success: false}, // the peer moved on to a later term
+		{Term: 5, Success: false}, // refused
+	} {
+		if _, err := send(5, ans); err != nil {
+			t.Fatal(err)
+		}
+		if got := contactOf(); got != c {
+			t.Fatalf("answer %+v moved the contact from %+v to %+v", ans, c, got)
+		}
+	}
+	// An RPC that failed leaves it too.
+	var resp raft.AppendEntriesResponse
+	if err := g.AppendEntries("b", peer.LocalAddr(), &raft.AppendEntriesRequest{Term: 5}, &resp); err == nil {
+		t.Fatal("an unanswered RPC succeeded")
+	}
+	if got := contactOf(); got != c {
+		t.Fatalf("a failed RPC moved the contact from %+v to %+v", c, got)
+	}
+}
