@@ -108,6 +108,15 @@ func (c *Cluster) contacted(term uint64) {
 	if !l.renew || l.term != term || ld == nil || ld.term != term {
 		return
 	}
+	// Raft's replication goroutine may still send a request of term
+	// after this member stepped down or voted in a later term, until it
+	// is stopped; such an answer (and this member's own count as now)
+	// must not move the lease on. WriterLease checks the same before it
+	// answers; checked here too, the lease's end (and lastUntil) never
+	// passes the moment this member left the term.
+	if c.raft.State() != raft.Leader || c.raft.CurrentTerm() != term {
+		return
+	}
 	if t, ok := c.confirmed(term, time.Now()); ok {
 		c.extendLease(ld, l.epoch, t.Add(c.cfg.Lease))
 	}
