@@ -73,6 +73,8 @@ type LU struct {
 	log           hclog.Logger      // nil: volume errors are not logged (unit tests)
 	loss          DeviceLoss        // nil: the volume is never reported lost
 	onVolErr      func(VolumeError)
+	singlePath    SinglePathFunc // nil: never BUSY for a transition (retrybusy.go)
+	onBusy        func()         // counts those BUSY answers; may be nil
 
 	mu      sync.Mutex
 	nblocks uint64

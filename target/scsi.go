@@ -29,6 +29,11 @@ const (
 	// fNoLUN: works on a LUN that does not exist (INQUIRY, REPORT LUNS,
 	// REQUEST SENSE).
 	fNoLUN
+	// fRetrySafe: running the command twice has the effect of running it
+	// once (plain reads and writes, WRITE SAME, UNMAP, VERIFY,
+	// SYNCHRONIZE CACHE), so a single-path initiator may be told BUSY
+	// where its outcome is unknown (retrybusy.go).
+	fRetrySafe
 )
 
 // opInfo describes one command: how to parse its CDB and how to execute it.
@@ -141,6 +146,10 @@ const opReportLUNs = 0xa0
 // fields, access state.
 func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
 	c, res := prepareFixed(t, lu, n, cdb, attr, edtl)
+	if res != nil && lu != nil {
+		o, _ := lookup(cdb)
+		res = lu.retryBusy(n, o, res)
+	}
 	return c, lu.senseFormat(res)
 }
 
@@ -237,6 +246,7 @@ func (c *scsiCmd) exec(data []byte) *scsiResult {
 	}
 	if res != nil && res.volErr != nil {
 		c.lu.reportVolumeError(c, res)
+		res = c.lu.retryBusy(c.nexus, c.op, res)
 	}
 	return c.lu.senseFormat(res)
 }

@@ -38,6 +38,13 @@ type Config struct {
 	// an initiator as sense data (for a metric); the server logs each
 	// one itself.
 	OnVolumeError func(VolumeError)
+	// SinglePath, when set, says which initiators have no other path in
+	// the cluster: a retry-safe command of theirs that meets a writer
+	// transition is answered BUSY instead of NOT READY or ABORTED
+	// COMMAND (retrybusy.go). OnTransitionBusy, when set, counts those
+	// answers.
+	SinglePath       SinglePathFunc
+	OnTransitionBusy func()
 }
 
 // TargetConfig describes one iSCSI target and its logical units.
@@ -128,6 +135,8 @@ func (s *Server) AddTarget(tc TargetConfig) error {
 		lu.groups = s.cfg.PortGroups
 		lu.log = s.log.With("target", tc.Name, "lun", lc.ID)
 		lu.onVolErr = s.cfg.OnVolumeError
+		lu.singlePath = s.cfg.SinglePath
+		lu.onBusy = s.cfg.OnTransitionBusy
 		t.lus[lc.ID] = lu
 		t.lunList = append(t.lunList, lc.ID)
 	}

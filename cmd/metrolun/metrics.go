@@ -31,6 +31,11 @@ var volumeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Volume failures answered to an initiator as CHECK CONDITION, by command and kind (no_space, medium, outcome_unknown, not_ready, other).",
 }, []string{"op", "kind"})
 
+var transitionBusy = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "metrolun_transition_busy_total",
+	Help: "Commands of single-path initiators answered BUSY (which they retry) instead of NOT READY or ABORTED COMMAND during a writer transition.",
+})
+
 func countVolumeError(e target.VolumeError) {
 	volumeErrors.WithLabelValues(e.Op, e.Kind()).Inc()
 }
@@ -114,7 +119,7 @@ func (m metered) CompareAndWrite(off int64, cmp, data []byte) (int, error) {
 func (m *member) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(ioLatency, ioBytes, volumeErrors)
+	reg.MustRegister(ioLatency, ioBytes, volumeErrors, transitionBusy)
 	reg.MustRegister(&clusterCollector{m: m})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -62,6 +62,7 @@ func serve(cfg *conf.Config) error {
 	var clustered target.Volume
 	var groups target.PortGroupsFunc
 	var redirect target.RedirectFunc
+	var singlePath target.SinglePathFunc
 	if cfg.Cluster != nil {
 		var err error
 		if mem, err = startMember(cfg, log); err != nil {
@@ -80,11 +81,12 @@ func serve(cfg *conf.Config) error {
 		}
 		clustered = metered{mem.site}
 		groups = mem.portGroups
+		singlePath = mem.singlePath
 		if cfg.Cluster.RedirectLogins {
 			redirect = mem.redirect
 		}
 	}
-	srv, err := buildServer(cfg, log, clustered, groups, redirect)
+	srv, err := buildServer(cfg, log, clustered, groups, redirect, singlePath)
 	if err != nil {
 		return err
 	}
@@ -169,8 +171,9 @@ func waitSignal(log hclog.Logger, cfg *conf.Config, errc <-chan error, stop <-ch
 
 // buildServer turns the config into a target server with its LUs. In a
 // cluster the one LUN is served from clustered (the mirrored volume), and
-// groups gives every site's port group.
-func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, groups target.PortGroupsFunc, redirect target.RedirectFunc) (*target.Server, error) {
+// groups gives every site's port group, and singlePath which initiators
+// have no other path (target/retrybusy.go).
+func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, groups target.PortGroupsFunc, redirect target.RedirectFunc, singlePath target.SinglePathFunc) (*target.Server, error) {
 	ic := cfg.ISCSI
 	tcfg := target.Config{
 		Limits: target.Limits{
@@ -194,6 +197,10 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 		Logger:        log.Named("iscsi"),
 		MemoryBudget:  ic.MemoryBudget,
 		OnVolumeError: countVolumeError,
+		SinglePath:    singlePath,
+		OnTransitionBusy: func() {
+			transitionBusy.Inc()
+		},
 	}
 	srv := target.NewServer(tcfg)
 	for _, t := range cfg.Targets {

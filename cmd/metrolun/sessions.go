@@ -239,6 +239,19 @@ func (b *sessionBook) collectLocked(now time.Time) (all []paths.Session, unheard
 	return all, unheard
 }
 
+// unheard lists the other data sites whose session list has never come.
+func (b *sessionBook) unheard() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, ep := range b.peerEndpoints() {
+		if b.peers[ep.Name] == nil {
+			out = append(out, ep.Name)
+		}
+	}
+	return out
+}
+
 // view is the cluster as this member sees it now: fresh sessions of its
 // own and the latest lists of the others (for a redirect, or the hosts).
 func (b *sessionBook) view() paths.Cluster {
@@ -283,6 +296,15 @@ func (m *member) clusterView() paths.Cluster {
 // initiator should see it (paths.Groups).
 func (m *member) portGroups(initiator string) []target.PortGroup {
 	return paths.Groups(m.book.cached(), initiator)
+}
+
+// singlePath is the target's hook for BUSY at a transition
+// (paths.SinglePath): it runs only for a command that met one, from the
+// sessions of the last poll.
+func (m *member) singlePath(initiator, isid string) bool {
+	c := m.book.cached()
+	c.Unheard = m.book.unheard()
+	return paths.SinglePath(c, initiator, isid)
 }
 
 // redirect is the target's login redirect hook (paths.Redirect): asked

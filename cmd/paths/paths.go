@@ -286,3 +286,27 @@ func Redirect(c Cluster, self target.PathState, initiator, isid string) Decision
 	}
 	return Decision{Why: "no other site serves"}
 }
+
+// SinglePath reports whether the initiator port (initiator, isid) has no
+// path to the cluster other than through c.Self: the committed state is
+// known, every other data site's session list has come in, and no
+// session under that initiator name, live or just ended (Recent), is at
+// another site, except this port itself redirected there before (same
+// ISID, as in Redirect). A transition then answers its retry-safe
+// commands BUSY rather than NOT READY (target/retrybusy.go). When in
+// doubt it says no: a multipath host told BUSY would retry on the same
+// path instead of failing over.
+func SinglePath(c Cluster, initiator, isid string) bool {
+	if !c.Committed || len(c.Unheard) > 0 {
+		return false
+	}
+	for _, s := range c.Sessions {
+		if s.Site == c.Self || !sameName(s.Initiator, initiator) || !c.counts(s) {
+			continue
+		}
+		if !strings.EqualFold(s.ISID, isid) {
+			return false
+		}
+	}
+	return true
+}

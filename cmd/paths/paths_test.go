@@ -309,3 +309,41 @@ func TestAutoPreference(t *testing.T) {
 		})
 	}
 }
+
+func TestSinglePath(t *testing.T) {
+	const isid = "800000000a01"
+	cases := []struct {
+		name   string
+		change func(*Cluster)
+		want   bool
+	}{
+		{"no session elsewhere", func(c *Cluster) { c.Sessions = []Session{live("site-a", host, isid)} }, true},
+		{"another initiator's path elsewhere does not count",
+			func(c *Cluster) {
+				c.Sessions = []Session{live("site-b", "iqn.2026-11.io.example:other", "800000000b01")}
+			}, true},
+		{"a live path elsewhere", func(c *Cluster) { c.Sessions = []Session{live("site-b", host, "800000000b01")} }, false},
+		{"names compare in any case",
+			func(c *Cluster) {
+				c.Sessions = []Session{live("site-b", "IQN.2026-11.io.example:HOST1", "800000000b01")}
+			}, false},
+		{"a path elsewhere that just ended (the site died)",
+			func(c *Cluster) { c.Sessions = []Session{ended("site-b", host, "800000000b01", Recent)} }, false},
+		{"a path elsewhere that ended long ago",
+			func(c *Cluster) { c.Sessions = []Session{ended("site-b", host, "800000000b01", Recent+time.Second)} }, true},
+		{"this very port, redirected there before",
+			func(c *Cluster) { c.Sessions = []Session{ended("site-b", host, "800000000A01", time.Second)} }, true},
+		{"a second port at this site is not another site", func(c *Cluster) { c.Sessions = []Session{live("site-a", host, "800000000a02")} }, true},
+		{"no committed state", func(c *Cluster) { c.Committed = false }, false},
+		{"a site's sessions not known yet", func(c *Cluster) { c.Unheard = []string{"site-b"} }, false},
+	}
+	for _, tc := range cases {
+		c := twoSites()
+		if tc.change != nil {
+			tc.change(&c)
+		}
+		if got := SinglePath(c, host, isid); got != tc.want {
+			t.Errorf("%s: SinglePath = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
