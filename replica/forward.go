@@ -130,6 +130,23 @@ func (fw *forwarder) lookup(id uint64) *fwdOp {
 // or not yet); nothing was applied anywhere.
 var errRetry = errors.New("replica: forwarded operation not taken")
 
+// errFwdLost: the connection to the writer ended before it answered; it
+// may or may not have ordered the operation.
+var errFwdLost = errors.New("connection to the writer lost")
+
+// lostForward is an operation whose connection to the writer (of epoch)
+// ended before the answer: an unknown outcome (err) until Site.op settles
+// it (settleLost) once this site is the writer.
+type lostForward struct {
+	op     *fwdOp
+	writer string
+	epoch  uint64
+	err    error // an *indeterminate: what the initiator hears if it stays unknown
+}
+
+func (l *lostForward) Error() string { return l.err.Error() }
+func (l *lostForward) Unwrap() error { return l.err }
+
 // do forwards op to writer and waits for its outcome. It returns errRetry
 // when the operation certainly did not happen, so the caller may try
 // again once the cluster changes.
@@ -193,7 +210,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	if err != nil {
 		conn.Close()
 		// The frame may have left in part: the outcome is unknown.
-		return -1, &indeterminate{err: err}
+		return -1, &lostForward{op: op, writer: writer, epoch: epoch, err: &indeterminate{err: err}}
 	}
 	select {
 	case <-op.done:
@@ -211,6 +228,8 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	switch {
 	case r.Err == errNotWriter.Error():
 		return -1, errRetry
+	case r.Err == errFwdLost.Error():
+		return -1, &lostForward{op: op, writer: writer, epoch: epoch, err: &indeterminate{err: errFwdLost}}
 	case r.Err != "":
 		return -1, &indeterminate{err: errors.New(r.Err)}
 	case r.At != 0:
@@ -256,7 +275,7 @@ func (fw *forwarder) readResults(conn net.Conn, br *bufio.Reader, snd *sender) {
 	fw.mu.Unlock()
 	for _, op := range lost {
 		// The writer may or may not have ordered it: not a retry.
-		op.answered(&Frame{Kind: FrameFwdResult, Err: "connection to the writer lost"})
+		op.answered(&Frame{Kind: FrameFwdResult, Err: errFwdLost.Error()})
 	}
 }
 

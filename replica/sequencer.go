@@ -292,7 +292,10 @@ func (w *writer) releaseCarried() {
 	w.mu.Lock()
 	bs := w.carriedBusy
 	w.carriedBusy = nil
+	w.carriedOut = true
 	w.mu.Unlock()
+	// Not inline: startWriter may run this under s.mu.
+	go w.s.notify()
 	for _, b := range bs {
 		w.release(b)
 	}

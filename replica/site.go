@@ -138,6 +138,9 @@ type Site struct {
 	servedAt atomic.Int64
 	// served: State has found this site able to serve since it started.
 	served atomic.Bool
+	// lostSettled counts forwarded operations whose writer went away that
+	// this site settled as the new writer (lostfwd.go).
+	lostSettled atomic.Int64
 	// lost: what Lost last answered (to log its changes).
 	lost      atomic.Bool
 	listeners []net.Listener
@@ -581,27 +584,61 @@ func (s *Site) op(local func(w *writer) (int, error), fwd func() *fwdOp) (int, e
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Hold)
 	defer cancel()
+	// lost: the operation was forwarded and the connection to the writer
+	// ended before its answer (lostfwd.go): from then on it waits to be
+	// settled, and if it cannot be, its error is the unknown outcome.
+	var lost *lostForward
 	for {
 		ch := s.waitCh()
 		if s.fenced() {
+			if lost != nil {
+				return -1, lost.err
+			}
 			return -1, errFenced
 		}
 		if w := s.activeWriter(); w != nil {
-			at, err := local(w)
-			if !errors.Is(err, errNotWriter) {
-				return at, err
+			if lost != nil {
+				if at, err, ok := s.settleLost(w, lost, local); ok {
+					return at, err
+				}
+			} else {
+				at, err := local(w)
+				if !errors.Is(err, errNotWriter) {
+					return at, err
+				}
 			}
 		} else if v := s.currentView(); v.Writer != "" && v.Writer != s.cfg.Name && slices.Contains(v.InSync, s.cfg.Name) {
-			at, err := s.fwd.do(ctx, v.Writer, fwd(), v.Epoch)
-			if !errors.Is(err, errRetry) {
-				return at, err
+			switch {
+			case lost != nil && (v.Writer != lost.writer || v.Epoch != lost.epoch):
+				// Another site leads now: whether it has the operation is
+				// not known here.
+				return -1, lost.err
+			case lost != nil:
+				// The writer it was sent to still leads in the view: it
+				// has died (the view follows), or it lives and may have
+				// ordered it; wait for the view, up to the hold.
+			default:
+				at, err := s.fwd.do(ctx, v.Writer, fwd(), v.Epoch)
+				var lf *lostForward
+				switch {
+				case errors.As(err, &lf) && settleable(lf.op.kind):
+					lost = lf
+				case !errors.Is(err, errRetry):
+					return at, err
+				}
 			}
 		}
 		select {
 		case <-ch:
 		case <-s.closing:
+			if lost != nil {
+				return -1, lost.err
+			}
 			return -1, &notReady{asc: ascTransition, err: errors.New("site closing")}
 		case <-ctx.Done():
+			if lost != nil {
+				return -1, lost.err
+			}
 			return -1, &notReady{asc: ascTransition, err: errors.New("no writer reachable")}
 		case <-time.After(s.cfg.Lease / 4):
 			// Poll too: a refused forward does not change the view.

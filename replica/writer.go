@@ -84,6 +84,9 @@ type writer struct {
 	carried     []appliedRange
 	carriedBusy []*busyRange
 	carriedLeft int
+	// carriedOut: every in-sync peer has what this site carried (they
+	// were released); Site.notify told waiters (settleLost).
+	carriedOut bool
 
 	// The background flush (unflushed.go): flushDue is set by the first
 	// write sent since the last one, which wakes the flusher.

@@ -1,32 +1,26 @@
 package target
 
-import "errors"
-
 // BUSY for single-path initiators at a transition.
 //
-// While the cluster moves its writer, a site answers NOT READY,
-// ASYMMETRIC ACCESS STATE TRANSITION (no lease yet), and a command whose
-// outcome became unknown when the old writer went away answers ABORTED
-// COMMAND. A multipath host wants exactly that: its ALUA handler retries
-// the transition and fails a path over. An initiator with one path in
-// the whole cluster has nowhere else to go, and some of them turn those
-// answers into an I/O error at once: QEMU's own iSCSI driver (libiscsi)
-// retries BUSY, TASK SET FULL and unit attentions, but fails the request
-// on NOT READY and ABORTED COMMAND, so a VM saw two to four failed writes
-// at every unplanned failover.
+// While the cluster moves its writer, a site holds operations for a while
+// and then answers NOT READY, ASYMMETRIC ACCESS STATE TRANSITION (no
+// lease yet). A multipath host wants exactly that: its ALUA handler
+// retries the transition and fails a path over. An initiator with one
+// path in the whole cluster has nowhere else to go, and some turn it into
+// an I/O error at once: QEMU's own iSCSI driver (libiscsi) retries BUSY,
+// TASK SET FULL and unit attentions with a backoff (from 8 ms, seven
+// times, 43 s on average in all), but fails the request on NOT READY.
 //
 // So, for an initiator that SinglePath says has no other path, a command
-// that met a transition is answered BUSY, which every initiator retries
-// after a pause (QEMU backs off exponentially from 8 ms over seven
-// retries, 43 s on average in all), but only when running it again is
-// harmless: the opcodes marked fRetrySafe. BUSY says the command was not
-// carried out, which for an outcome-unknown write is not certain; a
-// retried plain write or UNMAP has the effect it would have had, which is
-// what an initiator that retries ABORTED COMMAND (Linux does) relies on
-// as well. COMPARE AND WRITE, persistent reservations, EXTENDED COPY and
-// the like keep their sense data: run twice, they could answer
-// differently. Standby and unavailable states keep NOT READY too: they
-// do not end by themselves within a failover.
+// that met a transition is answered BUSY instead, when running it again
+// is harmless: the opcodes marked fRetrySafe. Both answers say the command
+// was not carried out, which holds for a transition (the target refused
+// it before it touched the medium). ABORTED COMMAND for an unknown outcome
+// is not turned into BUSY: BUSY would claim the write was not carried
+// out. A site settles most of those itself instead (replica/lostfwd.go).
+// COMPARE AND WRITE, persistent reservations, EXTENDED COPY and the like
+// keep NOT READY, and so do standby and unavailable states for everyone:
+// they do not end by themselves within a failover.
 
 // SinglePathFunc reports whether an initiator port (name, and ISID in
 // hex as RedirectFunc gets it) has no path to the LU other than through
@@ -49,19 +43,12 @@ func (lu *LU) retryBusy(n *Nexus, o *opInfo, res *scsiResult) *scsiResult {
 	return &scsiResult{status: statusBusy, release: res.release}
 }
 
-// transientSense: res is a transition's NOT READY, or ABORTED COMMAND for
-// an outcome the volume does not know.
+// transientSense: res is a transition's NOT READY.
 func transientSense(res *scsiResult) bool {
 	if res == nil || res.status != statusCheckCondition || len(res.sense) < 14 {
 		return false
 	}
 	key := res.sense[2] & 0x0f
 	asc := uint16(res.sense[12])<<8 | uint16(res.sense[13])
-	switch {
-	case key == senseNotReady && asc == ascNotReadyTransition:
-		return true
-	case key == senseAbortedCommand && res.volErr != nil && errors.Is(res.volErr, ErrOutcomeUnknown):
-		return true
-	}
-	return false
+	return key == senseNotReady && asc == ascNotReadyTransition
 }
