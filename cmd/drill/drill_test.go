@@ -1,6 +1,8 @@
 package drill
 
 import (
+	"encoding/json"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -208,5 +210,45 @@ func TestCountErrors(t *testing.T) {
 	}
 	if !slices.Equal(e.Kinds, want) {
 		t.Fatalf("kinds %+v, want %+v", e.Kinds, want)
+	}
+}
+
+// TestResultJSON: what `metrolun drill --json` prints reads back as the
+// same Result, and an automation finds the verdict and its reasons under
+// fixed names.
+func TestResultJSON(t *testing.T) {
+	r := passing()
+	r.Steps[1].Stall = &Stall{Gap: 14 * time.Millisecond, From: 1055 * time.Millisecond, To: 1069 * time.Millisecond}
+	r.Verify.Differ = map[string][]int64{"site-b": {66060288}}
+	r.judge()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(&back, r) {
+		t.Fatalf("JSON round trip changed the result:\n%s", b)
+	}
+	var top struct {
+		Verdict string   `json:"verdict"`
+		Reasons []string `json:"reasons"`
+		Steps   []struct {
+			Name  string `json:"name"`
+			Stall *struct {
+				Gap int64 `json:"gap_ns"`
+			} `json:"stall"`
+		} `json:"steps"`
+	}
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	if top.Verdict != "fail" || !slices.Equal(top.Reasons, []string{"verify: 1 regions differ"}) {
+		t.Fatalf("verdict %q, reasons %q", top.Verdict, top.Reasons)
+	}
+	if s := top.Steps[1]; s.Name != "promote site-b" || s.Stall == nil || s.Stall.Gap != 14e6 {
+		t.Fatalf("step %+v: want promote site-b with its 14ms stall in ns", s)
 	}
 }

@@ -37,7 +37,7 @@ func drillCmd() *cobra.Command {
 	var o drill.Options
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "drill (--config FILE --scratch OFFSET:LENGTH | --dir DIR) [--fence-writer] [--plot FILE.svg]",
+		Use:   "drill (--config FILE --scratch OFFSET:LENGTH | --dir DIR) [--fence-writer] [--plot FILE.svg] [--json]",
 		Short: "Run a failover drill (switchover, optionally a simulated writer loss) under a checked workload",
 		Long: `drill moves the writer to another in-sync data site and back while one
 client per data site writes and reads a scratch region of the LUN through that
