@@ -155,3 +155,23 @@ func parsePingTimeouts(log string) []PingTimeout {
 	}
 	return ps
 }
+
+// writerLine reads a member's log line saying it became the writer
+// (hclog's text format: "2026-12-07T13:06:20.224Z [INFO]
+// metrolun.site-a.raft: writer: term=13 epoch=7").
+func writerLine(line string) (site string, at time.Time, ok bool) {
+	ts, rest, found := strings.Cut(line, " ")
+	if !found {
+		return "", time.Time{}, false
+	}
+	i := strings.Index(rest, "metrolun.")
+	j := strings.Index(rest, ".raft: writer: term=")
+	if i < 0 || j < i+len("metrolun.") {
+		return "", time.Time{}, false
+	}
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return rest[i+len("metrolun.") : j], at, true
+}

@@ -119,3 +119,20 @@ func TestParsePingTimeouts(t *testing.T) {
 		t.Errorf("no ping timeout: got %+v", ps)
 	}
 }
+
+func TestWriterLine(t *testing.T) {
+	site, at, ok := writerLine("2026-12-07T13:06:20.224Z [INFO]  metrolun.site-a.raft: writer: term=13 epoch=7")
+	if !ok || site != "site-a" || !at.Equal(time.Date(2026, 12, 7, 13, 6, 20, 224e6, time.UTC)) {
+		t.Fatalf("writerLine = %q, %v, %v", site, at, ok)
+	}
+	for _, line := range []string{
+		"2026-12-07T13:06:20.229Z [INFO]  metrolun.site-a.replica: writer: starting: epoch=7",
+		"2026-12-07T13:06:23.716Z [WARN]  metrolun.site-a.raft: writer lease renewal failed; not the writer any more: epoch=7",
+		"not a time [INFO]  metrolun.site-a.raft: writer: term=13 epoch=7",
+		"",
+	} {
+		if _, _, ok := writerLine(line); ok {
+			t.Errorf("writerLine(%q): want no match", line)
+		}
+	}
+}

@@ -13,11 +13,12 @@ import (
 // the guest's kernel said about it: how long after the dead
 // connection's last received byte, and after its NOP-Out, libiscsi
 // declared the connection dead (the part of the host's pause that the
-// initiator's NOP-Out settings decide). seen is the number of ping
-// timeouts in the kernel log before, updated.
+// initiator's NOP-Out settings decide), and when the cluster's new
+// writer took over (the part the cluster decides; the two overlap).
+// seen is the number of ping timeouts in the kernel log before, updated.
 func silentRound(t *testing.T, c *Cluster, vm *VM, load *Load, settings Settings, hz int, seen *int) (site string, pause, resync time.Duration, declared string) {
 	t.Helper()
-	site, pause, resync = silentLoss(t, c, vm, load, settings)
+	site, t0, pause, resync := silentLoss(t, c, vm, load, settings)
 	declared = "no ping timeout in the kernel log"
 	if ps := kernelPingTimeouts(t, vm); len(ps) > *seen {
 		var ds []string
@@ -26,6 +27,9 @@ func silentRound(t *testing.T, c *Cluster, vm *VM, load *Load, settings Settings
 		}
 		declared = strings.Join(ds, "; ")
 		*seen = len(ps)
+	}
+	if w, after, ok := c.WriterSince(t0); ok {
+		declared += fmt.Sprintf("; the cluster's new writer %s took over %v after the loss", w, after.Round(time.Millisecond))
 	}
 	t.Logf("writer %s vanished silently: host pause %v; kernel: %s", site, pause.Round(time.Millisecond), declared)
 	return site, pause, resync, declared
