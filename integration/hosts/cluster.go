@@ -299,3 +299,30 @@ func (c *Cluster) GrepLogs(pattern string, n int) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// WriterSince finds in the members' logs the first site that became the
+// writer after t0 ("raft: writer: term=..." at a member taking over,
+// after it waited out the previous writer's lease), and how long after
+// t0; ok is false when none did.
+func (c *Cluster) WriterSince(t0 time.Time) (site string, after time.Duration, ok bool) {
+	files := []string{c.Demo.Log}
+	more, _ := filepath.Glob(filepath.Join(c.Demo.Dir, "*-restart.log"))
+	files = append(files, more...)
+	var first time.Time
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			s, at, found := writerLine(line)
+			if found && at.After(t0) && (first.IsZero() || at.Before(first)) {
+				site, first = s, at
+			}
+		}
+	}
+	if first.IsZero() {
+		return "", 0, false
+	}
+	return site, first.Sub(t0), true
+}

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Path is one SCSI path of the multipath map as the guest sees it.
@@ -112,4 +113,65 @@ func parseRTPG(out string) (map[int]string, error) {
 		return nil, fmt.Errorf("sg_rtpg: no target port group in %q", out)
 	}
 	return groups, nil
+}
+
+// PingTimeout is one "ping timeout ... expired" line of libiscsi in the
+// guest's kernel log: the connection declared dead because no byte
+// arrived for recv_tmo + ping_tmo seconds after a NOP-Out. The jiffies
+// figures are the kernel's own.
+type PingTimeout struct {
+	Conn               string // "connection2:0"
+	PingTmo, RecvTmo   int    // seconds, as the kernel holds them
+	LastRecv, LastPing uint64 // jiffies
+	Now                uint64 // jiffies, when the timer declared it
+}
+
+// SinceRecv is how long after the connection's last received byte the
+// kernel declared it dead, at hz jiffies a second.
+func (p PingTimeout) SinceRecv(hz int) time.Duration {
+	return time.Duration(p.Now-p.LastRecv) * time.Second / time.Duration(hz)
+}
+
+// SincePing is how long after its NOP-Out the kernel declared the
+// connection dead.
+func (p PingTimeout) SincePing(hz int) time.Duration {
+	return time.Duration(p.Now-p.LastPing) * time.Second / time.Duration(hz)
+}
+
+var pingTimeoutRE = regexp.MustCompile(`(connection\d+:\d+): ping timeout of (\d+) secs expired, recv timeout (\d+), last rx (\d+), last ping (\d+), now (\d+)`)
+
+// parsePingTimeouts finds libiscsi's ping timeout lines in a kernel log
+// (dmesg), oldest first.
+func parsePingTimeouts(log string) []PingTimeout {
+	var ps []PingTimeout
+	for _, m := range pingTimeoutRE.FindAllStringSubmatch(log, -1) {
+		p := PingTimeout{Conn: m[1]}
+		p.PingTmo, _ = strconv.Atoi(m[2])
+		p.RecvTmo, _ = strconv.Atoi(m[3])
+		p.LastRecv, _ = strconv.ParseUint(m[4], 10, 64)
+		p.LastPing, _ = strconv.ParseUint(m[5], 10, 64)
+		p.Now, _ = strconv.ParseUint(m[6], 10, 64)
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// writerLine reads a member's log line saying it became the writer
+// (hclog's text format: "2026-12-07T13:06:20.224Z [INFO]
+// metrolun.site-a.raft: writer: term=13 epoch=7").
+func writerLine(line string) (site string, at time.Time, ok bool) {
+	ts, rest, found := strings.Cut(line, " ")
+	if !found {
+		return "", time.Time{}, false
+	}
+	i := strings.Index(rest, "metrolun.")
+	j := strings.Index(rest, ".raft: writer: term=")
+	if i < 0 || j < i+len("metrolun.") {
+		return "", time.Time{}, false
+	}
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return rest[i+len("metrolun.") : j], at, true
 }
