@@ -254,6 +254,9 @@ func Open(cfg Config) (*Cluster, error) {
 		Logger:          rlog.Named("transport"),
 	}), store)
 
+	// Raft waits HeartbeatTimeout/10 to /5 between heartbeats.
+	trans.beatEvery = cfg.ElectionTimeout / 5
+	trans.holdCommits = os.Getenv("METROLUN_HOLD_COMMITS") != "0"
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.ElectionTimeout
@@ -481,6 +484,9 @@ func (c *Cluster) propose(cmd Command) (uint64, error) {
 		return 0, err
 	}
 	for attempt := 0; ; attempt++ {
+		// The entry, and the barrier after it, go out without waiting
+		// for the grid (termGuard.hold).
+		c.trans.hurry(c.cfg.ElectionTimeout)
 		f := c.raft.Apply(b, c.cfg.ElectionTimeout)
 		err := f.Error()
 		// Raft refuses entries for a moment after a leadership transfer

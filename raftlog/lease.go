@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/metrolun/metrolun/internal/grid"
 )
 
 // The Raft leader is the writer (DESIGN.md, "Writer gone"), and a writer
@@ -264,9 +265,10 @@ func closed(ch <-chan struct{}) bool {
 }
 
 // run starts and stops the leader's duties as leadership comes and goes.
+// Its tick is on the process's grid (internal/grid).
 func (c *Cluster) run() {
 	defer c.wg.Done()
-	tick := time.NewTicker(c.cfg.ElectionTimeout / 2)
+	tick := grid.NewTicker(c.cfg.ElectionTimeout / 2)
 	defer tick.Stop()
 	leaderCh := c.raft.LeaderCh()
 	for {
@@ -655,6 +657,7 @@ func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 	}
 	start := time.Now()
 	if c.raft.CurrentTerm() == ld.term {
+		c.trans.hurry(c.cfg.RPCTimeout)
 		err := c.raft.VerifyLeader().Error()
 		if err == nil && c.raft.CurrentTerm() == ld.term {
 			c.extendLease(ld, epoch, start.Add(c.cfg.Lease))

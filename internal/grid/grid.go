@@ -121,3 +121,10 @@ func later(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// Until is how long from now until the next grid instant of period
+// (rounded by Period): for a one-off wait, time.After(grid.Until(d)).
+func Until(period time.Duration) time.Duration {
+	now := time.Now()
+	return Next(now, Period(period)).Sub(now)
+}
