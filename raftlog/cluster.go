@@ -256,7 +256,6 @@ func Open(cfg Config) (*Cluster, error) {
 
 	// Raft waits HeartbeatTimeout/10 to /5 between heartbeats.
 	trans.beatEvery = cfg.ElectionTimeout / 5
-	trans.holdCommits = os.Getenv("METROLUN_HOLD_COMMITS") != "0"
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.ElectionTimeout

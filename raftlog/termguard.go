@@ -46,9 +46,6 @@ type termGuard struct {
 	// later than beatEvery after the previous one (see hold). Zero holds
 	// none. Set before Raft starts.
 	beatEvery time.Duration
-	// holdCommits also holds AppendEntries that carry no entries (the
-	// commit index, every CommitTimeout) for the next grid instant.
-	holdCommits bool
 	// hurryUntil (Unix ns): hold nothing before then (hurry).
 	hurryUntil atomic.Int64
 	// kick is closed to release the requests being held (hurry).
@@ -199,19 +196,17 @@ func (g *termGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, a
 // next grid instant comes within beatEvery of the previous heartbeat to
 // id, so a follower hears from the leader as often as Raft meant it to
 // (on a LAN, every 100 ms instead of every 50-100 ms); over a long link,
-// where the answer takes a good part of that, it goes at once. With
-// holdCommits, an AppendEntries that carries only the commit index waits
-// for the next instant too (Raft sends one every CommitTimeout to 2x
-// that when there is nothing new). Entries are never held, nor anything
-// while a proposal or a VerifyLeader round is under way (hurry).
+// where the answer takes a good part of that, it goes at once. An
+// AppendEntries that carries only the commit index (Raft sends one every
+// CommitTimeout to 2x that when there is nothing new; followers learn
+// each commit at once from the barrier propose adds) waits for the next
+// instant too. Entries are never held, nor anything while a proposal or
+// a VerifyLeader round is under way (hurry).
 func (g *termGuard) hold(id raft.ServerID, args *raft.AppendEntriesRequest, now time.Time) time.Duration {
 	if g.beatEvery <= 0 || len(args.Entries) > 0 || now.UnixNano() < g.hurryUntil.Load() {
 		return 0
 	}
 	if !isHeartbeat(args) {
-		if !g.holdCommits {
-			return 0
-		}
 		return grid.Wait(now, now.Add(grid.Step))
 	}
 	g.cmu.Lock()
