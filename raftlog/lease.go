@@ -22,8 +22,9 @@ import (
 // AppendEntries its followers accept, the heartbeats Raft sends anyway
 // (termguard.go records them): if a majority of the voters, itself
 // included, accepted an AppendEntries of its term sent at t or later, the
-// lease runs to t + Lease. A new leader needs the votes of a majority,
-// and that majority holds a member M that accepted such a request, or the
+// lease runs to t + Lease (t is taken when the transport hands the
+// request to the connection, after any wait for the grid, termGuard.hold).
+// A new leader needs the votes of a majority, and that majority holds a member M that accepted such a request, or the
 // old writer itself (whose lease ends when it moves to the higher term to
 // vote). M answered before it voted (having voted in a higher term, it
 // would have refused the old term, and the old writer would not count
