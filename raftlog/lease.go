@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/metrolun/metrolun/internal/grid"
 )
 
 // The Raft leader is the writer (DESIGN.md, "Writer gone"), and a writer
@@ -21,8 +22,9 @@ import (
 // AppendEntries its followers accept, the heartbeats Raft sends anyway
 // (termguard.go records them): if a majority of the voters, itself
 // included, accepted an AppendEntries of its term sent at t or later, the
-// lease runs to t + Lease. A new leader needs the votes of a majority,
-// and that majority holds a member M that accepted such a request, or the
+// lease runs to t + Lease (t is taken when the transport hands the
+// request to the connection, after any wait for the grid, termGuard.hold).
+// A new leader needs the votes of a majority, and that majority holds a member M that accepted such a request, or the
 // old writer itself (whose lease ends when it moves to the higher term to
 // vote). M answered before it voted (having voted in a higher term, it
 // would have refused the old term, and the old writer would not count
@@ -264,9 +266,10 @@ func closed(ch <-chan struct{}) bool {
 }
 
 // run starts and stops the leader's duties as leadership comes and goes.
+// Its tick is on the process's grid (internal/grid).
 func (c *Cluster) run() {
 	defer c.wg.Done()
-	tick := time.NewTicker(c.cfg.ElectionTimeout / 2)
+	tick := grid.NewTicker(c.cfg.ElectionTimeout / 2)
 	defer tick.Stop()
 	leaderCh := c.raft.LeaderCh()
 	for {
@@ -655,6 +658,7 @@ func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 	}
 	start := time.Now()
 	if c.raft.CurrentTerm() == ld.term {
+		c.trans.hurry(c.cfg.RPCTimeout)
 		err := c.raft.VerifyLeader().Error()
 		if err == nil && c.raft.CurrentTerm() == ld.term {
 			c.extendLease(ld, epoch, start.Add(c.cfg.Lease))

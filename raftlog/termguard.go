@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/metrolun/metrolun/internal/grid"
 )
 
 // maxTermJump bounds how far ahead of this member's term an RPC's term
@@ -36,6 +37,19 @@ type termGuard struct {
 
 	cmu      sync.Mutex
 	contacts map[raft.ServerID]contact
+	// beats is when each peer was last sent a heartbeat.
+	beats map[raft.ServerID]time.Time
+
+	// beatEvery is the longest pause Raft leaves between two heartbeats
+	// to a peer (it waits HeartbeatTimeout/10 to /5 after each answer):
+	// a heartbeat is held for the next grid instant when that comes no
+	// later than beatEvery after the previous one (see hold). Zero holds
+	// none. Set before Raft starts.
+	beatEvery time.Duration
+	// hurryUntil (Unix ns): hold nothing before then (hurry).
+	hurryUntil atomic.Int64
+	// kick is closed to release the requests being held (hurry).
+	kick chan struct{}
 	// onContact, when set (before Raft starts), is called after each
 	// contact recorded, with its term.
 	onContact func(term uint64)
@@ -50,7 +64,7 @@ type contact struct {
 
 func newTermGuard(t *raft.NetworkTransport, stable raft.StableStore) *termGuard {
 	g := &termGuard{NetworkTransport: t, stable: stable, out: make(chan raft.RPC), done: make(chan struct{}),
-		contacts: map[raft.ServerID]contact{}}
+		contacts: map[raft.ServerID]contact{}, beats: map[raft.ServerID]time.Time{}, kick: make(chan struct{})}
 	go g.run()
 	return g
 }
@@ -136,9 +150,30 @@ func (g *termGuard) Close() error {
 // so it had not moved to a later term (and voted there) when it answered.
 // The time is taken before the request is handed to the connection, so
 // it is never after the peer's answer, however long the dial, the queue
-// or the network took.
+// or the network took; and after hold, so a held heartbeat counts from
+// when it was really sent (taken before the hold, it would still be safe,
+// only shorter).
 func (g *termGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	g.cmu.Lock()
+	kick := g.kick
+	g.cmu.Unlock()
+	if d := g.hold(id, args, time.Now()); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-kick:
+			t.Stop()
+		case <-g.done:
+			t.Stop()
+			return raft.ErrTransportShutdown
+		}
+	}
 	sent := time.Now()
+	if isHeartbeat(args) {
+		g.cmu.Lock()
+		g.beats[id] = sent
+		g.cmu.Unlock()
+	}
 	err := g.NetworkTransport.AppendEntries(id, target, args, resp)
 	if err == nil && resp.Success && resp.Term == args.Term {
 		g.cmu.Lock()
@@ -151,6 +186,60 @@ func (g *termGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, a
 		}
 	}
 	return err
+}
+
+// hold is how long to keep an AppendEntries to id back, so that it goes
+// on the process's grid (internal/grid) with the rest of the periodic
+// work, at both ends: an idle process pays per wake-up, and Raft's
+// heartbeats, each from a goroutine of its own at a random phase, were
+// most of an idle cluster's wake-ups. A heartbeat is held only when the
+// next grid instant comes within beatEvery of the previous heartbeat to
+// id, so a follower hears from the leader as often as Raft meant it to
+// (on a LAN, every 100 ms instead of every 50-100 ms); over a long link,
+// where the answer takes a good part of that, it goes at once. An
+// AppendEntries that carries only the commit index (Raft sends one every
+// CommitTimeout to 2x that when there is nothing new; followers learn
+// each commit at once from the barrier propose adds) waits for the next
+// instant too. Entries are never held, nor anything while a proposal or
+// a VerifyLeader round is under way (hurry).
+func (g *termGuard) hold(id raft.ServerID, args *raft.AppendEntriesRequest, now time.Time) time.Duration {
+	if g.beatEvery <= 0 || len(args.Entries) > 0 || now.UnixNano() < g.hurryUntil.Load() {
+		return 0
+	}
+	if !isHeartbeat(args) {
+		return grid.Wait(now, now.Add(grid.Step))
+	}
+	g.cmu.Lock()
+	last, ok := g.beats[id]
+	g.cmu.Unlock()
+	if !ok {
+		return 0
+	}
+	return grid.Wait(now, last.Add(g.beatEvery))
+}
+
+// hurry has every AppendEntries go at once for d, those held now
+// included: a proposal is under way (Raft sends its entry to a follower
+// only after the request in hand, and its barrier after that), or a
+// VerifyLeader round.
+func (g *termGuard) hurry(d time.Duration) {
+	until := time.Now().Add(d).UnixNano()
+	for {
+		old := g.hurryUntil.Load()
+		if old >= until || g.hurryUntil.CompareAndSwap(old, until) {
+			break
+		}
+	}
+	g.cmu.Lock()
+	close(g.kick)
+	g.kick = make(chan struct{})
+	g.cmu.Unlock()
+}
+
+// isHeartbeat is NetworkTransport's test for a heartbeat (Raft's
+// heartbeat goroutine sends only the term and the leader).
+func isHeartbeat(a *raft.AppendEntriesRequest) bool {
+	return a.PrevLogEntry == 0 && a.PrevLogTerm == 0 && len(a.Entries) == 0 && a.LeaderCommitIndex == 0
 }
 
 // confirmed is the latest time t such that a majority of voters (this

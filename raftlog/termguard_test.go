@@ -116,3 +116,58 @@ func TestAppendEntriesContact(t *testing.T) {
 		t.Fatalf("a failed RPC moved the contact from %+v to %+v", c, got)
 	}
 }
+
+// TestHoldOnGrid: a heartbeat waits for the next grid instant when that
+// comes within beatEvery of the previous heartbeat to the peer, so the
+// process's wake-ups coincide; so does a commit index.
+// Entries, anything while hurried (a proposal or a VerifyLeader round),
+// a first heartbeat and one that would come too late go at once.
+func TestHoldOnGrid(t *testing.T) {
+	g := &termGuard{beats: map[raft.ServerID]time.Time{}, beatEvery: 100 * time.Millisecond}
+	grid0 := time.Unix(1_800_000_000, 0) // on the grid
+	at := func(ms int) time.Time { return grid0.Add(time.Duration(ms) * time.Millisecond) }
+	beat := &raft.AppendEntriesRequest{Term: 3}
+	entries := &raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 9, PrevLogTerm: 3, LeaderCommitIndex: 9, Entries: []*raft.Log{{Index: 10}}}
+	commit := &raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 9, PrevLogTerm: 3, LeaderCommitIndex: 9}
+
+	if d := g.hold("b", beat, at(70)); d != 0 {
+		t.Errorf("first heartbeat to b held %v", d)
+	}
+	g.beats["b"] = at(0)
+	if d := g.hold("b", beat, at(70)); d != 30*time.Millisecond {
+		t.Errorf("heartbeat 70 ms after the last held %v, want 30ms (to the grid instant)", d)
+	}
+	if d := g.hold("b", beat, at(110)); d != 0 {
+		t.Errorf("heartbeat 110 ms after the last held %v, want 0 (the next instant is past beatEvery)", d)
+	}
+	if d := g.hold("b", entries, at(70)); d != 0 {
+		t.Errorf("entries held %v", d)
+	}
+	if d := g.hold("b", commit, at(70)); d != 30*time.Millisecond {
+		t.Errorf("commit index held %v, want 30ms", d)
+	}
+	g.kick = make(chan struct{})
+	kick := g.kick
+	g.hurryUntil.Store(at(500).UnixNano())
+	if d := g.hold("b", beat, at(70)); d != 0 {
+		t.Errorf("heartbeat held %v while hurried", d)
+	}
+	if d := g.hold("b", commit, at(70)); d != 0 {
+		t.Errorf("commit index held %v while hurried", d)
+	}
+	g.hurryUntil.Store(0)
+	g.hurry(time.Hour)
+	select {
+	case <-kick:
+	default:
+		t.Error("hurry did not release the requests held")
+	}
+	if d := g.hold("b", beat, time.Now()); d != 0 {
+		t.Errorf("heartbeat held %v after hurry", d)
+	}
+	g.hurryUntil.Store(0)
+	g.beatEvery = 0
+	if d := g.hold("b", beat, at(70)); d != 0 {
+		t.Errorf("heartbeat held %v with beatEvery 0", d)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/metrolun/metrolun/internal/grid"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -529,7 +530,7 @@ func (w *writer) manage(p *peer, stale bool) {
 			select {
 			case <-p.ctx.Done():
 				return
-			case <-time.After(max(w.s.cfg.ReplicaTimeout/8, 10*time.Millisecond)):
+			case <-time.After(grid.Until(w.s.cfg.ReplicaTimeout / 8)):
 			}
 			continue
 		}
@@ -563,9 +564,10 @@ func (w *writer) manage(p *peer, stale bool) {
 // watchdog checks a peer's link until the writer ends: an in-sync peer
 // whose link failed, or that has not answered for replica_timeout, is
 // dropped; a syncing one that stopped answering has its link closed
-// (the resync fails and starts again later).
+// (the resync fails and starts again later). It ticks on the process's
+// grid (internal/grid).
 func (w *writer) watchdog(p *peer) {
-	t := time.NewTicker(max(w.s.cfg.ReplicaTimeout/8, 10*time.Millisecond))
+	t := grid.NewTicker(w.s.cfg.ReplicaTimeout / 8)
 	defer t.Stop()
 	for {
 		select {

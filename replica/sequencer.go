@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/metrolun/metrolun/internal/grid"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -304,9 +305,11 @@ func (w *writer) releaseCarried() {
 // committer sends the commit point to replicas that no data frame
 // carried it to within commitIdle (the core decides which), so they may
 // show those writes to their readers. It also ticks, for frames outside
-// the write order (resync copies) and for links that came up since.
+// the write order (resync copies) and for links that came up since. The
+// tick is on the process's grid (internal/grid), with its other periodic
+// work: an idle process pays per wake-up, not per task.
 func (w *writer) committer() {
-	tick := time.NewTicker(max(w.s.cfg.Lease/4, 10*time.Millisecond))
+	tick := grid.NewTicker(w.s.cfg.Lease / 4)
 	defer tick.Stop()
 	defer w.commitTimer.Stop()
 	for {

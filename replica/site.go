@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/metrolun/metrolun/internal/grid"
 	"github.com/metrolun/metrolun/target"
 )
 
@@ -309,7 +310,9 @@ func (s *Site) reconcile() time.Duration {
 	if writer {
 		return until.Sub(now) + time.Millisecond
 	}
-	return s.cfg.Lease / 4
+	// On the process's grid (internal/grid): at a replica this look was
+	// a dozen wake-ups a second at a phase of its own.
+	return grid.Until(s.cfg.Lease / 4)
 }
 
 // notify wakes operations that wait for a change.

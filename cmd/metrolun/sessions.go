@@ -11,6 +11,7 @@ import (
 	"github.com/metrolun/metrolun/cmd/admin"
 	"github.com/metrolun/metrolun/cmd/paths"
 	"github.com/metrolun/metrolun/conf"
+	"github.com/metrolun/metrolun/internal/grid"
 	"github.com/metrolun/metrolun/target"
 )
 
@@ -61,7 +62,7 @@ func newSessionBook(m *member) *sessionBook {
 
 // run polls until the member stops.
 func (b *sessionBook) run() {
-	t := time.NewTicker(sessionPoll)
+	t := grid.NewTicker(sessionPoll)
 	defer t.Stop()
 	first := time.NewTimer(sessionFirstWait)
 	defer first.Stop()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/metrolun/metrolun/cmd/admin"
+	"github.com/metrolun/metrolun/internal/grid"
 	"github.com/metrolun/metrolun/raftlog"
 )
 
@@ -22,7 +23,7 @@ import (
 //     it asks the other members' admin endpoints, and stops when one that
 //     has applied more of the log no longer lists it.
 func (m *member) watch() {
-	poll := time.NewTicker(time.Second)
+	poll := grid.NewTicker(time.Second)
 	defer poll.Stop()
 	var lastAsk time.Time
 	for {
