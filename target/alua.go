@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/grid"
 )
 
 // PortGroup is one target port group: the ports through which one site
@@ -191,7 +193,9 @@ func groupsDigest(gs []PortGroup) string {
 
 // watchALUA runs checkALUA on every LU until stop.
 func (s *Server) watchALUA(stop <-chan struct{}, every time.Duration) {
-	t := time.NewTicker(every)
+	// On the process's grid (internal/grid), with the cluster's other
+	// periodic work: an idle member pays per wake-up, not per tick.
+	t := grid.NewTicker(every)
 	defer t.Stop()
 	for {
 		s.mu.Lock()

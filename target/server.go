@@ -110,7 +110,7 @@ func NewServer(cfg Config) *Server {
 	}
 	if cfg.PortGroups != nil {
 		s.aluaStop = make(chan struct{})
-		go s.watchALUA(s.aluaStop, 250*time.Millisecond)
+		go s.watchALUA(s.aluaStop, 200*time.Millisecond)
 	}
 	return s
 }
