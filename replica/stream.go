@@ -38,6 +38,9 @@ type Ack struct {
 // and returns a channel that receives the replica's verdict.
 type Link struct {
 	conn net.Conn
+	// pc is conn as the reader goroutine reads it (poll.go); nil: the
+	// reader never polls.
+	pc *pollConn
 
 	snd *sender
 	// npending is len(pending), for snd.busy.
@@ -69,12 +72,13 @@ type pendingFrame struct {
 
 // NewLink starts the acknowledgement reader on conn (after the hello
 // exchange). br is the reader that already holds the hello answer's
-// buffered bytes, or nil.
-func NewLink(conn net.Conn, br *bufio.Reader, onLease func(*Link, *Frame), onDown func(error, []pendingFrame)) *Link {
+// buffered bytes, or nil; pc, if not nil, is what br reads from conn
+// through: the reader then polls for acks (poll.go).
+func NewLink(conn net.Conn, br *bufio.Reader, pc *pollConn, onLease func(*Link, *Frame), onDown func(error, []pendingFrame)) *Link {
 	if br == nil {
 		br = bufio.NewReaderSize(conn, 64<<10)
 	}
-	l := &Link{conn: conn, done: make(chan struct{}), onLease: onLease, onDown: onDown}
+	l := &Link{conn: conn, pc: pc, done: make(chan struct{}), onLease: onLease, onDown: onDown}
 	// Busy while the replica owes answers beyond the frame being sent.
 	l.snd = newSender(conn, func() bool { return l.npending.Load() > 1 }, func(err error) { l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err)) })
 	go l.readAcks(br)
@@ -99,7 +103,12 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 	}
 	l.pending = append(l.pending, p)
 	l.npending.Store(int32(len(l.pending)))
+	idle := len(l.pending) == 1
 	l.mu.Unlock()
+	if idle && l.pc != nil {
+		// The ack is due: the reader polls for it from now on.
+		l.pc.kick()
+	}
 	// A reference to a forwarded operation is of no use to the origin
 	// before the operation's result, which the writer sends on this link
 	// right after it (serveForward): the two leave in one write.
@@ -153,6 +162,12 @@ func (l *Link) Err() error {
 func (l *Link) readAcks(br *bufio.Reader) {
 	defer close(l.done)
 	for {
+		if l.pc != nil && br.Buffered() == 0 {
+			l.pc.atFrame()
+			if l.npending.Load() > 0 {
+				l.pc.expect(time.Now(), afterRequest)
+			}
+		}
 		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil {
 			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))

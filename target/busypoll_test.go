@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/pollslot"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -61,7 +63,7 @@ func TestPollReader(t *testing.T) {
 	if got := readAll(t, r, 7); string(got) != "command" {
 		t.Fatalf("read %q", got)
 	}
-	if n := pollers.Load(); n != 0 {
+	if n := pollslot.InUse(); n != 0 {
 		t.Fatalf("%d pollers after a read", n)
 	}
 	if !r.poll {
@@ -77,13 +79,13 @@ func TestPollReader(t *testing.T) {
 		n, _ := io.ReadFull(r, buf)
 		got <- buf[:n]
 	}()
-	for end := time.Now().Add(10 * time.Second); pollers.Load() == 0; {
+	for end := time.Now().Add(10 * time.Second); pollslot.InUse() == 0; {
 		if time.Now().After(end) {
 			t.Fatal("the reader did not start polling")
 		}
 		runtime.Gosched()
 	}
-	for end := time.Now().Add(10 * time.Second); pollers.Load() != 0; {
+	for end := time.Now().Add(10 * time.Second); pollslot.InUse() != 0; {
 		if time.Now().After(end) {
 			t.Fatal("the reader kept polling past its window")
 		}
@@ -118,7 +120,7 @@ func TestPollReader(t *testing.T) {
 	if _, err := r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("read after close: %v, want EOF", err)
 	}
-	if n := pollers.Load(); n != 0 {
+	if n := pollslot.InUse(); n != 0 {
 		t.Fatalf("%d pollers at the end", n)
 	}
 }
@@ -131,9 +133,13 @@ func TestPollReaderLimit(t *testing.T) {
 			t.Fatal("a free polling slot was refused")
 		}
 	}
-	defer pollers.Add(-max)
+	defer func() {
+		for range max {
+			pollslot.Release()
+		}
+	}()
 	if takePoller() {
-		pollers.Add(-1)
+		pollslot.Release()
 		t.Fatalf("more than %d readers may poll", max)
 	}
 	// A reader without a slot reads as usual.
