@@ -14,43 +14,41 @@ import (
 	"github.com/metrolun/metrolun/internal/pollslot"
 )
 
-// Busy polling of a replication link at low queue depth (issue 13). A
-// mirrored write waits for its frame to reach the replica and for the
-// replica's ack to come back; each end would otherwise sleep in the
-// netpoller and pay a thread wake-up (tens of microseconds on a virtual
-// CPU, as long as the work) when the bytes arrive. So a link's reader
-// polls its socket for up to linkPollWindow when an answer is due soon:
+// Busy polling of a replication link (issue 13). A mirrored write
+// waits for its frame to reach the replica and for the replica's ack to
+// come back; the reader that waits for the answer would otherwise sleep
+// in the netpoller and pay a thread wake-up (tens of microseconds on a
+// virtual CPU, as long as the work) when it comes. So a link's reader
+// polls its socket for up to pollWindow when an answer to a request of
+// this site is due:
 //
 //   - at the writer, while frames are outstanding (Link.readAcks); a
 //     frame sent on an idle link wakes the reader out of the netpoller
-//     (kick) so that it polls while the replica works;
-//   - at the replica, for the writer's next frame after an ack
-//     (serveStream).
+//     (kick), so the wake-up happens while the frame travels and the
+//     replica works, not when the ack comes;
+//   - at a forwarding site, on its stream from the writer, which brings
+//     the reference and result of an operation it forwarded (the
+//     forwarder kicks the stream's reader).
 //
-// Each polls only while that pays: the bytes came within twice the
-// window of when they were expected the last time (learned on every
-// expected read, polled or not, as target/busypoll.go does), and only
-// with a slot of internal/pollslot (GOMAXPROCS-1 pollers per process,
-// the iSCSI readers' included), which leaves a CPU to the process that
-// must answer.
+// The replica does not poll for the writer's next frame after its ack:
+// at queue depth 1 that frame follows only after the initiator's next
+// command, and a replica spinning for it kept the CPU from the
+// initiator (docs/bench.md, issue 13, link polling).
+//
+// A reader polls only while that pays (the answer came within twice the
+// window the last time, learned on every answer, polled or not, as
+// target/busypoll.go does), with a slot of internal/pollslot
+// (GOMAXPROCS-1 pollers per process, the iSCSI readers' included), and
+// while the CPUs are not wanted elsewhere (crowded).
 //
 // A link under TLS is polled on the TCP socket beneath it (through
 // NetConn): the poll peeks at the socket and the read goes through the
 // TLS layer, which is first asked for what it holds already (a record
 // read together with an earlier one) by a read that must not wait.
 
-// What the expected bytes answer, each with its own window and its own
-// learning: a request this site sent (a frame, whose ack is due; an
-// operation it forwarded, whose reference is due), or an answer this
-// site gave (an ack, after which the writer's next frame may follow).
-const (
-	afterRequest = iota
-	afterAnswer
-)
-
-// windows: how long a read polls for bytes of each kind. Variables
-// for tests only.
-var windows = [2]time.Duration{afterRequest: 100 * time.Microsecond, afterAnswer: 100 * time.Microsecond}
+// pollWindow is how long a read polls for an answer. A variable for
+// tests only.
+var pollWindow = 100 * time.Microsecond
 
 // yieldedLong: a yield in the poll loop that took longer gave the CPU
 // to something that wanted it, and polling would take it from them. A
@@ -85,13 +83,12 @@ type pollConn struct {
 	// layered: conn reads through a layer that buffers (TLS).
 	layered bool
 
-	// expected is when the bytes of the next read were expected from
-	// (UnixNano, its lowest bit replaced by their kind); zero when
-	// nothing is expected.
+	// expected is when the answer the next read brings was due from
+	// (UnixNano); zero when none is.
 	expected atomic.Int64
-	// pays, by kind: the bytes came within twice the window of when
-	// they were expected, the last time.
-	pays [2]atomic.Bool
+	// pays: the answer came within twice pollWindow of when it was
+	// due, the last time.
+	pays atomic.Bool
 	// frame: the next Read starts a frame, so no read deadline of
 	// anyone else's is set on conn while it waits (bodyGuard sets its
 	// own only within a frame), and a kick may set one (reader only).
@@ -110,8 +107,7 @@ type pollConn struct {
 
 func newPollConn(c net.Conn) *pollConn {
 	pc := &pollConn{conn: c}
-	pc.pays[afterRequest].Store(true)
-	pc.pays[afterAnswer].Store(true)
+	pc.pays.Store(true)
 	layered := false
 	for range 4 {
 		if sc, ok := c.(syscall.Conn); ok {
@@ -135,26 +131,21 @@ func newPollConn(c net.Conn) *pollConn {
 // above): while it waits, kick may wake it.
 func (pc *pollConn) atFrame() { pc.frame = true }
 
-// expect says the peer's next bytes are due soon after at, answering
-// what kind says: the next Read polls if polling paid the last time.
-func (pc *pollConn) expect(at time.Time, kind int) {
-	pc.expected.CompareAndSwap(0, stamp(at, kind))
+// expect says an answer is due from at: the next Read polls for it if
+// polling paid the last time.
+func (pc *pollConn) expect(at time.Time) {
+	pc.expected.CompareAndSwap(0, at.UnixNano())
 }
 
-func stamp(at time.Time, kind int) int64 { return at.UnixNano()&^1 | int64(kind) }
-
-// unstamp is stamp's inverse; zero is nothing expected.
-func unstamp(v int64) (time.Time, int) { return time.Unix(0, v&^1), int(v & 1) }
-
-// kick says the peer's next bytes are due from now (this site sent
-// what they answer), and wakes the reader if it waits in the netpoller
+// kick says an answer is due from now (this site sent a request), and
+// wakes the reader if it waits in the netpoller
 // at a frame's start and polling pays, so that it polls: the wake-up
 // happens while the request travels and the peer works, not when the
 // answer comes. Polling or not, the answer's delay is learned.
 func (pc *pollConn) kick() {
 	now := time.Now()
-	pc.expected.Store(stamp(now, afterRequest))
-	if !pc.pays[afterRequest].Load() || crowded(now) {
+	pc.expected.Store(now.UnixNano())
+	if !pc.pays.Load() || crowded(now) {
 		return
 	}
 	pc.kmu.Lock()
@@ -203,9 +194,8 @@ func (pc *pollConn) Read(p []byte) (int, error) {
 // poll polls for the expected bytes until the window ends. It reports
 // false when nothing came (the caller waits in the netpoller).
 func (pc *pollConn) poll(p []byte) (int, error, bool) {
-	at, kind := unstamp(pc.expected.Load())
-	until := at.Add(windows[kind])
-	if now := time.Now(); pc.rc == nil || !pc.pays[kind].Load() || !now.Before(until) || crowded(now) || !pollslot.Take() {
+	until := time.Unix(0, pc.expected.Load()).Add(pollWindow)
+	if now := time.Now(); pc.rc == nil || !pc.pays.Load() || !now.Before(until) || crowded(now) || !pollslot.Take() {
 		return 0, nil, false
 	}
 	defer pollslot.Release()
@@ -256,8 +246,7 @@ func (pc *pollConn) poll(p []byte) (int, error, bool) {
 	return n, err, true
 }
 
-// learn decides from how soon the expected bytes came whether polling
-// pays.
+// learn decides from how soon the answer came whether polling pays.
 func (pc *pollConn) learn(n int) {
 	if n <= 0 {
 		return
@@ -266,8 +255,7 @@ func (pc *pollConn) learn(n int) {
 	if v == 0 {
 		return
 	}
-	at, kind := unstamp(v)
-	pc.pays[kind].Store(time.Since(at) < 2*windows[kind])
+	pc.pays.Store(time.Since(time.Unix(0, v)) < 2*pollWindow)
 }
 
 func isTimeout(err error) bool {

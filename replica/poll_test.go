@@ -67,18 +67,18 @@ func tlsPair(t *testing.T) (client, server *tls.Conn) {
 	return client, server
 }
 
-// pollTestWindow makes the windows long enough for a busy (or
+// pollTestWindow makes pollWindow long enough for a busy (or
 // race-instrumented) test to tell "within the window" from "after it".
 func pollTestWindow(t *testing.T) {
 	if pollslot.Max() < 1 {
 		t.Skip("one CPU: links never poll")
 	}
-	w, y := windows, yieldedLong
+	w, y := pollWindow, yieldedLong
 	// A yield that lets the race detector's goroutines run is not a
 	// crowded machine here (TestPollConnCrowded tests that).
-	windows, yieldedLong = [2]time.Duration{5 * time.Second, 5 * time.Second}, time.Hour
+	pollWindow, yieldedLong = 5*time.Second, time.Hour
 	crowdedUntil.Store(0)
-	t.Cleanup(func() { windows, yieldedLong = w, y; crowdedUntil.Store(0) })
+	t.Cleanup(func() { pollWindow, yieldedLong = w, y; crowdedUntil.Store(0) })
 }
 
 func readN(t *testing.T, r io.Reader, n int) string {
@@ -104,19 +104,19 @@ func TestPollConnPolls(t *testing.T) {
 	if got := readN(t, pc, 3); got != "one" || pc.polls != 0 {
 		t.Fatalf("unexpected read: %q, %d polls", got, pc.polls)
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	go client.Write([]byte("two"))
 	if got := readN(t, pc, 3); got != "two" || pc.polls != 1 || pc.hits != 1 {
 		t.Fatalf("expected read: %q, %d polls, %d hits", got, pc.polls, pc.hits)
 	}
-	if !pc.pays[afterAnswer].Load() || pc.expected.Load() != 0 {
-		t.Fatalf("after a prompt answer: pays %v, expected %v", pc.pays[afterAnswer].Load(), pc.expected.Load())
+	if !pc.pays.Load() || pc.expected.Load() != 0 {
+		t.Fatalf("after a prompt answer: pays %v, expected %v", pc.pays.Load(), pc.expected.Load())
 	}
 	if n := pollslot.InUse(); n != 0 {
 		t.Fatalf("%d poll slots taken after the read", n)
 	}
 	// The end of the stream ends a polled read too.
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	client.Close()
 	if n, err := pc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("polled read at the end: %d, %v", n, err)
@@ -141,7 +141,7 @@ func TestPollConnBound(t *testing.T) {
 	if int32(taken) != pollslot.Max() {
 		t.Fatalf("took %d slots, max %d", taken, pollslot.Max())
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	client.Write([]byte("x"))
 	if got := readN(t, pc, 1); got != "x" || pc.polls != 0 {
 		t.Fatalf("read with no slot free: %q, %d polls", got, pc.polls)
@@ -156,22 +156,22 @@ func TestPollConnLearns(t *testing.T) {
 	client, server := loopPair(t)
 	pc := newPollConn(server)
 	client.Write([]byte("late"))
-	pc.expect(time.Now().Add(-3*windows[afterAnswer]), afterAnswer) // as if it came late
+	pc.expect(time.Now().Add(-3 * pollWindow)) // as if it came late
 	if got := readN(t, pc, 4); got != "late" {
 		t.Fatalf("read %q", got)
 	}
-	if pc.pays[afterAnswer].Load() {
+	if pc.pays.Load() {
 		t.Fatal("polling still pays after a late answer")
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	client.Write([]byte("soon"))
 	if got := readN(t, pc, 4); got != "soon" || pc.polls != 0 {
 		t.Fatalf("read after a late answer: %q, %d polls (want none)", got, pc.polls)
 	}
-	if !pc.pays[afterAnswer].Load() {
+	if !pc.pays.Load() {
 		t.Fatal("a prompt answer did not make polling pay again")
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	go client.Write([]byte("poll"))
 	if got := readN(t, pc, 4); got != "poll" || pc.polls != 1 {
 		t.Fatalf("read %q, %d polls (want 1)", got, pc.polls)
@@ -197,17 +197,17 @@ func TestPollConnTLS(t *testing.T) {
 		t.Fatalf("read %q", got)
 	}
 	start := time.Now()
-	pc.expect(start, afterAnswer)
+	pc.expect(start)
 	if got := readN(t, pc, 6); got != "second" {
 		t.Fatalf("read %q", got)
 	}
 	if pc.polls != 1 || pc.hits != 1 {
 		t.Fatalf("%d polls, %d hits; want the held record at once", pc.polls, pc.hits)
 	}
-	if time.Since(start) >= windows[afterAnswer] {
+	if time.Since(start) >= pollWindow {
 		t.Fatal("waited out the window for a record the TLS layer held")
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	go client.Write([]byte("third"))
 	if got := readN(t, pc, 5); got != "third" || pc.polls != 2 || pc.hits != 2 {
 		t.Fatalf("read %q, %d polls, %d hits", got, pc.polls, pc.hits)
@@ -291,7 +291,7 @@ func TestPollConnKick(t *testing.T) {
 		t.Fatalf("%d polls, %d hits", pc.polls, pc.hits)
 	}
 	// A kick when polling does not pay leaves the reader waiting.
-	pc.pays[afterRequest].Store(false)
+	pc.pays.Store(false)
 	go func() {
 		pc.atFrame()
 		b := make([]byte, 4)
@@ -338,7 +338,7 @@ func TestPollConnCrowded(t *testing.T) {
 	pc := newPollConn(server)
 
 	slow <- struct{}{}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	go func() {
 		// After the slow yield: the poll must have given up by then.
 		for !crowded(time.Now()) {
@@ -352,13 +352,13 @@ func TestPollConnCrowded(t *testing.T) {
 	if !crowded(time.Now()) {
 		t.Fatal("no backoff after a crowded poll")
 	}
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	client.Write([]byte("b"))
 	if got := readN(t, pc, 1); got != "b" || pc.polls != 1 {
 		t.Fatalf("read %q: %d polls; want none during the backoff", got, pc.polls)
 	}
 	crowdedUntil.Store(0)
-	pc.expect(time.Now(), afterAnswer)
+	pc.expect(time.Now())
 	go client.Write([]byte("c"))
 	if got := readN(t, pc, 1); got != "c" || pc.polls != 2 {
 		t.Fatalf("read %q: %d polls; want one after the backoff", got, pc.polls)

@@ -276,7 +276,8 @@ func (r *receiver) setFenced(on bool) bool {
 }
 
 // serveStream runs one writer's stream after its hello. br reads conn
-// through pc (nil: it does not poll for the next frame).
+// through pc (nil: no polling), which polls for the reference of an
+// operation this site forwarded (kickStream).
 func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, hello *Frame, g *bodyGuard) error {
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	var wmu sync.Mutex
@@ -390,14 +391,8 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, he
 		}
 		ans, stopNow := r.apply(conn, f)
 		release()
-		flush := br.Buffered() == 0 || stopNow
-		if err := send(ans, flush); err != nil {
+		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
 			return err
-		}
-		if flush && pc != nil {
-			// At low queue depth the writer's next frame follows its
-			// answer soon: poll for it (poll.go).
-			pc.expect(time.Now(), afterAnswer)
 		}
 		if stopNow {
 			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)

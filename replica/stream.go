@@ -165,7 +165,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 		if l.pc != nil && br.Buffered() == 0 {
 			l.pc.atFrame()
 			if l.npending.Load() > 0 {
-				l.pc.expect(time.Now(), afterRequest)
+				l.pc.expect(time.Now())
 			}
 		}
 		f, err := ReadFrame(br, MaxControlLen)
