@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -362,5 +363,40 @@ func TestPollConnCrowded(t *testing.T) {
 	go client.Write([]byte("c"))
 	if got := readN(t, pc, 1); got != "c" || pc.polls != 2 {
 		t.Fatalf("read %q: %d polls; want one after the backoff", got, pc.polls)
+	}
+}
+
+// TestLinkPollsForWaitedAcks: the writer's link expects (and polls for)
+// an ack only for frames someone waits on, not for a forwarded
+// operation's reference, whose ack nobody waits for.
+func TestLinkPollsForWaitedAcks(t *testing.T) {
+	pollTestWindow(t)
+	client, server := loopPair(t)
+	pc := newPollConn(client)
+	l := NewLink(client, bufio.NewReader(pc), pc, nil, nil)
+	defer l.Close()
+	br := bufio.NewReader(server)
+	l.Send(&Frame{Kind: FrameWrite, Epoch: 1, Seq: 1, Flags: FlagRef, Ref: 7, Length: 4096})
+	if _, err := ReadFrame(br, MaxDataFrameLen); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.nwaited.Load(); n != 0 || pc.expected.Load() != 0 {
+		t.Fatalf("after a reference: %d waited, expected %d; want none", n, pc.expected.Load())
+	}
+	ch := l.Send(&Frame{Kind: FrameWrite, Epoch: 1, Seq: 2, Data: []byte("data"), CRC: Checksum([]byte("data")), Length: 4})
+	if _, err := ReadFrame(br, MaxDataFrameLen); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.nwaited.Load(); n != 1 || pc.expected.Load() == 0 {
+		t.Fatalf("after a write: %d waited, expected %d; want one, due", n, pc.expected.Load())
+	}
+	if err := WriteFrame(server, &Frame{Kind: FrameAck, Epoch: 1, Seq: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-ch; a.Err != nil {
+		t.Fatal(a.Err)
+	}
+	if n := l.nwaited.Load(); n != 0 {
+		t.Fatalf("%d waited after the ack", n)
 	}
 }

@@ -45,6 +45,10 @@ type Link struct {
 	snd *sender
 	// npending is len(pending), for snd.busy.
 	npending atomic.Int32
+	// nwaited counts the pending frames whose ack someone waits for:
+	// not a forwarded operation's reference (FlagRef), whose ack only
+	// makes the write visible. The reader polls only for those.
+	nwaited atomic.Int32
 
 	mu      sync.Mutex
 	pending []pendingFrame // in sequence order
@@ -68,6 +72,8 @@ type pendingFrame struct {
 	// refused: the replica answered it with a nack (its store failed,
 	// typically), so it certainly does not hold what the frame carried.
 	refused bool
+	// waited: counted in Link.nwaited.
+	waited bool
 }
 
 // NewLink starts the acknowledgement reader on conn (after the hello
@@ -97,16 +103,16 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		ch <- Ack{Err: err}
 		return ch
 	}
-	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch}
+	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch, waited: f.Flags&FlagRef == 0}
 	if f.Kind == FrameWrite || f.Kind == FrameUnmap || f.Kind == FrameLost {
 		p.n = int64(f.Length)
 	}
 	l.pending = append(l.pending, p)
 	l.npending.Store(int32(len(l.pending)))
-	idle := len(l.pending) == 1
+	first := p.waited && l.nwaited.Add(1) == 1
 	l.mu.Unlock()
-	if idle && l.pc != nil {
-		// The ack is due: the reader polls for it from now on.
+	if first && l.pc != nil {
+		// An ack is waited for: the reader polls for it from now on.
 		l.pc.kick()
 	}
 	// A reference to a forwarded operation is of no use to the origin
@@ -164,7 +170,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 	for {
 		if l.pc != nil && br.Buffered() == 0 {
 			l.pc.atFrame()
-			if l.npending.Load() > 0 {
+			if l.nwaited.Load() > 0 {
 				l.pc.expect(time.Now())
 			}
 		}
@@ -196,6 +202,9 @@ func (l *Link) readAcks(br *bufio.Reader) {
 				l.pending[0].refused = true
 				break
 			}
+			if l.pending[0].waited {
+				l.nwaited.Add(-1)
+			}
 			settle = append(settle, l.pending[0])
 			l.pending = l.pending[1:]
 		}
@@ -226,6 +235,7 @@ func (l *Link) fail(err error) {
 	pending := l.pending
 	l.pending = nil
 	l.npending.Store(0)
+	l.nwaited.Store(0)
 	l.mu.Unlock()
 	l.snd.close()
 	l.conn.Close()
