@@ -213,6 +213,7 @@ func (pc *pollConn) poll(p []byte) (int, error, bool) {
 	ready := false
 	var b [1]byte
 	err := pc.rc.Read(func(fd uintptr) bool {
+		long := false
 		for {
 			_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
@@ -222,19 +223,21 @@ func (pc *pollConn) poll(p []byte) (int, error, bool) {
 			case e != syscall.EAGAIN:
 				ready = true // bytes, the end, or an error: the read tells
 				return true
+			case long:
+				// What ran meanwhile took the CPU for a while and
+				// was not the answer arriving (its interrupt runs
+				// on this CPU too): the CPU is wanted. The poll
+				// ends, the netpoller waits for the bytes, and no
+				// link polls for a while.
+				pc.crowded++
+				crowdedUntil.Store(time.Now().Add(crowdedBackoff).UnixNano())
+				return true
 			case !time.Now().Before(until):
 				return true
 			}
-			// When what runs meanwhile took the CPU for a while, it
-			// is wanted: the poll ends, the netpoller waits for the
-			// bytes, and no link polls for a while.
 			t := time.Now()
 			yield()
-			if now := time.Now(); now.Sub(t) > yieldedLong {
-				pc.crowded++
-				crowdedUntil.Store(now.Add(crowdedBackoff).UnixNano())
-				return true
-			}
+			long = time.Since(t) > yieldedLong
 		}
 	})
 	if err != nil || !ready {
