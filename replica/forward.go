@@ -195,8 +195,6 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 		// The frame may have left in part: the outcome is unknown.
 		return -1, &indeterminate{err: err}
 	}
-	// Its reference and result come on this site's stream.
-	fw.s.recv.kickStream()
 	select {
 	case <-op.done:
 	case <-ctx.Done():

@@ -614,8 +614,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	pc := newPollConn(conn)
-	br := bufio.NewReaderSize(pc, 64<<10)
+	br := bufio.NewReaderSize(conn, 64<<10)
 	if err := WriteFrame(conn, &Frame{Kind: FrameHello, Epoch: w.epoch, From: w.s.cfg.Name, Offset: w.s.cfg.Store.Size()}); err != nil {
 		conn.Close()
 		return false, err
@@ -634,7 +633,7 @@ func (w *writer) connect(p *peer, timeout time.Duration) (diverged bool, err err
 		conn.Close()
 		return false, fmt.Errorf("%w: %s's LU has %d bytes, this writer's %d", ErrSizeMismatch, p.name, ack.Offset, size)
 	}
-	l := NewLink(conn, br, pc, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
+	l := NewLink(conn, br, func(l *Link, req *Frame) { w.grant(p, l, req) }, func(err error, lost []pendingFrame) { w.linkDown(p, err, lost) })
 	w.mu.Lock()
 	if w.closed || p.gone && w.st(p) != core.InSync {
 		w.mu.Unlock()

@@ -12,7 +12,6 @@ import (
 	"net"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -49,13 +48,11 @@ type receiver struct {
 	// synced runs when a resync ends (the diverged marker can go).
 	synced func()
 
-	mu    sync.Mutex
-	epoch uint64
-	seq   uint64
-	cur   net.Conn // the current writer's stream; a newer one replaces it
-	// curPoll is how the current stream is read (poll.go), for kick.
-	curPoll  atomic.Pointer[pollConn]
-	first    bool // the next frame on cur sets the sequence
+	mu       sync.Mutex
+	epoch    uint64
+	seq      uint64
+	cur      net.Conn // the current writer's stream; a newer one replaces it
+	first    bool     // the next frame on cur sets the sequence
 	diverged bool
 	fenced   bool // the site is fenced: no stream, no read lease
 	leaseEnd time.Time
@@ -275,10 +272,8 @@ func (r *receiver) setFenced(on bool) bool {
 	return true
 }
 
-// serveStream runs one writer's stream after its hello. br reads conn
-// through pc (nil: no polling), which polls for the reference of an
-// operation this site forwarded (kickStream).
-func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, hello *Frame, g *bodyGuard) error {
+// serveStream runs one writer's stream after its hello.
+func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g *bodyGuard) error {
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	var wmu sync.Mutex
 	send := func(f *Frame, flush bool) error {
@@ -311,7 +306,6 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, he
 		r.epoch = hello.Epoch
 	}
 	r.cur, r.first, r.seq = conn, true, 0
-	r.curPoll.Store(pc)
 	// A new stream: what the last writer left uncommitted here may be
 	// missing at another site, or present only here. The writer learns
 	// the ranges and resyncs them; readers here wait for them until a
@@ -351,9 +345,6 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, he
 	go r.askLeases(conn, stop, send)
 
 	for {
-		if pc != nil && br.Buffered() == 0 {
-			pc.atFrame()
-		}
 		// The data stays in the pooled body until the frame is
 		// applied: no copy per write (release below).
 		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
@@ -397,14 +388,6 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, pc *pollConn, he
 		if stopNow {
 			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)
 		}
-	}
-}
-
-// kickStream says the writer's next frame on the current stream is due
-// (this site forwarded an operation whose reference comes on it).
-func (r *receiver) kickStream() {
-	if pc := r.curPoll.Load(); pc != nil {
-		pc.kick()
 	}
 }
 

@@ -405,8 +405,7 @@ func (s *Site) serveConn(c net.Conn) error {
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
-	pc := newPollConn(c)
-	br := growReader(hbr, pc, 256<<10)
+	br := growReader(hbr, c, 256<<10)
 	if hello.Kind != FrameHello {
 		return fmt.Errorf("first frame is kind %d, not a hello", hello.Kind)
 	}
@@ -438,13 +437,13 @@ func (s *Site) serveConn(c net.Conn) error {
 		return fmt.Errorf("stream from %s refused: %w", hello.From, err)
 	}
 	s.log.Info("replication stream from writer", "writer", hello.From, "epoch", hello.Epoch)
-	return s.recv.serveStream(c, br, pc, hello, s.bodyGuard(c, hello.From))
+	return s.recv.serveStream(c, br, hello, s.bodyGuard(c, hello.From))
 }
 
 // growReader returns a reader of size bytes on c that first yields what
 // small has buffered (a peer may send its next frame before the answer to
 // its hello).
-func growReader(small *bufio.Reader, c io.Reader, size int) *bufio.Reader {
+func growReader(small *bufio.Reader, c net.Conn, size int) *bufio.Reader {
 	n := small.Buffered()
 	if n == 0 {
 		return bufio.NewReaderSize(c, size)

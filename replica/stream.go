@@ -38,17 +38,10 @@ type Ack struct {
 // and returns a channel that receives the replica's verdict.
 type Link struct {
 	conn net.Conn
-	// pc is conn as the reader goroutine reads it (poll.go); nil: the
-	// reader never polls.
-	pc *pollConn
 
 	snd *sender
 	// npending is len(pending), for snd.busy.
 	npending atomic.Int32
-	// nwaited counts the pending frames whose ack someone waits for:
-	// not a forwarded operation's reference (FlagRef), whose ack only
-	// makes the write visible. The reader polls only for those.
-	nwaited atomic.Int32
 
 	mu      sync.Mutex
 	pending []pendingFrame // in sequence order
@@ -72,19 +65,16 @@ type pendingFrame struct {
 	// refused: the replica answered it with a nack (its store failed,
 	// typically), so it certainly does not hold what the frame carried.
 	refused bool
-	// waited: counted in Link.nwaited.
-	waited bool
 }
 
 // NewLink starts the acknowledgement reader on conn (after the hello
 // exchange). br is the reader that already holds the hello answer's
-// buffered bytes, or nil; pc, if not nil, is what br reads from conn
-// through: the reader then polls for acks (poll.go).
-func NewLink(conn net.Conn, br *bufio.Reader, pc *pollConn, onLease func(*Link, *Frame), onDown func(error, []pendingFrame)) *Link {
+// buffered bytes, or nil.
+func NewLink(conn net.Conn, br *bufio.Reader, onLease func(*Link, *Frame), onDown func(error, []pendingFrame)) *Link {
 	if br == nil {
 		br = bufio.NewReaderSize(conn, 64<<10)
 	}
-	l := &Link{conn: conn, pc: pc, done: make(chan struct{}), onLease: onLease, onDown: onDown}
+	l := &Link{conn: conn, done: make(chan struct{}), onLease: onLease, onDown: onDown}
 	// Busy while the replica owes answers beyond the frame being sent.
 	l.snd = newSender(conn, func() bool { return l.npending.Load() > 1 }, func(err error) { l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err)) })
 	go l.readAcks(br)
@@ -103,18 +93,13 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 		ch <- Ack{Err: err}
 		return ch
 	}
-	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch, waited: f.Flags&FlagRef == 0}
+	p := pendingFrame{seq: f.Seq, kind: f.Kind, off: f.Offset, sent: time.Now(), ch: ch}
 	if f.Kind == FrameWrite || f.Kind == FrameUnmap || f.Kind == FrameLost {
 		p.n = int64(f.Length)
 	}
 	l.pending = append(l.pending, p)
 	l.npending.Store(int32(len(l.pending)))
-	first := p.waited && l.nwaited.Add(1) == 1
 	l.mu.Unlock()
-	if first && l.pc != nil {
-		// An ack is waited for: the reader polls for it from now on.
-		l.pc.kick()
-	}
 	// A reference to a forwarded operation is of no use to the origin
 	// before the operation's result, which the writer sends on this link
 	// right after it (serveForward): the two leave in one write.
@@ -168,12 +153,6 @@ func (l *Link) Err() error {
 func (l *Link) readAcks(br *bufio.Reader) {
 	defer close(l.done)
 	for {
-		if l.pc != nil && br.Buffered() == 0 {
-			l.pc.atFrame()
-			if l.nwaited.Load() > 0 {
-				l.pc.expect(time.Now())
-			}
-		}
 		f, err := ReadFrame(br, MaxControlLen)
 		if err != nil {
 			l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
@@ -201,9 +180,6 @@ func (l *Link) readAcks(br *bufio.Reader) {
 			if f.Kind == FrameNack && l.pending[0].seq == f.Seq {
 				l.pending[0].refused = true
 				break
-			}
-			if l.pending[0].waited {
-				l.nwaited.Add(-1)
 			}
 			settle = append(settle, l.pending[0])
 			l.pending = l.pending[1:]
@@ -235,7 +211,6 @@ func (l *Link) fail(err error) {
 	pending := l.pending
 	l.pending = nil
 	l.npending.Store(0)
-	l.nwaited.Store(0)
 	l.mu.Unlock()
 	l.snd.close()
 	l.conn.Close()

@@ -5,10 +5,9 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/metrolun/metrolun/internal/pollslot"
 )
 
 // Busy polling at queue depth 1. Once the reader has answered a command
@@ -26,10 +25,12 @@ import (
 // pollWindow is a variable for tests only.
 var pollWindow = 50 * time.Microsecond
 
+// pollers counts the readers polling now, process-wide.
+var pollers atomic.Int32
+
 // maxPollers: GOMAXPROCS-1 (none on one CPU, where polling would only
-// take the CPU from the initiator or from other work), shared with the
-// replication links' pollers (internal/pollslot).
-func maxPollers() int32 { return pollslot.Max() }
+// take the CPU from the initiator or from other work).
+func maxPollers() int32 { return int32(runtime.GOMAXPROCS(0) - 1) }
 
 // pollReader is the connection's byte stream under the PDU reader. Only
 // the reader goroutine uses it.
@@ -87,14 +88,14 @@ func (r *pollReader) Read(p []byte) (int, error) {
 				return false // wait in the netpoller
 			case !time.Now().Before(r.until):
 				polling = false
-				pollslot.Release()
+				pollers.Add(-1)
 				return false
 			}
 			runtime.Gosched()
 		}
 	})
 	if polling {
-		pollslot.Release()
+		pollers.Add(-1)
 		if first {
 			// The rest of the command (its data) follows at once:
 			// poll for it too.
@@ -126,4 +127,10 @@ func (r *pollReader) learn(n int) {
 	r.answered = time.Time{}
 }
 
-func takePoller() bool { return pollslot.Take() }
+func takePoller() bool {
+	if pollers.Add(1) > maxPollers() {
+		pollers.Add(-1)
+		return false
+	}
+	return true
+}

@@ -7,8 +7,6 @@ import (
 	"runtime"
 	"testing"
 	"time"
-
-	"github.com/metrolun/metrolun/internal/pollslot"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -63,7 +61,7 @@ func TestPollReader(t *testing.T) {
 	if got := readAll(t, r, 7); string(got) != "command" {
 		t.Fatalf("read %q", got)
 	}
-	if n := pollslot.InUse(); n != 0 {
+	if n := pollers.Load(); n != 0 {
 		t.Fatalf("%d pollers after a read", n)
 	}
 	if !r.poll {
@@ -79,13 +77,13 @@ func TestPollReader(t *testing.T) {
 		n, _ := io.ReadFull(r, buf)
 		got <- buf[:n]
 	}()
-	for end := time.Now().Add(10 * time.Second); pollslot.InUse() == 0; {
+	for end := time.Now().Add(10 * time.Second); pollers.Load() == 0; {
 		if time.Now().After(end) {
 			t.Fatal("the reader did not start polling")
 		}
 		runtime.Gosched()
 	}
-	for end := time.Now().Add(10 * time.Second); pollslot.InUse() != 0; {
+	for end := time.Now().Add(10 * time.Second); pollers.Load() != 0; {
 		if time.Now().After(end) {
 			t.Fatal("the reader kept polling past its window")
 		}
@@ -120,7 +118,7 @@ func TestPollReader(t *testing.T) {
 	if _, err := r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("read after close: %v, want EOF", err)
 	}
-	if n := pollslot.InUse(); n != 0 {
+	if n := pollers.Load(); n != 0 {
 		t.Fatalf("%d pollers at the end", n)
 	}
 }
@@ -133,13 +131,9 @@ func TestPollReaderLimit(t *testing.T) {
 			t.Fatal("a free polling slot was refused")
 		}
 	}
-	defer func() {
-		for range max {
-			pollslot.Release()
-		}
-	}()
+	defer pollers.Add(-max)
 	if takePoller() {
-		pollslot.Release()
+		pollers.Add(-1)
 		t.Fatalf("more than %d readers may poll", max)
 	}
 	// A reader without a slot reads as usual.
