@@ -13,6 +13,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/grid"
 )
 
 // sumLen is the size of a region digest (SHA-256: a resync that skips a
@@ -454,8 +456,16 @@ func (r *receiver) granted(f *Frame) {
 	}
 	margin := max(r.lease/4, 3*time.Since(sent))
 	r.renewAt = r.leaseEnd.Add(-margin)
-	if soonest := sent.Add(r.lease / 4); r.renewAt.Before(soonest) {
+	soonest := sent.Add(r.lease / 4)
+	if r.renewAt.Before(soonest) {
 		r.renewAt = soonest
+	}
+	// On the process's grid (internal/grid) when one instant falls
+	// between the soonest and the planned time: asked earlier, never
+	// later, and the request shares a wake-up with the other periodic
+	// work.
+	if g := grid.Next(r.renewAt.Add(-grid.Step), grid.Step); !g.Before(soonest) && !g.After(r.renewAt) {
+		r.renewAt = g
 	}
 	select {
 	case r.regrant <- struct{}{}:
