@@ -133,13 +133,7 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		kills = n
 	}
 	for round := 0; round < kills; round++ {
-		w, err := c.Writer(ctx, 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		w := writerUnderLoad(t, c, load)
 		t0 := time.Now()
 		if err := c.Signal(w, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -271,6 +265,20 @@ func logTimeouts(t *testing.T, vm *VM) {
 	}
 }
 
+// writerUnderLoad returns the cluster's writer once load has completed
+// another 100 writes: a fault then falls on I/O in flight.
+func writerUnderLoad(t *testing.T, c *Cluster, load *Load) string {
+	t.Helper()
+	w, err := c.Writer(context.Background(), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // silentLoss makes the writer vanish silently, as a site does that loses
 // power or its link: the writer is frozen (its peers and the guest get
 // no reset, no answer) and its path through the proxy drops everything.
@@ -281,13 +289,7 @@ func logTimeouts(t *testing.T, vm *VM) {
 func silentLoss(t *testing.T, c *Cluster, vm *VM, load *Load, settings Settings) (string, time.Time, time.Duration, time.Duration) {
 	t.Helper()
 	ctx := context.Background()
-	w, err := c.Writer(ctx, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := load.WaitWrites(load.Writes()+100, 60*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	w := writerUnderLoad(t, c, load)
 	t0 := time.Now()
 	c.Site(w).proxy().Partition(true, true)
 	if err := c.Signal(w, syscall.SIGSTOP); err != nil {
