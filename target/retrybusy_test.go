@@ -72,6 +72,22 @@ func TestTransitionBusyForSinglePath(t *testing.T) {
 	vol.state = PathActiveOptimized
 	vol.mu.Unlock()
 
+	// The volume's own NOT READY for a transition (a held write that
+	// found no writer in time): BUSY for a single path only.
+	for _, c := range []struct {
+		n    *Nexus
+		busy bool
+	}{{single, true}, {multi, false}} {
+		vol.mu.Lock()
+		vol.failNext = &NotReadyError{ASC: ascNotReadyTransition}
+		vol.mu.Unlock()
+		r := e.do(c.n, write10, make([]byte, 512))
+		if c.busy && (r.status != statusBusy || len(r.sense) != 0) {
+			t.Errorf("the volume's transition for %s: got %v, want BUSY", c.n.Initiator, r)
+		} else if !c.busy {
+			wantSense(t, r, senseNotReady, ascNotReadyTransition, "the volume's transition for "+c.n.Initiator)
+		}
+	}
 	// A write whose outcome the volume does not know (its writer went
 	// away): ABORTED COMMAND, single path or not.
 	unknown := fmt.Errorf("forwarded write: %w", ErrOutcomeUnknown)
@@ -87,7 +103,7 @@ func TestTransitionBusyForSinglePath(t *testing.T) {
 	vol.mu.Unlock()
 	wantSense(t, e.do(single, write10, make([]byte, 512)), senseMediumError, ascWriteError, "a medium error from a single-path initiator")
 	wantGood(t, e.do(single, write10, make([]byte, 512)), "WRITE(10) once the path serves")
-	if want := 4; busies != want {
+	if want := 5; busies != want {
 		t.Errorf("OnTransitionBusy counted %d BUSY answers, want %d", busies, want)
 	}
 }

@@ -146,7 +146,7 @@ const opReportLUNs = 0xa0
 // fields, access state.
 func prepare(t *Target, lu *LU, n *Nexus, cdb []byte, attr byte, edtl int) (*scsiCmd, *scsiResult) {
 	c, res := prepareFixed(t, lu, n, cdb, attr, edtl)
-	if res != nil && lu != nil {
+	if res != nil && lu != nil && lu.singlePath != nil {
 		o, _ := lookup(cdb)
 		res = lu.retryBusy(n, o, res)
 	}
