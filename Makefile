@@ -75,6 +75,11 @@ fuzz:
 	@for p in ./target/ ./replica/ ./conf/; do \
 		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "fuzz $$p$$t"; \
+			before=$$(ls $$p/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			$(GO) test -run XXX -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$p && continue; \
+			after=$$(ls $$p/testdata/fuzz/$$t 2>/dev/null | wc -l); \
+			if [ "$$after" != "$$before" ]; then exit 1; fi; \
+			echo "fuzz $$p$$t: failed without a crasher (Go's fuzz engine ran past its deadline); once more"; \
 			$(GO) test -run XXX -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$p || exit 1; \
 		done; \
 	done
