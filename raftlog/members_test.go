@@ -389,8 +389,10 @@ func TestAddMemberTLS(t *testing.T) {
 		t.Fatalf("writer %s, want c", w.name)
 	}
 	for _, m := range tc.members[:3] {
-		if strings.Contains(m.logs.String(), "refused peer") {
-			t.Fatalf("%s refused a peer: %s", m.name, m.logs.String())
+		for _, l := range strings.Split(m.logs.String(), "\n") {
+			if strings.Contains(l, "refused peer") && !transientHandshake(l) {
+				t.Fatalf("%s refused a peer: %s", m.name, l)
+			}
 		}
 	}
 	// A certificate from the same CA for a name no member has is refused.
@@ -409,4 +411,16 @@ func TestAddMemberTLS(t *testing.T) {
 		t.Fatal("mallory was not refused")
 	}
 	t.Logf("mallory: %v", err)
+}
+
+// transientHandshake reports whether a logged refusal is a handshake that
+// ran out of time or lost its connection (a loaded machine: the handshake
+// deadline is RPCTimeout), not one that judged the peer's certificate.
+func transientHandshake(line string) bool {
+	for _, e := range []string{"context deadline exceeded", "i/o timeout", "connection reset by peer", "broken pipe", "EOF"} {
+		if strings.Contains(line, e) {
+			return true
+		}
+	}
+	return false
 }

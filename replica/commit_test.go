@@ -13,6 +13,16 @@ import (
 // readers see the last write (I3 with the fast path of issue 13). The
 // committer goroutine is not woken for a commit point that rides.
 func TestCommitRidesOnDataFrames(t *testing.T) {
+	// With the 1 ms of production, a loaded machine (-race, load 4 and
+	// more) took longer than that between writes often enough to fail
+	// the counts below: the committer then rightly sends the point on its
+	// own. 50 ms keeps what is tested (a point rides on the next frame,
+	// the committer is not woken for one that does, the last one still
+	// goes on its own) while a write takes less. Restored after the
+	// cluster's own cleanup (registered first, so it runs last).
+	old := commitIdle
+	commitIdle = 50 * time.Millisecond
+	t.Cleanup(func() { commitIdle = old })
 	tc := newTestCluster(t, 1<<20, "a", "b")
 	a, b := tc.start("a"), tc.start("b")
 	tc.c.setWriter("a")

@@ -69,6 +69,7 @@ type writer struct {
 	// the committer for every move: at queue depth 1 every write moved
 	// it, and the next write's frame carried it).
 	commitTimer *time.Timer
+	commitIdle  time.Duration // commitIdle when the writer started
 	// commitFrames counts the FrameCommits the committer sent and
 	// commitWakes the times it woke (tests: data frames carry the commit
 	// point under load, and the committer sleeps meanwhile).
@@ -106,9 +107,9 @@ func (s *Site) startWriter(epoch uint64, v View) *writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, epoch: epoch, log: s.log.With("epoch", epoch), ctx: ctx, cancel: cancel, empty: storeEmpty(s.cfg.Store),
 		started: time.Now(), handover: v.Handover,
-		commitTimer: time.NewTimer(time.Hour), flushEvery: flushEvery, flushSig: make(chan struct{}, 1), waiters: map[uint64]*waiter{}}
+		commitTimer: time.NewTimer(time.Hour), commitIdle: commitIdle, flushEvery: flushEvery, flushSig: make(chan struct{}, 1), waiters: map[uint64]*waiter{}}
 	w.c = core.New(core.Config{Epoch: epoch, Lease: s.cfg.Lease, Clock: core.Real{}, WriterLease: s.cfg.Control.WriterLease,
-		Started: w.started, Handover: w.handover, CommitIdle: commitIdle})
+		Started: w.started, Handover: w.handover, CommitIdle: w.commitIdle})
 	w.done.Add(2)
 	go func() {
 		defer w.done.Done()
