@@ -60,6 +60,9 @@ type demoOptions struct {
 	// plaintext runs Raft and replication over plain TCP (to measure
 	// what TLS costs); TLS stays the default.
 	plaintext bool
+	// mirrorFloor ("tls", "plain" or "") adds a mirror floor echo to a
+	// single site (mirrorfloor.go): a measuring aid.
+	mirrorFloor string
 }
 
 func demoCmd() *cobra.Command {
@@ -85,6 +88,8 @@ then stops everything it started.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	f.BoolVar(&o.plaintext, "plaintext", false, "Raft and replication over plain TCP, unauthenticated (to measure what TLS costs; TLS is the default)")
+	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls" or "plain" also sends every write to a mirror floor echo process and waits for its ack`)
+	f.MarkHidden("mirror-floor")
 	return cmd
 }
 
@@ -94,6 +99,9 @@ func runDemo(o demoOptions) error {
 	}
 	if o.sites < 1 || o.sites > 26 {
 		return fmt.Errorf("--sites %d: want 1 to 26", o.sites)
+	}
+	if o.mirrorFloor != "" && (o.sites != 1 || o.mirrorFloor != "tls" && o.mirrorFloor != "plain") {
+		return errMirrorFloor
 	}
 	size, err := conf.ParseSize(o.size)
 	if err != nil {
@@ -152,6 +160,38 @@ func runDemo(o demoOptions) error {
 			}
 		}
 	}
+	var floorEnv []string
+	if o.mirrorFloor != "" {
+		// The echo is a member of its own (its CPU is the mirror's),
+		// listening before the site that dials it at start.
+		listen := net.JoinHostPort(o.addr, strconv.Itoa(o.basePort))
+		args := []string{"mirror-floor-echo", "--listen", listen,
+			"--image", filepath.Join(dir, "mirror-floor.img"), "--size", strconv.FormatInt(size, 10)}
+		floorEnv = []string{envMirrorFloor + "=" + listen, envMirrorFloorCert + "="}
+		if o.mirrorFloor == "tls" {
+			cert := filepath.Join(dir, "mirror-floor.pem")
+			os.Remove(cert)
+			args = append(args, "--tls-cert", cert)
+			floorEnv[1] += cert
+		}
+		cmd := exec.Command(self, args...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start the mirror floor echo: %w", err)
+		}
+		m := &member{DemoMember: DemoMember{Name: "mirror-floor-echo", Role: "mirror-floor", PID: cmd.Process.Pid},
+			cmd: cmd, portal: listen, exited: make(chan error, 1)}
+		go func() { m.exited <- cmd.Wait() }()
+		members = append(members, m)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := waitListening(ctx, listen, m.exited)
+		cancel()
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("mirror floor echo: %w", err)
+		}
+	}
 	pprofHost, pprofPort := demoPprof()
 	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
@@ -166,10 +206,13 @@ func runDemo(o demoOptions) error {
 		}
 		cmd := exec.Command(self, "serve", "--config", path)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if floorEnv != nil {
+			cmd.Env = append(os.Environ(), floorEnv...)
+		}
 		if pprofHost != "" {
 			// One profiling port per member: the first member gets
 			// METROLUN_PPROF's, the next ones the ports after it.
-			cmd.Env = append(os.Environ(), "METROLUN_PPROF="+net.JoinHostPort(pprofHost, strconv.Itoa(pprofPort)))
+			cmd.Env = append(append(os.Environ(), floorEnv...), "METROLUN_PPROF="+net.JoinHostPort(pprofHost, strconv.Itoa(pprofPort)))
 			pprofPort++
 		}
 		// Members get their own process group so that a test can kill one

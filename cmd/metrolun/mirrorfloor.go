@@ -1,0 +1,103 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/metrolun/metrolun/internal/mirrorfloor"
+	"github.com/metrolun/metrolun/target"
+)
+
+// The floor of mirroring, a measuring aid for bench-mirror
+// (internal/mirrorfloor, docs/bench.md): `metrolun demo --sites 1
+// --mirror-floor tls|plain` runs a single site whose LUN's writes are
+// also made, over one connection, by a `metrolun mirror-floor-echo`
+// process that it starts as a member. The serve member learns of the
+// echo from these variables; neither the flag nor the command is meant
+// for anything but measuring, and both are hidden.
+const (
+	envMirrorFloor     = "METROLUN_FLOOR_ECHO"      // the echo's host:port
+	envMirrorFloorCert = "METROLUN_FLOOR_ECHO_CERT" // its certificate (PEM); empty: plain TCP
+)
+
+// mirrorFloor wraps a single site's volume in a mirrorfloor.Volume when
+// METROLUN_FLOOR_ECHO names an echo; otherwise it returns vol.
+func mirrorFloor(vol target.Volume, log hclog.Logger) (target.Volume, error) {
+	addr := os.Getenv(envMirrorFloor)
+	if addr == "" {
+		return vol, nil
+	}
+	if err := loopbackOnly(addr); err != nil {
+		return nil, fmt.Errorf("%s: %w", envMirrorFloor, err)
+	}
+	var tc *tls.Config
+	if cert := os.Getenv(envMirrorFloorCert); cert != "" {
+		var err error
+		if tc, err = mirrorfloor.ClientTLS(cert); err != nil {
+			return nil, fmt.Errorf("%s: %w", envMirrorFloorCert, err)
+		}
+	}
+	c, err := mirrorfloor.Dial(addr, tc, 0)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("measuring aid: every write is also sent to a mirror floor echo (no ordering, no failover; never for data)",
+		"echo", addr, "tls", tc != nil)
+	return &mirrorfloor.Volume{Volume: vol, C: c}, nil
+}
+
+func mirrorFloorEchoCmd() *cobra.Command {
+	var listen, image, cert string
+	var size int64
+	cmd := &cobra.Command{
+		Use:    "mirror-floor-echo --listen ADDR --image PATH",
+		Short:  "Measuring aid: pwrite what a mirror floor volume sends, and ack it",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := loopbackOnly(listen); err != nil {
+				return err
+			}
+			var st mirrorfloor.Store
+			if image != "" {
+				f, err := os.OpenFile(image, os.O_RDWR|os.O_CREATE, 0o600)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := f.Truncate(size); err != nil {
+					return err
+				}
+				st = f
+			}
+			var tc *tls.Config
+			if cert != "" {
+				var err error
+				if tc, err = mirrorfloor.ServerTLS(cert); err != nil {
+					return err
+				}
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("mirror floor echo on %s (tls %t, image %q)\n", ln.Addr(), tc != nil, image)
+			return mirrorfloor.ServeListener(ln, tc, st, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:0", "loopback address to listen on")
+	f.StringVar(&image, "image", "", "image file to write into (empty: write nothing, ack at once)")
+	f.Int64Var(&size, "size", 0, "image size in bytes")
+	f.StringVar(&cert, "tls-cert", "", "TLS: write a self-signed certificate here for the client to pin (empty: plain TCP)")
+	return cmd
+}
+
+// errMirrorFloor says where --mirror-floor applies.
+var errMirrorFloor = errors.New(`--mirror-floor: "tls" or "plain", with --sites 1 only`)
