@@ -36,8 +36,10 @@ import (
 // METROLUN_MIRROR_FLOOR=1 (adds the floor of mirroring: two single sites
 // whose writes are also made by a mirror floor echo over one TLS or
 // plain connection, `demo --mirror-floor`, columns floor-tls and
-// floor-plain; and, after the table, REPS Go round trips of 4 KiB
-// between this process and an echo that writes nothing, TLS and plain).
+// floor-plain; =all adds floor-tls-reader, whose acks a reader goroutine
+// hands to the writes; and after the table, REPS times, Go round trips of
+// 4 KiB between this process and an echo that writes nothing, TLS and
+// plain, bare and through mirrorfloor.Client).
 func TestBenchMirror(t *testing.T) {
 	if os.Getenv("METROLUN_BENCH_MIRROR") != "1" {
 		t.Skip("set METROLUN_BENCH_MIRROR=1 to run the mirroring benchmark")
@@ -93,11 +95,14 @@ func TestBenchMirror(t *testing.T) {
 	if os.Getenv("METROLUN_MIRROR_PLAINTEXT") == "1" {
 		setups = append(setups, &MirrorSetup{Name: "plaintext", Bin: bin, Args: []string{"--sites", "2", "--plaintext"}})
 	}
-	floor := os.Getenv("METROLUN_MIRROR_FLOOR") == "1"
-	if floor {
+	floor := os.Getenv("METROLUN_MIRROR_FLOOR")
+	if floor == "1" || floor == "all" {
 		setups = append(setups,
 			&MirrorSetup{Name: "floor-tls", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls"}},
 			&MirrorSetup{Name: "floor-plain", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "plain"}})
+	}
+	if floor == "all" {
+		setups = append(setups, &MirrorSetup{Name: "floor-tls-reader", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-reader"}})
 	}
 	if old := os.Getenv("METROLUN_MIRROR_OLD_BIN"); old != "" {
 		setups = append(setups, &MirrorSetup{Name: "old", Bin: old, Args: []string{"--sites", "2"}})
@@ -158,16 +163,18 @@ func TestBenchMirror(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pp []PingPong
-	if floor {
+	if floor != "" {
 		for range reps {
 			for _, tls := range []bool{true, false} {
-				r, perr := RunPingPong(ctx, bin, tls, 4096, max(1000, int(20000*scale)))
-				if perr != nil {
-					t.Errorf("ping-pong: %v", perr)
-					continue
+				for _, mode := range []string{"bare", "turns", "reader"} {
+					r, perr := RunPingPong(ctx, bin, tls, mode, 4096, max(1000, int(20000*scale)))
+					if perr != nil {
+						t.Errorf("ping-pong: %v", perr)
+						continue
+					}
+					t.Logf("ping-pong %v", r)
+					pp = append(pp, r)
 				}
-				t.Logf("ping-pong %v", r)
-				pp = append(pp, r)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -25,6 +26,12 @@ import (
 // PingPong is one measurement.
 type PingPong struct {
 	TLS bool
+	// Mode is "bare" (the caller writes each request and reads its ack
+	// on one goroutine, no mirrorfloor.Client), "turns" (through
+	// mirrorfloor.Client: at queue depth 1 the caller reads its own ack)
+	// or "reader" (mirrorfloor.Client with Options.Reader: a reader
+	// goroutine hands each ack to its caller, as replica/ does).
+	Mode string
 	// RTT is the mean time of a round trip.
 	RTT time.Duration
 	// ClientCPU and EchoCPU are each process's CPU per round trip
@@ -35,8 +42,8 @@ type PingPong struct {
 
 // RunPingPong starts an echo from bin and makes n round trips of size
 // bytes after a warm-up.
-func RunPingPong(ctx context.Context, bin string, useTLS bool, size, n int) (PingPong, error) {
-	r := PingPong{TLS: useTLS}
+func RunPingPong(ctx context.Context, bin string, useTLS bool, mode string, size, n int) (PingPong, error) {
+	r := PingPong{TLS: useTLS, Mode: mode}
 	port, err := FreePort()
 	if err != nil {
 		return r, err
@@ -67,14 +74,36 @@ func RunPingPong(ctx context.Context, bin string, useTLS bool, size, n int) (Pin
 			return r, err
 		}
 	}
-	c, err := mirrorfloor.Dial(addr, tc, 0)
-	if err != nil {
-		return r, err
-	}
-	defer c.Close()
 	p := make([]byte, size)
+	var rt func() error
+	if mode == "bare" {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			return r, err
+		}
+		if tc != nil {
+			conn = tls.Client(conn, tc)
+		}
+		defer conn.Close()
+		req := mirrorfloor.AppendRequest(nil, 1, p, 0)
+		ack := make([]byte, mirrorfloor.AckSize)
+		rt = func() error {
+			if _, err := conn.Write(req); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(conn, ack)
+			return err
+		}
+	} else {
+		c, err := mirrorfloor.Dial(addr, tc, mirrorfloor.Options{Reader: mode == "reader"})
+		if err != nil {
+			return r, err
+		}
+		defer c.Close()
+		rt = func() error { return c.Write(p, 0, false) }
+	}
 	for range n / 10 {
-		if err := c.Write(p, 0, false); err != nil {
+		if err := rt(); err != nil {
 			return r, err
 		}
 	}
@@ -86,7 +115,7 @@ func RunPingPong(ctx context.Context, bin string, useTLS bool, size, n int) (Pin
 	}
 	start := time.Now()
 	for range n {
-		if err := c.Write(p, 0, false); err != nil {
+		if err := rt(); err != nil {
 			return r, err
 		}
 	}
@@ -107,6 +136,7 @@ func (p PingPong) String() string {
 	if p.TLS {
 		mode = "TLS"
 	}
+	mode += ", " + p.Mode
 	return fmt.Sprintf("%s: %.1f µs per round trip, CPU %.1f µs client + %.1f µs echo", mode,
 		us(p.RTT), us(p.ClientCPU), us(p.EchoCPU))
 }

@@ -60,8 +60,8 @@ type demoOptions struct {
 	// plaintext runs Raft and replication over plain TCP (to measure
 	// what TLS costs); TLS stays the default.
 	plaintext bool
-	// mirrorFloor ("tls", "plain" or "") adds a mirror floor echo to a
-	// single site (mirrorfloor.go): a measuring aid.
+	// mirrorFloor ("tls", "plain", "tls-reader" or "") adds a mirror
+	// floor echo to a single site (mirrorfloor.go): a measuring aid.
 	mirrorFloor string
 }
 
@@ -88,7 +88,7 @@ then stops everything it started.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	f.BoolVar(&o.plaintext, "plaintext", false, "Raft and replication over plain TCP, unauthenticated (to measure what TLS costs; TLS is the default)")
-	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls" or "plain" also sends every write to a mirror floor echo process and waits for its ack`)
+	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls", "plain" or "tls-reader" (acks handed over by a reader goroutine) also sends every write to a mirror floor echo process and waits for its ack`)
 	f.MarkHidden("mirror-floor")
 	return cmd
 }
@@ -100,7 +100,7 @@ func runDemo(o demoOptions) error {
 	if o.sites < 1 || o.sites > 26 {
 		return fmt.Errorf("--sites %d: want 1 to 26", o.sites)
 	}
-	if o.mirrorFloor != "" && (o.sites != 1 || o.mirrorFloor != "tls" && o.mirrorFloor != "plain") {
+	if o.mirrorFloor != "" && (o.sites != 1 || o.mirrorFloor != "tls" && o.mirrorFloor != "plain" && o.mirrorFloor != "tls-reader") {
 		return errMirrorFloor
 	}
 	size, err := conf.ParseSize(o.size)
@@ -168,11 +168,14 @@ func runDemo(o demoOptions) error {
 		args := []string{"mirror-floor-echo", "--listen", listen,
 			"--image", filepath.Join(dir, "mirror-floor.img"), "--size", strconv.FormatInt(size, 10)}
 		floorEnv = []string{envMirrorFloor + "=" + listen, envMirrorFloorCert + "="}
-		if o.mirrorFloor == "tls" {
+		if o.mirrorFloor != "plain" {
 			cert := filepath.Join(dir, "mirror-floor.pem")
 			os.Remove(cert)
 			args = append(args, "--tls-cert", cert)
 			floorEnv[1] += cert
+		}
+		if o.mirrorFloor == "tls-reader" {
+			floorEnv = append(floorEnv, envMirrorFloorReader+"=1")
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

@@ -24,6 +24,9 @@ import (
 const (
 	envMirrorFloor     = "METROLUN_FLOOR_ECHO"      // the echo's host:port
 	envMirrorFloorCert = "METROLUN_FLOOR_ECHO_CERT" // its certificate (PEM); empty: plain TCP
+	// "1": acks are read by a goroutine of their own and handed to the
+	// writes, as replica/ does, instead of by the waiting writes in turn.
+	envMirrorFloorReader = "METROLUN_FLOOR_ECHO_READER"
 )
 
 // mirrorFloor wraps a single site's volume in a mirrorfloor.Volume when
@@ -43,12 +46,13 @@ func mirrorFloor(vol target.Volume, log hclog.Logger) (target.Volume, error) {
 			return nil, fmt.Errorf("%s: %w", envMirrorFloorCert, err)
 		}
 	}
-	c, err := mirrorfloor.Dial(addr, tc, 0)
+	o := mirrorfloor.Options{Reader: os.Getenv(envMirrorFloorReader) == "1"}
+	c, err := mirrorfloor.Dial(addr, tc, o)
 	if err != nil {
 		return nil, err
 	}
 	log.Warn("measuring aid: every write is also sent to a mirror floor echo (no ordering, no failover; never for data)",
-		"echo", addr, "tls", tc != nil)
+		"echo", addr, "tls", tc != nil, "reader_goroutine", o.Reader)
 	return &mirrorfloor.Volume{Volume: vol, C: c}, nil
 }
 
@@ -100,4 +104,4 @@ func mirrorFloorEchoCmd() *cobra.Command {
 }
 
 // errMirrorFloor says where --mirror-floor applies.
-var errMirrorFloor = errors.New(`--mirror-floor: "tls" or "plain", with --sites 1 only`)
+var errMirrorFloor = errors.New(`--mirror-floor: "tls", "plain" or "tls-reader", with --sites 1 only`)

@@ -15,9 +15,12 @@
 //
 // It keeps queue depth: concurrent writes pipeline over the one
 // connection (each caller writes its request under a lock and waits for
-// its own ack, which a reader goroutine hands it by id), and requests
-// that queue behind each other leave in one socket write, as the echo's
-// acks do.
+// its own ack by id), and requests that queue behind each other leave in
+// one socket write, as the echo's acks do. Acks are read by whichever
+// waiting caller holds the read turn, which hands the others theirs
+// (Options.Reader: by a reader goroutine instead, as replica/ does): at
+// queue depth 1 the caller reads its own ack, without a hand-off from
+// another goroutine.
 package mirrorfloor
 
 import (
@@ -51,6 +54,20 @@ const (
 	MaxData = 16 << 20
 )
 
+// AckSize is the size of an ack on the wire.
+const AckSize = ackSize
+
+// AppendRequest appends a write request for p at off with the given id
+// (a bare client's, for measuring the round trip alone).
+func AppendRequest(b []byte, id uint64, p []byte, off int64) []byte {
+	var h [reqSize]byte
+	h[0] = opWrite
+	binary.LittleEndian.PutUint32(h[4:], uint32(len(p)))
+	binary.LittleEndian.PutUint64(h[8:], id)
+	binary.LittleEndian.PutUint64(h[16:], uint64(off))
+	return append(append(b, h[:]...), p...)
+}
+
 // DefaultTimeout is how long a write waits for its ack before it fails
 // and the connection is closed.
 const DefaultTimeout = 10 * time.Second
@@ -64,10 +81,24 @@ type call struct {
 	done chan error // buffered 1
 }
 
+// Options tune a Client.
+type Options struct {
+	// Timeout bounds the wait for each ack (0: DefaultTimeout).
+	Timeout time.Duration
+	// Reader: a goroutine reads every ack and hands it to its caller,
+	// instead of the callers taking turns.
+	Reader bool
+}
+
 // Client sends writes to an echo over one connection.
 type Client struct {
 	conn    net.Conn
 	timeout time.Duration
+
+	// rturn holds the read turn (and br, the acks' reader) while no
+	// caller reads.
+	rturn chan struct{}
+	br    *bufio.Reader
 
 	wmu     sync.Mutex
 	bw      *bufio.Writer
@@ -80,14 +111,18 @@ type Client struct {
 	err     error // set once: every later call fails with it
 }
 
-// NewClient starts the client's ack reader on conn; timeout bounds the
-// wait for each ack (0: DefaultTimeout).
-func NewClient(conn net.Conn, timeout time.Duration) *Client {
-	if timeout <= 0 {
-		timeout = DefaultTimeout
+// NewClient returns a client that sends on conn.
+func NewClient(conn net.Conn, o Options) *Client {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
 	}
-	c := &Client{conn: conn, timeout: timeout, bw: bufio.NewWriterSize(conn, 64<<10), pending: map[uint64]*call{}}
-	go c.readAcks()
+	c := &Client{conn: conn, timeout: o.Timeout, bw: bufio.NewWriterSize(conn, 64<<10), pending: map[uint64]*call{},
+		rturn: make(chan struct{}, 1), br: bufio.NewReaderSize(conn, 4<<10)}
+	if o.Reader {
+		go c.readAcks()
+	} else {
+		c.rturn <- struct{}{}
+	}
 	return c
 }
 
@@ -154,17 +189,48 @@ func (c *Client) send(op, flags byte, p []byte, off int64) (*call, error) {
 	return cl, nil
 }
 
-// wait waits for the call's ack.
+// wait waits for the call's ack: handed over by another caller or the
+// reader goroutine, or read by this caller when the read turn is free.
 func (c *Client) wait(cl *call) error {
+	// A caller that reads is bounded by the read deadline; the timer is
+	// for one that waits to be handed its ack.
 	t := time.NewTimer(c.timeout)
 	defer t.Stop()
 	select {
 	case err := <-cl.done:
 		return err
+	case <-c.rturn:
+		err := c.readTurn(cl)
+		c.rturn <- struct{}{}
+		return err
 	case <-t.C:
 		err := fmt.Errorf("mirror floor: no ack within %v", c.timeout)
 		c.fail(err)
 		return err
+	}
+}
+
+// readTurn reads acks, handing each to its call, until cl's has come.
+func (c *Client) readTurn(cl *call) error {
+	select {
+	case err := <-cl.done: // handed over before the turn came
+		return err
+	default:
+	}
+	c.conn.SetReadDeadline(time.Now().Add(c.timeout))
+	for {
+		err := c.readAck()
+		if err != nil {
+			c.fail(err) // cl's answer is err now, unless it came first
+		}
+		select {
+		case e := <-cl.done:
+			return e
+		default:
+			if err != nil {
+				return err
+			}
+		}
 	}
 }
 
@@ -193,35 +259,41 @@ func fuaFlag(fua bool) byte {
 	return 0
 }
 
-// readAcks hands each ack to its call; an ack for no call in flight, a
-// short ack or a read error fails the connection.
+// readAcks is the reader goroutine (Options.Reader).
 func (c *Client) readAcks() {
-	br := bufio.NewReaderSize(c.conn, 4<<10)
-	var a [ackSize]byte
 	for {
-		if _, err := io.ReadFull(br, a[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			c.fail(fmt.Errorf("mirror floor: reading acks: %w", err))
+		if err := c.readAck(); err != nil {
+			c.fail(err)
 			return
 		}
-		id := binary.LittleEndian.Uint64(a[:])
-		status := binary.LittleEndian.Uint32(a[8:])
-		c.mu.Lock()
-		cl := c.pending[id]
-		delete(c.pending, id)
-		c.mu.Unlock()
-		if cl == nil {
-			c.fail(fmt.Errorf("mirror floor: ack for request %d, which is not in flight", id))
-			return
+	}
+}
+
+// readAck reads one ack and hands it to its call. An ack for no call in
+// flight, a short ack or a read error is an error for the connection.
+func (c *Client) readAck() error {
+	var a [ackSize]byte
+	if _, err := io.ReadFull(c.br, a[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
 		}
-		if status != 0 {
-			cl.done <- fmt.Errorf("mirror floor: the echo failed request %d (status %d)", id, status)
-			continue
-		}
+		return fmt.Errorf("mirror floor: reading acks: %w", err)
+	}
+	id := binary.LittleEndian.Uint64(a[:])
+	status := binary.LittleEndian.Uint32(a[8:])
+	c.mu.Lock()
+	cl := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if cl == nil {
+		return fmt.Errorf("mirror floor: ack for request %d, which is not in flight", id)
+	}
+	if status != 0 {
+		cl.done <- fmt.Errorf("mirror floor: the echo failed request %d (status %d)", id, status)
+	} else {
 		cl.done <- nil
 	}
+	return nil
 }
 
 // Store is what the echo writes into.

@@ -17,7 +17,7 @@ import (
 
 // echoPair returns a client connected over loopback TCP to a server
 // that runs serve on the accepted connection.
-func echoPair(t *testing.T, timeout time.Duration, serve func(net.Conn)) *Client {
+func echoPair(t *testing.T, o Options, serve func(net.Conn)) *Client {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -34,7 +34,7 @@ func echoPair(t *testing.T, timeout time.Duration, serve func(net.Conn)) *Client
 		defer conn.Close()
 		serve(conn)
 	}()
-	c, err := Dial(ln.Addr().String(), nil, timeout)
+	c, err := Dial(ln.Addr().String(), nil, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,10 +67,24 @@ func ack(id uint64, status uint32) []byte {
 // ack before sending the next request would never get there (the echo's
 // read deadline fails the test), and one that matched acks to writes by
 // order would hand them the wrong results.
-func TestPipelines(t *testing.T) {
+func TestPipelines(t *testing.T) { bothModes(t, testPipelines) }
+
+// bothModes runs a test with acks read by the callers in turn and by a
+// reader goroutine.
+func bothModes(t *testing.T, f func(*testing.T, Options)) {
+	for _, o := range []Options{{}, {Reader: true}} {
+		name := "turns"
+		if o.Reader {
+			name = "reader"
+		}
+		t.Run(name, func(t *testing.T) { f(t, o) })
+	}
+}
+
+func testPipelines(t *testing.T, o Options) {
 	const k = 32
 	got := make(chan error, 1)
-	c := echoPair(t, 0, func(conn net.Conn) {
+	c := echoPair(t, o, func(conn net.Conn) {
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		var ids []uint64
 		for range k {
@@ -122,7 +136,10 @@ func TestPipelines(t *testing.T) {
 // A write whose ack never comes fails: the echo goes away after reading
 // it, sends half an ack, stays silent, or acks a request not in flight.
 // Later writes fail at once.
-func TestLostAck(t *testing.T) {
+func TestLostAck(t *testing.T) { bothModes(t, testLostAck) }
+
+func testLostAck(t *testing.T, o Options) {
+	o.Timeout = 200 * time.Millisecond
 	for _, tc := range []struct {
 		name  string
 		after func(net.Conn, uint64)
@@ -137,7 +154,7 @@ func TestLostAck(t *testing.T) {
 		{"unknown", func(conn net.Conn, id uint64) { conn.Write(ack(id+1000, 0)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := echoPair(t, 200*time.Millisecond, func(conn net.Conn) {
+			c := echoPair(t, o, func(conn net.Conn) {
 				id, _, _, _, err := readReq(conn)
 				if err == nil {
 					tc.after(conn, id)
@@ -163,14 +180,14 @@ func (f failStore) Sync() error                              { return f.syncs }
 func TestEchoStatus(t *testing.T) {
 	bad := errors.New("bad disk")
 	for _, st := range []failStore{{writes: bad}, {syncs: bad}} {
-		c := echoPair(t, 0, func(conn net.Conn) { Serve(conn, st) })
+		c := echoPair(t, Options{}, func(conn net.Conn) { Serve(conn, st) })
 		werr := c.Write(make([]byte, 512), 0, true)
 		ferr := c.Flush()
 		if (werr == nil) || (ferr == nil) != (st.syncs == nil) {
 			t.Errorf("store %+v: write %v, flush %v", st, werr, ferr)
 		}
 	}
-	c := echoPair(t, 0, func(conn net.Conn) { Serve(conn, failStore{}) })
+	c := echoPair(t, Options{}, func(conn net.Conn) { Serve(conn, failStore{}) })
 	if err := c.Write(make([]byte, 512), 0, true); err != nil {
 		t.Errorf("write to a good store: %v", err)
 	}
@@ -191,7 +208,9 @@ func (m *memVolume) WriteAt(p []byte, off int64, fua bool) error {
 // End to end over TLS: concurrent writes of 4 KiB and 1 MiB land at the
 // same offsets locally and in the echo's file; a local failure fails the
 // write although the echo has it.
-func TestVolumeTLS(t *testing.T) {
+func TestVolumeTLS(t *testing.T) { bothModes(t, testVolumeTLS) }
+
+func testVolumeTLS(t *testing.T, o Options) {
 	dir := t.TempDir()
 	stc, err := ServerTLS(filepath.Join(dir, "echo.pem"))
 	if err != nil {
@@ -212,7 +231,7 @@ func TestVolumeTLS(t *testing.T) {
 	}
 	defer ln.Close()
 	go ServeListener(ln, stc, f, t.Logf)
-	c, err := Dial(ln.Addr().String(), ctc, 0)
+	c, err := Dial(ln.Addr().String(), ctc, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,7 +66,7 @@ func ClientTLS(certPath string) (*tls.Config, error) {
 
 // Dial connects to an echo at addr, over TLS when tc is not nil, and
 // completes the handshake.
-func Dial(addr string, tc *tls.Config, timeout time.Duration) (*Client, error) {
+func Dial(addr string, tc *tls.Config, o Options) (*Client, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -82,7 +82,7 @@ func Dial(addr string, tc *tls.Config, timeout time.Duration) (*Client, error) {
 		tconn.SetDeadline(time.Time{})
 		conn = tconn
 	}
-	return NewClient(conn, timeout), nil
+	return NewClient(conn, o), nil
 }
 
 // ServeListener serves every connection ln accepts (Serve, each on its
