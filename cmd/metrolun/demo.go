@@ -271,10 +271,17 @@ func runDemo(o demoOptions) error {
 		return err
 	}
 	fmt.Println("metrolun demo is ready. iSCSI URLs:")
+	var first string
 	for _, m := range members {
+		if m.ISCSI == "" && m.Role == "mirror-floor" {
+			continue
+		}
+		if first == "" {
+			first = m.ISCSI
+		}
 		fmt.Printf("  %s  %s\n", m.Name, m.ISCSI)
 	}
-	fmt.Printf("Try: qemu-img info %s\n", members[0].ISCSI)
+	fmt.Printf("Try: qemu-img info %s\n", first)
 	if len(configs) > 1 {
 		fmt.Printf("     metrolun status --dir %s   (the admin token is in %s)\n", dir, filepath.Join(dir, conf.AdminTokenFileName))
 	}
