@@ -37,7 +37,8 @@ import (
 // whose writes are also made by a mirror floor echo over one TLS or
 // plain connection, `demo --mirror-floor`, columns floor-tls and
 // floor-plain; =all adds floor-tls-reader, whose acks a reader goroutine
-// hands to the writes; and after the table, REPS times, Go round trips of
+// hands to the writes, and floor-tls-spawn, whose writes never run on
+// the iSCSI reader (as a mirrored LU's); and after the table, REPS times, Go round trips of
 // 4 KiB between this process and an echo that writes nothing, TLS and
 // plain, bare and through mirrorfloor.Client).
 func TestBenchMirror(t *testing.T) {
@@ -102,7 +103,9 @@ func TestBenchMirror(t *testing.T) {
 			&MirrorSetup{Name: "floor-plain", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "plain"}})
 	}
 	if floor == "all" {
-		setups = append(setups, &MirrorSetup{Name: "floor-tls-reader", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-reader"}})
+		setups = append(setups,
+			&MirrorSetup{Name: "floor-tls-reader", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-reader"}},
+			&MirrorSetup{Name: "floor-tls-spawn", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-spawn"}})
 	}
 	if old := os.Getenv("METROLUN_MIRROR_OLD_BIN"); old != "" {
 		setups = append(setups, &MirrorSetup{Name: "old", Bin: old, Args: []string{"--sites", "2"}})

@@ -264,14 +264,14 @@ func TestDemoSideBySide(t *testing.T) {
 	}
 }
 
-// TestDemoMirrorFloor: `metrolun demo --sites 1 --mirror-floor tls|plain`
+// TestDemoMirrorFloor: `metrolun demo --sites 1 --mirror-floor MODE`
 // (the floor of mirroring, a measuring aid for bench-mirror) runs the
 // echo as a member, and a write through iSCSI lands in the echo's image
-// as well as in the site's.
+// as well as in the site's, inline or not (tls-spawn).
 func TestDemoMirrorFloor(t *testing.T) {
 	requireTool(t, "qemu-io")
 	bin := metrolunBin(t)
-	for i, mode := range []string{"tls", "plain"} {
+	for i, mode := range []string{"tls", "plain", "tls-spawn"} {
 		ports, err := FreePorts(2)
 		if err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,8 +61,9 @@ type demoOptions struct {
 	// plaintext runs Raft and replication over plain TCP (to measure
 	// what TLS costs); TLS stays the default.
 	plaintext bool
-	// mirrorFloor ("tls", "plain", "tls-reader" or "") adds a mirror
-	// floor echo to a single site (mirrorfloor.go): a measuring aid.
+	// mirrorFloor ("tls", "plain", "tls-reader", "tls-spawn" or "") adds
+	// a mirror floor echo to a single site (mirrorfloor.go): a measuring
+	// aid.
 	mirrorFloor string
 }
 
@@ -88,7 +90,7 @@ then stops everything it started.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	f.BoolVar(&o.plaintext, "plaintext", false, "Raft and replication over plain TCP, unauthenticated (to measure what TLS costs; TLS is the default)")
-	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls", "plain" or "tls-reader" (acks handed over by a reader goroutine) also sends every write to a mirror floor echo process and waits for its ack`)
+	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls", "plain", "tls-reader" (acks handed over by a reader goroutine) or "tls-spawn" (writes never inline on the iSCSI reader) also sends every write to a mirror floor echo process and waits for its ack`)
 	f.MarkHidden("mirror-floor")
 	return cmd
 }
@@ -100,7 +102,7 @@ func runDemo(o demoOptions) error {
 	if o.sites < 1 || o.sites > 26 {
 		return fmt.Errorf("--sites %d: want 1 to 26", o.sites)
 	}
-	if o.mirrorFloor != "" && (o.sites != 1 || o.mirrorFloor != "tls" && o.mirrorFloor != "plain" && o.mirrorFloor != "tls-reader") {
+	if o.mirrorFloor != "" && (o.sites != 1 || !slices.Contains([]string{"tls", "plain", "tls-reader", "tls-spawn"}, o.mirrorFloor)) {
 		return errMirrorFloor
 	}
 	size, err := conf.ParseSize(o.size)
@@ -174,8 +176,11 @@ func runDemo(o demoOptions) error {
 			args = append(args, "--tls-cert", cert)
 			floorEnv[1] += cert
 		}
-		if o.mirrorFloor == "tls-reader" {
+		switch o.mirrorFloor {
+		case "tls-reader":
 			floorEnv = append(floorEnv, envMirrorFloorReader+"=1")
+		case "tls-spawn":
+			floorEnv = append(floorEnv, envMirrorFloorSpawn+"=1")
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

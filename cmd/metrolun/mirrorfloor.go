@@ -27,6 +27,9 @@ const (
 	// "1": acks are read by a goroutine of their own and handed to the
 	// writes, as replica/ does, instead of by the waiting writes in turn.
 	envMirrorFloorReader = "METROLUN_FLOOR_ECHO_READER"
+	// "1": the volume has an LU state record (mirrorfloor.Spawned), so
+	// that its writes never run on the iSCSI reader, as a mirrored LU's.
+	envMirrorFloorSpawn = "METROLUN_FLOOR_ECHO_SPAWN"
 )
 
 // mirrorFloor wraps a single site's volume in a mirrorfloor.Volume when
@@ -51,9 +54,14 @@ func mirrorFloor(vol target.Volume, log hclog.Logger) (target.Volume, error) {
 	if err != nil {
 		return nil, err
 	}
+	spawn := os.Getenv(envMirrorFloorSpawn) == "1"
 	log.Warn("measuring aid: every write is also sent to a mirror floor echo (no ordering, no failover; never for data)",
-		"echo", addr, "tls", tc != nil, "reader_goroutine", o.Reader)
-	return &mirrorfloor.Volume{Volume: vol, C: c}, nil
+		"echo", addr, "tls", tc != nil, "reader_goroutine", o.Reader, "not_inline", spawn)
+	v := &mirrorfloor.Volume{Volume: vol, C: c}
+	if spawn {
+		return &mirrorfloor.Spawned{Volume: v}, nil
+	}
+	return v, nil
 }
 
 func mirrorFloorEchoCmd() *cobra.Command {
@@ -104,4 +112,4 @@ func mirrorFloorEchoCmd() *cobra.Command {
 }
 
 // errMirrorFloor says where --mirror-floor applies.
-var errMirrorFloor = errors.New(`--mirror-floor: "tls", "plain" or "tls-reader", with --sites 1 only`)
+var errMirrorFloor = errors.New(`--mirror-floor: "tls", "plain", "tls-reader" or "tls-spawn", with --sites 1 only`)

@@ -407,3 +407,38 @@ func (v *Volume) Close() error {
 	v.C.Close()
 	return v.Volume.Close()
 }
+
+// Spawned is a Volume that the target takes for a mirrored one: it has
+// an LU state record (kept in memory here, for this site alone), so the
+// target runs its writes on a goroutine of their own instead of on the
+// connection's reader at queue depth 1 (target/task.go: a volume with
+// SharedState may wait for another site, and the reader must keep
+// reading meanwhile), as it must for replica/'s volume. It measures what
+// that rule costs at the floor.
+type Spawned struct {
+	*Volume
+	ver  atomic.Uint64
+	mu   sync.Mutex
+	data []byte
+}
+
+var _ target.SharedState = (*Spawned)(nil)
+
+func (s *Spawned) SharedState() (uint64, []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ver.Load(), s.data
+}
+
+func (s *Spawned) SharedVersion() uint64 { return s.ver.Load() }
+
+func (s *Spawned) SetSharedState(expect uint64, data []byte) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ver.Load() != expect {
+		return false, nil
+	}
+	s.data = append([]byte(nil), data...)
+	s.ver.Add(1)
+	return true, nil
+}

@@ -267,3 +267,20 @@ func testVolumeTLS(t *testing.T, o Options) {
 		t.Error("a write that failed locally succeeded")
 	}
 }
+
+// Spawned's LU state record changes only from the version it was read
+// at, as target.SharedState requires.
+func TestSpawnedRecord(t *testing.T) {
+	s := &Spawned{}
+	if ok, err := s.SetSharedState(1, []byte("x")); ok || err != nil {
+		t.Fatalf("set from a version never read: %v %v", ok, err)
+	}
+	b := []byte("rec")
+	if ok, err := s.SetSharedState(0, b); !ok || err != nil {
+		t.Fatalf("set from version 0: %v %v", ok, err)
+	}
+	b[0] = 'X'
+	if v, d := s.SharedState(); v != 1 || string(d) != "rec" || s.SharedVersion() != 1 {
+		t.Fatalf("version %d, record %q", v, d)
+	}
+}
