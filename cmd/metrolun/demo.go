@@ -162,25 +162,25 @@ func runDemo(o demoOptions) error {
 			}
 		}
 	}
-	var floorEnv []string
+	var floorArgs []string
 	if o.mirrorFloor != "" {
 		// The echo is a member of its own (its CPU is the mirror's),
 		// listening before the site that dials it at start.
 		listen := net.JoinHostPort(o.addr, strconv.Itoa(o.basePort))
 		args := []string{"mirror-floor-echo", "--listen", listen,
 			"--image", filepath.Join(dir, "mirror-floor.img"), "--size", strconv.FormatInt(size, 10)}
-		floorEnv = []string{envMirrorFloor + "=" + listen, envMirrorFloorCert + "="}
+		floorArgs = []string{"--mirror-floor-echo", listen}
 		if o.mirrorFloor != "plain" {
 			cert := filepath.Join(dir, "mirror-floor.pem")
 			os.Remove(cert)
 			args = append(args, "--tls-cert", cert)
-			floorEnv[1] += cert
+			floorArgs = append(floorArgs, "--mirror-floor-cert", cert)
 		}
 		switch o.mirrorFloor {
 		case "tls-reader":
-			floorEnv = append(floorEnv, envMirrorFloorReader+"=1")
+			floorArgs = append(floorArgs, "--mirror-floor-mode", "reader")
 		case "tls-spawn":
-			floorEnv = append(floorEnv, envMirrorFloorSpawn+"=1")
+			floorArgs = append(floorArgs, "--mirror-floor-mode", "spawn")
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -212,15 +212,12 @@ func runDemo(o demoOptions) error {
 		if err := os.WriteFile(path, []byte(renderConfig(cfg)), 0o644); err != nil {
 			return err
 		}
-		cmd := exec.Command(self, "serve", "--config", path)
+		cmd := exec.Command(self, append([]string{"serve", "--config", path}, floorArgs...)...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if floorEnv != nil {
-			cmd.Env = append(os.Environ(), floorEnv...)
-		}
 		if pprofHost != "" {
 			// One profiling port per member: the first member gets
 			// METROLUN_PPROF's, the next ones the ports after it.
-			cmd.Env = append(append(os.Environ(), floorEnv...), "METROLUN_PPROF="+net.JoinHostPort(pprofHost, strconv.Itoa(pprofPort)))
+			cmd.Env = append(os.Environ(), "METROLUN_PPROF="+net.JoinHostPort(pprofHost, strconv.Itoa(pprofPort)))
 			pprofPort++
 		}
 		// Members get their own process group so that a test can kill one

@@ -16,45 +16,59 @@ import (
 
 // The floor of mirroring, a measuring aid for bench-mirror
 // (internal/mirrorfloor, docs/bench.md): `metrolun demo --sites 1
-// --mirror-floor tls|plain` runs a single site whose LUN's writes are
-// also made, over one connection, by a `metrolun mirror-floor-echo`
-// process that it starts as a member. The serve member learns of the
-// echo from these variables; neither the flag nor the command is meant
-// for anything but measuring, and both are hidden.
-const (
-	envMirrorFloor     = "METROLUN_FLOOR_ECHO"      // the echo's host:port
-	envMirrorFloorCert = "METROLUN_FLOOR_ECHO_CERT" // its certificate (PEM); empty: plain TCP
-	// "1": acks are read by a goroutine of their own and handed to the
-	// writes, as replica/ does, instead of by the waiting writes in turn.
-	envMirrorFloorReader = "METROLUN_FLOOR_ECHO_READER"
-	// "1": the volume has an LU state record (mirrorfloor.Spawned), so
-	// that its writes never run on the iSCSI reader, as a mirrored LU's.
-	envMirrorFloorSpawn = "METROLUN_FLOOR_ECHO_SPAWN"
-)
+// --mirror-floor MODE` runs a single site whose LUN's writes are also
+// made, over one connection, by a `metrolun mirror-floor-echo` process
+// that it starts as a member. The serve member learns of the echo from
+// hidden flags (not from the environment, which a shell or a test would
+// pass on to members it never meant to change); neither those flags nor
+// the command are meant for anything but measuring.
+var floorFlags struct {
+	echo string // the echo's host:port; empty: no floor
+	cert string // its certificate (PEM); empty: plain TCP
+	// mode: "reader" (acks read by a goroutine of their own and handed
+	// to the writes, as replica/ does, instead of by the waiting writes
+	// in turn) or "spawn" (the volume has an LU state record,
+	// mirrorfloor.Spawned, so that its writes never run on the iSCSI
+	// reader, as a mirrored LU's).
+	mode string
+}
+
+func addMirrorFloorFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&floorFlags.echo, "mirror-floor-echo", "", "measuring aid: also send every write to the mirror floor echo at this loopback address")
+	f.StringVar(&floorFlags.cert, "mirror-floor-cert", "", "measuring aid: the echo's TLS certificate (empty: plain TCP)")
+	f.StringVar(&floorFlags.mode, "mirror-floor-mode", "", `measuring aid: "reader" or "spawn"`)
+	for _, n := range []string{"mirror-floor-echo", "mirror-floor-cert", "mirror-floor-mode"} {
+		f.MarkHidden(n)
+	}
+}
 
 // mirrorFloor wraps a single site's volume in a mirrorfloor.Volume when
-// METROLUN_FLOOR_ECHO names an echo; otherwise it returns vol.
+// --mirror-floor-echo names an echo; otherwise it returns vol.
 func mirrorFloor(vol target.Volume, log hclog.Logger) (target.Volume, error) {
-	addr := os.Getenv(envMirrorFloor)
+	addr := floorFlags.echo
 	if addr == "" {
 		return vol, nil
 	}
 	if err := loopbackOnly(addr); err != nil {
-		return nil, fmt.Errorf("%s: %w", envMirrorFloor, err)
+		return nil, fmt.Errorf("--mirror-floor-echo: %w", err)
 	}
 	var tc *tls.Config
-	if cert := os.Getenv(envMirrorFloorCert); cert != "" {
+	if cert := floorFlags.cert; cert != "" {
 		var err error
 		if tc, err = mirrorfloor.ClientTLS(cert); err != nil {
-			return nil, fmt.Errorf("%s: %w", envMirrorFloorCert, err)
+			return nil, fmt.Errorf("--mirror-floor-cert: %w", err)
 		}
 	}
-	o := mirrorfloor.Options{Reader: os.Getenv(envMirrorFloorReader) == "1"}
+	if m := floorFlags.mode; m != "" && m != "reader" && m != "spawn" {
+		return nil, fmt.Errorf("--mirror-floor-mode %q: want reader or spawn", m)
+	}
+	o := mirrorfloor.Options{Reader: floorFlags.mode == "reader"}
 	c, err := mirrorfloor.Dial(addr, tc, o)
 	if err != nil {
 		return nil, err
 	}
-	spawn := os.Getenv(envMirrorFloorSpawn) == "1"
+	spawn := floorFlags.mode == "spawn"
 	log.Warn("measuring aid: every write is also sent to a mirror floor echo (no ordering, no failover; never for data)",
 		"echo", addr, "tls", tc != nil, "reader_goroutine", o.Reader, "not_inline", spawn)
 	v := &mirrorfloor.Volume{Volume: vol, C: c}

@@ -42,6 +42,7 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "", "config file (HCL)")
+	addMirrorFloorFlags(cmd)
 	return cmd
 }
 
