@@ -51,10 +51,10 @@ bench: deps
 # the writer and at the forwarding site), each in its own network
 # namespace (root), IOPS, ratios, server CPU per op, idle CPU. N runs
 # per cell; PLAINTEXT=1 adds a cluster without TLS; OLD=BIN adds one run
-# by another binary.
+# by another binary; FLOOR=1 adds the floor of mirroring (docs/bench.md).
 N ?= 3
 bench-mirror: deps
-	N=$(N) scripts/bench-mirror.sh $(if $(PLAINTEXT),--plaintext) $(if $(OLD),--old $(OLD))
+	N=$(N) scripts/bench-mirror.sh $(if $(PLAINTEXT),--plaintext) $(if $(OLD),--old $(OLD)) $(if $(FLOOR),--floor)
 
 # Recovery time after kill -9 of the writer of a two-site demo cluster,
 # default timeouts: median and max over KILLS kills.

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -31,7 +32,15 @@ import (
 // TLS two-site cluster's members serve net/http/pprof in its namespace
 // from that port on: site-a on PORT, site-b on PORT+1),
 // METROLUN_MIRROR_LOGS (where the demos' logs are kept, default the
-// temporary directory: bench-mirror-SETUP-PID.log).
+// temporary directory: bench-mirror-SETUP-PID.log),
+// METROLUN_MIRROR_FLOOR=1 (adds the floor of mirroring: two single sites
+// whose writes are also made by a mirror floor echo over one TLS or
+// plain connection, `demo --mirror-floor`, columns floor-tls and
+// floor-plain; =all adds floor-tls-reader, whose acks a reader goroutine
+// hands to the writes, and floor-tls-spawn, whose writes never run on
+// the iSCSI reader (as a mirrored LU's); and after the table, REPS times, Go round trips of
+// 4 KiB between this process and an echo that writes nothing, TLS and
+// plain, bare and through mirrorfloor.Client).
 func TestBenchMirror(t *testing.T) {
 	if os.Getenv("METROLUN_BENCH_MIRROR") != "1" {
 		t.Skip("set METROLUN_BENCH_MIRROR=1 to run the mirroring benchmark")
@@ -87,6 +96,17 @@ func TestBenchMirror(t *testing.T) {
 	if os.Getenv("METROLUN_MIRROR_PLAINTEXT") == "1" {
 		setups = append(setups, &MirrorSetup{Name: "plaintext", Bin: bin, Args: []string{"--sites", "2", "--plaintext"}})
 	}
+	floor := os.Getenv("METROLUN_MIRROR_FLOOR")
+	if floor == "1" || floor == "all" {
+		setups = append(setups,
+			&MirrorSetup{Name: "floor-tls", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls"}},
+			&MirrorSetup{Name: "floor-plain", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "plain"}})
+	}
+	if floor == "all" {
+		setups = append(setups,
+			&MirrorSetup{Name: "floor-tls-reader", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-reader"}},
+			&MirrorSetup{Name: "floor-tls-spawn", Bin: bin, Args: []string{"--sites", "1", "--mirror-floor", "tls-spawn"}})
+	}
 	if old := os.Getenv("METROLUN_MIRROR_OLD_BIN"); old != "" {
 		setups = append(setups, &MirrorSetup{Name: "old", Bin: old, Args: []string{"--sites", "2"}})
 	}
@@ -140,13 +160,34 @@ func TestBenchMirror(t *testing.T) {
 		}
 		cols = append(cols, w[0], f[0])
 	}
+	load0 := machineLoad()
 	table, err := RunMirrorBench(ctx, cols, cases, reps, idle, t.Logf)
 	if table == nil {
 		t.Fatal(err)
 	}
+	var pp []PingPong
+	if floor != "" {
+		for range reps {
+			for _, tls := range []bool{true, false} {
+				for _, mode := range []string{"bare", "turns", "reader"} {
+					r, perr := RunPingPong(ctx, bin, tls, mode, 4096, max(1000, int(20000*scale)))
+					if perr != nil {
+						t.Errorf("ping-pong: %v", perr)
+						continue
+					}
+					t.Logf("ping-pong %v", r)
+					pp = append(pp, r)
+				}
+			}
+		}
+	}
 	var md bytes.Buffer
 	table.WriteMarkdown(&md)
 	table.WriteErrors(&md)
+	for _, r := range pp {
+		fmt.Fprintf(&md, "Go round trip of 4 KiB on loopback, %v.\n", r)
+	}
+	fmt.Fprintf(&md, "Machine load at the start: %s; at the end: %s.\n", load0, machineLoad())
 	t.Log("\n" + md.String())
 	if path := os.Getenv("BENCH_REPORT"); path != "" {
 		if err := os.WriteFile(path, md.Bytes(), 0o644); err != nil {
@@ -170,4 +211,27 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: want a positive integer", name, s)
 	}
 	return n
+}
+
+// machineLoad is the load average and the CPU pressure (some avg60), as
+// a run's report notes them.
+func machineLoad() string {
+	la, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(la))
+	if len(f) > 3 {
+		f = f[:3]
+	}
+	out := "load average " + strings.Join(f, " ")
+	if pr, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
+		for _, l := range strings.Split(string(pr), "\n") {
+			if strings.HasPrefix(l, "some ") {
+				for _, kv := range strings.Fields(l) {
+					if strings.HasPrefix(kv, "avg60=") {
+						out += ", cpu pressure some avg60 " + strings.TrimPrefix(kv, "avg60=") + "%"
+					}
+				}
+			}
+		}
+	}
+	return out
 }

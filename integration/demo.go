@@ -21,7 +21,8 @@ import (
 // Member is one process of a running demo, as demo.json lists it.
 type Member struct {
 	Name string `json:"name"`
-	// Role is "data" or "witness".
+	// Role is "data", "witness" or "mirror-floor" (the echo of `demo
+	// --mirror-floor`, a measuring aid).
 	Role string `json:"role"`
 	PID  int    `json:"pid"`
 	// ISCSI is the member's LUN URL
@@ -79,12 +80,12 @@ func ParseDemoFile(b []byte) (DemoFile, error) {
 			if !strings.HasPrefix(u.Hostname(), "127.") {
 				return d, fmt.Errorf("%s: iscsi %q is not on 127.0.0.0/8", where, m.ISCSI)
 			}
-		case "witness":
+		case "witness", "mirror-floor":
 			if m.ISCSI != "" {
-				return d, fmt.Errorf("%s: a witness has no iscsi URL, got %q", where, m.ISCSI)
+				return d, fmt.Errorf("%s: a %s has no iscsi URL, got %q", where, m.Role, m.ISCSI)
 			}
 		default:
-			return d, fmt.Errorf("%s: role %q is neither data nor witness", where, m.Role)
+			return d, fmt.Errorf("%s: role %q is neither data, witness nor mirror-floor", where, m.Role)
 		}
 	}
 	return d, nil

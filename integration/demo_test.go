@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -170,7 +171,7 @@ func TestStartDemoHarness(t *testing.T) {
 
 func TestParseDemoFile(t *testing.T) {
 	good := `{"members": [{"name": "site-a", "role": "data", "pid": 1234, "iscsi": "iscsi://127.0.0.1:3260/iqn.2026-11.io.metrolun:demo/0"},
-		{"name": "w", "role": "witness", "pid": 7}]}`
+		{"name": "w", "role": "witness", "pid": 7}, {"name": "e", "role": "mirror-floor", "pid": 8}]}`
 	d, err := ParseDemoFile([]byte(good))
 	if err != nil {
 		t.Fatal(err)
@@ -185,6 +186,7 @@ func TestParseDemoFile(t *testing.T) {
 		`{"members": [{"name": "a", "role": "primary", "pid": 1}]}`,
 		`{"members": [{"name": "a", "role": "data", "pid": 1, "iscsi": "iscsi://127.0.0.1:3260/x/0"}, {"name": "w", "role": "witness", "pid": 2, "iscsi": "iscsi://127.0.0.1:1/x/0"}]}`,
 		`{"members": [{"name": "a", "role": "data", "pid": 1, "iscsi": "iscsi://127.0.0.1:3260/x/0", "extra": 1}]}`,
+		`{"members": [{"name": "a", "role": "data", "pid": 1, "iscsi": "iscsi://127.0.0.1:3260/x/0"}, {"name": "e", "role": "mirror-floor", "pid": 2, "iscsi": "iscsi://127.0.0.1:1/x/0"}]}`,
 		`{"members": [`,
 	} {
 		if _, err := ParseDemoFile([]byte(bad)); err == nil {
@@ -259,5 +261,45 @@ func TestDemoSideBySide(t *testing.T) {
 	}
 	if err := two.Alive(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDemoMirrorFloor: `metrolun demo --sites 1 --mirror-floor MODE`
+// (the floor of mirroring, a measuring aid for bench-mirror) runs the
+// echo as a member, and a write through iSCSI lands in the echo's image
+// as well as in the site's, inline or not (tls-spawn).
+func TestDemoMirrorFloor(t *testing.T) {
+	requireTool(t, "qemu-io")
+	bin := metrolunBin(t)
+	for i, mode := range []string{"tls", "plain", "tls-spawn"} {
+		ports, err := FreePorts(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := StartDemoT(t, DemoOptions{Bin: bin, Size: "64MiB", Port: ports[0], Dir: filepath.Join(t.TempDir(), mode),
+			Args: []string{"--sites", "1", "--mirror-floor", mode, "--cluster-port", strconv.Itoa(ports[1])}})
+		var echo int
+		for _, m := range d.File.Members {
+			if m.Role == "mirror-floor" {
+				echo++
+			}
+		}
+		if echo != 1 || len(d.File.DataMembers()) != 1 {
+			t.Fatalf("%s: members %+v, want one data site and one mirror-floor echo", mode, d.File.Members)
+		}
+		fill := byte(0x31 + i)
+		if err := qemuIO(t.Context(), d.File.DataMembers()[0].ISCSI, fmt.Sprintf("write -P %#x 1M 64k", fill)); err != nil {
+			t.Fatal(err)
+		}
+		img, err := os.ReadFile(filepath.Join(d.Dir, "mirror-floor.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(img) < 1<<20+64<<10 || !bytes.Equal(img[1<<20:1<<20+64<<10], bytes.Repeat([]byte{fill}, 64<<10)) {
+			t.Errorf("%s: the echo's image does not hold the write", mode)
+		}
+		if err := d.Alive(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -9,6 +9,10 @@
 #   scripts/bench-mirror.sh              single, mirrored (TLS)
 #   scripts/bench-mirror.sh --plaintext  also a two-site cluster over plain TCP
 #   scripts/bench-mirror.sh --old BIN    also a two-site cluster run by BIN
+#   scripts/bench-mirror.sh --floor      also the floor of mirroring: single
+#                                        sites that send every write to an echo
+#                                        process over TLS / plain TCP
+#                                        (measuring aid, internal/mirrorfloor)
 #
 # N=runs per cell (default 3), METROLUN_MIRROR_SCALE, METROLUN_MIRROR_CASES,
 # METROLUN_MIRROR_IDLE (default 10s), BENCH_REPORT=path (markdown); see
@@ -20,7 +24,8 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--plaintext) export METROLUN_MIRROR_PLAINTEXT=1 ;;
 	--old) shift; export METROLUN_MIRROR_OLD_BIN="$(readlink -f "$1")" ;;
-	*) echo "usage: $0 [--plaintext] [--old BIN]" >&2; exit 2 ;;
+	--floor) export METROLUN_MIRROR_FLOOR=1 ;;
+	*) echo "usage: $0 [--plaintext] [--old BIN] [--floor]" >&2; exit 2 ;;
 	esac
 	shift
 done

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,6 +61,10 @@ type demoOptions struct {
 	// plaintext runs Raft and replication over plain TCP (to measure
 	// what TLS costs); TLS stays the default.
 	plaintext bool
+	// mirrorFloor ("tls", "plain", "tls-reader", "tls-spawn" or "") adds
+	// a mirror floor echo to a single site (mirrorfloor.go): a measuring
+	// aid.
+	mirrorFloor string
 }
 
 func demoCmd() *cobra.Command {
@@ -85,6 +90,8 @@ then stops everything it started.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "log level of the members")
 	f.StringVar(&o.resyncBandwidth, "resync-bandwidth", "", `resync_bandwidth of every site in bytes per second, e.g. "4MiB" (default unlimited)`)
 	f.BoolVar(&o.plaintext, "plaintext", false, "Raft and replication over plain TCP, unauthenticated (to measure what TLS costs; TLS is the default)")
+	f.StringVar(&o.mirrorFloor, "mirror-floor", "", `measuring aid (bench-mirror): with --sites 1, "tls", "plain", "tls-reader" (acks handed over by a reader goroutine) or "tls-spawn" (writes never inline on the iSCSI reader) also sends every write to a mirror floor echo process and waits for its ack`)
+	f.MarkHidden("mirror-floor")
 	return cmd
 }
 
@@ -94,6 +101,9 @@ func runDemo(o demoOptions) error {
 	}
 	if o.sites < 1 || o.sites > 26 {
 		return fmt.Errorf("--sites %d: want 1 to 26", o.sites)
+	}
+	if o.mirrorFloor != "" && (o.sites != 1 || !slices.Contains([]string{"tls", "plain", "tls-reader", "tls-spawn"}, o.mirrorFloor)) {
+		return errMirrorFloor
 	}
 	size, err := conf.ParseSize(o.size)
 	if err != nil {
@@ -152,6 +162,44 @@ func runDemo(o demoOptions) error {
 			}
 		}
 	}
+	var floorArgs []string
+	if o.mirrorFloor != "" {
+		// The echo is a member of its own (its CPU is the mirror's),
+		// listening before the site that dials it at start.
+		listen := net.JoinHostPort(o.addr, strconv.Itoa(o.basePort))
+		args := []string{"mirror-floor-echo", "--listen", listen,
+			"--image", filepath.Join(dir, "mirror-floor.img"), "--size", strconv.FormatInt(size, 10)}
+		floorArgs = []string{"--mirror-floor-echo", listen}
+		if o.mirrorFloor != "plain" {
+			cert := filepath.Join(dir, "mirror-floor.pem")
+			os.Remove(cert)
+			args = append(args, "--tls-cert", cert)
+			floorArgs = append(floorArgs, "--mirror-floor-cert", cert)
+		}
+		switch o.mirrorFloor {
+		case "tls-reader":
+			floorArgs = append(floorArgs, "--mirror-floor-mode", "reader")
+		case "tls-spawn":
+			floorArgs = append(floorArgs, "--mirror-floor-mode", "spawn")
+		}
+		cmd := exec.Command(self, args...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start the mirror floor echo: %w", err)
+		}
+		m := &member{DemoMember: DemoMember{Name: "mirror-floor-echo", Role: "mirror-floor", PID: cmd.Process.Pid},
+			cmd: cmd, portal: listen, exited: make(chan error, 1)}
+		go func() { m.exited <- cmd.Wait() }()
+		members = append(members, m)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := waitListening(ctx, listen, m.exited)
+		cancel()
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("mirror floor echo: %w", err)
+		}
+	}
 	pprofHost, pprofPort := demoPprof()
 	for _, cfg := range configs {
 		if err := cfg.Validate(); err != nil {
@@ -164,7 +212,7 @@ func runDemo(o demoOptions) error {
 		if err := os.WriteFile(path, []byte(renderConfig(cfg)), 0o644); err != nil {
 			return err
 		}
-		cmd := exec.Command(self, "serve", "--config", path)
+		cmd := exec.Command(self, append([]string{"serve", "--config", path}, floorArgs...)...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if pprofHost != "" {
 			// One profiling port per member: the first member gets
@@ -225,10 +273,17 @@ func runDemo(o demoOptions) error {
 		return err
 	}
 	fmt.Println("metrolun demo is ready. iSCSI URLs:")
+	var first string
 	for _, m := range members {
+		if m.ISCSI == "" && m.Role == "mirror-floor" {
+			continue
+		}
+		if first == "" {
+			first = m.ISCSI
+		}
 		fmt.Printf("  %s  %s\n", m.Name, m.ISCSI)
 	}
-	fmt.Printf("Try: qemu-img info %s\n", members[0].ISCSI)
+	fmt.Printf("Try: qemu-img info %s\n", first)
 	if len(configs) > 1 {
 		fmt.Printf("     metrolun status --dir %s   (the admin token is in %s)\n", dir, filepath.Join(dir, conf.AdminTokenFileName))
 	}

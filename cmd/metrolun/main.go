@@ -18,7 +18,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), demoCmd(), statusCmd(), hostsCmd(), promoteCmd(), verifyCmd(), drillCmd(), memberCmd(), certsCmd(), tokenCmd())
+	root.AddCommand(serveCmd(), demoCmd(), statusCmd(), hostsCmd(), promoteCmd(), verifyCmd(), drillCmd(), memberCmd(), certsCmd(), tokenCmd(), mirrorFloorEchoCmd())
 	if err := root.Execute(); err != nil {
 		if errors.Is(err, errDrillFailed) {
 			os.Exit(1) // the report's last line says why

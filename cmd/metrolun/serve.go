@@ -42,6 +42,7 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "", "config file (HCL)")
+	addMirrorFloorFlags(cmd)
 	return cmd
 }
 
@@ -219,7 +220,12 @@ func buildServer(cfg *conf.Config, log hclog.Logger, clustered target.Volume, gr
 			if err != nil {
 				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
 			}
-			lc := lunConfig(l, vol)
+			fv, err := mirrorFloor(vol, log.Named("store"))
+			if err != nil {
+				vol.Close()
+				return nil, fmt.Errorf("target %s LUN %d: %w", t.Name, l.ID, err)
+			}
+			lc := lunConfig(l, fv)
 			// A single site keeps APTPL reservations in a file of its own;
 			// a cluster's are in the shared record.
 			lc.PRStateFile = filepath.Join(cfg.DataDir, target.PRStateFileName(t.Name, uint64(l.ID)))
