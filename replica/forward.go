@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/metrolun/metrolun/internal/stamp"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -195,7 +196,9 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	conn := fw.conn
 	// The data is copied into the batch before push returns: the
 	// initiator's buffer is not referenced after it.
+	stamp.Mark(stamp.Cmd, "fwd.push")
 	err := fw.snd.push(f, sendNow)
+	stamp.Mark(stamp.Cmd, "fwd.pushed")
 	fw.mu.Unlock()
 	defer func() {
 		fw.mu.Lock()
@@ -217,6 +220,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	case <-ctx.Done():
 		return -1, &indeterminate{err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
 	}
+	stamp.Mark(stamp.Cmd, "fwd.done")
 	op.mu.Lock()
 	r, localErr := op.result, op.localErr
 	op.mu.Unlock()
@@ -417,6 +421,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 			}
 			return err
 		}
+		stamp.Begin(stamp.Fwd)
 		cost := fwdOpCost(f)
 		mem.Release(maxFrameLen - cost)
 		held(cost - maxFrameLen)
@@ -427,6 +432,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				mem.Release(cost)
 				held(-cost)
 			}()
+			stamp.Mark(stamp.Fwd, "goroutine")
 			res := &Frame{Kind: FrameFwdResult, Seq: f.Seq}
 			at, err := s.orderForwarded(hello.From, f)
 			switch {
@@ -441,6 +447,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				// are read in one go.
 				if l := s.streamTo(hello.From); l != nil {
 					l.Grant(res)
+					stamp.Mark(stamp.Fwd, "result.granted")
 					return
 				}
 			}

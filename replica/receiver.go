@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/metrolun/metrolun/internal/grid"
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // sumLen is the size of a region digest (SHA-256: a resync that skips a
@@ -350,6 +351,16 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 		// The data stays in the pooled body until the frame is
 		// applied: no copy per write (release below).
 		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
+		if stamp.On && err == nil {
+			switch {
+			case f.Kind == FrameFwdResult:
+				stamp.Mark(stamp.Cmd, "result.read")
+			case f.Flags&FlagRef != 0:
+				stamp.Mark(stamp.Cmd, "ref.read")
+			case f.Kind == FrameWrite:
+				stamp.Begin(stamp.Frame)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -383,10 +394,14 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			continue
 		}
 		ans, stopNow := r.apply(conn, f)
+		stamp.Mark(stamp.Frame, "applied")
+		stamp.Mark(stamp.Cmd, "ref.applied")
 		release()
 		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
 			return err
 		}
+		stamp.End(stamp.Frame)
+		stamp.Mark(stamp.Cmd, "ref.acked")
 		if stopNow {
 			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)
 		}

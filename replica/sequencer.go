@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/metrolun/metrolun/internal/grid"
+	"github.com/metrolun/metrolun/internal/stamp"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -52,7 +53,13 @@ func kindOf(f *Frame) core.Kind {
 // given and when the write becomes visible. This loop feeds it the
 // replicas' answers and acts on its Ready (step).
 func (w *writer) order(f *Frame, origin string, apply func() error) error {
+	sk := stamp.Cmd
+	if origin != "" {
+		sk = stamp.Fwd
+	}
+	stamp.Mark(sk, "order")
 	w.mu.Lock()
+	stamp.Mark(sk, "order.locked")
 	if w.closed || w.paused {
 		w.mu.Unlock()
 		return errNotWriter
@@ -83,6 +90,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		w.mu.Unlock()
 		return err
 	}
+	stamp.Mark(sk, "local.done")
 	w.inflight.Add(1)
 	defer w.inflight.Done()
 	wt := &waiter{ch: make(chan core.Answer, 2)}
@@ -141,6 +149,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	// without this write (I4).
 	w.step()
 	w.mu.Unlock()
+	stamp.Mark(sk, "sent")
 	for _, a := range acks {
 		var r Ack
 		if bugAckEarly {
@@ -148,6 +157,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		} else {
 			r = <-a.ch
 		}
+		stamp.Mark(sk, "ack.got")
 		w.mu.Lock()
 		if r.Err == nil && f.Kind == FrameFlush {
 			a.p.unfl.flushed(seq)
@@ -193,9 +203,11 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		}
 		break
 	}
+	stamp.Mark(sk, "order.answered")
 	if originCh != nil {
 		go func() {
 			a := <-originCh
+			stamp.Mark(stamp.Fwd, "origin.ack.got")
 			w.mu.Lock()
 			if a.Err == nil && f.Kind == FrameFlush {
 				originPeer.unfl.flushed(seq)
@@ -205,6 +217,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 			// and the core drops it with the range marked.
 			w.ack(seq, originPeer, a.Err)
 			w.mu.Unlock()
+			stamp.End(stamp.Fwd)
 		}()
 	}
 	return nil
