@@ -4,6 +4,7 @@ package stamp
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,14 +34,17 @@ type timeline struct {
 	dropped int
 	ended   time.Time
 	gaps    []time.Duration
+	tagged  map[string][]time.Duration
 	ru      syscall.Rusage
 	wstart  time.Time
 }
 
 var (
-	mu  sync.Mutex
-	tls [nKinds]timeline
-	out string
+	gapTag string
+	counts = map[string]int{}
+	mu     sync.Mutex
+	tls    [nKinds]timeline
+	out    string
 )
 
 func init() {
@@ -53,6 +57,7 @@ func Begin(k Kind) {
 	now := time.Now()
 	mu.Lock()
 	t := &tls[k]
+	defer func() { gapTag = "" }()
 	if t.open {
 		t.dropped++
 	} else if !t.ended.IsZero() {
@@ -60,6 +65,12 @@ func Begin(k Kind) {
 		// depth 1, the answer's way to the client and the next
 		// request's way back (a record's stages count from its begin).
 		t.gaps = append(t.gaps, now.Sub(t.ended))
+		if gapTag != "" {
+			if t.tagged == nil {
+				t.tagged = map[string][]time.Duration{}
+			}
+			t.tagged[gapTag] = append(t.tagged[gapTag], now.Sub(t.ended))
+		}
 	}
 	t.open, t.begin, t.marks = true, now, t.marks[:0]
 	mu.Unlock()
@@ -85,6 +96,13 @@ func MarkAll(stage string) {
 	for i := range tls {
 		markLocked(&tls[i], stage, now)
 	}
+	mu.Unlock()
+}
+
+func Count(name string) {
+	mu.Lock()
+	counts[name]++
+	gapTag = name
 	mu.Unlock()
 }
 
@@ -121,7 +139,7 @@ func End(k Kind) {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	report(k, t, &ru, now)
-	t.acc, t.order, t.n, t.dropped, t.gaps = nil, nil, 0, 0, t.gaps[:0]
+	t.acc, t.order, t.n, t.dropped, t.gaps, t.tagged = nil, nil, 0, 0, t.gaps[:0], nil
 }
 
 func report(k Kind, t *timeline, ru *syscall.Rusage, now time.Time) {
@@ -151,10 +169,25 @@ func report(k Kind, t *timeline, ru *syscall.Rusage, now time.Time) {
 		fmt.Fprintf(&b, "  %-22s median %7.1f µs  p90 %7.1f µs  (in %3.0f%% of ops)\n", r.stage,
 			float64(r.med.Nanoseconds())/1e3, float64(r.p90.Nanoseconds())/1e3, 100*r.frac)
 	}
+	names := make([]string, 0, len(counts))
+	for s := range counts {
+		names = append(names, s)
+	}
+	sort.Strings(names)
+	for _, s := range names {
+		fmt.Fprintf(&b, "  count %-16s %.2f per op\n", s, float64(counts[s])/n)
+	}
+	clear(counts)
 	if d := t.gaps; len(d) > 0 {
 		slices.Sort(d)
 		fmt.Fprintf(&b, "  %-22s median %7.1f µs  p90 %7.1f µs  (from the previous end)\n", "gap",
 			float64(d[len(d)/2].Nanoseconds())/1e3, float64(d[len(d)*9/10].Nanoseconds())/1e3)
+	}
+	for _, s := range slices.Sorted(maps.Keys(t.tagged)) {
+		d := t.tagged[s]
+		slices.Sort(d)
+		fmt.Fprintf(&b, "  %-22s median %7.1f µs  p90 %7.1f µs  (%d gaps after %q)\n", "gap "+s,
+			float64(d[len(d)/2].Nanoseconds())/1e3, float64(d[len(d)*9/10].Nanoseconds())/1e3, len(d), s)
 	}
 	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
