@@ -386,6 +386,38 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 	g.refuse = func() error { return s.takesForwardFrom(hello.From) }
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Each operation runs on a worker of this connection: an idle one
+	// if one waits, else a new one, which stays for fwdWorkerIdle after
+	// its operation. A goroutine per operation would be created, and
+	// grow its stack through the write order, once per write.
+	work := make(chan func())
+	quit := make(chan struct{})
+	defer close(quit) // before wg.Wait: idle workers end
+	run := func(fn func()) {
+		select {
+		case work <- fn:
+			return
+		default:
+		}
+		wg.Add(1)
+		fwdWorkersStarted.Add(1)
+		go func() {
+			defer wg.Done()
+			idle := time.NewTimer(fwdWorkerIdle)
+			defer idle.Stop()
+			for {
+				fn()
+				idle.Reset(fwdWorkerIdle)
+				select {
+				case fn = <-work:
+				case <-idle.C:
+					return
+				case <-quit:
+					return
+				}
+			}
+		}()
+	}
 	mem := semaphore.NewWeighted(fwdMemory)
 	held := func(d int64) {
 		if fwdHeldHook != nil {
@@ -425,9 +457,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 		cost := fwdOpCost(f)
 		mem.Release(maxFrameLen - cost)
 		held(cost - maxFrameLen)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		run(func() {
 			defer func() {
 				mem.Release(cost)
 				held(-cost)
@@ -452,9 +482,16 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				}
 			}
 			answer(res)
-		}()
+		})
 	}
 }
+
+// fwdWorkersStarted counts the forwarding workers started (tests).
+var fwdWorkersStarted atomic.Int64
+
+// fwdWorkerIdle is how long a forwarding connection's idle worker waits
+// for its next operation (serveForward).
+const fwdWorkerIdle = time.Second
 
 // orderForwarded runs one forwarded operation through the writer.
 func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {

@@ -167,3 +167,36 @@ func TestSettleLost(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedWritesReuseGoroutines: sequential forwarded writes run on
+// one worker of the forwarding connection, and their origin's
+// acknowledgements are handed over by one goroutine, not one of each per
+// write (both were started per write before).
+func TestForwardedWritesReuseGoroutines(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	workers, acks := fwdWorkersStarted.Load(), originAckStarts.Load()
+	const n = 50
+	buf := make([]byte, 4096)
+	for i := range n {
+		buf[0] = byte(i)
+		if err := b.WriteAt(buf, int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A worker or goroutine that ended after its idle time may be
+	// started again once; a new one per write is what this rules out.
+	if got := fwdWorkersStarted.Load() - workers; got > 2 {
+		t.Errorf("%d forwarding workers started for %d sequential writes", got, n)
+	}
+	if got := originAckStarts.Load() - acks; got > 2 {
+		t.Errorf("%d acknowledgement goroutines started for %d sequential writes", got, n)
+	}
+	got := make([]byte, 4096)
+	if err := a.ReadAt(got, (n-1)*4096); err != nil || got[0] != n-1 {
+		t.Fatalf("read at the writer: %v, first byte %d", err, got[0])
+	}
+}
