@@ -200,3 +200,39 @@ func TestForwardedWritesReuseGoroutines(t *testing.T) {
 		t.Fatalf("read at the writer: %v, first byte %d", err, got[0])
 	}
 }
+
+// TestRefAcksRideAlong: the forwarding site's acknowledgement of the
+// reference to its own forwarded write is not what answers it, so it
+// waits for another answer to carry it (up to refAckLinger): the
+// forwarded writes are answered, stay unsettled at the writer meanwhile,
+// and settle with the acknowledgement of the writer's next frame (or a
+// lease request, whichever comes first; not the timer).
+func TestRefAcksRideAlong(t *testing.T) {
+	defer func(d time.Duration) { refAckLinger = d }(refAckLinger)
+	refAckLinger = time.Hour
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	buf := make([]byte, 4096)
+	held := refAcksHeld.Load()
+	for i := range 5 {
+		if err := b.WriteAt(buf, int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := a.activeWriter()
+	unsettled := func() int {
+		w.rmu.RLock()
+		defer w.rmu.RUnlock()
+		return len(w.busy)
+	}
+	if got := refAcksHeld.Load() - held; got != 5 {
+		t.Fatalf("%d of 5 acknowledgements of references held", got)
+	}
+	if err := a.WriteAt(buf, 100*4096, false); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "forwarded writes settled with the next acknowledgement", 5*time.Second, func() bool { return unsettled() == 0 })
+}
