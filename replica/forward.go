@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -436,7 +437,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 			}
 		}
 		held(maxFrameLen)
-		f, err := readFrame(br, MaxDataFrameLen, g)
+		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
 		if err != nil {
 			mem.Release(maxFrameLen)
 			held(-maxFrameLen)
@@ -454,11 +455,19 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 			return err
 		}
 		stamp.Begin(stamp.Fwd)
+		if len(f.Data) > fwdHoldMax {
+			// Its body took a share of FrameMemory: copied out, so
+			// that the share comes back at once.
+			f.Data = bytes.Clone(f.Data)
+			release()
+			release = func() {}
+		}
 		cost := fwdOpCost(f)
 		mem.Release(maxFrameLen - cost)
 		held(cost - maxFrameLen)
 		run(func() {
 			defer func() {
+				release()
 				mem.Release(cost)
 				held(-cost)
 			}()
@@ -485,6 +494,14 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 		})
 	}
 }
+
+// fwdHoldMax: a forwarded operation with at most this much data is
+// ordered from the pooled frame body it was read into (released when it
+// is done; such a body takes no share of FrameMemory), a larger one from
+// a copy. The order does not keep the data: the stream's sender copies
+// small frames into its batch and writes large ones before it returns,
+// and the store writes before it returns.
+const fwdHoldMax = budgetFree / 4
 
 // fwdWorkersStarted counts the forwarding workers started (tests).
 var fwdWorkersStarted atomic.Int64
