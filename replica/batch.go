@@ -4,6 +4,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // sender is the send side of a replication connection (a writer's
@@ -188,7 +190,9 @@ func (s *sender) writeQueued(err error) error {
 		buf := s.out
 		s.out, s.spare = s.spare[:0], nil
 		s.mu.Unlock()
+		stamp.MarkAll("sock.write")
 		_, err = s.conn.Write(buf)
+		stamp.MarkAll("sock.written")
 		s.mu.Lock()
 		if cap(buf) <= maxSpare {
 			s.spare = buf[:0]

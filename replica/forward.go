@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/metrolun/metrolun/internal/stamp"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -195,7 +197,9 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	conn := fw.conn
 	// The data is copied into the batch before push returns: the
 	// initiator's buffer is not referenced after it.
+	stamp.Mark(stamp.Cmd, "fwd.push")
 	err := fw.snd.push(f, sendNow)
+	stamp.Mark(stamp.Cmd, "fwd.pushed")
 	fw.mu.Unlock()
 	defer func() {
 		fw.mu.Lock()
@@ -217,6 +221,7 @@ func (fw *forwarder) do(ctx context.Context, writer string, op *fwdOp, epoch uin
 	case <-ctx.Done():
 		return -1, &indeterminate{err: fmt.Errorf("forwarded operation: %w", ctx.Err())}
 	}
+	stamp.Mark(stamp.Cmd, "fwd.done")
 	op.mu.Lock()
 	r, localErr := op.result, op.localErr
 	op.mu.Unlock()
@@ -382,6 +387,38 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 	g.refuse = func() error { return s.takesForwardFrom(hello.From) }
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Each operation runs on a worker of this connection: an idle one
+	// if one waits, else a new one, which stays for fwdWorkerIdle after
+	// its operation. A goroutine per operation would be created, and
+	// grow its stack through the write order, once per write.
+	work := make(chan func())
+	quit := make(chan struct{})
+	defer close(quit) // before wg.Wait: idle workers end
+	run := func(fn func()) {
+		select {
+		case work <- fn:
+			return
+		default:
+		}
+		wg.Add(1)
+		fwdWorkersStarted.Add(1)
+		go func() {
+			defer wg.Done()
+			idle := time.NewTimer(fwdWorkerIdle)
+			defer idle.Stop()
+			for {
+				fn()
+				idle.Reset(fwdWorkerIdle)
+				select {
+				case fn = <-work:
+				case <-idle.C:
+					return
+				case <-quit:
+					return
+				}
+			}
+		}()
+	}
 	mem := semaphore.NewWeighted(fwdMemory)
 	held := func(d int64) {
 		if fwdHeldHook != nil {
@@ -400,7 +437,7 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 			}
 		}
 		held(maxFrameLen)
-		f, err := readFrame(br, MaxDataFrameLen, g)
+		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
 		if err != nil {
 			mem.Release(maxFrameLen)
 			held(-maxFrameLen)
@@ -417,16 +454,24 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 			}
 			return err
 		}
+		stamp.Begin(stamp.Fwd)
+		if len(f.Data) > fwdHoldMax {
+			// Its body took a share of FrameMemory: copied out, so
+			// that the share comes back at once.
+			f.Data = bytes.Clone(f.Data)
+			release()
+			release = func() {}
+		}
 		cost := fwdOpCost(f)
 		mem.Release(maxFrameLen - cost)
 		held(cost - maxFrameLen)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		run(func() {
 			defer func() {
+				release()
 				mem.Release(cost)
 				held(-cost)
 			}()
+			stamp.Mark(stamp.Fwd, "goroutine")
 			res := &Frame{Kind: FrameFwdResult, Seq: f.Seq}
 			at, err := s.orderForwarded(hello.From, f)
 			switch {
@@ -441,13 +486,29 @@ func (s *Site) serveForward(conn net.Conn, br *bufio.Reader, hello *Frame, g *bo
 				// are read in one go.
 				if l := s.streamTo(hello.From); l != nil {
 					l.Grant(res)
+					stamp.Mark(stamp.Fwd, "result.granted")
 					return
 				}
 			}
 			answer(res)
-		}()
+		})
 	}
 }
+
+// fwdHoldMax: a forwarded operation with at most this much data is
+// ordered from the pooled frame body it was read into (released when it
+// is done; such a body takes no share of FrameMemory), a larger one from
+// a copy. The order does not keep the data: the stream's sender copies
+// small frames into its batch and writes large ones before it returns,
+// and the store writes before it returns.
+const fwdHoldMax = budgetFree / 4
+
+// fwdWorkersStarted counts the forwarding workers started (tests).
+var fwdWorkersStarted atomic.Int64
+
+// fwdWorkerIdle is how long a forwarding connection's idle worker waits
+// for its next operation (serveForward).
+const fwdWorkerIdle = time.Second
 
 // orderForwarded runs one forwarded operation through the writer.
 func (s *Site) orderForwarded(origin string, f *Frame) (int, error) {

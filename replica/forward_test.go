@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,6 +165,121 @@ func TestSettleLost(t *testing.T) {
 	for _, k := range []uint8{FrameFwdCAW, FrameFwdMeta} {
 		if settleable(k) {
 			t.Errorf("frame kind %d settled at the new writer: its payload may be stale", k)
+		}
+	}
+}
+
+// TestForwardedWritesReuseGoroutines: sequential forwarded writes run on
+// one worker of the forwarding connection, and their origin's
+// acknowledgements are handed over by one goroutine, not one of each per
+// write (both were started per write before).
+func TestForwardedWritesReuseGoroutines(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	workers, acks := fwdWorkersStarted.Load(), originAckStarts.Load()
+	const n = 50
+	buf := make([]byte, 4096)
+	for i := range n {
+		buf[0] = byte(i)
+		if err := b.WriteAt(buf, int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A worker or goroutine that ended after its idle time may be
+	// started again once; a new one per write is what this rules out.
+	if got := fwdWorkersStarted.Load() - workers; got > 2 {
+		t.Errorf("%d forwarding workers started for %d sequential writes", got, n)
+	}
+	if got := originAckStarts.Load() - acks; got > 2 {
+		t.Errorf("%d acknowledgement goroutines started for %d sequential writes", got, n)
+	}
+	got := make([]byte, 4096)
+	if err := a.ReadAt(got, (n-1)*4096); err != nil || got[0] != n-1 {
+		t.Fatalf("read at the writer: %v, first byte %d", err, got[0])
+	}
+}
+
+// TestRefAcksRideAlong: the forwarding site's acknowledgement of the
+// reference to its own forwarded write is not what answers it, so it
+// waits for another answer to carry it (up to refAckLinger): the
+// forwarded writes are answered, stay unsettled at the writer meanwhile,
+// and settle with the acknowledgement of the writer's next frame (or a
+// lease request, whichever comes first; not the timer).
+func TestRefAcksRideAlong(t *testing.T) {
+	defer func(d time.Duration) { refAckLinger = d }(refAckLinger)
+	refAckLinger = time.Hour
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	buf := make([]byte, 4096)
+	held := refAcksHeld.Load()
+	for i := range 5 {
+		if err := b.WriteAt(buf, int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := a.activeWriter()
+	unsettled := func() int {
+		w.rmu.RLock()
+		defer w.rmu.RUnlock()
+		return len(w.busy)
+	}
+	if got := refAcksHeld.Load() - held; got != 5 {
+		t.Fatalf("%d of 5 acknowledgements of references held", got)
+	}
+	if err := a.WriteAt(buf, 100*4096, false); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "forwarded writes settled with the next acknowledgement", 5*time.Second, func() bool { return unsettled() == 0 })
+}
+
+// TestConcurrentForwardedWritesKeepTheirData: forwarded writes in flight
+// together, each ordered from the pooled body it was read into at the
+// writer (fwdHoldMax), land with their own bytes at both sites: a body
+// given back before its operation was done would be read into by the
+// next frame.
+func TestConcurrentForwardedWritesKeepTheirData(t *testing.T) {
+	tc := newTestCluster(t, 1<<20, "a", "b")
+	a, b := tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(t, a)
+	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	const writers, each, size = 8, 16, 8192
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				n := g*each + i
+				if err := b.WriteAt(bytes.Repeat([]byte{byte(n + 1)}, size), int64(n)*size, false); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	got := make([]byte, size)
+	for n := range writers * each {
+		want := bytes.Repeat([]byte{byte(n + 1)}, size)
+		for _, s := range []*Site{a, b} {
+			if err := s.ReadAt(got, int64(n)*size); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%s: block %d holds %d..., want %d", s.cfg.Name, n, got[0], want[0])
+			}
 		}
 	}
 }

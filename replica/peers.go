@@ -49,6 +49,13 @@ type peer struct {
 	// sync and then forgets it (retire).
 	gone bool
 
+	// Acknowledgements of the operations it forwarded (originAcks):
+	// queued under omu; orunning says its goroutine runs, osig wakes it.
+	omu      sync.Mutex
+	oq       []originWait
+	orunning bool
+	osig     chan struct{}
+
 	dirty *Bitmap
 	// unfl: the regions it acknowledged and may not have flushed
 	// (unflushed.go).

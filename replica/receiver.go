@@ -12,9 +12,11 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/metrolun/metrolun/internal/grid"
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // sumLen is the size of a region digest (SHA-256: a resync that skips a
@@ -274,10 +276,43 @@ func (r *receiver) setFenced(on bool) bool {
 	return true
 }
 
+// refAckLinger bounds how long a replica holds the acknowledgement of a
+// reference for another answer to carry it (serveStream); a variable
+// for tests.
+var refAckLinger = lazyLinger
+
+// refAcksHeld counts the acknowledgements of references held (tests).
+var refAcksHeld atomic.Int64
+
 // serveStream runs one writer's stream after its hello.
 func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g *bodyGuard) error {
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	var wmu sync.Mutex
+	// What bw holds (under wmu): held, answers that go out as soon as
+	// no more input is buffered; lazy, only acknowledgements of
+	// references, which wait up to refAckLinger (lazyTimer) for another
+	// answer to carry them. A reference is an operation this site
+	// forwarded: the writer does not wait for its acknowledgement to
+	// answer (only to make the write visible elsewhere), and its result
+	// follows right after it, so sending the acknowledgement at once
+	// would put a socket write between the result and the initiator's
+	// answer, and cost one per forwarded write.
+	var held, lazy bool
+	lazyTimer := time.AfterFunc(time.Hour, func() {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if lazy {
+			// A failure stays in bw: the next answer returns it.
+			bw.Flush()
+			held, lazy = false, false
+		}
+	})
+	lazyTimer.Stop()
+	defer lazyTimer.Stop()
+	flushLocked := func() error {
+		held, lazy = false, false
+		return bw.Flush()
+	}
 	send := func(f *Frame, flush bool) error {
 		wmu.Lock()
 		defer wmu.Unlock()
@@ -285,8 +320,27 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			return err
 		}
 		if flush {
-			return bw.Flush()
+			return flushLocked()
 		}
+		held = true
+		return nil
+	}
+	// sendLazy holds the acknowledgement of a reference; idle: no more
+	// input is buffered.
+	sendLazy := func(f *Frame, idle bool) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if err := WriteFrame(bw, f); err != nil {
+			return err
+		}
+		switch {
+		case held && idle:
+			return flushLocked()
+		case !held && !lazy:
+			lazy = true
+			lazyTimer.Reset(refAckLinger)
+		}
+		refAcksHeld.Add(1)
 		return nil
 	}
 	r.mu.Lock()
@@ -350,6 +404,16 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 		// The data stays in the pooled body until the frame is
 		// applied: no copy per write (release below).
 		f, release, err := readFrameHeld(br, MaxDataFrameLen, g)
+		if stamp.On && err == nil {
+			switch {
+			case f.Kind == FrameFwdResult:
+				stamp.Mark(stamp.Cmd, "result.read")
+			case f.Flags&FlagRef != 0:
+				stamp.Mark(stamp.Cmd, "ref.read")
+			case f.Kind == FrameWrite:
+				stamp.Begin(stamp.Frame)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -374,7 +438,10 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			// once none is.
 			if br.Buffered() == 0 {
 				wmu.Lock()
-				err := bw.Flush()
+				var err error
+				if held {
+					err = flushLocked()
+				}
 				wmu.Unlock()
 				if err != nil {
 					return err
@@ -383,10 +450,19 @@ func (r *receiver) serveStream(conn net.Conn, br *bufio.Reader, hello *Frame, g 
 			continue
 		}
 		ans, stopNow := r.apply(conn, f)
+		stamp.Mark(stamp.Frame, "applied")
+		stamp.Mark(stamp.Cmd, "ref.applied")
 		release()
-		if err := send(ans, br.Buffered() == 0 || stopNow); err != nil {
+		if f.Flags&FlagRef != 0 && ans.Kind == FrameAck && !stopNow {
+			err = sendLazy(ans, br.Buffered() == 0)
+		} else {
+			err = send(ans, br.Buffered() == 0 || stopNow)
+		}
+		if err != nil {
 			return err
 		}
+		stamp.End(stamp.Frame)
+		stamp.Mark(stamp.Cmd, "ref.acked")
 		if stopNow {
 			return fmt.Errorf("refused seq %d: %s", f.Seq, ans.Err)
 		}

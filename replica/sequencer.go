@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/metrolun/metrolun/internal/grid"
+	"github.com/metrolun/metrolun/internal/stamp"
 	"github.com/metrolun/metrolun/replica/core"
 )
 
@@ -53,7 +55,13 @@ func kindOf(f *Frame) core.Kind {
 // given and when the write becomes visible. This loop feeds it the
 // replicas' answers and acts on its Ready (step).
 func (w *writer) order(f *Frame, origin string, apply func() error) error {
+	sk := stamp.Cmd
+	if origin != "" {
+		sk = stamp.Fwd
+	}
+	stamp.Mark(sk, "order")
 	w.mu.Lock()
+	stamp.Mark(sk, "order.locked")
 	if w.closed || w.paused {
 		w.mu.Unlock()
 		return errNotWriter
@@ -84,6 +92,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		w.mu.Unlock()
 		return err
 	}
+	stamp.Mark(sk, "local.done")
 	w.inflight.Add(1)
 	defer w.inflight.Done()
 	wt := &waiter{ch: make(chan core.Answer, 2)}
@@ -142,6 +151,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 	// without this write (I4).
 	w.step()
 	w.mu.Unlock()
+	stamp.Mark(sk, "sent")
 	for _, a := range acks {
 		var r Ack
 		if bugAckEarly {
@@ -149,6 +159,7 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		} else {
 			r = <-a.ch
 		}
+		stamp.Mark(sk, "ack.got")
 		w.mu.Lock()
 		if r.Err == nil && f.Kind == FrameFlush {
 			a.p.unfl.flushed(seq)
@@ -194,21 +205,109 @@ func (w *writer) order(f *Frame, origin string, apply func() error) error {
 		}
 		break
 	}
+	stamp.Mark(sk, "order.answered")
 	if originCh != nil {
-		go func() {
-			a := <-originCh
+		w.awaitOrigin(originPeer, originWait{seq: seq, ch: originCh, flush: f.Kind == FrameFlush})
+	}
+	return nil
+}
+
+// originWait is a forwarded operation's acknowledgement by its origin,
+// which the answer does not wait for (the origin answers its initiator)
+// but which makes the write visible (order).
+type originWait struct {
+	seq   uint64
+	ch    <-chan Ack
+	flush bool
+}
+
+// originAckStarts counts the acknowledgement goroutines started (tests).
+var originAckStarts atomic.Int64
+
+// originIdle is how long an origin's acknowledgement goroutine waits for
+// more work before it ends.
+const originIdle = time.Second
+
+// awaitOrigin has o handed to the core once p acknowledges it, by p's
+// acknowledgement goroutine (originAcks), which it starts if none runs.
+// One goroutine per origin, not one per operation: none is created per
+// write, and acknowledgements that arrive together are handed over in
+// one wake-up.
+func (w *writer) awaitOrigin(p *peer, o originWait) {
+	p.omu.Lock()
+	p.oq = append(p.oq, o)
+	start := !p.orunning
+	p.orunning = true
+	if p.osig == nil {
+		p.osig = make(chan struct{}, 1)
+	}
+	p.omu.Unlock()
+	if start {
+		originAckStarts.Add(1)
+		go w.originAcks(p)
+		return
+	}
+	select {
+	case p.osig <- struct{}{}:
+	default:
+	}
+}
+
+// originAcks hands p's acknowledgements of its forwarded operations to
+// the core, in the order they were queued (the link acknowledges in
+// sequence order, so none waits for a later one). It ends after
+// originIdle without work or once the writer stopped and nothing is
+// queued; a link that fails answers every frame it holds, so no wait
+// outlives the link.
+func (w *writer) originAcks(p *peer) {
+	idle := time.NewTimer(originIdle)
+	defer idle.Stop()
+	var q []originWait
+	for {
+		p.omu.Lock()
+		q, p.oq = p.oq, q[:0]
+		if len(q) == 0 {
+			select {
+			case <-w.ctx.Done():
+				p.orunning = false
+				p.omu.Unlock()
+				return
+			default:
+			}
+			p.omu.Unlock()
+			idle.Reset(originIdle)
+			select {
+			case <-p.osig:
+				continue
+			case <-w.ctx.Done():
+			case <-idle.C:
+			}
+			p.omu.Lock()
+			if len(p.oq) == 0 {
+				p.orunning = false
+				p.omu.Unlock()
+				return
+			}
+			p.omu.Unlock()
+			continue
+		}
+		p.omu.Unlock()
+		for i, o := range q {
+			a := <-o.ch
+			stamp.Mark(stamp.Fwd, "origin.ack.got")
 			w.mu.Lock()
-			if a.Err == nil && f.Kind == FrameFlush {
-				originPeer.unfl.flushed(seq)
+			if a.Err == nil && o.flush {
+				p.unfl.flushed(o.seq)
 			}
 			// A failure: the origin could not apply its own write (its
 			// store failed); it answers its initiator with the error,
 			// and the core drops it with the range marked.
-			w.ack(seq, originPeer, a.Err)
+			w.ack(o.seq, p, a.Err)
 			w.mu.Unlock()
-		}()
+			stamp.End(stamp.Fwd)
+			q[i] = originWait{}
+		}
 	}
-	return nil
 }
 
 // ack hands p's answer to the frame of seq to the core (w.mu held). A

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // This file is the writer's end of the replication data path to one
@@ -107,9 +109,11 @@ func (l *Link) Send(f *Frame) <-chan Ack {
 	if f.Flags&FlagRef != 0 {
 		mode = sendLazy
 	}
+	stamp.MarkAll("link.push")
 	if err := l.snd.push(f, mode); err != nil {
 		l.fail(fmt.Errorf("%w: %v", ErrLinkDown, err))
 	}
+	stamp.MarkAll("link.pushed")
 	return ch
 }
 
@@ -186,6 +190,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 		}
 		l.npending.Store(int32(len(l.pending)))
 		l.mu.Unlock()
+		stamp.MarkAll("ack.read")
 		for _, p := range settle {
 			if p.seq != f.Seq {
 				p.ch <- Ack{}
@@ -193,6 +198,7 @@ func (l *Link) readAcks(br *bufio.Reader) {
 			}
 			p.ch <- Ack{Differ: f.Flags&FlagDiffer != 0}
 		}
+
 		if f.Kind == FrameNack {
 			// The replica closes the stream after a refusal.
 			l.fail(fmt.Errorf("%w: replica refused seq %d: %s", ErrLinkDown, f.Seq, f.Err))

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // Busy polling at queue depth 1. Once the reader has answered a command
@@ -67,6 +69,9 @@ func (r *pollReader) answeredAt(t time.Time) {
 
 func (r *pollReader) Read(p []byte) (int, error) {
 	if r.rc == nil || r.until.IsZero() || !time.Now().Before(r.until) || !takePoller() {
+		if !r.until.IsZero() {
+			stamp.Count("poll.skipped")
+		}
 		r.until = time.Time{}
 		n, err := r.nc.Read(p)
 		r.learn(n)
@@ -87,6 +92,7 @@ func (r *pollReader) Read(p []byte) (int, error) {
 			case !polling:
 				return false // wait in the netpoller
 			case !time.Now().Before(r.until):
+				stamp.Count("poll.miss")
 				polling = false
 				pollers.Add(-1)
 				return false
@@ -95,6 +101,7 @@ func (r *pollReader) Read(p []byte) (int, error) {
 		}
 	})
 	if polling {
+		stamp.Count("poll.hit")
 		pollers.Add(-1)
 		if first {
 			// The rest of the command (its data) follows at once:

@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // connBudget is the memory a connection may hold for solicited write data
@@ -372,7 +374,14 @@ func (c *conn) flush(limit int) {
 			c.nc.SetWriteDeadline(c.deadline)
 		}
 		bufs := net.Buffers(c.iov)
+		answer := stamp.On && c.stampAnswer()
+		if answer {
+			stamp.Mark(stamp.Cmd, "resp.write")
+		}
 		_, err := bufs.WriteTo(c.nc)
+		if answer {
+			stamp.End(stamp.Cmd)
+		}
 		clear(c.iov)
 		for i := range c.wbatch {
 			if r := c.wbatch[i].release; r != nil {
@@ -388,6 +397,17 @@ func (c *conn) flush(limit int) {
 			return
 		}
 	}
+}
+
+// stampAnswer reports whether the batch answers a command (internal/stamp:
+// a command's record ends when its answer is written).
+func (c *conn) stampAnswer() bool {
+	for i := range c.wbatch {
+		if op := c.wbatch[i].pdu.Opcode(); op == opSCSIResp || op == opDataIn {
+			return true
+		}
+	}
+	return false
 }
 
 // dropQueued closes the write side and releases what is still queued.
@@ -475,6 +495,7 @@ func (c *conn) reject(p *PDU, reason byte) {
 func (c *conn) dispatch(p *PDU) error {
 	switch op := p.Opcode(); op {
 	case opSCSICmd:
+		stamp.Begin(stamp.Cmd)
 		if c.sess.target == nil {
 			c.reject(p, rejectProtocol)
 			return nil

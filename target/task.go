@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/metrolun/metrolun/internal/stamp"
 )
 
 // task is one SCSI command on a connection, from its Command PDU to its
@@ -343,6 +345,7 @@ const (
 // start executes a task whose data is all in: inline when it may (see
 // above), else on its own goroutine. Called by the reader.
 func (c *conn) start(t *task) {
+	stamp.Mark(stamp.Cmd, "data.in")
 	if !c.inline(t) {
 		c.spawn(t)
 		return
@@ -390,6 +393,7 @@ func (c *conn) executor(t *task) {
 	idle := time.NewTimer(executorIdle)
 	defer idle.Stop()
 	for {
+		stamp.Mark(stamp.Cmd, "executor")
 		c.execute(t, goroutineFlush)
 		idle.Reset(executorIdle)
 		select {
@@ -463,6 +467,7 @@ func (c *conn) execute(t *task, direct int) bool {
 		}
 	}
 	res = t.cmd.exec(t.buf[:min(len(t.buf), t.xfer)])
+	stamp.Mark(stamp.Cmd, "exec.done")
 	if res == resultWouldWait {
 		if grant > 0 {
 			c.budget.Release(grant)
