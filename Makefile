@@ -37,6 +37,8 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags stamp ./...
+	$(GO) test -count=1 -tags stamp ./internal/stamp/
 
 conformance: deps
 	scripts/conformance.sh
