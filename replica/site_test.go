@@ -635,6 +635,14 @@ func TestSitePartitionedReplicaStopsReading(t *testing.T) {
 // replica whose lease returns is active/non-optimized again.
 func TestSiteWithoutLeaseReportsTransitioning(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
+	// b must still be in sync by its view when its hold runs out, so the
+	// writer must not drop it first: here views come from the shared fake
+	// cluster at once, where a real cut-off replica would not hear of the
+	// drop. With the defaults the race was close (the writer drops after
+	// replica_timeout without an answer, 2 s; b transitions a lease plus
+	// the hold after its last lease, 2.9 s) and a loaded machine lost it
+	// (a drop after 2.3 s, then b unavailable, not transitioning).
+	tc.opts = func(c *SiteConfig) { c.ReplicaTimeout, c.Hold = 10*time.Second, time.Second }
 	px, err := proxy.New("127.0.0.1:0", tc.addrs["b"])
 	if err != nil {
 		t.Fatal(err)
