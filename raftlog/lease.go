@@ -612,6 +612,8 @@ const (
 // machine, or this member is the only voter), it asks for them itself.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	c.renewing(ld, epoch, true)
+	c.slowBeats(true)
+	defer c.slowBeats(false)
 	for {
 		changed := c.Changed()
 		if c.State().IsFenced(c.cfg.Name) {
@@ -638,6 +640,40 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 			}
 			return c.handOver(ld, epoch, p)
 		}
+	}
+}
+
+// slowBeatFactor is how many times ElectionTimeout Raft's
+// HeartbeatTimeout is at the writer (slowBeats).
+const slowBeatFactor = 10
+
+// slowBeats makes Raft's own heartbeats rare while this member is the
+// writer (on), or puts them back. Raft's heartbeat goroutine waits
+// HeartbeatTimeout/10 to /5 after each answer, a random wake-up per
+// follower every 50-100 ms; the transport cannot put those on the grid,
+// only what they send. The leader's grid-paced commit-index requests do
+// their work (termGuard.hold), and the heartbeats, every 0.5-1 s now,
+// still keep Raft's leader lease (LeaderLeaseTimeout, an election
+// timeout) on their own when a follower is too busy to answer the
+// others (they bypass its main loop), and answer VerifyLeader at once
+// whatever the timeout. HeartbeatTimeout is also how long a follower
+// waits for its leader, and the election timeout (at least
+// HeartbeatTimeout for Raft) how long a leadership transfer may take:
+// both go back before this member transfers leadership or leaves the
+// term (holdLease), and a leader that steps down by itself meanwhile
+// gets them back as soon as holdLease ends, Raft resetting its follower
+// timer then.
+func (c *Cluster) slowBeats(on bool) {
+	rc := c.raft.ReloadableConfig()
+	rc.HeartbeatTimeout, rc.ElectionTimeout = c.cfg.ElectionTimeout, c.cfg.ElectionTimeout
+	if on {
+		rc.HeartbeatTimeout *= slowBeatFactor
+		rc.ElectionTimeout *= slowBeatFactor
+	}
+	// Raft's longest pause between two heartbeats (termGuard.hold).
+	c.trans.beatEvery.Store(int64(rc.HeartbeatTimeout / 5))
+	if err := c.raft.ReloadConfig(rc); err != nil {
+		c.log.Warn("cannot change Raft's heartbeat timeout", "to", rc.HeartbeatTimeout, "error", err)
 	}
 }
 
@@ -674,6 +710,7 @@ func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd {
 	// Stop acting as writer before anything says so.
 	c.endLease()
+	c.slowBeats(false)
 	_, err := c.propose(Command{Kind: CmdRelease, Name: c.cfg.Name, ByEpoch: epoch})
 	if err != nil {
 		p.reply <- fmt.Errorf("raftlog: release of epoch %d: %w", epoch, err)
