@@ -391,7 +391,7 @@ func (c *Cluster) leadTerm(ld *leadership) {
 			// from the writer). If it never comes, the operator names
 			// another with `metrolun promote` (first-writer).
 			first := c.bootstrapWriter(s)
-			err := c.raft.LeadershipTransferToServer(raft.ServerID(first), raft.ServerAddress(first)).Error()
+			err := c.transferTo(first)
 			if err == nil {
 				return
 			}
@@ -516,7 +516,7 @@ func (c *Cluster) handOff(ld *leadership, s State) bool {
 		if ld.stopped() {
 			return true
 		}
-		err := c.raft.LeadershipTransferToServer(raft.ServerID(n), raft.ServerAddress(n)).Error()
+		err := c.transferTo(n)
 		if err == nil {
 			c.handoffs.Add(1)
 			c.log.Info("handed leadership to an in-sync data site", "to", n)
@@ -557,7 +557,7 @@ func (c *Cluster) transfer(ld *leadership, p promoteReq) bool {
 		p.reply <- nil // on its way
 		return false
 	}
-	err := c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	err := c.transferTo(p.name)
 	if err != nil {
 		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)
 		return false
@@ -706,6 +706,15 @@ func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 	return false
 }
 
+// transferTo hands Raft leadership to name. Raft first brings name's log
+// up to date through its replicate goroutine, which may be waiting in
+// the transport with a commit-index request (termGuard.hold): hurry
+// releases it.
+func (c *Cluster) transferTo(name string) error {
+	c.trans.hurry(c.cfg.ElectionTimeout)
+	return c.raft.LeadershipTransferToServer(raft.ServerID(name), raft.ServerAddress(name)).Error()
+}
+
 // handOver is a planned move of the writer to p.name.
 func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd {
 	// Stop acting as writer before anything says so.
@@ -719,7 +728,7 @@ func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd 
 		}
 		return takeBack
 	}
-	err = c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	err = c.transferTo(p.name)
 	if err != nil {
 		c.log.Warn("planned move failed; staying writer", "to", p.name, "error", err)
 		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)
