@@ -321,6 +321,7 @@ func Open(cfg Config) (*Cluster, error) {
 	c.fsm = &FSM{onChange: c.notify}
 	trans.onContact = c.contacted
 	trans.self = raft.ServerID(cfg.Name)
+	trans.witnesses = c.witnesses
 	c.hints = logAddrs(store, cfg.Logger)
 	stream.setMembers(c.stateAddr, c.stateNames)
 	// The leader reads the entry before the next one to send every
@@ -483,6 +484,17 @@ func (c *Cluster) writerPropose(cmd Command) error {
 	}
 	_, err := c.propose(cmd)
 	return err
+}
+
+// witnesses names the members whose role is witness.
+func (c *Cluster) witnesses() []raft.ServerID {
+	var ws []raft.ServerID
+	for _, m := range c.State().Members {
+		if m.Role == RoleWitness {
+			ws = append(ws, raft.ServerID(m.Name))
+		}
+	}
+	return ws
 }
 
 // logCacheEntries is how many of the latest Raft entries stay in memory.

@@ -212,41 +212,47 @@ func TestStoreReleasesHeld(t *testing.T) {
 }
 
 // TestSpare: a peer's commit-index requests go on the slower spareEvery
-// grid only while the voters before it, with this member, make a
-// majority that answered in the last two grid steps; never two peers
-// that each make the majority with the other, and never a peer whose
-// answers the majority needs.
+// grid only while the voters before it (data sites first, then by ID),
+// with this member, make a majority that answered in the last two grid
+// steps; never two peers that each make the majority with the other, and
+// never a peer whose answers the majority needs.
 func TestSpare(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	g := &termGuard{self: "a", contacts: map[raft.ServerID]contact{}}
-	three := []raft.ServerID{"a", "b", "w"}
-	g.contacts["b"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
-	g.contacts["w"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
-	if g.spareAmong(three, "b", 4, now) {
-		t.Error("b spare: its answers make the majority")
+	g := &termGuard{self: "c", contacts: map[raft.ServerID]contact{}}
+	three := []raft.ServerID{"a", "c", "d"}
+	wit := []raft.ServerID{"a"} // a witness, named first
+	g.contacts["a"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
+	g.contacts["d"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
+	if g.spareAmong(three, wit, "d", 4, now) {
+		t.Error("data site d spare: its answers make the majority")
 	}
-	if !g.spareAmong(three, "w", 4, now) {
-		t.Error("w not spare while b answers")
+	if !g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("witness a not spare while data site d answers")
 	}
-	if g.spareAmong(three, "w", 5, now) {
-		t.Error("w spare on b's answers of another term")
+	if g.spareAmong(three, wit, "a", 5, now) {
+		t.Error("a spare on d's answers of another term")
 	}
-	g.contacts["b"] = contact{term: 4, sent: now.Add(-250 * time.Millisecond)}
-	if g.spareAmong(three, "w", 4, now) {
-		t.Error("w spare while b has not answered for 250 ms")
+	// Without witnesses, by ID: d is the spare one.
+	if g.spareAmong(three, nil, "a", 4, now) || !g.spareAmong(three, nil, "d", 4, now) {
+		t.Error("without witnesses, want d spare and a not")
+	}
+	g.contacts["d"] = contact{term: 4, sent: now.Add(-250 * time.Millisecond)}
+	if g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("a spare while d has not answered for 250 ms")
 	}
 	// A member that is no voter counts nobody in but its peers.
 	g.self = "x"
-	g.contacts["b"] = contact{term: 4, sent: now}
-	if g.spareAmong(three, "w", 4, now) {
-		t.Error("w spare for a non-voter with only b answering")
+	g.contacts["d"] = contact{term: 4, sent: now}
+	if g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("a spare for a non-voter with only d answering")
 	}
 	// Five voters: two answering before it make the majority with self.
 	g.self = "a"
 	five := []raft.ServerID{"a", "b", "c", "d", "e"}
+	g.contacts["b"] = contact{term: 4, sent: now}
 	g.contacts["c"] = contact{term: 4, sent: now}
 	for id, want := range map[raft.ServerID]bool{"b": false, "c": false, "d": true, "e": true} {
-		if got := g.spareAmong(five, id, 4, now); got != want {
+		if got := g.spareAmong(five, nil, id, 4, now); got != want {
 			t.Errorf("five voters: %s spare %v, want %v", id, got, want)
 		}
 	}
