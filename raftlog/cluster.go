@@ -255,7 +255,7 @@ func Open(cfg Config) (*Cluster, error) {
 	}), store)
 
 	// Raft waits HeartbeatTimeout/10 to /5 between heartbeats.
-	trans.beatEvery = cfg.ElectionTimeout / 5
+	trans.beatEvery.Store(int64(cfg.ElectionTimeout / 5))
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.ElectionTimeout
@@ -267,20 +267,18 @@ func Open(cfg Config) (*Cluster, error) {
 	// row were late (a loaded machine, a 50 ms link), which the VerifyLeader
 	// rounds and commit-timeout AppendEntries once hid by adding contacts.
 	rc.LeaderLeaseTimeout = cfg.ElectionTimeout
-	// CommitTimeout is how often the leader sends each follower an
-	// AppendEntries with nothing new, only so that it learns the commit
-	// index when no entry follows: at 50-100 ms, as often as the
-	// heartbeats, it doubled the idle cluster's Raft traffic. propose
-	// sends the commit index on at once instead (a barrier entry after
-	// each entry it commits). They also reset a follower's election
-	// timer when the heartbeats do not (with the election timeout here,
-	// a leader that sent no heartbeat for 744 ms after `metrolun drill`,
-	// cause not found, lost its followers to an election), so they stay
-	// several times per election timeout. The transport holds them for
-	// the next 100 ms grid instant (termGuard.hold): every 100-300 ms.
-	// ElectionTimeout/2 used 5-7% less CPU idle (docs/bench.md), not
-	// taken for the reason above.
-	rc.CommitTimeout = cfg.ElectionTimeout / 5
+	// CommitTimeout is how long Raft's replicate goroutine waits after
+	// each answer before it sends a follower an AppendEntries with nothing
+	// new (CommitTimeout to 2x that, at a random phase). The transport
+	// holds such a request for the next 100 ms grid instant
+	// (termGuard.hold), so with a millisecond here the goroutine comes
+	// back while the process is awake from the answer and sends one
+	// request per grid instant: the leader's heartbeat, on the grid with
+	// the rest of the periodic work, and without a timer of its own
+	// (it was 100-200 ms, a random wake-up per follower each time).
+	// Raft's own heartbeats are slowed at the writer (slowBeats).
+	// Followers learn a commit at once anyway: propose adds a barrier.
+	rc.CommitTimeout = time.Millisecond
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 1024
 	rc.Logger = rlog
@@ -322,9 +320,19 @@ func Open(cfg Config) (*Cluster, error) {
 	}
 	c.fsm = &FSM{onChange: c.notify}
 	trans.onContact = c.contacted
+	trans.self = raft.ServerID(cfg.Name)
+	trans.witnesses = c.witnesses
 	c.hints = logAddrs(store, cfg.Logger)
 	stream.setMembers(c.stateAddr, c.stateNames)
-	r, err := raft.NewRaft(rc, c.fsm, store, store, snaps, trans)
+	// The leader reads the entry before the next one to send every
+	// follower from the log store for each AppendEntries, one a grid
+	// instant per follower when idle (a bolt read and a msgpack decode
+	// each): recent entries stay in memory.
+	logs, err := raft.NewLogCache(logCacheEntries, kickStore{store, trans.release})
+	if err != nil {
+		return fail(fmt.Errorf("raftlog: %w", err))
+	}
+	r, err := raft.NewRaft(rc, c.fsm, logs, store, snaps, trans)
 	if err != nil {
 		return fail(fmt.Errorf("raftlog: %w", err))
 	}
@@ -477,6 +485,20 @@ func (c *Cluster) writerPropose(cmd Command) error {
 	_, err := c.propose(cmd)
 	return err
 }
+
+// witnesses names the members whose role is witness.
+func (c *Cluster) witnesses() []raft.ServerID {
+	var ws []raft.ServerID
+	for _, m := range c.State().Members {
+		if m.Role == RoleWitness {
+			ws = append(ws, raft.ServerID(m.Name))
+		}
+	}
+	return ws
+}
+
+// logCacheEntries is how many of the latest Raft entries stay in memory.
+const logCacheEntries = 64
 
 // propose commits cmd and returns its log index and the state machine's
 // verdict (nil or an error wrapping ErrRefused).

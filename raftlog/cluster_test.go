@@ -470,6 +470,52 @@ func TestPromote(t *testing.T) {
 	mon.check(t)
 }
 
+// TestWriterSlowsBeats: the writer has Raft's own heartbeats slowed
+// (slowBeats; its commit-index requests on the grid stand in for them)
+// and every other member, the old writer after a planned move included,
+// keeps the election timeout as its heartbeat timeout, which is how
+// long a follower waits for its leader.
+func TestWriterSlowsBeats(t *testing.T) {
+	tc := startCluster(t)
+	mon := tc.monitor()
+	x, epoch := tc.writer(0)
+	y := tc.other(x)
+	check := func(writer *member) {
+		t.Helper()
+		tc.waitFor("heartbeat timeouts", func() bool {
+			for _, m := range tc.up() {
+				want := testElection
+				if m == writer {
+					want *= slowBeatFactor
+				}
+				if rc := m.c.raft.ReloadableConfig(); rc.HeartbeatTimeout != want || rc.ElectionTimeout < want {
+					return false
+				}
+			}
+			return true
+		})
+		for _, m := range tc.up() {
+			rc := m.c.raft.ReloadableConfig()
+			t.Logf("%s: heartbeat timeout %v, election timeout %v", m.name, rc.HeartbeatTimeout, rc.ElectionTimeout)
+		}
+	}
+	check(x)
+	// The lease lives on the commit-index requests: it does not lapse.
+	until := x.lastUntil()
+	tc.waitFor("lease renewed", func() bool { return x.lastUntil().After(until.Add(2 * testLease)) })
+	if e, _ := x.c.WriterLease(); e != epoch {
+		t.Fatalf("writer holds epoch %d, want %d", e, epoch)
+	}
+	if err := x.c.Promote(y.name, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := tc.writer(epoch); w != y {
+		t.Fatalf("writer %s after promote, want %s", w.name, y.name)
+	}
+	check(y)
+	mon.check(t)
+}
+
 // TestRestartRejoin: a member reopened from its directory has its state at
 // once (from its snapshot) and catches up with what it missed.
 func TestRestartRejoin(t *testing.T) {

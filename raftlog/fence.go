@@ -200,6 +200,7 @@ func (c *Cluster) stepDownFenced(ld *leadership, epoch uint64) leaseEnd {
 	case <-t.C:
 	}
 	c.endLease()
+	c.slowBeats(false)
 	if c.handOff(ld, c.State()) {
 		return handedOver
 	}

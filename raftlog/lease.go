@@ -391,7 +391,7 @@ func (c *Cluster) leadTerm(ld *leadership) {
 			// from the writer). If it never comes, the operator names
 			// another with `metrolun promote` (first-writer).
 			first := c.bootstrapWriter(s)
-			err := c.raft.LeadershipTransferToServer(raft.ServerID(first), raft.ServerAddress(first)).Error()
+			err := c.transferTo(first)
 			if err == nil {
 				return
 			}
@@ -516,7 +516,7 @@ func (c *Cluster) handOff(ld *leadership, s State) bool {
 		if ld.stopped() {
 			return true
 		}
-		err := c.raft.LeadershipTransferToServer(raft.ServerID(n), raft.ServerAddress(n)).Error()
+		err := c.transferTo(n)
 		if err == nil {
 			c.handoffs.Add(1)
 			c.log.Info("handed leadership to an in-sync data site", "to", n)
@@ -557,7 +557,7 @@ func (c *Cluster) transfer(ld *leadership, p promoteReq) bool {
 		p.reply <- nil // on its way
 		return false
 	}
-	err := c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	err := c.transferTo(p.name)
 	if err != nil {
 		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)
 		return false
@@ -612,6 +612,8 @@ const (
 // machine, or this member is the only voter), it asks for them itself.
 func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 	c.renewing(ld, epoch, true)
+	c.slowBeats(true)
+	defer c.slowBeats(false)
 	for {
 		changed := c.Changed()
 		if c.State().IsFenced(c.cfg.Name) {
@@ -638,6 +640,40 @@ func (c *Cluster) holdLease(ld *leadership, epoch uint64) leaseEnd {
 			}
 			return c.handOver(ld, epoch, p)
 		}
+	}
+}
+
+// slowBeatFactor is how many times ElectionTimeout Raft's
+// HeartbeatTimeout is at the writer (slowBeats).
+const slowBeatFactor = 10
+
+// slowBeats makes Raft's own heartbeats rare while this member is the
+// writer (on), or puts them back. Raft's heartbeat goroutine waits
+// HeartbeatTimeout/10 to /5 after each answer, a random wake-up per
+// follower every 50-100 ms; the transport cannot put those on the grid,
+// only what they send. The leader's grid-paced commit-index requests do
+// their work (termGuard.hold), and the heartbeats, every 0.5-1 s now,
+// still keep Raft's leader lease (LeaderLeaseTimeout, an election
+// timeout) on their own when a follower is too busy to answer the
+// others (they bypass its main loop), and answer VerifyLeader at once
+// whatever the timeout. HeartbeatTimeout is also how long a follower
+// waits for its leader, and the election timeout (at least
+// HeartbeatTimeout for Raft) how long a leadership transfer may take:
+// both go back before this member transfers leadership or leaves the
+// term (holdLease), and a leader that steps down by itself meanwhile
+// gets them back as soon as holdLease ends, Raft resetting its follower
+// timer then.
+func (c *Cluster) slowBeats(on bool) {
+	rc := c.raft.ReloadableConfig()
+	rc.HeartbeatTimeout, rc.ElectionTimeout = c.cfg.ElectionTimeout, c.cfg.ElectionTimeout
+	if on {
+		rc.HeartbeatTimeout *= slowBeatFactor
+		rc.ElectionTimeout *= slowBeatFactor
+	}
+	// Raft's longest pause between two heartbeats (termGuard.hold).
+	c.trans.beatEvery.Store(int64(rc.HeartbeatTimeout / 5))
+	if err := c.raft.ReloadConfig(rc); err != nil {
+		c.log.Warn("cannot change Raft's heartbeat timeout", "to", rc.HeartbeatTimeout, "error", err)
 	}
 }
 
@@ -670,10 +706,20 @@ func (c *Cluster) verify(ld *leadership, epoch uint64) bool {
 	return false
 }
 
+// transferTo hands Raft leadership to name. Raft first brings name's log
+// up to date through its replicate goroutine, which may be waiting in
+// the transport with a commit-index request (termGuard.hold): hurry
+// releases it.
+func (c *Cluster) transferTo(name string) error {
+	c.trans.hurry(c.cfg.ElectionTimeout)
+	return c.raft.LeadershipTransferToServer(raft.ServerID(name), raft.ServerAddress(name)).Error()
+}
+
 // handOver is a planned move of the writer to p.name.
 func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd {
 	// Stop acting as writer before anything says so.
 	c.endLease()
+	c.slowBeats(false)
 	_, err := c.propose(Command{Kind: CmdRelease, Name: c.cfg.Name, ByEpoch: epoch})
 	if err != nil {
 		p.reply <- fmt.Errorf("raftlog: release of epoch %d: %w", epoch, err)
@@ -682,7 +728,7 @@ func (c *Cluster) handOver(ld *leadership, epoch uint64, p promoteReq) leaseEnd 
 		}
 		return takeBack
 	}
-	err = c.raft.LeadershipTransferToServer(raft.ServerID(p.name), raft.ServerAddress(p.name)).Error()
+	err = c.transferTo(p.name)
 	if err != nil {
 		c.log.Warn("planned move failed; staying writer", "to", p.name, "error", err)
 		p.reply <- fmt.Errorf("raftlog: leadership transfer to %s: %w", p.name, err)

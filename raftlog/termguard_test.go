@@ -2,10 +2,12 @@ package raftlog
 
 import (
 	"io"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 // TestConfirmed: the writer lease rests on the latest time a majority of
@@ -119,11 +121,13 @@ func TestAppendEntriesContact(t *testing.T) {
 
 // TestHoldOnGrid: a heartbeat waits for the next grid instant when that
 // comes within beatEvery of the previous heartbeat to the peer, so the
-// process's wake-ups coincide; so does a commit index.
-// Entries, anything while hurried (a proposal or a VerifyLeader round),
-// a first heartbeat and one that would come too late go at once.
+// process's wake-ups coincide; so does a commit index, always, but for
+// hurriedHold at most while hurried. Entries, heartbeats while hurried
+// (a proposal or a VerifyLeader round), a first heartbeat and one that
+// would come too late go at once.
 func TestHoldOnGrid(t *testing.T) {
-	g := &termGuard{beats: map[raft.ServerID]time.Time{}, beatEvery: 100 * time.Millisecond}
+	g := &termGuard{beats: map[raft.ServerID]time.Time{}}
+	g.beatEvery.Store(int64(100 * time.Millisecond))
 	grid0 := time.Unix(1_800_000_000, 0) // on the grid
 	at := func(ms int) time.Time { return grid0.Add(time.Duration(ms) * time.Millisecond) }
 	beat := &raft.AppendEntriesRequest{Term: 3}
@@ -152,8 +156,11 @@ func TestHoldOnGrid(t *testing.T) {
 	if d := g.hold("b", beat, at(70)); d != 0 {
 		t.Errorf("heartbeat held %v while hurried", d)
 	}
-	if d := g.hold("b", commit, at(70)); d != 0 {
-		t.Errorf("commit index held %v while hurried", d)
+	if d := g.hold("b", commit, at(70)); d != hurriedHold {
+		t.Errorf("commit index held %v while hurried, want %v", d, hurriedHold)
+	}
+	if d := g.hold("b", commit, at(95)); d != 5*time.Millisecond {
+		t.Errorf("commit index held %v while hurried 5 ms before the grid, want 5ms", d)
 	}
 	g.hurryUntil.Store(0)
 	g.hurry(time.Hour)
@@ -166,8 +173,87 @@ func TestHoldOnGrid(t *testing.T) {
 		t.Errorf("heartbeat held %v after hurry", d)
 	}
 	g.hurryUntil.Store(0)
-	g.beatEvery = 0
+	g.beatEvery.Store(0)
 	if d := g.hold("b", beat, at(70)); d != 0 {
 		t.Errorf("heartbeat held %v with beatEvery 0", d)
+	}
+}
+
+// TestStoreReleasesHeld: storing new entries releases the requests the
+// transport holds, so that Raft's replicate goroutine, waiting there with
+// a commit index, sends the entries at once and not at the grid instant.
+func TestStoreReleasesHeld(t *testing.T) {
+	g := &termGuard{kick: make(chan struct{})}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(t.TempDir(), "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ks := kickStore{store, g.release}
+	for i, store := range []func() error{
+		func() error { return ks.StoreLogs([]*raft.Log{{Index: 1, Term: 1}, {Index: 2, Term: 1}}) },
+		func() error { return ks.StoreLog(&raft.Log{Index: 3, Term: 1}) },
+	} {
+		g.cmu.Lock()
+		held := g.kick
+		g.cmu.Unlock()
+		if err := store(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-held:
+		default:
+			t.Fatalf("store %d did not release the requests held", i)
+		}
+	}
+	if last, err := store.LastIndex(); err != nil || last != 3 {
+		t.Fatalf("last index %d (%v), want 3", last, err)
+	}
+}
+
+// TestSpare: a peer's commit-index requests go on the slower spareEvery
+// grid only while the voters before it (data sites first, then by ID),
+// with this member, make a majority that answered in the last two grid
+// steps; never two peers that each make the majority with the other, and
+// never a peer whose answers the majority needs.
+func TestSpare(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	g := &termGuard{self: "c", contacts: map[raft.ServerID]contact{}}
+	three := []raft.ServerID{"a", "c", "d"}
+	wit := []raft.ServerID{"a"} // a witness, named first
+	g.contacts["a"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
+	g.contacts["d"] = contact{term: 4, sent: now.Add(-50 * time.Millisecond)}
+	if g.spareAmong(three, wit, "d", 4, now) {
+		t.Error("data site d spare: its answers make the majority")
+	}
+	if !g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("witness a not spare while data site d answers")
+	}
+	if g.spareAmong(three, wit, "a", 5, now) {
+		t.Error("a spare on d's answers of another term")
+	}
+	// Without witnesses, by ID: d is the spare one.
+	if g.spareAmong(three, nil, "a", 4, now) || !g.spareAmong(three, nil, "d", 4, now) {
+		t.Error("without witnesses, want d spare and a not")
+	}
+	g.contacts["d"] = contact{term: 4, sent: now.Add(-250 * time.Millisecond)}
+	if g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("a spare while d has not answered for 250 ms")
+	}
+	// A member that is no voter counts nobody in but its peers.
+	g.self = "x"
+	g.contacts["d"] = contact{term: 4, sent: now}
+	if g.spareAmong(three, wit, "a", 4, now) {
+		t.Error("a spare for a non-voter with only d answering")
+	}
+	// Five voters: two answering before it make the majority with self.
+	g.self = "a"
+	five := []raft.ServerID{"a", "b", "c", "d", "e"}
+	g.contacts["b"] = contact{term: 4, sent: now}
+	g.contacts["c"] = contact{term: 4, sent: now}
+	for id, want := range map[raft.ServerID]bool{"b": false, "c": false, "d": true, "e": true} {
+		if got := g.spareAmong(five, nil, id, 4, now); got != want {
+			t.Errorf("five voters: %s spare %v, want %v", id, got, want)
+		}
 	}
 }
