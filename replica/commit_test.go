@@ -24,10 +24,7 @@ func TestCommitRidesOnDataFrames(t *testing.T) {
 	commitIdle = 50 * time.Millisecond
 	t.Cleanup(func() { commitIdle = old })
 	tc := newTestCluster(t, 1<<20, "a", "b")
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	w := a.activeWriter()
 	w.mu.Lock()
 	before, wakesBefore := w.commitFrames, w.commitWakes

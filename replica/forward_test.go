@@ -175,10 +175,7 @@ func TestSettleLost(t *testing.T) {
 // write (both were started per write before).
 func TestForwardedWritesReuseGoroutines(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	workers, acks := fwdWorkersStarted.Load(), originAckStarts.Load()
 	const n = 50
 	buf := make([]byte, 4096)
@@ -212,10 +209,7 @@ func TestRefAcksRideAlong(t *testing.T) {
 	defer func(d time.Duration) { refAckLinger = d }(refAckLinger)
 	refAckLinger = time.Hour
 	tc := newTestCluster(t, 1<<20, "a", "b")
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	buf := make([]byte, 4096)
 	held := refAcksHeld.Load()
 	for i := range 5 {
@@ -245,10 +239,7 @@ func TestRefAcksRideAlong(t *testing.T) {
 // next frame.
 func TestConcurrentForwardedWritesKeepTheirData(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	const writers, each, size = 8, 16, 8192
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)

@@ -33,10 +33,7 @@ func TestSiteWriterPowerLoss(t *testing.T) {
 				name := cfg.Name
 				cfg.BootID = func() string { return boot[name] }
 			}
-			a, b := tc.start("a"), tc.start("b")
-			tc.c.setWriter("a")
-			waitWriter(t, a)
-			until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+			a, b := tc.writerAndReplica()
 			const off = 64 << 10
 			old, acked := block(1, 4096), block(2, 4096)
 			if err := a.WriteAt(old, off, true); err != nil {

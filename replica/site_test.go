@@ -221,6 +221,17 @@ func (tc *testCluster) start(n string) *Site {
 	return s
 }
 
+// writerAndReplica starts sites a and b, makes a the writer and waits
+// until b holds a read lease from it.
+func (tc *testCluster) writerAndReplica() (a, b *Site) {
+	tc.t.Helper()
+	a, b = tc.start("a"), tc.start("b")
+	tc.c.setWriter("a")
+	waitWriter(tc.t, a)
+	until(tc.t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	return a, b
+}
+
 // stop closes site n (its listener too) as a crash would, minus the
 // unclean marker handling that Close does.
 func (tc *testCluster) stop(n string) {
@@ -594,10 +605,7 @@ func TestSitePartitionedReplicaStopsReading(t *testing.T) {
 	}
 	defer px.Close()
 	tc.addrs["b"] = px.Addr()
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	old := block(1, 4096)
 	if err := a.WriteAt(old, 0, false); err != nil {
 		t.Fatal(err)
@@ -649,10 +657,7 @@ func TestSiteWithoutLeaseReportsTransitioning(t *testing.T) {
 	}
 	defer px.Close()
 	tc.addrs["b"] = px.Addr() // a's stream to b, which carries b's lease, goes through px
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	if st := a.State(); st != target.PathActiveOptimized {
 		t.Fatalf("writer: %v", st)
 	}

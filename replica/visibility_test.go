@@ -62,10 +62,7 @@ func slowLink(t *testing.T, tc *testCluster, n string, d time.Duration) {
 func TestForwardedWriteVisibleEverywhereOnceShown(t *testing.T) {
 	tc := newTestCluster(t, 1<<20, "a", "b")
 	slowLink(t, tc, "b", 30*time.Millisecond)
-	a, b := tc.start("a"), tc.start("b")
-	tc.c.setWriter("a")
-	waitWriter(t, a)
-	until(t, "b lease", 5*time.Second, func() bool { ok, _ := b.recv.leaseValid(time.Now()); return ok })
+	a, b := tc.writerAndReplica()
 	// Written at b (forwarded), shown at the writer a, then read at b.
 	visibilityRun(t, tc, b, a, b, 8)
 }
